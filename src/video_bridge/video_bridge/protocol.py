@@ -1,0 +1,431 @@
+"""The wire format between the bridge and its clients, in one place.
+
+Mirrored by ``web/js/protocol.js`` and documented in ``docs/protocol.md``; the three change
+together. Pure: no sockets, no ROS. The server feeds it bytes and strings and gets typed values
+back; the teleop core consumes the typed control messages and produces the typed replies.
+"""
+
+from dataclasses import dataclass, field
+import json
+import math
+import struct
+from typing import Any, Optional, Union
+from urllib.parse import parse_qs, unquote, urlsplit
+
+PROTOCOL_VERSION = 1
+
+# --- routes -----------------------------------------------------------------------------------
+
+VIDEO_PREFIX = '/video/'
+MJPEG_PREFIX = '/mjpeg/'
+SNAPSHOT_PREFIX = '/snapshot/'
+CONTROL_PATH = '/control'
+STREAMS_PATH = '/api/streams'
+
+MAX_STREAM_NAME = 128
+MAX_DIMENSION = 8192
+
+
+class ProtocolError(ValueError):
+    """A client sent something the protocol does not allow; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a viewer wants a stream: size bounds (0 = source size) and JPEG quality (0 = default).
+
+    Each distinct variant of a stream is encoded once per frame and shared by its viewers.
+    """
+
+    max_width: int = 0
+    max_height: int = 0
+    quality: int = 0
+
+    def resolved(self, default_quality: int) -> 'Variant':
+        """Return the variant with the stream's default quality filled in."""
+        if self.quality:
+            return self
+        return Variant(self.max_width, self.max_height, default_quality)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed request target: which endpoint, which stream, and the query."""
+
+    kind: str  # 'video', 'mjpeg', 'snapshot', 'control', 'streams' or 'static'
+    stream: str = ''
+    path: str = '/'
+    query: dict = field(default_factory=dict)
+
+
+def parse_target(target: str) -> Target:
+    """Split a request target into endpoint kind, stream name and single-valued query."""
+    parts = urlsplit(target)
+    path = unquote(parts.path) or '/'
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    for prefix, kind in ((VIDEO_PREFIX, 'video'), (MJPEG_PREFIX, 'mjpeg'),
+                         (SNAPSHOT_PREFIX, 'snapshot')):
+        if path.startswith(prefix):
+            stream = path[len(prefix):]
+            if not stream or len(stream) > MAX_STREAM_NAME or '/' in stream:
+                raise ProtocolError('bad_stream', f'invalid stream name in {path!r}')
+            return Target(kind, stream, path, query)
+    if path == CONTROL_PATH:
+        return Target('control', '', path, query)
+    if path == STREAMS_PATH:
+        return Target('streams', '', path, query)
+    return Target('static', '', path, query)
+
+
+def _query_int(query: dict, name: str, low: int, high: int) -> int:
+    raw = query.get(name, '')
+    if raw == '':
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ProtocolError('bad_variant', f'{name} must be an integer, got {raw!r}') from None
+    if not low <= value <= high:
+        raise ProtocolError('bad_variant', f'{name} must be within {low}..{high}, got {value}')
+    return value
+
+
+def parse_variant(query: dict) -> Variant:
+    """Read ``width``, ``height`` and ``quality`` (web_video_server's names) from a query."""
+    return Variant(
+        max_width=_query_int(query, 'width', 0, MAX_DIMENSION),
+        max_height=_query_int(query, 'height', 0, MAX_DIMENSION),
+        quality=_query_int(query, 'quality', 0, 100),
+    )
+
+
+def presented_token(query: dict, headers) -> Optional[str]:
+    """Token a client presented: ``Authorization: Bearer`` header, else ``token`` query value."""
+    auth = headers.get('Authorization') if headers is not None else None
+    if auth and auth.lower().startswith('bearer '):
+        return auth[7:].strip()
+    token = query.get('token')
+    return token if token else None
+
+
+# --- close codes (websocket) --------------------------------------------------------------
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003  # something was sent on a receive-only video socket
+CLOSE_BAD_REQUEST = 4400       # bad variant parameters
+CLOSE_UNAUTHORIZED = 4401      # token missing or wrong
+CLOSE_UNKNOWN_STREAM = 4404
+CLOSE_RATE_LIMITED = 4429      # kept exceeding the per-connection command rate
+CLOSE_CAPACITY = 4503          # viewer or variant limit reached
+
+# --- video frames (binary websocket messages) ------------------------------------------------
+
+FRAME_MAGIC = b'VBF1'
+# magic, header_length, flags, seq, width, height, stamp_sec, stamp_nanosec, received_time
+FRAME_HEADER = struct.Struct('<4sHHIHHiId')
+FLAG_PASSTHROUGH = 1  # JPEG bytes exactly as the source published them
+FLAG_SCALED = 2       # downscaled to the viewer's width/height bounds
+FLAG_COLORMAPPED = 4  # depth or 16-bit data drawn through a colour map
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """Metadata sent ahead of each JPEG on a video socket."""
+
+    seq: int
+    width: int
+    height: int
+    stamp_sec: int
+    stamp_nanosec: int
+    received_time: float  # bridge wall clock (s since the epoch) when the frame arrived
+    flags: int = 0
+
+    @property
+    def stamp(self) -> float:
+        """Source ``header.stamp`` in seconds."""
+        return self.stamp_sec + self.stamp_nanosec * 1e-9
+
+
+def pack_frame_header(header: FrameHeader) -> bytes:
+    """Serialize a frame header; the JPEG follows it in the same message."""
+    return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_HEADER.size, header.flags,
+                             header.seq & 0xFFFFFFFF, header.width, header.height,
+                             header.stamp_sec, header.stamp_nanosec, header.received_time)
+
+
+def unpack_frame(message: bytes) -> tuple:
+    """Split a video message into ``(FrameHeader, jpeg memoryview)``; ProtocolError if malformed."""
+    if len(message) < FRAME_HEADER.size:
+        raise ProtocolError('bad_frame', f'frame message too short ({len(message)} bytes)')
+    (magic, header_length, flags, seq, width, height, sec, nsec,
+     received) = FRAME_HEADER.unpack_from(message)
+    if magic != FRAME_MAGIC or header_length < FRAME_HEADER.size:
+        raise ProtocolError('bad_frame', 'not a video_bridge frame')
+    header = FrameHeader(seq, width, height, sec, nsec, received, flags)
+    return header, memoryview(message)[header_length:]
+
+
+# --- control messages (JSON text websocket messages) -----------------------------------------
+
+MAX_CONTROL_MESSAGE = 4096
+MAX_REQUEST_ID = 64
+MAX_NAME = 64
+
+
+@dataclass(frozen=True)
+class Velocity:
+    """A Twist's six components (m/s, rad/s)."""
+
+    linear_x: float = 0.0
+    linear_y: float = 0.0
+    linear_z: float = 0.0
+    angular_x: float = 0.0
+    angular_y: float = 0.0
+    angular_z: float = 0.0
+
+    def is_zero(self) -> bool:
+        """Tell whether every component is zero."""
+        return not any((self.linear_x, self.linear_y, self.linear_z,
+                        self.angular_x, self.angular_y, self.angular_z))
+
+    def as_dict(self) -> dict:
+        """Nested ``{"linear": {...}, "angular": {...}}`` as on the wire."""
+        return {'linear': {'x': self.linear_x, 'y': self.linear_y, 'z': self.linear_z},
+                'angular': {'x': self.angular_x, 'y': self.angular_y, 'z': self.angular_z}}
+
+
+ZERO = Velocity()
+
+
+@dataclass(frozen=True)
+class Acquire:
+    """Ask for the driver lock; ``takeover`` asks to take it from the current driver."""
+
+    takeover: bool = False
+
+
+@dataclass(frozen=True)
+class Release:
+    """Give the driver lock back (the car stops)."""
+
+
+@dataclass(frozen=True)
+class NamedCommand:
+    """A text command from the vocabulary, e.g. ``forward``, scaled by ``speed`` in [0, 1]."""
+
+    name: str
+    speed: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class VelocityCommand:
+    """An explicit velocity."""
+
+    velocity: Velocity
+
+
+@dataclass(frozen=True)
+class EmergencyStop:
+    """Engage (latch zero velocity) or release the emergency stop."""
+
+    engage: bool
+
+
+@dataclass(frozen=True)
+class TimeSync:
+    """Clock probe: the server answers with its own time; ``t0`` is echoed untouched."""
+
+    t0: float
+
+
+ControlMessage = Union[Acquire, Release, NamedCommand, VelocityCommand, EmergencyStop, TimeSync]
+RequestId = Union[str, int, float, None]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError('bad_number', f'{name} is not a number this protocol accepts')
+
+
+def _number(obj: dict, key: str, default: Optional[float] = None) -> Optional[float]:
+    if key not in obj:
+        return default
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError('bad_message', f'{key!r} must be a number')
+    value = float(value)
+    if not math.isfinite(value):
+        raise ProtocolError('bad_number', f'{key!r} must be finite')
+    return value
+
+
+def _vector(obj: dict, key: str) -> tuple:
+    part = obj.get(key, {})
+    if not isinstance(part, dict):
+        raise ProtocolError('bad_message', f'{key!r} must be an object with x, y, z')
+    unknown = set(part) - {'x', 'y', 'z'}
+    if unknown:
+        raise ProtocolError('bad_message', f'{key!r} has unknown fields {sorted(unknown)}')
+    return tuple(_number(part, axis, 0.0) for axis in 'xyz')
+
+
+def _boolean(obj: dict, key: str, default: bool) -> bool:
+    value = obj.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError('bad_message', f'{key!r} must be true or false')
+    return value
+
+
+def _request_id(obj: dict) -> RequestId:
+    value = obj.get('id')
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ProtocolError('bad_message', "'id' must be a string or a number")
+    if isinstance(value, str) and len(value) > MAX_REQUEST_ID:
+        raise ProtocolError('bad_message', f"'id' longer than {MAX_REQUEST_ID} characters")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError('bad_number', "'id' must be finite")
+    return value
+
+
+def decode_control(data: Union[str, bytes]) -> tuple:
+    """Parse one control message into ``(request_id, ControlMessage)``.
+
+    Raises ProtocolError with a code and a message fit to send back; ``request_id`` is
+    attached to the error as ``error.request_id`` when it could be read.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError('bad_message', 'control messages are JSON text, not binary')
+    if len(data) > MAX_CONTROL_MESSAGE:
+        raise ProtocolError('too_large', f'control message over {MAX_CONTROL_MESSAGE} characters')
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError('bad_json', f'not valid JSON: {exc}') from None
+    if not isinstance(obj, dict):
+        raise ProtocolError('bad_message', 'a control message is a JSON object')
+    request_id = _request_id(obj)
+    try:
+        return request_id, _control_body(obj)
+    except ProtocolError as exc:
+        exc.request_id = request_id
+        raise
+
+
+def _control_body(obj: dict) -> ControlMessage:
+    kind = obj.get('type')
+    if kind == 'command':
+        name = obj.get('name')
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+            raise ProtocolError('bad_message', "'name' must be a non-empty string")
+        speed = _number(obj, 'speed')
+        if speed is not None and not 0.0 <= speed <= 1.0:
+            raise ProtocolError('bad_message', "'speed' must be within 0..1")
+        return NamedCommand(name, speed)
+    if kind == 'velocity':
+        unknown = set(obj) - {'type', 'id', 'linear', 'angular'}
+        if unknown:
+            raise ProtocolError('bad_message', f'unknown fields {sorted(unknown)}')
+        lx, ly, lz = _vector(obj, 'linear')
+        ax, ay, az = _vector(obj, 'angular')
+        return VelocityCommand(Velocity(lx, ly, lz, ax, ay, az))
+    if kind == 'acquire':
+        return Acquire(_boolean(obj, 'takeover', False))
+    if kind == 'release':
+        return Release()
+    if kind == 'estop':
+        if 'engage' not in obj:
+            raise ProtocolError('bad_message', "'engage' (true or false) is required")
+        return EmergencyStop(_boolean(obj, 'engage', True))
+    if kind == 'time':
+        return TimeSync(_number(obj, 't0', 0.0))
+    if not isinstance(kind, str):
+        raise ProtocolError('bad_message', "'type' must be a string")
+    raise ProtocolError('unknown_type', f'unknown message type {kind[:MAX_NAME]!r}')
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First message on a control socket: who you are and what the bridge allows."""
+
+    client_id: str
+    can_drive: bool
+    token_required: bool
+    commands: tuple
+    max_linear: float
+    max_angular: float
+    command_timeout: float
+    holonomic: bool = False
+    allow_takeover: bool = False
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A command was accepted; ``applied`` is the velocity after limits."""
+
+    request_id: RequestId
+    applied: Optional[Velocity] = None
+    clamped: bool = False
+    message: str = ''
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """A message was refused; nothing was published because of it."""
+
+    request_id: RequestId
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """Driver lock, e-stop and current velocity, pushed to every control client on change."""
+
+    driver: Optional[str]
+    estop: bool
+    velocity: Velocity
+
+
+@dataclass(frozen=True)
+class TimeReply:
+    """Answer to TimeSync: ``server_time`` is the bridge wall clock in seconds."""
+
+    t0: float
+    server_time: float
+
+
+def encode_control(message: Any, recipient: Optional[str] = None) -> str:
+    """Serialize an outgoing control message as compact JSON text."""
+    if isinstance(message, Hello):
+        obj = {'type': 'hello', 'protocol': PROTOCOL_VERSION, 'client_id': message.client_id,
+               'can_drive': message.can_drive, 'token_required': message.token_required,
+               'commands': list(message.commands),
+               'limits': {'linear': message.max_linear, 'angular': message.max_angular},
+               'command_timeout': message.command_timeout, 'holonomic': message.holonomic,
+               'allow_takeover': message.allow_takeover}
+    elif isinstance(message, Ack):
+        obj = {'type': 'ack', 'id': message.request_id, 'clamped': message.clamped,
+               'applied': message.applied.as_dict() if message.applied else None}
+        if message.message:
+            obj['message'] = message.message
+    elif isinstance(message, ErrorReply):
+        obj = {'type': 'error', 'id': message.request_id, 'code': message.code,
+               'message': message.message}
+    elif isinstance(message, ControlState):
+        obj = {'type': 'state', 'driver': message.driver,
+               'you_drive': recipient is not None and message.driver == recipient,
+               'estop': message.estop, 'velocity': message.velocity.as_dict()}
+    elif isinstance(message, TimeReply):
+        obj = {'type': 'time', 't0': message.t0, 'server_time': message.server_time}
+    else:
+        raise TypeError(f'not an outgoing control message: {message!r}')
+    return json.dumps(obj, separators=(',', ':'), allow_nan=False)
