@@ -84,7 +84,8 @@ def test_bgr8_is_a_zero_copy_padded_view(encoding):
     assert image_codec.to_display(encoding, arr) is arr
 
 
-@pytest.mark.parametrize('container', [bytes, bytearray, memoryview, lambda b: array.array('B', b)])
+@pytest.mark.parametrize(
+    'container', [bytes, bytearray, memoryview, lambda b: array.array('B', b)])
 def test_accepts_every_buffer_type(container):
     data = container(bytes(pack(BGR, 20)))
     arr = image_codec.image_to_array('bgr8', 5, 3, 20, False, data)
@@ -246,6 +247,14 @@ def test_16uc1_millimetres_match_32fc1_metres(is_bigendian):
     np.testing.assert_array_equal(picture16[1, 3], colour(255))
 
 
+def test_16uc1_matches_32fc1_over_a_millimetre_sweep():
+    mm = np.arange(0, 6001, dtype=np.uint16).reshape(1, -1)
+    sweep = DisplaySettings(depth_min=0.3, depth_max=5.4)
+    np.testing.assert_array_equal(
+        image_codec.to_display('16UC1', mm, sweep),
+        image_codec.to_display('32FC1', mm.astype(np.float32) / 1000, sweep))
+
+
 def test_default_settings_use_turbo_over_zero_to_five_metres():
     metres = np.array([[0.01, 5.0, 0.0]], np.float32)
     picture = image_codec.to_display('32FC1', metres)
@@ -305,10 +314,12 @@ def test_mono16_end_to_end_from_wire(is_bigendian):
 # ---------------------------------------------------------------- jpeg
 
 def decode(jpeg):
+    """Decode with OpenCV directly, keeping channels as stored."""
     return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 def noisy(height=48, width=64):
+    """Return a reproducible noise picture (incompressible, so quality shows in size)."""
     return np.random.default_rng(7).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
@@ -326,6 +337,13 @@ def test_encode_jpeg_sizes(limits, size):
     assert image_codec.is_jpeg(jpeg)
     assert decode(jpeg).shape == (size[1], size[0], 3)
     assert image_codec.scaled_size(64, 48, *limits) == size
+
+
+def test_encode_jpeg_downscale_averages_pixels():
+    checkers = (np.indices((8, 8)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    decoded = decode(image_codec.encode_jpeg(checkers, 100, max_width=4))
+    assert decoded.shape == (4, 4)
+    np.testing.assert_allclose(decoded, 128, atol=3)  # INTER_AREA, not nearest-neighbour
 
 
 def test_encode_jpeg_keeps_colour_and_grey():
@@ -422,6 +440,7 @@ def test_is_jpeg():
 
 @st.composite
 def padded_images(draw, dtype, channels):
+    """Draw (pixels, step, junk byte) with random size and row padding."""
     height = draw(st.integers(1, 12))
     width = draw(st.integers(1, 12))
     shape = (height, width, channels) if channels > 1 else (height, width)

@@ -249,3 +249,37 @@ def decode_compressed(data) -> np.ndarray:
 def is_jpeg(data) -> bool:
     """Return True if ``data`` starts with a JPEG SOI marker (cheap, no decoding)."""
     return bytes(memoryview(data).cast('B')[:3]) == b'\xff\xd8\xff'
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data) -> Optional[Tuple[int, int]]:
+    """Return ``(width, height)`` read from a JPEG's frame header, without decoding it.
+
+    Passthrough streams forward the source's JPEG bytes untouched and still report the size.
+    None when no frame header is found (truncated or not a JPEG).
+    """
+    view = memoryview(data).cast('B')
+    if bytes(view[:2]) != b'\xff\xd8':
+        return None
+    pos, end = 2, len(view)
+    while pos + 4 <= end:
+        if view[pos] != 0xFF:
+            return None
+        marker = view[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        length = (view[pos + 2] << 8) | view[pos + 3]
+        if marker in _SOF_MARKERS:
+            if pos + 9 > end:
+                return None
+            height = (view[pos + 5] << 8) | view[pos + 6]
+            width = (view[pos + 7] << 8) | view[pos + 8]
+            return width, height
+        pos += 2 + length
+    return None

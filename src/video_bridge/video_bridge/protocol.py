@@ -10,7 +10,7 @@ import json
 import math
 import struct
 from typing import Any, Optional, Union
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 PROTOCOL_VERSION = 1
 
@@ -63,16 +63,28 @@ class Target:
     query: dict = field(default_factory=dict)
 
 
+def quote_stream(name: str) -> str:
+    """Escape a stream name for a URL path segment (topic-named streams contain '/')."""
+    return quote(name, safe='')
+
+
 def parse_target(target: str) -> Target:
-    """Split a request target into endpoint kind, stream name and single-valued query."""
+    """Split a request target into endpoint kind, stream name and single-valued query.
+
+    A stream is one path segment: a configured name (``front``) or an image topic with its
+    slashes escaped (``%2Fcamera%2Fimage_raw``).
+    """
     parts = urlsplit(target)
-    path = unquote(parts.path) or '/'
+    raw_path = parts.path or '/'
+    path = unquote(raw_path)
     query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     for prefix, kind in ((VIDEO_PREFIX, 'video'), (MJPEG_PREFIX, 'mjpeg'),
                          (SNAPSHOT_PREFIX, 'snapshot')):
-        if path.startswith(prefix):
-            stream = path[len(prefix):]
-            if not stream or len(stream) > MAX_STREAM_NAME or '/' in stream:
+        if raw_path.startswith(prefix):
+            segment = raw_path[len(prefix):]
+            stream = unquote(segment)
+            if not segment or '/' in segment or len(stream) > MAX_STREAM_NAME \
+                    or not stream.isprintable():
                 raise ProtocolError('bad_stream', f'invalid stream name in {path!r}')
             return Target(kind, stream, path, query)
     if path == CONTROL_PATH:

@@ -1,0 +1,373 @@
+"""bridge_node: the ROS adapter between image topics / cmd_vel and the bridge's server.
+
+Declares the parameters, subscribes image topics (on demand: only while someone watches),
+publishes cmd_vel, BridgeStatus and the e-stop service, and hands everything else to the pure
+core (:mod:`streams`, :mod:`teleop`) and the network adapter (:mod:`server`, :mod:`control`).
+
+Threads: rclpy callbacks run on an executor thread; the network runs on one asyncio loop in the
+main thread. Frames cross with one thread-safe wake-up per frame; the teleop core lives on the
+loop, and ROS-side calls into it (e-stop service, status) are marshalled onto the loop.
+
+QoS, on purpose: images are subscribed best-effort, depth 1 (sensor data: only the newest frame
+matters, a retransmitted stale frame is worse than none; matches reliable publishers too);
+cmd_vel is reliable, depth 10 (a stop must arrive); status is reliable, depth 1.
+"""
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import sys
+import threading
+import time
+
+from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
+from geometry_msgs.msg import Twist, TwistStamped
+import rclpy
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CompressedImage, Image
+from video_bridge.access import AccessPolicy, load_token
+from video_bridge.control import ControlService
+from video_bridge.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
+from video_bridge.parameters import declare
+from video_bridge.server import BridgeServer, ServerConfig
+from video_bridge.streams import COMPRESSED, RAW, SourceImage, StreamHub, StreamSettings
+from video_bridge.teleop import load_vocabulary, TeleopConfig, TeleopCore
+from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
+from video_bridge_msgs.srv import SetEmergencyStop
+
+IMAGE_TYPES = {'sensor_msgs/msg/Image': RAW, 'sensor_msgs/msg/CompressedImage': COMPRESSED}
+MESSAGE_CLASS = {RAW: Image, COMPRESSED: CompressedImage}
+
+
+def share_path(*parts: str) -> str:
+    """Path inside this package's share directory (installed launch/, config/, web/)."""
+    try:
+        share = get_package_share_directory('video_bridge')
+    except PackageNotFoundError:  # running from a source checkout
+        share = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', '..'))
+    return os.path.join(share, *parts)
+
+
+class RosLog:
+    """A logging.Logger-like face on the node's rcutils logger, for the pure-Python layers."""
+
+    def __init__(self, logger):
+        self._logger = logger
+
+    def _format(self, message, args):
+        return str(message) % args if args else str(message)
+
+    def debug(self, message, *args):
+        self._logger.debug(self._format(message, args))
+
+    def info(self, message, *args):
+        self._logger.info(self._format(message, args))
+
+    def warning(self, message, *args):
+        self._logger.warning(self._format(message, args))
+
+    def error(self, message, *args):
+        self._logger.error(self._format(message, args))
+
+    def exception(self, message, *args):
+        import traceback
+        self._logger.error(self._format(message, args) + '\n' + traceback.format_exc())
+
+
+class BridgeNode(Node):
+    """Parameters, subscriptions and publishers; the logic lives in the core modules."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__('bridge_node')
+        self.loop = loop
+        self.p = declare(self)
+        self.log = RosLog(self.get_logger())
+        stamped = self.p.cmd_vel_stamped
+        self.cmd_vel = self.create_publisher(
+            TwistStamped if stamped else Twist, 'cmd_vel',
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.status_pub = self.create_publisher(BridgeStatus, '~/status', QoSProfile(depth=1))
+        self.hub = StreamHub(self.p.max_viewers, on_frame=self._frame_ready,
+                             on_viewers=self._viewers_changed)
+        for name in self.p.stream_names:
+            self.hub.add(self._stream_settings(name))
+        self.access = AccessPolicy(load_token(self.p.token, self.p.token_file),
+                                   self.p.view_requires_token, tuple(self.p.allowed_origins))
+        vocabulary = load_vocabulary(self.p.commands_file or share_path('config',
+                                                                        'teleop_commands.yaml'))
+        self.teleop = TeleopCore(TeleopConfig(
+            max_linear=self.p.max_linear, max_angular=self.p.max_angular,
+            max_linear_accel=self.p.max_linear_accel, max_angular_accel=self.p.max_angular_accel,
+            command_timeout=self.p.command_timeout, republish_rate=self.p.republish_rate,
+            holonomic=self.p.holonomic, allow_takeover=self.p.allow_takeover,
+            default_speed=self.p.default_speed, vocabulary=vocabulary))
+        self.control = ControlService(self.teleop, self.access, self.publish_velocity,
+                                      self.p.commands_per_second, self.p.command_burst,
+                                      logger=self.log)
+        self.server = BridgeServer(
+            self.hub, self.access,
+            ServerConfig(host=self.p.host, port=self.p.port,
+                         web_root=self.p.web_root or share_path('web'),
+                         tls_cert=self.p.tls_cert, tls_key=self.p.tls_key,
+                         max_message_size=self.p.max_message_size),
+            control=self.control, logger=self.log, resolve_stream=self._topic_stream,
+            list_topics=lambda: list(self._image_topics))
+        self._image_subs = {}
+        self.closing = False
+        self._demand = {}
+        self._idle_since = {}
+        self._image_topics = []
+        self._last_counters = {}
+        self._last_status_time = time.monotonic()
+        self._reconcile_now = self.create_guard_condition(self._reconcile)
+        self.create_timer(0.5, self._reconcile)
+        self.create_timer(1.0, self._refresh_topics)
+        self.create_timer(self.p.status_period, self._publish_status)
+        self.create_service(SetEmergencyStop, '~/set_emergency_stop', self._estop_service)
+        if not self.p.subscribe_on_demand:
+            for stream in self.hub.streams():
+                self._subscribe(stream)
+
+    # -- streams -----------------------------------------------------------------------
+
+    def _stream_settings(self, name: str, topic: str = '', kind: str = '') -> StreamSettings:
+        per = self.p.stream(name)
+        display = DisplaySettings(depth_min=per.depth_min, depth_max=per.depth_max,
+                                  colormap=per.colormap)
+        return StreamSettings(name=name, topic=topic or per.topic, kind=kind or per.type,
+                              quality=per.quality or self.p.default_quality,
+                              max_variants=self.p.max_variants, display=display)
+
+    def _topic_stream(self, name: str):
+        """Create a stream for an image topic seen in the graph (``/video/%2Fsome%2Ftopic``)."""
+        if not self.p.allow_topic_streams or not name.startswith('/'):
+            return None
+        for entry in self._image_topics:
+            if entry['topic'] == name:
+                return self.hub.add(self._stream_settings(name, name, entry['kind']))
+        return None
+
+    def _frame_ready(self, name: str):
+        self.server.notify_frame(name)
+
+    def _viewers_changed(self, name: str, count: int):
+        self._demand[name] = count
+        if not self.closing:
+            self._reconcile_now.trigger()
+
+    def _reconcile(self):
+        """Subscribe streams someone watches; unsubscribe a while after the last one left."""
+        now = time.monotonic()
+        for stream in self.hub.streams():
+            name = stream.name
+            watched = self._demand.get(name, 0) > 0 or not self.p.subscribe_on_demand
+            if watched:
+                self._idle_since.pop(name, None)
+                if name not in self._image_subs:
+                    self._subscribe(stream)
+            elif name in self._image_subs:
+                idle = self._idle_since.setdefault(name, now)
+                if now - idle >= self.p.unsubscribe_delay:
+                    self.destroy_subscription(self._image_subs.pop(name))
+                    self._idle_since.pop(name, None)
+                    self.get_logger().info(f'stream {name!r}: nobody watches; unsubscribed '
+                                           f'{stream.settings.topic}')
+
+    def _subscribe(self, stream):
+        settings = stream.settings
+        qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.RELIABLE if self.p.image_reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
+        callback = self._raw_callback(stream) if settings.kind == RAW \
+            else self._compressed_callback(stream)
+        self._image_subs[stream.name] = self.create_subscription(
+            MESSAGE_CLASS[settings.kind], settings.topic, callback, qos)
+        self.get_logger().info(f'stream {stream.name!r}: subscribed '
+                               f'{self.resolve_topic_name(settings.topic)}')
+
+    def _raw_callback(self, stream):
+        def on_image(msg: Image):
+            self._feed(stream, SourceImage(
+                msg.header.stamp.sec, msg.header.stamp.nanosec, msg.data, msg.encoding,
+                msg.width, msg.height, msg.step, bool(msg.is_bigendian),
+                received_time=time.time()), msg.encoding)
+        return on_image
+
+    def _compressed_callback(self, stream):
+        def on_compressed(msg: CompressedImage):
+            self._feed(stream, SourceImage(
+                msg.header.stamp.sec, msg.header.stamp.nanosec, msg.data, format=msg.format,
+                received_time=time.time()), msg.format)
+        return on_compressed
+
+    def _feed(self, stream, image: SourceImage, encoding: str):
+        try:
+            stream.publish(image)
+        except (UnsupportedEncoding, MalformedImage) as exc:
+            if stream.warn_once(f'{type(exc).__name__}:{encoding}'):
+                self.get_logger().warning(f'stream {stream.name!r}: cannot show '
+                                          f'{stream.settings.topic}: {exc}')
+
+    def _refresh_topics(self):
+        topics = []
+        for topic, types in self.get_topic_names_and_types():
+            for type_name in types:
+                if type_name in IMAGE_TYPES:
+                    topics.append({'topic': topic, 'type': type_name,
+                                   'kind': IMAGE_TYPES[type_name]})
+        self._image_topics = topics
+
+    # -- teleop ------------------------------------------------------------------------
+
+    def publish_velocity(self, velocity):
+        """Publish a velocity the teleop core decided on (called on the network loop)."""
+        twist = Twist()
+        twist.linear.x, twist.linear.y, twist.linear.z = (
+            velocity.linear_x, velocity.linear_y, velocity.linear_z)
+        twist.angular.x, twist.angular.y, twist.angular.z = (
+            velocity.angular_x, velocity.angular_y, velocity.angular_z)
+        if self.p.cmd_vel_stamped:
+            stamped = TwistStamped()
+            stamped.header.stamp = self.get_clock().now().to_msg()
+            stamped.header.frame_id = self.p.cmd_vel_frame_id
+            stamped.twist = twist
+            self.cmd_vel.publish(stamped)
+        else:
+            self.cmd_vel.publish(twist)
+
+    def on_loop(self, function, *args, timeout: float = 2.0):
+        """Run ``function(*args)`` on the network loop and return its result (ROS thread)."""
+        future = concurrent.futures.Future()
+
+        def run():
+            try:
+                future.set_result(function(*args))
+            except Exception as exc:
+                future.set_exception(exc)
+        self.loop.call_soon_threadsafe(run)
+        return future.result(timeout)
+
+    def _estop_service(self, request, response):
+        try:
+            state = self.on_loop(self.control.set_estop, bool(request.engage), 'ROS service')
+        except (concurrent.futures.TimeoutError, RuntimeError) as exc:
+            response.success, response.message = False, f'bridge loop not answering: {exc}'
+            return response
+        response.success = state.estop == bool(request.engage)
+        response.message = 'emergency stop ' + ('engaged' if state.estop else 'released')
+        return response
+
+    # -- status ------------------------------------------------------------------------
+
+    def _publish_status(self):
+        now = time.monotonic()
+        period = max(now - self._last_status_time, 1e-6)
+        self._last_status_time = now
+        msg = BridgeStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.url = self.server.url
+        for stream in self.hub.streams():
+            counters = stream.counters()
+            last = self._last_counters.get(stream.name, counters)
+            self._last_counters[stream.name] = counters
+            encodes = counters.encode_count - last.encode_count
+            entry = StreamStatus(
+                name=stream.name, topic=self.resolve_topic_name(stream.settings.topic),
+                type=[t for t, k in IMAGE_TYPES.items() if k == stream.settings.kind][0],
+                subscribed=stream.name in self._image_subs, viewers=counters.viewers,
+                variants=counters.variants, frames_in=counters.frames_in,
+                frames_sent=counters.frames_sent, frames_dropped=counters.frames_dropped,
+                frames_skipped=counters.frames_skipped)
+            entry.encode_ms = float(1000.0 * (counters.encode_seconds - last.encode_seconds)
+                                    / encodes) if encodes else 0.0
+            entry.bytes_per_second = (counters.bytes_sent - last.bytes_sent) / period
+            entry.input_fps = float((counters.frames_in - last.frames_in) / period)
+            msg.streams.append(entry)
+        try:
+            teleop = self.on_loop(self.control.status, timeout=0.5)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            teleop = None
+        if teleop is not None:
+            msg.teleop = TeleopStatus(driver_id=teleop.driver_id or '',
+                                      control_clients=teleop.control_clients,
+                                      last_command_age=float(teleop.last_command_age),
+                                      estop_engaged=teleop.estop)
+            velocity = teleop.velocity
+            msg.teleop.velocity.linear.x = velocity.linear_x
+            msg.teleop.velocity.linear.y = velocity.linear_y
+            msg.teleop.velocity.angular.z = velocity.angular_z
+        self.status_pub.publish(msg)
+
+    def flush_cmd_vel(self, timeout: float = 1.0):
+        """Wait until subscribers acknowledged the last cmd_vel (the final zero at shutdown)."""
+        try:
+            self.cmd_vel.wait_for_all_acked(Duration(seconds=timeout))
+        except Exception:  # best effort: never block shutdown on it
+            pass
+
+
+async def run_bridge(args=None) -> int:
+    """Run the bridge until SIGINT/SIGTERM; publish zero on cmd_vel before exiting."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    executor = SingleThreadedExecutor()
+    spinner = None
+    try:
+        try:
+            node = BridgeNode(loop)
+        except (ValueError, OSError) as exc:
+            print(f'bridge_node: configuration error: {exc}', file=sys.stderr)
+            return 1
+        try:
+            await node.server.start()
+        except OSError as exc:
+            node.get_logger().error(f'cannot listen on {node.p.host}:{node.p.port}: {exc}')
+            return 1
+        node.control.start()
+        executor.add_node(node)
+        spinner = threading.Thread(target=_spin, args=(executor,), daemon=True)
+        spinner.start()
+        node.get_logger().info(
+            f'video_bridge serving {node.server.url}/ (streams: '
+            f'{", ".join(s.name for s in node.hub.streams()) or "none"}; '
+            f'control token {"required" if node.access.token_required else "not set"})')
+        if node.p.host not in ('127.0.0.1', 'localhost', '::1') and not node.access.token:
+            node.get_logger().warning('listening beyond this machine with no token: anyone who '
+                                      'reaches the port can drive; set token or token_file')
+        await stop.wait()
+        node.closing = True
+        node.get_logger().info('shutting down: stopping the car')
+        await node.control.stop()
+        node.flush_cmd_vel()
+        await node.server.stop()
+        return 0
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        if spinner is not None:
+            spinner.join(timeout=2.0)
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def _spin(executor):
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+
+
+def main(args=None):
+    """Entry point of ``ros2 run video_bridge bridge_node``."""
+    sys.exit(asyncio.run(run_bridge(args)))
+

@@ -1,0 +1,137 @@
+"""bridge_node's parameters: one table with defaults, descriptions and ranges.
+
+Declared through rclpy so they show up in ``ros2 param describe`` and are validated by rclpy
+(ranges, read-only); ``config/bridge.yaml`` mirrors this table with comments.
+"""
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+
+# name: (default, description, (min, max) or None)
+BRIDGE_PARAMETERS = {
+    # network
+    'host': ('127.0.0.1', 'Address to listen on; 0.0.0.0 serves every interface '
+             '(set a token then).', None),
+    'port': (8080, 'TCP port for the page, the API, video, MJPEG and control (0: any free).',
+             (0, 65535)),
+    'web_root': ('', 'Folder served at /; empty: share/video_bridge/web.', None),
+    'tls_cert': ('', 'PEM certificate: with tls_key, serve https/wss on the same port.', None),
+    'tls_key': ('', 'PEM private key for tls_cert.', None),
+    # access
+    'token': ('', 'Token required to drive (never logged). Empty: token_file, else the '
+              'VIDEO_BRIDGE_TOKEN environment variable, else no token.', None),
+    'token_file': ('', 'File whose first line is the token.', None),
+    'view_requires_token': (False, 'Require the token for watching video too.', None),
+    'allowed_origins': (['__same_origin__'], 'Browser origins allowed to open websockets, e.g. '
+                        'https://ops.example.org; __same_origin__: only the bridge\'s own; '
+                        '*: any.', None),
+    # streams
+    'stream_names': (['camera'], 'Streams to offer; each reads streams.<name>.topic.', None),
+    'default_quality': (80, 'JPEG quality when a stream or viewer names none.', (1, 100)),
+    'max_viewers': (100, 'Viewers (websocket, MJPEG, snapshot) across all streams; the next '
+                    'is refused with a clear reason.', (1, 10000)),
+    'max_variants': (4, 'Distinct size/quality variants encoded per stream at once.', (1, 64)),
+    'subscribe_on_demand': (True, 'Subscribe an image topic only while someone watches it.',
+                            None),
+    'unsubscribe_delay': (5.0, 'Seconds after the last viewer leaves before unsubscribing.',
+                          (0.0, 3600.0)),
+    'allow_topic_streams': (True, 'Let clients watch any image topic in the graph as '
+                            '/video/<url-escaped topic>.', None),
+    'image_reliable': (False, 'Subscribe images reliable instead of best effort (sensor data).',
+                       None),
+    'status_period': (1.0, 'Seconds between BridgeStatus messages on ~/status.', (0.05, 60.0)),
+    # teleop
+    'cmd_vel_stamped': (False, 'Publish geometry_msgs/TwistStamped instead of Twist.', None),
+    'cmd_vel_frame_id': ('base_link', 'frame_id of TwistStamped commands.', None),
+    'max_linear': (0.5, 'Largest |linear.x| and |linear.y| published, m/s.', (0.0, 100.0)),
+    'max_angular': (1.0, 'Largest |angular.z| published, rad/s.', (0.0, 100.0)),
+    'max_linear_accel': (0.0, 'Limit on speeding up, m/s^2 (0: none). Slowing down is never '
+                         'limited.', (0.0, 1000.0)),
+    'max_angular_accel': (0.0, 'Limit on turning faster, rad/s^2 (0: none).', (0.0, 1000.0)),
+    'command_timeout': (0.5, 'Deadman: seconds without a command before the car is stopped.',
+                        (0.05, 10.0)),
+    'republish_rate': (10.0, 'Hz at which a held non-zero command is republished (0: off).',
+                       (0.0, 100.0)),
+    'holonomic': (False, 'Accept linear.y (sideways) commands.', None),
+    'allow_takeover': (False, 'Let an authorised client take the driver lock from another.',
+                       None),
+    'default_speed': (1.0, 'Speed scale of text commands that name none, 0..1.', (0.0, 1.0)),
+    'commands_file': ('', 'Text command vocabulary (YAML); empty: '
+                      'share/video_bridge/config/teleop_commands.yaml.', None),
+    'commands_per_second': (50.0, 'Control messages per second per connection before errors.',
+                            (1.0, 1000.0)),
+    'command_burst': (20, 'Control messages a connection may send at once.', (1, 1000)),
+    'max_message_size': (4096, 'Largest control message in bytes; larger ones close the '
+                         'socket (1009).', (64, 1048576)),
+}
+
+# streams.<name>.<field>: (default, description, range)
+STREAM_PARAMETERS = {
+    'topic': (None, 'Image topic of this stream (relative names follow the node namespace and '
+              'remapping).', None),
+    'type': ('raw', 'raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage, JPEG '
+             'passed through untouched).', None),
+    'quality': (0, 'JPEG quality of this stream (0: default_quality).', (0, 100)),
+    'depth_min': (0.0, 'Depth drawn at the near end of the colour map, metres.', (0.0, 1000.0)),
+    'depth_max': (5.0, 'Depth drawn at the far end of the colour map, metres.', (0.0, 1000.0)),
+    'colormap': ('turbo', 'OpenCV colour map for depth images (turbo, jet, viridis, ...).',
+                 None),
+}
+
+
+def _descriptor(description, limits, value):
+    descriptor = ParameterDescriptor(description=description)
+    if limits is not None:
+        low, high = limits
+        if isinstance(value, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low),
+                                                                  to_value=float(high))]
+        else:
+            descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
+    return descriptor
+
+
+class _Values:
+    """Attribute access to declared parameter values."""
+
+    def __init__(self, node, names, prefix=''):
+        for name in names:
+            setattr(self, name, node.get_parameter(prefix + name).value)
+
+
+class BridgeParameters(_Values):
+    """All bridge parameters of a node, declared."""
+
+    def __init__(self, node):
+        for name, (default, description, limits) in BRIDGE_PARAMETERS.items():
+            node.declare_parameter(name, default, _descriptor(description, limits, default))
+        super().__init__(node, BRIDGE_PARAMETERS)
+        self._node = node
+        if self.allowed_origins == ['__same_origin__']:
+            self.allowed_origins = []
+        self.stream_names = [name for name in self.stream_names if name]
+        for name in self.stream_names:
+            self.stream(name)  # declare now so a typo in the YAML fails at startup
+
+    def stream(self, name: str) -> _Values:
+        """Declare (once) and read the ``streams.<name>.*`` parameters."""
+        prefix = f'streams.{name}.'
+        node = self._node
+        for field, (default, description, limits) in STREAM_PARAMETERS.items():
+            if not node.has_parameter(prefix + field):
+                if default is None:
+                    default = 'image_raw' if name == 'camera' else f'{name}/image_raw'
+                node.declare_parameter(prefix + field, default,
+                                       _descriptor(description, limits, default))
+        values = _Values(node, STREAM_PARAMETERS, prefix)
+        if values.type not in ('raw', 'compressed'):
+            raise ValueError(f'{prefix}type must be raw or compressed, not {values.type!r}')
+        return values
+
+
+def declare(node) -> BridgeParameters:
+    """Declare every bridge parameter on ``node`` and return their values."""
+    return BridgeParameters(node)
+
+
+

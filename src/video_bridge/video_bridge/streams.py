@@ -1,0 +1,347 @@
+"""Stream hub: encode each frame once per variant, keep only the newest, count everything.
+
+Pure (no rclpy, no asyncio). The ROS adapter calls :meth:`Stream.publish` from its executor
+thread with the fields of an incoming image; the hub converts and JPEG-encodes the frame there
+(off the network loop; OpenCV releases the GIL), once per *active* variant, and replaces that
+variant's newest-frame slot. Viewers never queue: each one takes the newest frame when it is ready
+for one, and a frame it never took is counted as dropped for it. Memory is bounded by one frame
+per variant, whatever the viewers do.
+
+The network adapter learns about new frames through one ``on_frame(stream_name)`` callback per
+frame (it schedules a wake-up on its loop), and about viewers coming and going through
+``on_viewers(stream_name, count)`` (the ROS adapter subscribes on demand).
+"""
+
+from dataclasses import dataclass
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+from video_bridge import image_codec
+from video_bridge.protocol import (
+    FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, FrameHeader, pack_frame_header, Variant)
+
+RAW = 'raw'
+COMPRESSED = 'compressed'
+COLORMAPPED_ENCODINGS = frozenset({'16UC1', '32FC1', 'mono16'})
+
+
+class CapacityError(RuntimeError):
+    """A viewer or variant limit was reached; the message says which."""
+
+
+class UnknownStream(KeyError):
+    """No stream has that name (and none could be created for it)."""
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One incoming image, as plain fields (a sensor_msgs Image or CompressedImage)."""
+
+    stamp_sec: int
+    stamp_nanosec: int
+    data: object                # buffer: bytes, array.array, memoryview
+    encoding: str = ''          # Image only
+    width: int = 0
+    height: int = 0
+    step: int = 0
+    is_bigendian: bool = False
+    format: str = ''            # CompressedImage only, e.g. 'jpeg' or 'png'
+    received_time: float = 0.0  # wall clock when the bridge got it
+
+
+class EncodedFrame:
+    """One frame of one variant, ready to send; wire forms are built once and shared."""
+
+    __slots__ = ('header', 'jpeg', 'payload', '_wire')
+
+    def __init__(self, header: FrameHeader, jpeg: bytes):
+        self.header = header
+        self.jpeg = jpeg
+        self.payload = pack_frame_header(header) + jpeg
+        self._wire: Dict[str, bytes] = {}
+
+    @property
+    def seq(self) -> int:
+        """Stream sequence number: 1 for the first frame the stream received."""
+        return self.header.seq
+
+    def wire(self, form: str, build: Callable[['EncodedFrame'], bytes]) -> bytes:
+        """Return this frame serialised for one transport, building it on first use only."""
+        data = self._wire.get(form)
+        if data is None:
+            data = self._wire[form] = build(self)
+        return data
+
+
+class _VariantSlot:
+    __slots__ = ('viewers', 'latest')
+
+    def __init__(self):
+        self.viewers = 0
+        self.latest: Optional[EncodedFrame] = None
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Per-stream configuration."""
+
+    name: str
+    topic: str
+    kind: str = RAW                   # RAW (sensor_msgs/Image) or COMPRESSED
+    quality: int = 80                 # default JPEG quality
+    max_variants: int = 4             # distinct size/quality combinations encoded at once
+    display: image_codec.DisplaySettings = image_codec.DisplaySettings()
+
+
+@dataclass(frozen=True)
+class StreamCounters:
+    """Cumulative counters of a stream (reported in BridgeStatus and /api/streams)."""
+
+    viewers: int
+    variants: int
+    frames_in: int
+    frames_sent: int
+    frames_dropped: int
+    frames_skipped: int
+    bytes_sent: int
+    encode_count: int
+    encode_seconds: float
+    width: int
+    height: int
+
+
+class Viewer:
+    """One client's place in a stream: takes the newest frame of its variant, never a backlog."""
+
+    def __init__(self, stream: 'Stream', variant: Variant):
+        self.stream = stream
+        self.variant = variant
+        self.last_seq = 0
+        self._attached = True
+
+    def take(self) -> Optional[EncodedFrame]:
+        """Return the newest frame if it is newer than the last one taken, else None."""
+        frame = self.stream._newest(self.variant)
+        if frame is None or frame.seq <= self.last_seq:
+            return None
+        self.stream._delivered(frame, self.last_seq)
+        self.last_seq = frame.seq
+        return frame
+
+    def detach(self):
+        """Leave the stream (idempotent)."""
+        if self._attached:
+            self._attached = False
+            self.stream._detach(self.variant)
+
+
+class Stream:
+    """A named video stream fed by one ROS topic."""
+
+    def __init__(self, settings: StreamSettings, hub: 'StreamHub'):
+        self.settings = settings
+        self._hub = hub
+        self._lock = threading.Lock()
+        self._slots: Dict[Variant, _VariantSlot] = {}
+        self._viewers = 0
+        self._seq = 0
+        self._frames_skipped = 0
+        self._frames_sent = 0
+        self._frames_dropped = 0
+        self._bytes_sent = 0
+        self._encode_count = 0
+        self._encode_seconds = 0.0
+        self._size = (0, 0)
+        self._warned = set()
+
+    @property
+    def name(self) -> str:
+        """Stream name, as in /video/<name>."""
+        return self.settings.name
+
+    # -- viewers (network side) -----------------------------------------------------------
+
+    def attach(self, variant: Variant) -> Viewer:
+        """Add a viewer of ``variant``; CapacityError past the viewer or variant limit."""
+        variant = variant.resolved(self.settings.quality)
+        with self._lock:
+            if self._hub.viewer_count() >= self._hub.max_viewers:
+                raise CapacityError(f'viewer limit reached ({self._hub.max_viewers})')
+            slot = self._slots.get(variant)
+            if slot is None:
+                if len(self._slots) >= self.settings.max_variants:
+                    raise CapacityError(
+                        f'variant limit reached for stream {self.name!r} '
+                        f'({self.settings.max_variants} size/quality combinations in use)')
+                slot = self._slots[variant] = _VariantSlot()
+            slot.viewers += 1
+            self._viewers += 1
+            count = self._viewers
+        self._hub._viewers_changed(self.name, count)
+        return Viewer(self, variant)
+
+    def _detach(self, variant: Variant):
+        with self._lock:
+            slot = self._slots[variant]
+            slot.viewers -= 1
+            if slot.viewers == 0:
+                del self._slots[variant]
+            self._viewers -= 1
+            count = self._viewers
+        self._hub._viewers_changed(self.name, count)
+
+    def _newest(self, variant: Variant) -> Optional[EncodedFrame]:
+        slot = self._slots.get(variant)
+        return slot.latest if slot is not None else None
+
+    def _delivered(self, frame: EncodedFrame, previous_seq: int):
+        self._frames_sent += 1
+        self._bytes_sent += len(frame.payload)
+        if previous_seq:
+            self._frames_dropped += max(0, frame.seq - previous_seq - 1)
+
+    # -- frames (ROS side) ----------------------------------------------------------------
+
+    def publish(self, image: SourceImage) -> int:
+        """Encode ``image`` once for every variant someone watches; return how many were made.
+
+        Raises image_codec.UnsupportedEncoding or MalformedImage for images it cannot show
+        (the caller logs them, rate-limited); nothing is replaced then.
+        """
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            variants = list(self._slots)
+        if not variants:
+            self._frames_skipped += 1
+            return 0
+        started = time.perf_counter()
+        frames = self._encode(image, seq, variants)
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            for variant, frame in frames.items():
+                slot = self._slots.get(variant)
+                if slot is not None:
+                    slot.latest = frame
+            self._encode_count += len(frames)
+            self._encode_seconds += elapsed
+        self._hub._frame_ready(self.name)
+        return len(frames)
+
+    def _encode(self, image: SourceImage, seq: int, variants) -> Dict[Variant, EncodedFrame]:
+        """Convert the image once, then make one JPEG per variant (or pass the source's JPEG)."""
+        picture_cache = []
+
+        def picture():
+            if not picture_cache:
+                picture_cache.append(self._picture(image))
+            return picture_cache[0]
+
+        passthrough = None
+        if self.settings.kind == COMPRESSED and image_codec.is_jpeg(image.data):
+            passthrough = bytes(image.data)
+            size = image_codec.jpeg_size(passthrough)
+            if size is None:
+                raise image_codec.MalformedImage('JPEG without a frame header')
+        base_flags = FLAG_COLORMAPPED if self._colormapped(image) else 0
+        source_size = size if passthrough is not None else None
+        frames = {}
+        for variant in variants:
+            native = not variant.max_width and not variant.max_height
+            if passthrough is not None and native and variant.quality == self.settings.quality:
+                jpeg, flags, (width, height) = passthrough, base_flags | FLAG_PASSTHROUGH, size
+            else:
+                shown = picture()
+                source_height, source_width = shown.shape[:2]
+                source_size = (source_width, source_height)
+                width, height = image_codec.scaled_size(source_width, source_height,
+                                                        variant.max_width, variant.max_height)
+                jpeg = image_codec.encode_jpeg(shown, variant.quality, variant.max_width,
+                                               variant.max_height)
+                flags = base_flags
+                if (width, height) != (source_width, source_height):
+                    flags |= FLAG_SCALED
+            header = FrameHeader(seq, width, height, image.stamp_sec, image.stamp_nanosec,
+                                 image.received_time, flags)
+            frames[variant] = EncodedFrame(header, jpeg)
+        self._size = source_size
+        return frames
+
+    def _picture(self, image: SourceImage):
+        """Decode or convert the source image into a uint8 picture, once per frame."""
+        if self.settings.kind == COMPRESSED:
+            decoded = image_codec.decode_compressed(image.data)
+            if decoded.dtype != 'uint8':  # 16-bit PNG: depth in millimetres
+                return image_codec.to_display('16UC1', decoded, self.settings.display)
+            return decoded
+        array = image_codec.image_to_array(image.encoding, image.width, image.height,
+                                           image.step, image.is_bigendian, image.data)
+        return image_codec.to_display(image.encoding, array, self.settings.display)
+
+    def _colormapped(self, image: SourceImage) -> bool:
+        if self.settings.kind == COMPRESSED:
+            return not image_codec.is_jpeg(image.data) and image.format.startswith('16')
+        return image.encoding in COLORMAPPED_ENCODINGS
+
+    # -- figures ------------------------------------------------------------------------
+
+    def counters(self) -> StreamCounters:
+        """Cumulative counters; safe to call from any thread."""
+        with self._lock:
+            width, height = self._size
+            return StreamCounters(self._viewers, len(self._slots), self._seq,
+                                  self._frames_sent, self._frames_dropped, self._frames_skipped,
+                                  self._bytes_sent, self._encode_count, self._encode_seconds,
+                                  width, height)
+
+    def warn_once(self, key: str) -> bool:
+        """Return True the first time ``key`` is seen, so the adapter logs a problem once."""
+        with self._lock:
+            if key in self._warned:
+                return False
+            self._warned.add(key)
+            return True
+
+
+class StreamHub:
+    """All streams of one bridge, with a viewer cap shared by all of them."""
+
+    def __init__(self, max_viewers: int = 100,
+                 on_frame: Callable[[str], None] = lambda name: None,
+                 on_viewers: Callable[[str, int], None] = lambda name, count: None):
+        self.max_viewers = max_viewers
+        self.on_frame = on_frame
+        self.on_viewers = on_viewers
+        self._streams: Dict[str, Stream] = {}
+        self._lock = threading.Lock()
+
+    def add(self, settings: StreamSettings) -> Stream:
+        """Create a stream (or return the existing one of that name)."""
+        with self._lock:
+            stream = self._streams.get(settings.name)
+            if stream is None:
+                stream = self._streams[settings.name] = Stream(settings, self)
+            return stream
+
+    def get(self, name: str) -> Stream:
+        """Return the stream called ``name``; UnknownStream if there is none."""
+        try:
+            return self._streams[name]
+        except KeyError:
+            raise UnknownStream(name) from None
+
+    def streams(self) -> list:
+        """Return every stream, in creation order."""
+        with self._lock:
+            return list(self._streams.values())
+
+    def viewer_count(self) -> int:
+        """Count viewers across all streams."""
+        return sum(stream._viewers for stream in self.streams())
+
+    def _frame_ready(self, name: str):
+        self.on_frame(name)
+
+    def _viewers_changed(self, name: str, count: int):
+        self.on_viewers(name, count)
