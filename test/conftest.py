@@ -24,11 +24,16 @@ OUTPUT_DIR = os.path.join(REPO, 'test-output')
 
 
 def only_loopback() -> bool:
-    """Tell whether this process sees no network interface but loopback."""
+    """Tell whether this process's network namespace has no interface but loopback.
+
+    /proc/self/net/dev is per namespace (/sys/class/net may still show the host's).
+    """
     try:
-        return set(os.listdir('/sys/class/net')) <= {'lo'}
+        with open('/proc/self/net/dev') as devices:
+            names = {line.split(':')[0].strip() for line in devices.readlines()[2:]}
     except OSError:
         return False
+    return names <= {'lo'}
 
 
 def require_isolated_ros():
@@ -160,3 +165,103 @@ def launch_node():
     yield start
     for process in reversed(started):
         process.stop()
+
+
+def port_open(port: int) -> bool:
+    """Tell whether something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(('127.0.0.1', port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+BRIDGE_PARAMS = os.path.join(REPO, 'config', 'bridge.yaml')
+
+
+class Bridge:
+    """A running bridge_node process and where to reach it."""
+
+    def __init__(self, process: NodeProcess, port: int):
+        self.process = process
+        self.port = port
+        self.http = f'http://127.0.0.1:{port}'
+        self.ws = f'ws://127.0.0.1:{port}'
+
+
+@pytest.fixture
+def start_bridge(launch_node):
+    """Start bridge_node with config/bridge.yaml plus overrides; wait until it listens."""
+    def start(port=None, **parameters):
+        port = port or free_port()
+        overrides = {'host': '127.0.0.1', 'port': port, **parameters}
+        ros_args = ['--params-file', BRIDGE_PARAMS]
+        for name, value in overrides.items():
+            if isinstance(value, bool):
+                value = str(value).lower()
+            elif isinstance(value, (list, tuple)):
+                value = '[' + ','.join(f'"{v}"' if isinstance(v, str) else str(v)
+                                       for v in value) + ']'
+            ros_args += ['-p', f'{name}:={value}']
+        process = launch_node('bridge_node', ros_args=ros_args, name='bridge_node')
+
+        def listening():
+            if process.proc.poll() is not None:
+                pytest.fail(f'bridge_node exited ({process.proc.returncode}):\n'
+                            f'{process.output()[-3000:]}')
+            return port_open(port)
+        wait_for(listening, 20, f'bridge_node to listen on {port}')
+        return Bridge(process, port)
+    return start
+
+
+class FramePublisher:
+    """Publishes bgr8 test frames at a steady rate from a thread and remembers their stamps."""
+
+    def __init__(self, node, topic: str, width: int = 640, height: int = 480,
+                 rate: float = 30.0, qos=None, encoding: str = 'bgr8', make=None):
+        import numpy as np
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+        self._np = np
+        self._image = Image
+        self.node = node
+        self.width, self.height, self.encoding = width, height, encoding
+        self.publisher = node.create_publisher(Image, topic, qos or qos_profile_sensor_data)
+        self.period = 1.0 / rate
+        self.make = make or self._pattern
+        self.stamps = []
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _pattern(self, index):
+        frame = self._np.zeros((self.height, self.width, 3), self._np.uint8)
+        frame[:, (index * 7) % self.width] = 255
+        return frame
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+        self.node.destroy_publisher(self.publisher)
+
+    def _run(self):
+        next_time = time.monotonic()
+        while not self._stop.is_set():
+            array = self.make(self.count)
+            msg = self._image()
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+            msg.header.frame_id = 'camera'
+            msg.height, msg.width = array.shape[:2]
+            msg.encoding = self.encoding
+            msg.step = array.strides[0]
+            msg.data = array.tobytes()
+            self.publisher.publish(msg)
+            self.stamps.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
+            self.count += 1
+            next_time += self.period
+            self._stop.wait(max(0.0, next_time - time.monotonic()))  # pacing, not sync

@@ -114,6 +114,7 @@ class BridgeNode(Node):
             ServerConfig(host=self.p.host, port=self.p.port,
                          web_root=self.p.web_root or share_path('web'),
                          tls_cert=self.p.tls_cert, tls_key=self.p.tls_key,
+                         frames_in_flight=self.p.frames_in_flight,
                          max_message_size=self.p.max_message_size),
             control=self.control, logger=self.log, resolve_stream=self._topic_stream,
             list_topics=lambda: list(self._image_topics))
@@ -282,7 +283,7 @@ class BridgeNode(Node):
                 subscribed=stream.name in self._image_subs, viewers=counters.viewers,
                 variants=counters.variants, frames_in=counters.frames_in,
                 frames_sent=counters.frames_sent, frames_dropped=counters.frames_dropped,
-                frames_skipped=counters.frames_skipped)
+                frames_skipped=counters.frames_skipped, frames_encoded=counters.encode_count)
             entry.encode_ms = float(1000.0 * (counters.encode_seconds - last.encode_seconds)
                                     / encodes) if encodes else 0.0
             entry.bytes_per_second = (counters.bytes_sent - last.bytes_sent) / period

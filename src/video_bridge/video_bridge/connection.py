@@ -8,10 +8,16 @@ pre-serialised video frame to every viewer instead of re-framing it per viewer.
 
 Incoming messages wait in a small bounded queue: a client that sends faster than the bridge
 reads stops being read (TCP pushes back), it never grows memory.
+
+Video is flow-controlled end to end: after each frame the server sends a ping, and it keeps at
+most ``window`` frames unacknowledged by the matching pong (websocket clients, browsers included,
+answer pings by themselves). Without that, the kernel's socket buffers on both ends would hold
+seconds of old frames for a client that stalls, and it would see them when it recovers.
 """
 
 import asyncio
 import os
+import struct
 from typing import Optional, Union
 
 from websockets.frames import Frame, Opcode
@@ -20,6 +26,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 READ_CHUNK = 65536
+FRAME_MARK = struct.Struct('!cQ')  # b'f' + frame counter, the payload of per-frame pings
 
 
 class ConnectionClosed(Exception):
@@ -52,6 +59,9 @@ class Connection:
         self._reader_task: Optional[asyncio.Task] = None
         self._closed = asyncio.Event()
         self._pong_waiter: Optional[asyncio.Future] = None
+        self._frames_sent = 0
+        self._frames_acked = 0
+        self._acked = asyncio.Event()
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -159,11 +169,26 @@ class Connection:
         transport = self.writer.transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
-    async def send_frame(self, serialised: bytes):
-        """Send a message pre-serialised by :func:`binary_frame` (shared by many clients)."""
+    async def send_frame(self, serialised: bytes, window: int = 2, timeout: float = 20.0):
+        """Send a message pre-serialised by :func:`binary_frame` (shared by many clients).
+
+        Waits while ``window`` earlier frames are unacknowledged; ConnectionClosed if the
+        client acknowledges nothing for ``timeout`` seconds (it is gone or stuck).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while self._frames_sent - self._frames_acked >= window and self.open:
+                    self._acked.clear()
+                    await self._acked.wait()
+        except TimeoutError:
+            await self.abort()
+            raise ConnectionClosed(None, f'no frame acknowledged for {timeout:g} s') from None
         if not self.open:
             raise ConnectionClosed(self.protocol.close_code, self.protocol.close_reason or '')
         self.writer.write(serialised)
+        self._frames_sent += 1
+        self.protocol.send_ping(FRAME_MARK.pack(b'f', self._frames_sent))
+        self._flush()
         await self.writer.drain()
 
     async def ping(self, timeout: float) -> bool:
@@ -233,6 +258,7 @@ class Connection:
                     break
         finally:
             self._closed.set()
+            self._acked.set()
             closed = ConnectionClosed(self.protocol.close_code, self.protocol.close_reason or '')
             while True:
                 try:
@@ -243,7 +269,13 @@ class Connection:
 
     async def _on_frame(self, frame: Frame):
         if frame.opcode is Opcode.PONG:
-            if self._pong_waiter is not None and not self._pong_waiter.done():
+            if len(frame.data) == FRAME_MARK.size and frame.data[:1] == b'f':
+                # A pong answers its ping and every earlier one (RFC 6455 5.5.3).
+                acked = FRAME_MARK.unpack(frame.data)[1]
+                if self._frames_acked < acked <= self._frames_sent:
+                    self._frames_acked = acked
+                    self._acked.set()
+            elif self._pong_waiter is not None and not self._pong_waiter.done():
                 self._pong_waiter.set_result(None)
             return
         if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):

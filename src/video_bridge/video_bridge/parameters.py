@@ -30,6 +30,9 @@ BRIDGE_PARAMETERS = {
     'default_quality': (80, 'JPEG quality when a stream or viewer names none.', (1, 100)),
     'max_viewers': (100, 'Viewers (websocket, MJPEG, snapshot) across all streams; the next '
                     'is refused with a clear reason.', (1, 10000)),
+    'frames_in_flight': (2, 'Video frames sent to a viewer and not yet acknowledged (by the '
+                         'pong to the ping after each frame); more only helps long round trips.',
+                         (1, 16)),
     'max_variants': (4, 'Distinct size/quality variants encoded per stream at once.', (1, 64)),
     'subscribe_on_demand': (True, 'Subscribe an image topic only while someone watches it.',
                             None),

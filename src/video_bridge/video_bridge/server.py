@@ -40,6 +40,7 @@ class ServerConfig:
     snapshot_timeout: float = 5.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    frames_in_flight: int = 2
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
 
 
@@ -219,7 +220,8 @@ class BridgeServer:
             await conn.close(close_codes.get(exc.code, protocol.CLOSE_BAD_REQUEST), exc.message)
             return
         pump = asyncio.create_task(self._pump(viewer, lambda frame: conn.send_frame(
-            frame.wire('ws', websocket_message))))
+            frame.wire('ws', websocket_message), self.config.frames_in_flight,
+            self.config.ping_timeout)))
         keepalive = asyncio.create_task(self._keepalive(conn))
         receive = asyncio.ensure_future(conn.recv())
         try:

@@ -217,20 +217,23 @@ class Stream:
             self._frames_skipped += 1
             return 0
         started = time.perf_counter()
-        frames = self._encode(image, seq, variants)
+        frames, encodes = self._encode(image, seq, variants)
         elapsed = time.perf_counter() - started
         with self._lock:
             for variant, frame in frames.items():
                 slot = self._slots.get(variant)
                 if slot is not None:
                     slot.latest = frame
-            self._encode_count += len(frames)
+            self._encode_count += encodes
             self._encode_seconds += elapsed
         self._hub._frame_ready(self.name)
         return len(frames)
 
-    def _encode(self, image: SourceImage, seq: int, variants) -> Dict[Variant, EncodedFrame]:
-        """Convert the image once, then make one JPEG per variant (or pass the source's JPEG)."""
+    def _encode(self, image: SourceImage, seq: int, variants) -> tuple:
+        """Convert the image once, then make one JPEG per variant (or pass the source's JPEG).
+
+        Returns the frames by variant and how many JPEG encodes that took.
+        """
         picture_cache = []
 
         def picture():
@@ -246,7 +249,7 @@ class Stream:
                 raise image_codec.MalformedImage('JPEG without a frame header')
         base_flags = FLAG_COLORMAPPED if self._colormapped(image) else 0
         source_size = size if passthrough is not None else None
-        frames = {}
+        frames, encodes = {}, 0
         for variant in variants:
             native = not variant.max_width and not variant.max_height
             if passthrough is not None and native and variant.quality == self.settings.quality:
@@ -259,6 +262,7 @@ class Stream:
                                                         variant.max_width, variant.max_height)
                 jpeg = image_codec.encode_jpeg(shown, variant.quality, variant.max_width,
                                                variant.max_height)
+                encodes += 1
                 flags = base_flags
                 if (width, height) != (source_width, source_height):
                     flags |= FLAG_SCALED
@@ -266,7 +270,7 @@ class Stream:
                                  image.received_time, flags)
             frames[variant] = EncodedFrame(header, jpeg)
         self._size = source_size
-        return frames
+        return frames, encodes
 
     def _picture(self, image: SourceImage):
         """Decode or convert the source image into a uint8 picture, once per frame."""
