@@ -25,6 +25,7 @@ from ament_index_python.packages import get_package_share_directory, PackageNotF
 from geometry_msgs.msg import Twist, TwistStamped
 import rclpy
 from rclpy.duration import Duration
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -325,7 +326,8 @@ async def run_bridge(args=None) -> int:
     try:
         try:
             node = BridgeNode(loop)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, InvalidParameterValueException,
+                InvalidParameterTypeException) as exc:
             print(f'bridge_node: configuration error: {exc}', file=sys.stderr)
             return 1
         try:
