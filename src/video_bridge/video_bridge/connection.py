@@ -17,6 +17,7 @@ seconds of old frames for a client that stalls, and it would see them when it re
 
 import asyncio
 import os
+import socket
 import struct
 from typing import Optional, Union
 
@@ -119,6 +120,12 @@ class Connection:
         for name, value in (headers or {}).items():
             response.headers[name] = value
         self.writer.write(response.serialize())
+
+    def limit_send_buffer(self, size: int):
+        """Cap the kernel's send buffer for this socket (it autotunes to megabytes otherwise)."""
+        sock = self.writer.get_extra_info('socket')
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
     async def write(self, data: bytes):
         """Write raw bytes and wait until the socket buffer has room (backpressure)."""

@@ -21,6 +21,7 @@ from video_bridge.connection import binary_frame, Connection, ConnectionClosed
 from video_bridge.streams import CapacityError, StreamHub, UnknownStream, Viewer
 
 MJPEG_BOUNDARY = 'videobridgeframe'
+MJPEG_SEND_BUFFER = 256 * 1024
 STATIC_TYPES = {'.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
                 '.html': 'text/html', '.svg': 'image/svg+xml', '.json': 'application/json',
                 '.webmanifest': 'application/manifest+json', '.png': 'image/png',
@@ -258,6 +259,8 @@ class BridgeServer:
         viewer = self._http_viewer(conn, target)
         if viewer is None:
             return
+        # No pongs in plain HTTP: keep the kernel from buffering seconds of frames instead.
+        conn.limit_send_buffer(MJPEG_SEND_BUFFER)
         conn.start_stream(200, f'multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}',
                           {'Cache-Control': 'no-cache, no-store', 'Pragma': 'no-cache'})
         pump = asyncio.create_task(self._pump(viewer, lambda frame: conn.write(
@@ -327,10 +330,13 @@ class BridgeServer:
                            'view_requires_token': self.access.view_requires_token}}
 
     async def _serve_static(self, conn: Connection, target: protocol.Target):
-        root = os.path.realpath(self.config.web_root) if self.config.web_root else ''
+        root = os.path.abspath(self.config.web_root) if self.config.web_root else ''
         relative = 'index.html' if target.path == '/' else target.path.lstrip('/')
-        path = os.path.realpath(os.path.join(root, relative)) if root else ''
-        if not root or not path.startswith(root + os.sep) or not os.path.isfile(path):
+        # Judge the path by its name, not by where symlinks lead (colcon --symlink-install
+        # links every file of web/ into share/): no '..', nothing outside the root.
+        path = os.path.normpath(os.path.join(root, relative)) if root else ''
+        if not root or '..' in relative.split('/') or not path.startswith(root + os.sep) \
+                or not os.path.isfile(path):
             conn.respond(404, f'not found: {target.path}\n', 'text/plain; charset=utf-8')
             return
         extension = os.path.splitext(path)[1].lower()
