@@ -1,0 +1,431 @@
+// Wiring of the teleop page: sockets, inputs and what the user sees.
+
+import { pageNow } from './clock.js';
+import { ControlClient } from './control.js';
+import { DriveController } from './drive.js';
+import { GamepadInput, Joystick, KeyboardInput } from './input.js';
+import { controlPath, ERROR_TEXT, streamChoices, streamsPath, videoPath,
+         websocketBase } from './protocol.js';
+import { formatBitrate, formatDuration } from './stats.js';
+import { VideoClient } from './video.js';
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = 'video_bridge.token';     // sessionStorage: gone when the tab closes
+const STREAM_KEY = 'video_bridge.stream';
+const SPEED_KEY = 'video_bridge.speed';
+
+const session = {
+  get(key) {
+    try { return sessionStorage.getItem(key); } catch { return null; }
+  },
+  set(key, value) {
+    try {
+      if (value === null || value === '') sessionStorage.removeItem(key);
+      else sessionStorage.setItem(key, value);
+    } catch { /* storage disabled: the value lives as long as the page */ }
+  },
+};
+
+// A token in the page URL (?token=...) moves to sessionStorage and out of the address bar.
+const pageParams = new URLSearchParams(location.search);
+if (pageParams.has('token')) {
+  session.set(TOKEN_KEY, pageParams.get('token'));
+  pageParams.delete('token');
+  const rest = pageParams.toString();
+  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
+}
+
+let token = session.get(TOKEN_KEY) || '';
+const wsBase = websocketBase(location);
+
+const ui = {
+  choices: [],
+  choice: null,
+  streamsLoaded: false,
+  videoProblem: null,   // why the video is not shown and is not retried
+  tokenNeed: null,      // null | 'drive' | 'watch'
+  tokenError: null,     // a refused token: stays visible until a new one is entered
+  notice: null,
+  noticeLevel: 'info',
+  noticeTimer: null,
+  gamepad: null,
+};
+
+// --- sockets -------------------------------------------------------------------------------------
+
+const control = new ControlClient({
+  url: () => wsBase + controlPath(token),
+  onStatus: render,
+  onHello(hello) {
+    drive.setHello(hello);
+    if (hello.token_required && !hello.can_drive) {
+      ui.tokenNeed = 'drive';
+    } else if (ui.tokenNeed === 'drive' || ui.tokenNeed === 'watch') {
+      ui.tokenNeed = null;
+    }
+    video.retrySoon();
+    loadStreams();
+    render();
+  },
+  onState(state) {
+    drive.setState(state);
+    render();
+  },
+  onReply(message, request) {
+    drive.reply(message, request);
+    if (message.type === 'error') {
+      showNotice(ERROR_TEXT[message.code] ? `${ERROR_TEXT[message.code]} (${message.message})`
+        : message.message || message.code, 'warn');
+    }
+  },
+  onClose(info) {
+    drive.setDisconnected();
+    if (info.meaning.needsToken) tokenRefused(info);
+    render();
+  },
+});
+
+const video = new VideoClient($('video'), {
+  url: () => (ui.choice ? wsBase + videoPath(ui.choice.video, { token }) : null),
+  clock: control.clock,
+  onStatus: render,
+  onClose(info) {
+    if (info.meaning.needsToken) tokenRefused(info);
+    else ui.videoProblem = info.meaning.retry ? null : info.meaning.text;
+    render();
+  },
+  onFirstFrame() {
+    ui.videoProblem = null;
+    control.retrySoon();  // the bridge is back: no need to wait out the control backoff
+    render();
+  },
+});
+
+function tokenRefused(info) {
+  if (info.meaning.invalidToken) {
+    ui.tokenError = 'The bridge refused this token (invalid token). Check it and try again.';
+    ui.tokenNeed = ui.tokenNeed ?? 'drive';
+    if (token) {  // both sockets report it: forget the token once, come back without one
+      token = '';
+      session.set(TOKEN_KEY, null);
+      queueMicrotask(reconnectAll);  // watching may not need a token
+    }
+  } else {
+    ui.tokenNeed = 'watch';
+  }
+}
+
+function reconnectAll() {
+  drive.setDisconnected();
+  control.reconnectNow();
+  video.restart();
+  loadStreams();
+  render();
+}
+
+async function loadStreams() {
+  let response;
+  try {
+    response = await fetch(streamsPath(token), { cache: 'no-store' });
+  } catch {
+    return;  // the bridge is away: the control socket's reconnect will call us again
+  }
+  if (response.status === 401) {
+    ui.tokenNeed = 'watch';
+    render();
+    return;
+  }
+  if (!response.ok) return;
+  let doc;
+  try {
+    doc = await response.json();
+  } catch {
+    return;
+  }
+  ui.choices = streamChoices(doc);
+  ui.streamsLoaded = true;
+  const wanted = ui.choice?.video ?? session.get(STREAM_KEY);
+  const next = ui.choices.find((c) => c.video === wanted) ?? ui.choices[0] ?? null;
+  fillStreamSelect(next);
+  if (next?.video !== ui.choice?.video) {
+    ui.choice = next;
+    if (next) video.restart();
+  }
+  render();
+}
+
+function fillStreamSelect(selected) {
+  const select = $('stream');
+  select.replaceChildren(...ui.choices.map((choice) => {
+    const option = document.createElement('option');
+    option.value = choice.video;
+    option.textContent = choice.label;
+    option.selected = choice === selected;
+    return option;
+  }));
+  select.disabled = ui.choices.length === 0;
+}
+
+// --- driving -------------------------------------------------------------------------------------
+
+const drive = new DriveController({
+  send: (message) => control.send(message),
+  onNotice: showNotice,
+  onCancelInputs: () => {
+    keyboard.cancel();
+    joystick.cancel();
+    gamepad.cancel();
+  },
+  onChange: render,
+});
+
+const keyboard = new KeyboardInput(window, {
+  onChange: (command) => drive.input('keys', command),
+  onEstop: engageEstop,
+  available: () => control.hello?.commands ?? null,
+});
+const joystick = new Joystick($('joystick'), $('joystick-knob'), {
+  onChange: (command) => drive.input('joystick', command),
+});
+const gamepad = new GamepadInput(window, {
+  onChange: (command) => drive.input('gamepad', command),
+  onEstop: engageEstop,
+  onConnected: (id) => {
+    ui.gamepad = id;
+    render();
+  },
+});
+
+function engageEstop() {
+  drive.engageEstop();
+  render();
+}
+
+// Stop the car whenever the page stops being the thing the user looks at.
+window.addEventListener('blur', () => drive.cancelAll('window lost focus'));
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'hidden') drive.cancelAll('page hidden');
+});
+window.addEventListener('pagehide', () => drive.cancelAll('page closed'));
+
+$('estop').addEventListener('click', engageEstop);
+$('estop-release').addEventListener('click', () => drive.releaseEstop());
+$('drive').addEventListener('click', () => drive.acquire(drive.role === 'other'));
+$('release').addEventListener('click', () => drive.release());
+
+const speedInput = $('speed');
+const savedSpeed = Number(session.get(SPEED_KEY));
+if (savedSpeed >= Number(speedInput.min) && savedSpeed <= Number(speedInput.max)) {
+  speedInput.value = String(savedSpeed);
+}
+drive.setSpeed(Number(speedInput.value));
+speedInput.addEventListener('input', () => {
+  drive.setSpeed(Number(speedInput.value));
+  session.set(SPEED_KEY, speedInput.value);
+  render();
+});
+
+$('stream').addEventListener('change', (event) => {
+  const choice = ui.choices.find((c) => c.video === event.target.value);
+  if (!choice) return;
+  ui.choice = choice;
+  ui.videoProblem = null;
+  session.set(STREAM_KEY, choice.video);
+  video.restart();
+  render();
+});
+$('stream').addEventListener('focus', loadStreams);  // topics come and go
+
+// After a change made with the mouse or a finger, focus leaves the slider and the selector so
+// the arrow keys drive again; keyboard users keep focus (and the arrows) where they are.
+let pointerChange = false;
+for (const element of [speedInput, $('stream')]) {
+  element.addEventListener('pointerdown', () => { pointerChange = true; });
+  element.addEventListener('keydown', () => { pointerChange = false; });
+  element.addEventListener('change', () => {
+    if (pointerChange) element.blur();
+    pointerChange = false;
+  });
+}
+speedInput.addEventListener('pointerup', () => {
+  if (pointerChange) speedInput.blur();
+});
+
+$('token-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const value = $('token-input').value.trim();
+  if (!value) return;
+  token = value;
+  session.set(TOKEN_KEY, token);
+  $('token-input').value = '';
+  ui.tokenError = null;
+  ui.tokenNeed = null;
+  showNotice('Token saved for this tab; reconnecting…', 'info');
+  reconnectAll();
+});
+$('forget-token').addEventListener('click', () => {
+  token = '';
+  session.set(TOKEN_KEY, null);
+  showNotice('Token forgotten.', 'info');
+  reconnectAll();
+});
+
+// --- what the user sees ----------------------------------------------------------------------------
+
+function showNotice(text, level = 'info') {
+  ui.notice = text;
+  ui.noticeLevel = level;
+  clearTimeout(ui.noticeTimer);
+  ui.noticeTimer = setTimeout(() => {
+    ui.notice = null;
+    render();
+  }, 6000);
+  render();
+}
+
+function seconds(at) {
+  return Math.max(0, Math.ceil((at - pageNow()) / 1000));
+}
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+function setAttr(element, name, value) {
+  if (element.getAttribute(name) !== value) element.setAttribute(name, value);
+}
+
+function connectionView() {
+  switch (control.status) {
+    case 'connected':
+      return ['connected', 'Connected'];
+    case 'connecting':
+      return control.wasConnected ? ['reconnecting', 'Reconnecting…'] : ['connecting', 'Connecting…'];
+    default:
+      if (control.retryAt !== null) {
+        return ['reconnecting', `Reconnecting in ${seconds(control.retryAt)} s`];
+      }
+      return ['disconnected', ui.tokenNeed === 'watch' ? 'Token needed' : 'Disconnected'];
+  }
+}
+
+function roleView() {
+  if (control.status !== 'connected') return ['offline', 'Not connected'];
+  if (drive.youDrive) return ['you', 'You drive'];
+  if (drive.driver !== null) return ['other', `Someone else drives (${drive.driver})`];
+  return ['none', drive.canDrive ? 'Viewing only · nobody drives' : 'Viewing only'];
+}
+
+function videoOverlayText(stats) {
+  if (ui.tokenNeed === 'watch') return 'This bridge needs a token to show video.';
+  if (ui.videoProblem) return ui.videoProblem;
+  if (ui.streamsLoaded && !ui.choice) return 'This bridge offers no video stream.';
+  if (!ui.choice) return 'Looking for video streams…';
+  if (video.status === 'disconnected') {
+    return video.retryAt !== null ? `Video lost · reconnecting in ${seconds(video.retryAt)} s`
+      : 'Video disconnected';
+  }
+  if (video.status === 'connecting') return 'Connecting to video…';
+  if (stats.drawn === 0 || video.connectionFrames === 0) return 'Waiting for the first frame…';
+  if (stats.frameAge !== null && stats.frameAge > 2) {
+    return `No new frame for ${Math.floor(stats.frameAge)} s`;
+  }
+  return '';
+}
+
+function render() {
+  const body = document.body;
+  const [connState, connText] = connectionView();
+  const conn = $('conn');
+  setText(conn, connText);
+  setAttr(conn, 'data-state', connState);
+  body.dataset.conn = connState;
+
+  const [role, roleText] = roleView();
+  const roleEl = $('role');
+  setText(roleEl, roleText);
+  setAttr(roleEl, 'data-role', role);
+  body.dataset.role = role;
+
+  const connected = control.status === 'connected';
+  const estop = connected && drive.estop;
+  $('estop-state').hidden = !estop;
+  body.dataset.estop = String(estop);
+  const estopButton = $('estop');
+  setAttr(estopButton, 'aria-pressed', String(estop));
+  setText(estopButton.querySelector('.estop-title'), estop ? 'E-STOP ENGAGED' : 'STOP');
+  const releaseEstop = $('estop-release');
+  releaseEstop.hidden = !estop;
+  releaseEstop.disabled = !drive.canDrive;
+  releaseEstop.title = drive.canDrive ? '' : 'Only a client that may drive can release it';
+
+  const hello = control.hello;
+  const driveButton = $('drive');
+  const takeover = role === 'other' && Boolean(hello?.allow_takeover);
+  driveButton.disabled = !connected || !drive.canDrive || drive.youDrive || estop
+    || (role === 'other' && !takeover) || drive.acquireId !== null;
+  setText(driveButton, drive.youDrive ? 'You drive' : drive.acquireId !== null ? 'Asking…'
+    : takeover ? 'Take over' : 'Drive');
+  driveButton.classList.toggle('is-driving', drive.youDrive);
+  $('release').disabled = !drive.youDrive;
+
+  const speed = Number(speedInput.value);
+  setText($('speed-value'), `${Math.round(speed * 100)} %`);
+  const limits = drive.limits;
+  setText($('speed-limits'), limits.linear || limits.angular
+    ? `up to ${(limits.linear * speed).toFixed(2)} m/s · ${(limits.angular * speed).toFixed(2)} rad/s`
+    : 'up to – m/s · – rad/s');
+
+  const v = control.state?.velocity;
+  const lin = v ? Math.hypot(v.linear.x, v.linear.y) * Math.sign(v.linear.x || 1) : 0;
+  setText($('velocity'), `${lin.toFixed(2)} m/s · ${(v?.angular.z ?? 0).toFixed(2)} rad/s`);
+  $('velocity').classList.toggle('moving', Boolean(v && (v.linear.x || v.linear.y || v.angular.z)));
+
+  const form = $('token-form');
+  form.hidden = !ui.tokenNeed && !ui.tokenError;
+  setText($('token-label'), ui.tokenNeed === 'watch' ? 'This bridge needs a token to watch and drive.'
+    : 'This bridge needs a token to drive.');
+  const tokenError = $('token-error');
+  tokenError.hidden = !ui.tokenError;
+  setText(tokenError, ui.tokenError ?? '');
+  $('forget-token').hidden = !token;
+
+  const notice = $('notice');
+  setText(notice, ui.notice ?? '');
+  setAttr(notice, 'data-level', ui.noticeLevel);
+
+  setText($('gamepad'), ui.gamepad ? `Gamepad: ${ui.gamepad} (hold LB to drive)`
+    : 'No gamepad connected.');
+
+  renderVideo();
+}
+
+function renderVideo() {
+  const stats = video.stats();
+  const overlay = $('video-overlay');
+  const text = videoOverlayText(stats);
+  setText(overlay, text);
+  overlay.hidden = !text;
+  const fps = $('stat-fps');
+  setText(fps, stats.fps.toFixed(0));
+  setAttr(fps, 'data-value', stats.fps.toFixed(1));
+  const latency = $('stat-latency');
+  setText(latency, formatDuration(stats.latency));
+  setAttr(latency, 'data-value', stats.latency === null ? '' : stats.latency.toFixed(4));
+  latency.title = stats.bridgeLatency === null ? ''
+    : `bridge received → drawn: ${formatDuration(stats.bridgeLatency)}; clock offset known `
+      + `within ±${formatDuration((control.clock.rtt ?? 0) / 2)}`;
+  const rate = $('stat-rate');
+  setText(rate, formatBitrate(stats.kbps));
+  setAttr(rate, 'data-value', stats.kbps.toFixed(0));
+  $('stats').dataset.size = stats.width ? `${stats.width}×${stats.height}` : '';
+}
+
+setInterval(render, 250);
+
+// Devtools and tests read the live objects here; nothing on the page depends on it.
+window.videoBridge = { control, video, drive, ui };
+
+control.start();
+loadStreams();
+render();

@@ -1,0 +1,163 @@
+// The /control websocket: hello, state, replies and clock probes.
+//
+// State machine: disconnected -> connecting (socket opening, waiting for hello) -> connected.
+// A lost connection goes back to disconnected and, unless retrying cannot help (token refused),
+// comes back with exponential backoff + jitter (`retryAt` feeds the countdown). A reconnect is
+// a new client for the bridge: whoever drove lost the lock when the socket closed, and this
+// client never asks for it again by itself (see drive.js: only a fresh user action acquires).
+
+import { ClockOffset, pageNow } from './clock.js';
+import { messages, parseControl } from './protocol.js';
+import { ReconnectingSocket } from './socket.js';
+
+const PROBE_BURST = 4;          // probes right after connecting, one after another
+const PROBE_PERIOD = 5000;      // ms between probes afterwards (the estimate follows drift)
+const MAX_PENDING = 256;
+
+export class ControlClient {
+  constructor({ url, WebSocketImpl, timers = globalThis, now = pageNow, backoff,
+                onStatus = () => {}, onHello = () => {}, onState = () => {},
+                onReply = () => {}, onClose = () => {} }) {
+    Object.assign(this, { timers, now, onStatus, onHello, onState, onReply, onClose });
+    this.status = 'disconnected';
+    this.hello = null;
+    this.state = null;
+    this.clock = new ClockOffset();
+    this.nextId = 1;
+    this.pending = new Map();   // id -> message sent, until its ack or error
+    this.probeTimer = null;
+    this.probes = 0;
+    this.sent = [];             // the last messages sent, newest last (for the debug console)
+    this.sentCount = 0;         // all messages sent so far
+    this.wasConnected = false;  // a hello was seen once: later attempts are reconnects
+    this.socket = new ReconnectingSocket({
+      url, WebSocketImpl, timers, now, backoff,
+      onOpen: () => this.setStatus('connecting'),
+      onMessage: (data) => this.message(data),
+      onClose: (info) => this.closed(info),
+      onStatus: (status) => {
+        if (status !== 'open') this.setStatus(status);
+      },
+    });
+  }
+
+  get retryAt() {
+    return this.socket.retryAt;
+  }
+
+  get clientId() {
+    return this.hello?.client_id ?? null;
+  }
+
+  setStatus(status) {
+    if (status !== this.status) {
+      this.status = status;
+      this.onStatus(status);
+    }
+  }
+
+  start() {
+    this.socket.start();
+  }
+
+  reconnectNow() {
+    this.reset();
+    this.socket.reconnectNow();
+  }
+
+  retrySoon() {
+    this.socket.retrySoon();
+  }
+
+  stop() {
+    this.reset();
+    this.socket.stop();
+  }
+
+  reset() {
+    this.hello = null;
+    this.state = null;
+    this.pending.clear();
+    this.timers.clearTimeout(this.probeTimer);
+    this.probeTimer = null;
+  }
+
+  /**
+   * Send a message; returns its id (echoed by the ack or error), or null when not connected.
+   * `track: false` sends no id (time probes: the bridge's time reply does not echo one).
+   */
+  send(message, { track = true } = {}) {
+    if (this.status !== 'connected') return null;
+    const id = track ? this.nextId++ : 0;
+    const text = JSON.stringify(track ? { ...message, id } : message);
+    if (!this.socket.send(text)) return null;
+    if (track) {
+      if (this.pending.size >= MAX_PENDING) this.pending.clear();
+      this.pending.set(id, message);
+    }
+    this.sent.push(text);
+    this.sentCount += 1;
+    if (this.sent.length > 100) this.sent.shift();
+    return id;
+  }
+
+  message(data) {
+    let message;
+    try {
+      message = parseControl(data);
+    } catch {
+      return;  // not ours to interpret; the protocol says the bridge sends typed JSON objects
+    }
+    switch (message.type) {
+      case 'hello':
+        this.hello = message;
+        this.wasConnected = true;
+        this.clock.reset();
+        this.socket.succeeded();
+        this.setStatus('connected');
+        this.onHello(message);
+        this.probe();
+        break;
+      case 'state':
+        this.state = message;
+        this.onState(message);
+        break;
+      case 'time':
+        this.timeReply(message);
+        break;
+      case 'ack':
+      case 'error': {
+        const request = this.pending.get(message.id) ?? null;
+        this.pending.delete(message.id);
+        this.onReply(message, request);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  closed(info) {
+    this.reset();
+    this.onClose(info);
+  }
+
+  // --- clock probes ------------------------------------------------------------------------
+
+  probe() {
+    this.timers.clearTimeout(this.probeTimer);
+    this.probeTimer = null;
+    if (this.send(messages.time(this.now()), { track: false }) === null) return;
+    // If the answer never comes, probe again later anyway.
+    this.probeTimer = this.timers.setTimeout(() => this.probe(), PROBE_PERIOD);
+  }
+
+  timeReply(message) {
+    const t3 = this.now();
+    this.clock.add(message.t0, message.server_time, t3);
+    this.probes += 1;
+    this.timers.clearTimeout(this.probeTimer);
+    const delay = this.clock.samples.length < PROBE_BURST ? 0 : PROBE_PERIOD;
+    this.probeTimer = this.timers.setTimeout(() => this.probe(), delay);
+  }
+}

@@ -1,0 +1,189 @@
+// The /video/<stream> websocket drawn on a canvas. The newest frame wins: while one JPEG is
+// being decoded, only the latest frame that arrived meanwhile is kept, older ones are dropped
+// (the bridge does the same on its side, so the picture is never behind by a queue).
+
+import { pageNow } from './clock.js';
+import { parseFrame } from './protocol.js';
+import { ReconnectingSocket } from './socket.js';
+import { plausibleLatency, RateMeter, RecentMedian } from './stats.js';
+
+/**
+ * Run `process(item)` (async) for pushed items one at a time; while it runs, keep only the
+ * newest pushed item. Pure, so the dropping rule is tested under Node.
+ */
+export class NewestOnly {
+  constructor(process) {
+    this.process = process;
+    this.busy = false;
+    this.pending = null;
+    this.dropped = 0;
+    this.errors = 0;
+  }
+
+  push(item) {
+    if (this.busy) {
+      if (this.pending !== null) this.dropped += 1;
+      this.pending = item;
+      return;
+    }
+    this.run(item);
+  }
+
+  async run(item) {
+    this.busy = true;
+    try {
+      while (item !== null) {
+        try {
+          await this.process(item);
+        } catch {
+          this.errors += 1;  // one undecodable frame must not stop the picture
+        }
+        item = this.pending;
+        this.pending = null;
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  clear() {
+    if (this.pending !== null) this.dropped += 1;
+    this.pending = null;
+  }
+}
+
+export class VideoClient {
+  /**
+   * url(): absolute ws:// URL of the chosen stream (token included), or null for none.
+   * clock: the ClockOffset of the control connection (bridge clock for latency).
+   */
+  constructor(canvas, { url, clock, now = pageNow, onStatus = () => {}, onClose = () => {},
+                        onFirstFrame = () => {} }) {
+    this.canvas = canvas;
+    this.context = canvas.getContext('2d', { alpha: false });
+    this.clock = clock;
+    this.now = now;
+    this.onFirstFrame = onFirstFrame;
+    this.generation = 0;
+    this.queue = new NewestOnly((frame) => this.draw(frame, this.generation));
+    this.frames = new RateMeter(2000);     // frames drawn
+    this.bytes = new RateMeter(2000);      // bytes received
+    this.latency = new RecentMedian(30);   // camera stamp -> drawn, s
+    this.bridgeLatency = new RecentMedian(30);  // bridge received -> drawn, s
+    this.resetCounters();
+    this.socket = new ReconnectingSocket({
+      url, binaryType: 'arraybuffer', now,
+      onOpen: () => { this.connectionFrames = 0; },
+      onMessage: (data) => this.receive(data),
+      onStatus: (status) => onStatus(status),
+      onClose: (info) => {
+        this.queue.clear();
+        onClose(info);
+      },
+    });
+  }
+
+  resetCounters() {
+    this.lastSeq = null;
+    this.bridgeSkipped = 0;   // seq gaps: frames the bridge did not send us (newest wins)
+    this.badFrames = 0;
+    this.drawn = 0;
+    this.lastFrame = null;
+    this.drawnAt = null;
+    this.connectionFrames = 0;
+  }
+
+  get status() {
+    return this.socket.status;
+  }
+
+  get retryAt() {
+    return this.socket.retryAt;
+  }
+
+  start() {
+    this.socket.start();
+  }
+
+  /** Show another stream (or the same one with a new token): start afresh. */
+  restart() {
+    this.generation += 1;
+    this.queue.clear();
+    this.resetCounters();
+    this.frames.reset();
+    this.bytes.reset();
+    this.latency.reset();
+    this.bridgeLatency.reset();
+    this.socket.reconnectNow();
+  }
+
+  retrySoon() {
+    this.socket.retrySoon();
+  }
+
+  stop() {
+    this.generation += 1;
+    this.socket.stop();
+  }
+
+  receive(data) {
+    let frame;
+    try {
+      frame = parseFrame(data);
+    } catch {
+      this.badFrames += 1;
+      return;
+    }
+    this.bytes.add(this.now(), frame.byteLength);
+    if (this.lastSeq !== null && frame.seq > this.lastSeq + 1) {
+      this.bridgeSkipped += frame.seq - this.lastSeq - 1;
+    }
+    this.lastSeq = frame.seq;
+    this.queue.push(frame);
+  }
+
+  async draw(frame, generation) {
+    const bitmap = await createImageBitmap(new Blob([frame.jpeg], { type: 'image/jpeg' }));
+    try {
+      if (generation !== this.generation) return;  // a stream switch happened meanwhile
+      if (this.canvas.width !== bitmap.width || this.canvas.height !== bitmap.height) {
+        this.canvas.width = bitmap.width;
+        this.canvas.height = bitmap.height;
+      }
+      this.context.drawImage(bitmap, 0, 0);
+    } finally {
+      bitmap.close();
+    }
+    const drawnAt = this.now();
+    this.frames.add(drawnAt);
+    const age = this.clock.age(frame.stamp, drawnAt);
+    if (plausibleLatency(age)) this.latency.add(age);
+    const bridgeAge = this.clock.age(frame.receivedTime, drawnAt);
+    if (plausibleLatency(bridgeAge)) this.bridgeLatency.add(bridgeAge);
+    this.drawn += 1;
+    this.connectionFrames += 1;
+    this.drawnAt = drawnAt;
+    this.lastFrame = frame;
+    if (this.connectionFrames === 1) {
+      this.socket.succeeded();  // frames flow: the next loss starts the backoff afresh
+      this.onFirstFrame(frame);
+    }
+  }
+
+  /** The figures shown over the video. */
+  stats() {
+    const now = this.now();
+    return {
+      fps: this.frames.rate(now),
+      kbps: this.bytes.kbps(now),
+      latency: this.latency.value(),
+      bridgeLatency: this.bridgeLatency.value(),
+      width: this.lastFrame?.width ?? 0,
+      height: this.lastFrame?.height ?? 0,
+      seq: this.lastFrame?.seq ?? null,
+      dropped: this.queue.dropped + this.bridgeSkipped,
+      frameAge: this.drawnAt === null ? null : (now - this.drawnAt) / 1000,
+      drawn: this.drawn,
+    };
+  }
+}
