@@ -1,4 +1,5 @@
-"""The bridge alone, for a robot whose camera driver already publishes images.
+"""
+The bridge alone, for a robot whose camera driver already publishes images.
 
     ros2 launch video_bridge bridge.launch.py bridge_params:=/path/to/my_bridge.yaml
 

@@ -1,4 +1,5 @@
-"""Camera + bridge: a moving test picture (or a real camera) in the browser, and teleop.
+"""
+Camera + bridge: a moving test picture (or a real camera) in the browser, and teleop.
 
     ros2 launch video_bridge car.launch.py
     ros2 launch video_bridge car.launch.py camera_source:=device device:=/dev/video0 port:=8080

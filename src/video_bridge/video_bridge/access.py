@@ -1,4 +1,5 @@
-"""Who may watch and who may drive: token and browser Origin checks.
+"""
+Who may watch and who may drive: token and browser Origin checks.
 
 Pure. The token is compared in constant time and never appears in a log line or a message;
 callers log only the outcome and the client's address.
@@ -14,12 +15,13 @@ TOKEN_ENV = 'VIDEO_BRIDGE_TOKEN'
 
 
 def load_token(value: str = '', file: str = '', env: Optional[dict] = None) -> str:
-    """Resolve the control token: parameter value, else the file's first line, else $VIDEO_BRIDGE_TOKEN.
+    """
+    Resolve the control token: parameter, else the file's first line, else $VIDEO_BRIDGE_TOKEN.
 
     An empty result means no token is required. A named file that cannot be read is an error,
     not a silent "no token".
     """
-    if value:
+    if value.strip():
         return value.strip()
     if file:
         try:
@@ -64,7 +66,8 @@ class AccessPolicy:
         return None
 
     def view_problem(self, presented: Optional[str]) -> Optional[str]:
-        """Return why this client may not watch, or None.
+        """
+        Return why this client may not watch, or None.
 
         A wrong token is refused even where watching needs none, so a typo is noticed.
         """
@@ -78,7 +81,8 @@ class AccessPolicy:
         return self.token_problem(presented) is None
 
     def origin_allowed(self, origin: Optional[str], host: Optional[str]) -> bool:
-        """Check a browser's Origin against the allow-list (default: the bridge's own origin).
+        """
+        Check a browser's Origin against the allow-list (default: the bridge's own origin).
 
         Programs that send no Origin header (curl, ffmpeg, rclpy tools) are not browsers and
         are not subject to this check; the token still applies to them.

@@ -1,4 +1,5 @@
-"""bridge_node: the ROS adapter between image topics / cmd_vel and the bridge's server.
+"""
+bridge_node: the ROS adapter between image topics / cmd_vel and the bridge's server.
 
 Declares the parameters, subscribes image topics (on demand: only while someone watches),
 publishes cmd_vel, BridgeStatus and the e-stop service, and hands everything else to the pure
@@ -109,7 +110,7 @@ class BridgeNode(Node):
             default_speed=self.p.default_speed, vocabulary=vocabulary))
         self.control = ControlService(self.teleop, self.access, self.publish_velocity,
                                       self.p.commands_per_second, self.p.command_burst,
-                                      logger=self.log)
+                                      self.p.max_message_size, logger=self.log)
         self.server = BridgeServer(
             self.hub, self.access,
             ServerConfig(host=self.p.host, port=self.p.port,
@@ -203,7 +204,7 @@ class BridgeNode(Node):
     def _compressed_callback(self, stream):
         def on_compressed(msg: CompressedImage):
             self._feed(stream, SourceImage(
-                msg.header.stamp.sec, msg.header.stamp.nanosec, msg.data, format=msg.format,
+                msg.header.stamp.sec, msg.header.stamp.nanosec, msg.data, image_format=msg.format,
                 received_time=time.time()), msg.format)
         return on_compressed
 
@@ -373,4 +374,3 @@ def _spin(executor):
 def main(args=None):
     """Entry point of ``ros2 run video_bridge bridge_node``."""
     sys.exit(asyncio.run(run_bridge(args)))
-

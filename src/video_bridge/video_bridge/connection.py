@@ -1,4 +1,5 @@
-"""One client connection: websockets' sans-I/O protocol driven over asyncio streams.
+"""
+One client connection: websockets' sans-I/O protocol driven over asyncio streams.
 
 python-websockets keeps the WebSocket protocol in a state machine that knows nothing of sockets
 (``websockets.server.ServerProtocol``); this module is our own thin asyncio layer around it, the
@@ -22,7 +23,7 @@ import struct
 from typing import Optional, Union
 
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
+from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -87,7 +88,7 @@ class Connection:
         return self.request
 
     def header(self, name: str) -> Optional[str]:
-        """Return a request header (case-insensitive), or None."""
+        """Return one request header by name, any case; None if absent."""
         return self.request.headers.get(name) if self.request is not None else None
 
     def is_websocket_request(self) -> bool:
@@ -145,7 +146,7 @@ class Connection:
         return True
 
     @property
-    def open(self) -> bool:
+    def is_open(self) -> bool:
         """Tell whether messages can still be sent."""
         return self.protocol.state is State.OPEN
 
@@ -159,7 +160,7 @@ class Connection:
 
     async def send_text(self, text: str):
         """Send one text message."""
-        if not self.open:
+        if not self.is_open:
             raise ConnectionClosed(self.protocol.close_code, self.protocol.close_reason or '')
         self.protocol.send_text(text.encode())
         self._flush()
@@ -167,7 +168,7 @@ class Connection:
 
     def send_text_nowait(self, text: str):
         """Queue one text message without waiting for the socket (see :meth:`unsent_bytes`)."""
-        if self.open:
+        if self.is_open:
             self.protocol.send_text(text.encode())
             self._flush()
 
@@ -177,20 +178,21 @@ class Connection:
         return transport.get_write_buffer_size() if transport is not None else 0
 
     async def send_frame(self, serialised: bytes, window: int = 2, timeout: float = 20.0):
-        """Send a message pre-serialised by :func:`binary_frame` (shared by many clients).
+        """
+        Send a message pre-serialised by :func:`binary_frame` (shared by many clients).
 
         Waits while ``window`` earlier frames are unacknowledged; ConnectionClosed if the
         client acknowledges nothing for ``timeout`` seconds (it is gone or stuck).
         """
         try:
             async with asyncio.timeout(timeout):
-                while self._frames_sent - self._frames_acked >= window and self.open:
+                while self._frames_sent - self._frames_acked >= window and self.is_open:
                     self._acked.clear()
                     await self._acked.wait()
         except TimeoutError:
             await self.abort()
             raise ConnectionClosed(None, f'no frame acknowledged for {timeout:g} s') from None
-        if not self.open:
+        if not self.is_open:
             raise ConnectionClosed(self.protocol.close_code, self.protocol.close_reason or '')
         self.writer.write(serialised)
         self._frames_sent += 1
@@ -200,7 +202,7 @@ class Connection:
 
     async def ping(self, timeout: float) -> bool:
         """Send a ping and wait for its pong; False if none came within ``timeout``."""
-        if not self.open:
+        if not self.is_open:
             return False
         self._pong_waiter = asyncio.get_running_loop().create_future()
         self.protocol.send_ping(os.urandom(4))

@@ -1,4 +1,5 @@
-"""Control sockets: carry browser commands to the teleop core and its decisions back out.
+"""
+Control sockets: carry browser commands to the teleop core and its decisions back out.
 
 A thin adapter on the network loop. It authenticates a connection, rate-limits it, decodes each
 message with :mod:`video_bridge.protocol`, hands it to :class:`video_bridge.teleop.TeleopCore`
@@ -31,6 +32,7 @@ class ControlService:
     def __init__(self, core: TeleopCore, access: AccessPolicy,
                  publish: Callable[[protocol.Velocity], None],
                  commands_per_second: float = 50.0, command_burst: int = 20,
+                 max_message_size: int = protocol.MAX_CONTROL_MESSAGE,
                  logger: Optional[logging.Logger] = None,
                  clock: Callable[[], float] = time.monotonic):
         self.core = core
@@ -38,6 +40,7 @@ class ControlService:
         self.publish = publish
         self.commands_per_second = commands_per_second
         self.command_burst = command_burst
+        self.max_message_size = max_message_size
         self.log = logger or logging.getLogger('video_bridge.control')
         self.clock = clock
         self._clients: Dict[str, Connection] = {}
@@ -98,7 +101,7 @@ class ControlService:
                         f'more than {self.commands_per_second:g} messages per second'))
                     continue
                 try:
-                    request_id, decoded = protocol.decode_control(message)
+                    request_id, decoded = protocol.decode_control(message, self.max_message_size)
                 except protocol.ProtocolError as exc:
                     self.apply(self.core.refuse(client_id, getattr(exc, 'request_id', None),
                                                 exc.code, exc.message))
@@ -131,7 +134,7 @@ class ControlService:
 
     def _send(self, client_id: str, text: str):
         conn = self._clients.get(client_id)
-        if conn is None or not conn.open:
+        if conn is None or not conn.is_open:
             return
         conn.send_text_nowait(text)
         if conn.unsent_bytes() > MAX_UNSENT_BYTES:

@@ -255,7 +255,8 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def jpeg_size(data) -> Optional[Tuple[int, int]]:
-    """Return ``(width, height)`` read from a JPEG's frame header, without decoding it.
+    """
+    Return ``(width, height)`` read from a JPEG's frame header, without decoding it.
 
     Passthrough streams forward the source's JPEG bytes untouched and still report the size.
     None when no frame header is found (truncated or not a JPEG).

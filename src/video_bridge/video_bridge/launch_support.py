@@ -1,4 +1,5 @@
-"""Turn a :mod:`video_bridge.lineup` into a launch description (needs ROS 2 ``launch``).
+"""
+Turn a :mod:`video_bridge.lineup` into a launch description (needs ROS 2 ``launch``).
 
 Kept apart from lineup.py so the lineup stays importable where ``launch`` is not installed
 (the pip environment's runner and tests).
@@ -11,7 +12,14 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from video_bridge.lineup import FASTDDS_PROFILE, LAUNCH_ARGUMENTS, LINEUPS, PACKAGE
+
+
+def typed(parameters: dict) -> dict:
+    """Keep text parameters text: launch_ros reads plain strings as YAML ('0' would be 0)."""
+    return {name: ParameterValue(value, value_type=str) if isinstance(value, str) else value
+            for name, value in parameters.items()}
 
 
 def launch_description(lineup: str) -> LaunchDescription:
@@ -24,7 +32,7 @@ def launch_description(lineup: str) -> LaunchDescription:
                      for name in LAUNCH_ARGUMENTS}
         return [Node(package=spec.package, executable=spec.executable, name=spec.name,
                      namespace=spec.namespace, output='screen', emulate_tty=True,
-                     parameters=[*spec.params_files, spec.parameters],
+                     parameters=[*spec.params_files, typed(spec.parameters)],
                      remappings=list(spec.remappings))
                 for spec in make_specs(share, arguments)]
 

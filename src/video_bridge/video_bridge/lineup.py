@@ -1,4 +1,5 @@
-"""Which nodes a launch starts, with which YAML files and overrides: one source of truth.
+"""
+Which nodes a launch starts, with which YAML files and overrides: one source of truth.
 
 ``launch/car.launch.py`` and ``launch/bridge.launch.py`` turn these specs into launch_ros Node
 actions; :mod:`video_bridge.runner` turns the same specs into processes where ``ros2 launch``
@@ -49,7 +50,7 @@ def _values(arguments: Dict[str, str]) -> Dict[str, str]:
 
 
 def bridge_spec(share: str, arguments: Dict[str, str]) -> NodeSpec:
-    """The bridge node, reading /camera/image_raw and publishing /cmd_vel."""
+    """Describe the bridge node: reads /camera/image_raw, publishes /cmd_vel."""
     values = _values(arguments)
     parameters = {'host': values['host'], 'port': int(values['port'])}
     if values['token_file']:
@@ -61,7 +62,7 @@ def bridge_spec(share: str, arguments: Dict[str, str]) -> NodeSpec:
 
 
 def camera_spec(share: str, arguments: Dict[str, str]) -> NodeSpec:
-    """The camera node in namespace /camera (topics /camera/image_raw, /camera/camera_info)."""
+    """Describe the camera node: namespace /camera (/camera/image_raw, /camera/camera_info)."""
     values = _values(arguments)
     parameters = {'source': values['camera_source']}
     if values['camera_source'] == 'device':
@@ -87,6 +88,15 @@ def bridge_lineup(share: str, arguments: Dict[str, str]) -> List[NodeSpec]:
 LINEUPS = {'car': car_lineup, 'bridge': bridge_lineup}
 
 
+def yaml_scalar(value) -> str:
+    """Write a parameter value as rcl reads ``-p`` values (YAML): text stays text ('0', '::')."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def ros_arguments(spec: NodeSpec) -> List[str]:
     """Command-line ``--ros-args`` equivalent of a spec, as ``ros2 run`` would take them."""
     args = ['--ros-args', '-r', f'__node:={spec.name}']
@@ -95,8 +105,7 @@ def ros_arguments(spec: NodeSpec) -> List[str]:
     for path in spec.params_files:
         args += ['--params-file', path]
     for name, value in spec.parameters.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        args += ['-p', f'{name}:={text}']
+        args += ['-p', f'{name}:={yaml_scalar(value)}']
     for source, target in spec.remappings:
         args += ['-r', f'{source}:={target}']
     return args

@@ -1,4 +1,5 @@
-"""bridge_node's parameters: one table with defaults, descriptions and ranges.
+"""
+bridge_node's parameters: one table with defaults, descriptions and ranges.
 
 Declared through rclpy so they show up in ``ros2 param describe`` and are validated by rclpy
 (ranges, read-only); ``config/bridge.yaml`` mirrors this table with comments.
@@ -23,7 +24,7 @@ BRIDGE_PARAMETERS = {
     'token_file': ('', 'File whose first line is the token.', None),
     'view_requires_token': (False, 'Require the token for watching video too.', None),
     'allowed_origins': (['__same_origin__'], 'Browser origins allowed to open websockets, e.g. '
-                        'https://ops.example.org; __same_origin__: only the bridge\'s own; '
+                        "https://ops.example.org; __same_origin__: only the bridge's own; "
                         '*: any.', None),
     # streams
     'stream_names': (['camera'], 'Streams to offer; each reads streams.<name>.topic.', None),
@@ -135,6 +136,3 @@ class BridgeParameters(_Values):
 def declare(node) -> BridgeParameters:
     """Declare every bridge parameter on ``node`` and return their values."""
     return BridgeParameters(node)
-
-
-

@@ -1,4 +1,5 @@
-"""The wire format between the bridge and its clients, in one place.
+"""
+The wire format between the bridge and its clients, in one place.
 
 Mirrored by ``web/js/protocol.js`` and documented in ``docs/protocol.md``; the three change
 together. Pure: no sockets, no ROS. The server feeds it bytes and strings and gets typed values
@@ -37,7 +38,8 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class Variant:
-    """How a viewer wants a stream: size bounds (0 = source size) and JPEG quality (0 = default).
+    """
+    How a viewer wants a stream: size bounds (0 = source size) and JPEG quality (0 = default).
 
     Each distinct variant of a stream is encoded once per frame and shared by its viewers.
     """
@@ -69,7 +71,8 @@ def quote_stream(name: str) -> str:
 
 
 def parse_target(target: str) -> Target:
-    """Split a request target into endpoint kind, stream name and single-valued query.
+    """
+    Split a request target into endpoint kind, stream name and single-valued query.
 
     A stream is one path segment: a configured name (``front``) or an image topic with its
     slashes escaped (``%2Fcamera%2Fimage_raw``).
@@ -98,10 +101,9 @@ def _query_int(query: dict, name: str, low: int, high: int) -> int:
     raw = query.get(name, '')
     if raw == '':
         return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ProtocolError('bad_variant', f'{name} must be an integer, got {raw!r}') from None
+    if not (raw.isascii() and raw.isdigit()):
+        raise ProtocolError('bad_variant', f'{name} must be an integer, got {raw[:20]!r}')
+    value = int(raw)
     if not low <= value <= high:
         raise ProtocolError('bad_variant', f'{name} must be within {low}..{high}, got {value}')
     return value
@@ -112,14 +114,14 @@ def parse_variant(query: dict) -> Variant:
     return Variant(
         max_width=_query_int(query, 'width', 0, MAX_DIMENSION),
         max_height=_query_int(query, 'height', 0, MAX_DIMENSION),
-        quality=_query_int(query, 'quality', 0, 100),
+        quality=_query_int(query, 'quality', 1, 100),
     )
 
 
 def presented_token(query: dict, headers) -> Optional[str]:
     """Token a client presented: ``Authorization: Bearer`` header, else ``token`` query value."""
     auth = headers.get('Authorization') if headers is not None else None
-    if auth and auth.lower().startswith('bearer '):
+    if auth and auth.lower().startswith('bearer ') and auth[7:].strip():
         return auth[7:].strip()
     token = query.get('token')
     return token if token else None
@@ -172,12 +174,12 @@ def pack_frame_header(header: FrameHeader) -> bytes:
 
 
 def unpack_frame(message: bytes) -> tuple:
-    """Split a video message into ``(FrameHeader, jpeg memoryview)``; ProtocolError if malformed."""
+    """Split a video message into ``(FrameHeader, jpeg memoryview)``; ProtocolError if bad."""
     if len(message) < FRAME_HEADER.size:
         raise ProtocolError('bad_frame', f'frame message too short ({len(message)} bytes)')
     (magic, header_length, flags, seq, width, height, sec, nsec,
      received) = FRAME_HEADER.unpack_from(message)
-    if magic != FRAME_MAGIC or header_length < FRAME_HEADER.size:
+    if magic != FRAME_MAGIC or not FRAME_HEADER.size <= header_length <= len(message):
         raise ProtocolError('bad_frame', 'not a video_bridge frame')
     header = FrameHeader(seq, width, height, sec, nsec, received, flags)
     return header, memoryview(message)[header_length:]
@@ -270,7 +272,10 @@ def _number(obj: dict, key: str, default: Optional[float] = None) -> Optional[fl
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError('bad_message', f'{key!r} must be a number')
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer too large for a float
+        raise ProtocolError('bad_number', f'{key!r} is out of range') from None
     if not math.isfinite(value):
         raise ProtocolError('bad_number', f'{key!r} must be finite')
     return value
@@ -306,16 +311,17 @@ def _request_id(obj: dict) -> RequestId:
     return value
 
 
-def decode_control(data: Union[str, bytes]) -> tuple:
-    """Parse one control message into ``(request_id, ControlMessage)``.
+def decode_control(data: Union[str, bytes], max_size: int = MAX_CONTROL_MESSAGE) -> tuple:
+    """
+    Parse one control message into ``(request_id, ControlMessage)``.
 
     Raises ProtocolError with a code and a message fit to send back; ``request_id`` is
     attached to the error as ``error.request_id`` when it could be read.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError('bad_message', 'control messages are JSON text, not binary')
-    if len(data) > MAX_CONTROL_MESSAGE:
-        raise ProtocolError('too_large', f'control message over {MAX_CONTROL_MESSAGE} characters')
+    if len(data) > max_size:
+        raise ProtocolError('too_large', f'control message over {max_size} characters')
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except ProtocolError:

@@ -1,4 +1,5 @@
-"""Start a launch file's nodes where ``ros2 launch`` is not installed (pip-based ROS 2).
+"""
+Start a launch file's nodes where ``ros2 launch`` is not installed (pip-based ROS 2).
 
     runner car                                   # like: ros2 launch video_bridge car.launch.py
     runner car camera_source:=file video_file:=drive.mp4 port:=8081
@@ -26,7 +27,7 @@ def parse(argv):
     epilog = '\n'.join(f'  {name}:=VALUE  {text} (default: {default!r})'
                        for name, (default, text) in LAUNCH_ARGUMENTS.items())
     parser = argparse.ArgumentParser(
-        prog='runner', description=__doc__.split('\n')[0],
+        prog='runner', description=__doc__.strip().split('\n')[0],
         epilog='launch arguments:\n' + epilog, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument('lineup', choices=sorted(LINEUPS))
     parser.add_argument('arguments', nargs='*', metavar='name:=value')

@@ -1,4 +1,5 @@
-"""The network adapter: one port for the page, the stream list, video, MJPEG, snapshots, control.
+"""
+The network adapter: one port for the page, the stream list, video, MJPEG, snapshots, control.
 
 Thin by design: it authenticates, routes and moves bytes. Which frame a viewer gets is the stream
 hub's decision (:mod:`video_bridge.streams`); what a command does is the teleop core's
@@ -55,7 +56,7 @@ def mjpeg_part(frame) -> bytes:
 
 
 def websocket_message(frame) -> bytes:
-    """The frame as one pre-serialised binary websocket message."""
+    """Serialise the frame once as a binary websocket message."""
     return binary_frame(frame.payload)
 
 
@@ -96,7 +97,7 @@ class BridgeServer:
 
     @property
     def url(self) -> str:
-        """Base URL clients use (the bound host; 0.0.0.0 means every interface)."""
+        """Return the base URL clients use (the bound host; 0.0.0.0 is every interface)."""
         scheme = 'https' if self.config.tls_cert else 'http'
         return f'{scheme}://{self.config.host}:{self.port}'
 
@@ -106,7 +107,7 @@ class BridgeServer:
             self._server.close()
         await asyncio.gather(*(
             conn.close(protocol.CLOSE_GOING_AWAY, 'bridge shutting down', timeout=0.5)
-            if conn.open else conn.abort() for conn in list(self._connections)))
+            if conn.is_open else conn.abort() for conn in list(self._connections)))
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=2.0)
 
@@ -246,7 +247,7 @@ class BridgeServer:
 
     async def _keepalive(self, conn: Connection):
         """Ping idle-looking peers so a vanished client frees its viewer slot."""
-        while conn.open:
+        while conn.is_open:
             await asyncio.sleep(self.config.ping_interval)
             if not await conn.ping(self.config.ping_timeout):
                 self.log.info('%s did not answer a ping; dropping it', conn.peer)
@@ -312,7 +313,7 @@ class BridgeServer:
                      {'Cache-Control': 'no-cache'})
 
     def describe(self) -> dict:
-        """The /api/streams document: streams offered, image topics seen, access rules."""
+        """Build the /api/streams document: streams offered, image topics seen, access rules."""
         streams = []
         for stream in self.hub.streams():
             counters = stream.counters()

@@ -1,4 +1,5 @@
-"""Stream hub: encode each frame once per variant, keep only the newest, count everything.
+"""
+Stream hub: encode each frame once per variant, keep only the newest, count everything.
 
 Pure (no rclpy, no asyncio). The ROS adapter calls :meth:`Stream.publish` from its executor
 thread with the fields of an incoming image; the hub converts and JPEG-encodes the frame there
@@ -46,7 +47,7 @@ class SourceImage:
     height: int = 0
     step: int = 0
     is_bigendian: bool = False
-    format: str = ''            # CompressedImage only, e.g. 'jpeg' or 'png'
+    image_format: str = ''      # CompressedImage only, e.g. 'jpeg' or 'png'
     received_time: float = 0.0  # wall clock when the bridge got it
 
 
@@ -114,10 +115,11 @@ class StreamCounters:
 class Viewer:
     """One client's place in a stream: takes the newest frame of its variant, never a backlog."""
 
-    def __init__(self, stream: 'Stream', variant: Variant):
+    def __init__(self, stream: 'Stream', variant: Variant, joined_seq: int):
         self.stream = stream
         self.variant = variant
         self.last_seq = 0
+        self._joined_seq = joined_seq  # frames after this one count as dropped if never taken
         self._attached = True
 
     def take(self) -> Optional[EncodedFrame]:
@@ -125,7 +127,7 @@ class Viewer:
         frame = self.stream._newest(self.variant)
         if frame is None or frame.seq <= self.last_seq:
             return None
-        self.stream._delivered(frame, self.last_seq)
+        self.stream._delivered(frame, max(self.last_seq, self._joined_seq))
         self.last_seq = frame.seq
         return frame
 
@@ -178,8 +180,9 @@ class Stream:
             slot.viewers += 1
             self._viewers += 1
             count = self._viewers
+            joined_seq = self._seq
         self._hub._viewers_changed(self.name, count)
-        return Viewer(self, variant)
+        return Viewer(self, variant, joined_seq)
 
     def _detach(self, variant: Variant):
         with self._lock:
@@ -195,16 +198,16 @@ class Stream:
         slot = self._slots.get(variant)
         return slot.latest if slot is not None else None
 
-    def _delivered(self, frame: EncodedFrame, previous_seq: int):
+    def _delivered(self, frame: EncodedFrame, baseline_seq: int):
         self._frames_sent += 1
         self._bytes_sent += len(frame.payload)
-        if previous_seq:
-            self._frames_dropped += max(0, frame.seq - previous_seq - 1)
+        self._frames_dropped += max(0, frame.seq - baseline_seq - 1)
 
     # -- frames (ROS side) ----------------------------------------------------------------
 
     def publish(self, image: SourceImage) -> int:
-        """Encode ``image`` once for every variant someone watches; return how many were made.
+        """
+        Encode ``image`` once for every variant someone watches; return how many were made.
 
         Raises image_codec.UnsupportedEncoding or MalformedImage for images it cannot show
         (the caller logs them, rate-limited); nothing is replaced then.
@@ -230,7 +233,8 @@ class Stream:
         return len(frames)
 
     def _encode(self, image: SourceImage, seq: int, variants) -> tuple:
-        """Convert the image once, then make one JPEG per variant (or pass the source's JPEG).
+        """
+        Convert the image once, then make one JPEG per variant (or pass the source's JPEG).
 
         Returns the frames by variant and how many JPEG encodes that took.
         """
@@ -238,7 +242,7 @@ class Stream:
 
         def picture():
             if not picture_cache:
-                picture_cache.append(self._picture(image))
+                picture_cache.extend(self._picture(image))
             return picture_cache[0]
 
         passthrough = None
@@ -247,13 +251,12 @@ class Stream:
             size = image_codec.jpeg_size(passthrough)
             if size is None:
                 raise image_codec.MalformedImage('JPEG without a frame header')
-        base_flags = FLAG_COLORMAPPED if self._colormapped(image) else 0
         source_size = size if passthrough is not None else None
         frames, encodes = {}, 0
         for variant in variants:
             native = not variant.max_width and not variant.max_height
             if passthrough is not None and native and variant.quality == self.settings.quality:
-                jpeg, flags, (width, height) = passthrough, base_flags | FLAG_PASSTHROUGH, size
+                jpeg, flags, (width, height) = passthrough, FLAG_PASSTHROUGH, size
             else:
                 shown = picture()
                 source_height, source_width = shown.shape[:2]
@@ -263,7 +266,7 @@ class Stream:
                 jpeg = image_codec.encode_jpeg(shown, variant.quality, variant.max_width,
                                                variant.max_height)
                 encodes += 1
-                flags = base_flags
+                flags = FLAG_COLORMAPPED if picture_cache[1] else 0
                 if (width, height) != (source_width, source_height):
                     flags |= FLAG_SCALED
             header = FrameHeader(seq, width, height, image.stamp_sec, image.stamp_nanosec,
@@ -272,21 +275,17 @@ class Stream:
         self._size = source_size
         return frames, encodes
 
-    def _picture(self, image: SourceImage):
-        """Decode or convert the source image into a uint8 picture, once per frame."""
+    def _picture(self, image: SourceImage) -> tuple:
+        """Decode or convert the source image once: ``(uint8 picture, colour-mapped?)``."""
         if self.settings.kind == COMPRESSED:
             decoded = image_codec.decode_compressed(image.data)
             if decoded.dtype != 'uint8':  # 16-bit PNG: depth in millimetres
-                return image_codec.to_display('16UC1', decoded, self.settings.display)
-            return decoded
+                return image_codec.to_display('16UC1', decoded, self.settings.display), True
+            return decoded, False
         array = image_codec.image_to_array(image.encoding, image.width, image.height,
                                            image.step, image.is_bigendian, image.data)
-        return image_codec.to_display(image.encoding, array, self.settings.display)
-
-    def _colormapped(self, image: SourceImage) -> bool:
-        if self.settings.kind == COMPRESSED:
-            return not image_codec.is_jpeg(image.data) and image.format.startswith('16')
-        return image.encoding in COLORMAPPED_ENCODINGS
+        return (image_codec.to_display(image.encoding, array, self.settings.display),
+                image.encoding in COLORMAPPED_ENCODINGS)
 
     # -- figures ------------------------------------------------------------------------
 

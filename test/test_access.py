@@ -1,0 +1,160 @@
+"""Tests for video_bridge.access: the token and the browser Origin rules."""
+
+import pytest
+from video_bridge.access import AccessPolicy, load_token, TOKEN_ENV
+
+TOKEN = 's3cret-Token'
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    path = tmp_path / 'token'
+    path.write_text('from-file\nsecond line\n')
+    return str(path)
+
+
+# ---------------------------------------------------------------- load_token
+
+def test_load_token_prefers_the_value(token_file):
+    assert load_token('  from-value \n', token_file, {TOKEN_ENV: 'from-env'}) == 'from-value'
+
+
+def test_load_token_reads_the_first_line_of_the_file_before_the_environment(token_file):
+    assert load_token('', token_file, {TOKEN_ENV: 'from-env'}) == 'from-file'
+
+
+def test_load_token_falls_back_to_the_environment():
+    assert load_token('', '', {TOKEN_ENV: ' from-env\n'}) == 'from-env'
+
+
+def test_load_token_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, 'process-env')
+    assert load_token() == 'process-env'
+    monkeypatch.delenv(TOKEN_ENV)
+    assert load_token() == ''
+
+
+def test_load_token_is_empty_when_nothing_names_one():
+    assert load_token('', '', {}) == ''
+
+
+@pytest.mark.parametrize('content', ['', '\n', '   \nsecond line\n'])
+def test_load_token_refuses_an_empty_file(tmp_path, content):
+    path = tmp_path / 'token'
+    path.write_text(content)
+    with pytest.raises(ValueError, match='empty'):
+        load_token('', str(path), {TOKEN_ENV: 'from-env'})
+
+
+def test_load_token_refuses_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match='cannot read'):
+        load_token('', str(tmp_path / 'missing'), {TOKEN_ENV: 'from-env'})
+
+
+def test_load_token_refuses_a_directory(tmp_path):
+    with pytest.raises(ValueError, match='cannot read'):
+        load_token('', str(tmp_path), {TOKEN_ENV: 'from-env'})
+
+
+def test_load_token_treats_a_blank_value_as_absent(token_file):
+    assert load_token('  ', token_file, {}) == 'from-file'
+
+
+# ---------------------------------------------------------------- token and view rules
+
+OPEN = AccessPolicy()
+DRIVE_TOKEN = AccessPolicy(token=TOKEN)
+VIEW_TOKEN = AccessPolicy(token=TOKEN, view_requires_token=True)
+MISSING, WRONG, RIGHT = None, 's3cret-token', TOKEN
+
+
+@pytest.mark.parametrize('policy, presented, token_problem, view_problem, may_drive', [
+    (OPEN, MISSING, None, None, True),
+    (OPEN, '', None, None, True),
+    (OPEN, 'anything', None, None, True),
+    (DRIVE_TOKEN, MISSING, 'token required', None, False),
+    (DRIVE_TOKEN, '', 'token required', None, False),
+    (DRIVE_TOKEN, WRONG, 'invalid token', 'invalid token', False),
+    (DRIVE_TOKEN, RIGHT + ' ', 'invalid token', 'invalid token', False),
+    (DRIVE_TOKEN, RIGHT, None, None, True),
+    (VIEW_TOKEN, MISSING, 'token required', 'token required', False),
+    (VIEW_TOKEN, '', 'token required', 'token required', False),
+    (VIEW_TOKEN, WRONG, 'invalid token', 'invalid token', False),
+    (VIEW_TOKEN, RIGHT, None, None, True),
+])
+def test_token_rules(policy, presented, token_problem, view_problem, may_drive):
+    assert policy.token_problem(presented) == token_problem
+    assert policy.view_problem(presented) == view_problem
+    assert policy.may_drive(presented) is may_drive
+
+
+def test_a_non_ascii_token_is_compared_exactly():
+    policy = AccessPolicy(token='clé-ü')
+    assert policy.may_drive('clé-ü')
+    assert policy.token_problem('cle-u') == 'invalid token'
+
+
+def test_token_required_tells_whether_a_token_is_set():
+    assert OPEN.token_required is False
+    assert DRIVE_TOKEN.token_required is True
+
+
+def test_the_token_never_appears_in_the_policys_text():
+    for policy in (DRIVE_TOKEN, VIEW_TOKEN, AccessPolicy(TOKEN, False, ('https://a.example',))):
+        for text in (repr(policy), str(policy), f'{policy}', repr([policy]), '%s' % (policy,)):
+            assert TOKEN not in text
+            assert 'AccessPolicy' in text
+
+
+def test_the_policys_text_still_tells_whether_a_token_is_set():
+    assert 'token=set' in repr(DRIVE_TOKEN)
+    assert 'token=none' in repr(OPEN)
+
+
+# ---------------------------------------------------------------- origins
+
+@pytest.mark.parametrize('policy', [OPEN, AccessPolicy(allowed_origins=('https://a.example',))])
+def test_requests_without_an_origin_are_not_checked(policy):
+    assert policy.origin_allowed(None, 'robot:8080')
+    assert policy.origin_allowed(None, None)
+
+
+@pytest.mark.parametrize('origin, host, allowed', [
+    ('http://robot:8080', 'robot:8080', True),
+    ('https://robot:8080', 'robot:8080', True),
+    ('http://ROBOT:8080', 'Robot:8080', True),
+    ('http://robot:8080/', 'robot:8080', True),
+    ('http://127.0.0.1:8080', '127.0.0.1:8080', True),
+    ('http://[::1]:8080', '[::1]:8080', True),
+    ('http://robot', 'robot', True),
+    ('http://robot:8081', 'robot:8080', False),
+    ('http://robot', 'robot:8080', False),
+    ('http://robot:8080', 'robot', False),
+    ('http://evil.example', 'robot:8080', False),
+    ('http://robot.evil.example:8080', 'robot:8080', False),
+    ('null', 'robot:8080', False),
+    ('', 'robot:8080', False),
+    ('http://robot:8080', None, False),
+    ('http://robot:8080', '', False),
+])
+def test_by_default_only_the_bridges_own_origin_is_allowed(origin, host, allowed):
+    assert OPEN.origin_allowed(origin, host) is allowed
+
+
+@pytest.mark.parametrize('origin, allowed', [
+    ('https://ops.example.org', True),
+    ('HTTPS://OPS.Example.org', True),
+    ('https://ops.example.org/', True),
+    ('http://localhost:3000', True),
+    ('http://ops.example.org', False),
+    ('https://ops.example.org:8443', False),
+    ('https://evil.example', False),
+])
+def test_an_allow_list_admits_exactly_its_origins(origin, allowed):
+    policy = AccessPolicy(allowed_origins=('https://ops.example.org/', 'http://LOCALHOST:3000'))
+    assert policy.origin_allowed(origin, 'robot:8080') is allowed
+
+
+@pytest.mark.parametrize('origin', ['https://anything.example', 'null', 'http://robot:1'])
+def test_a_star_admits_every_origin(origin):
+    assert AccessPolicy(allowed_origins=('*',)).origin_allowed(origin, 'robot:8080')
