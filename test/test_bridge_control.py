@@ -261,6 +261,13 @@ def test_origin_allow_list_and_message_limits(ros, start_bridge):
         assert refused.value.response.status_code == 403
         own = await Client.connect(control_url(bridge),
                                    origin=f'http://127.0.0.1:{bridge.port}')
+        # an e-stop gets through even while the limiter refuses everything else
+        flooded = await Client.connect(control_url(bridge))
+        for _ in range(20):
+            await flooded.ws.send('{"type": "release"}')
+        reply = await flooded.request(type='estop', engage=True)
+        assert reply['type'] == 'ack', reply
+        await flooded.ws.close()
         # rate: a burst beyond the limit gets errors, then a persistent flood is disconnected
         codes = []
         try:

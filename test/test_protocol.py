@@ -553,7 +553,7 @@ def test_encode_control_state_tells_only_the_driver_that_it_drives():
 def test_encode_control_time_echoes_t0():
     _, probe = protocol.decode_control('{"type": "time", "t0": 1712345678901.2}')
     reply = strict_json(protocol.encode_control(TimeReply(probe.t0, 5.0)))
-    assert reply == {'type': 'time', 't0': 1712345678901.2, 'server_time': 5.0}
+    assert reply == {'type': 'time', 'id': None, 't0': 1712345678901.2, 'server_time': 5.0}
 
 
 def test_encode_control_refuses_to_write_nan():

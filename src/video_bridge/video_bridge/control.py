@@ -89,7 +89,13 @@ class ControlService:
             while True:
                 message = await conn.recv()
                 now = self.clock()
-                verdict = limiter.admit(now)
+                try:
+                    request_id, decoded = protocol.decode_control(message, self.max_message_size)
+                except protocol.ProtocolError as exc:
+                    request_id, decoded = getattr(exc, 'request_id', None), exc
+                # Stopping the car is never rate-limited: a flood must not drop an e-stop.
+                stop = isinstance(decoded, protocol.EmergencyStop) and decoded.engage
+                verdict = Verdict.ACCEPT if stop else limiter.admit(now)
                 if verdict is Verdict.DISCONNECT:
                     self.log.warning('control client %s kept exceeding %g commands/s; '
                                      'disconnecting it', client_id, self.commands_per_second)
@@ -97,16 +103,13 @@ class ControlService:
                     break
                 if verdict is Verdict.REJECT:
                     self.apply(self.core.refuse(
-                        client_id, None, 'rate_limited',
+                        client_id, request_id, 'rate_limited',
                         f'more than {self.commands_per_second:g} messages per second'))
-                    continue
-                try:
-                    request_id, decoded = protocol.decode_control(message, self.max_message_size)
-                except protocol.ProtocolError as exc:
-                    self.apply(self.core.refuse(client_id, getattr(exc, 'request_id', None),
-                                                exc.code, exc.message))
-                    continue
-                self.apply(self.core.receive(client_id, request_id, decoded, now))
+                elif isinstance(decoded, protocol.ProtocolError):
+                    self.apply(self.core.refuse(client_id, request_id, decoded.code,
+                                                decoded.message))
+                else:
+                    self.apply(self.core.receive(client_id, request_id, decoded, now))
         except ConnectionClosed:
             pass
         finally:

@@ -189,6 +189,7 @@ def unpack_frame(message: bytes) -> tuple:
 
 MAX_CONTROL_MESSAGE = 4096
 MAX_REQUEST_ID = 64
+MAX_SAFE_INTEGER = 2 ** 53 - 1  # the largest integer a browser's JSON numbers hold exactly
 MAX_NAME = 64
 
 
@@ -306,6 +307,8 @@ def _request_id(obj: dict) -> RequestId:
         raise ProtocolError('bad_message', "'id' must be a string or a number")
     if isinstance(value, str) and len(value) > MAX_REQUEST_ID:
         raise ProtocolError('bad_message', f"'id' longer than {MAX_REQUEST_ID} characters")
+    if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
+        raise ProtocolError('bad_message', "'id' must be an integer JavaScript can hold exactly")
     if isinstance(value, float) and not math.isfinite(value):
         raise ProtocolError('bad_number', "'id' must be finite")
     return value
@@ -419,6 +422,7 @@ class TimeReply:
 
     t0: float
     server_time: float
+    request_id: RequestId = None
 
 
 def encode_control(message: Any, recipient: Optional[str] = None) -> str:
@@ -443,7 +447,8 @@ def encode_control(message: Any, recipient: Optional[str] = None) -> str:
                'you_drive': recipient is not None and message.driver == recipient,
                'estop': message.estop, 'velocity': message.velocity.as_dict()}
     elif isinstance(message, TimeReply):
-        obj = {'type': 'time', 't0': message.t0, 'server_time': message.server_time}
+        obj = {'type': 'time', 'id': message.request_id, 't0': message.t0,
+               'server_time': message.server_time}
     else:
         raise TypeError(f'not an outgoing control message: {message!r}')
     return json.dumps(obj, separators=(',', ':'), allow_nan=False)
