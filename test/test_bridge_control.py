@@ -94,15 +94,21 @@ def control_url(bridge, token=None):
     return f'{bridge.ws}/control' + (f'?token={token}' if token else '')
 
 
+async def driver(bridge, cmd_vel):
+    """Connect, take the driver lock and wait until cmd_vel is matched: ready to drive."""
+    client = await Client.connect(control_url(bridge))
+    assert (await client.request(type='acquire'))['type'] == 'ack'
+    cmd_vel.wait_connected()
+    return client
+
+
 def test_text_command_maps_per_vocabulary_and_velocity_is_clamped(ros, start_bridge, recorder):
     bridge = start_bridge()
     cmd_vel = recorder()
 
     async def scenario():
-        client = await Client.connect(control_url(bridge))
+        client = await driver(bridge, cmd_vel)
         assert 'forward' in client.hello['commands'] and client.hello['can_drive']
-        assert (await client.request(type='acquire'))['type'] == 'ack'
-        cmd_vel.wait_connected()
         reply = await client.request(type='command', name='forward_left', speed=0.5)
         assert reply['type'] == 'ack' and not reply['clamped']
         cmd_vel.wait_value(0.25, 0.25)  # config/teleop_commands.yaml: forward_left 0.5, 0.5
@@ -121,14 +127,13 @@ def test_text_command_maps_per_vocabulary_and_velocity_is_clamped(ros, start_bri
     assert all(abs(cmd_vel.twist(i).linear.x) <= 0.5 for i in range(len(cmd_vel.messages)))
 
 
-def test_deadman_stops_after_silence_and_at_once_when_the_socket_drops(ros, start_bridge, recorder):
+def test_deadman_stops_after_silence_and_at_once_when_the_socket_drops(
+        ros, start_bridge, recorder):
     bridge = start_bridge(command_timeout=0.5)
     cmd_vel = recorder()
 
     async def scenario():
-        client = await Client.connect(control_url(bridge))
-        await client.request(type='acquire')
-        cmd_vel.wait_connected()
+        client = await driver(bridge, cmd_vel)
         # silence: the last command is followed by zero within timeout + 50 ms
         await client.request(type='velocity', linear={'x': 0.3})
         sent = time.monotonic()
@@ -163,29 +168,27 @@ def test_emergency_stop_latches_from_message_and_service(ros, start_bridge, reco
         return future.result()
 
     async def scenario():
-        driver = await Client.connect(control_url(bridge))
+        driving = await driver(bridge, cmd_vel)
         viewer = await Client.connect(control_url(bridge))
-        await driver.request(type='acquire')
-        cmd_vel.wait_connected()
-        await driver.request(type='velocity', linear={'x': 0.4})
+        await driving.request(type='velocity', linear={'x': 0.4})
         cmd_vel.wait_value(0.4)
         # any control client may stop the car
         assert (await viewer.request(type='estop', engage=True))['type'] == 'ack'
         cmd_vel.wait_value(0.0)
-        reply = await driver.request(type='velocity', linear={'x': 0.4})
+        reply = await driving.request(type='velocity', linear={'x': 0.4})
         assert reply['type'] == 'error' and reply['code'] == 'estop_engaged'
         wait_for(lambda: statuses and statuses[-1].teleop.estop_engaged, 5, 'status e-stop')
-        await driver.request(type='estop', engage=False)
-        assert (await driver.request(type='velocity', linear={'x': 0.1}))['type'] == 'ack'
+        await driving.request(type='estop', engage=False)
+        assert (await driving.request(type='velocity', linear={'x': 0.1}))['type'] == 'ack'
         cmd_vel.wait_value(0.1)
         # the ROS service latches too, and releases
         response = await asyncio.to_thread(call, True)
         assert response.success and 'engaged' in response.message
         cmd_vel.wait_value(0.0, after=len(cmd_vel.messages) - 1)
-        assert (await driver.request(type='command', name='forward'))['code'] == 'estop_engaged'
+        assert (await driving.request(type='command', name='forward'))['code'] == 'estop_engaged'
         assert (await asyncio.to_thread(call, False)).success
-        assert (await driver.request(type='command', name='forward'))['type'] == 'ack'
-        await driver.ws.close()
+        assert (await driving.request(type='command', name='forward'))['type'] == 'ack'
+        await driving.ws.close()
         await viewer.ws.close()
     asyncio.run(scenario())
 
@@ -227,9 +230,9 @@ def test_token_guards_driving_and_is_never_logged(ros, start_bridge):
             wrong = await Client.connect(control_url(bridge, 'guess'))
             await wrong.ws.recv()
         assert closed.value.rcvd.code == 4401 and closed.value.rcvd.reason == 'invalid token'
-        driver = await Client.connect(control_url(bridge, secret))
-        assert (await driver.request(type='acquire'))['type'] == 'ack'
-        await driver.ws.close()
+        allowed = await Client.connect(control_url(bridge, secret))
+        assert (await allowed.request(type='acquire'))['type'] == 'ack'
+        await allowed.ws.close()
         await anonymous.ws.close()
     asyncio.run(scenario())
     log = bridge.process.wait_output('invalid token')
@@ -241,9 +244,7 @@ def test_twist_stamped_when_configured(ros, start_bridge, recorder):
     cmd_vel = recorder(msg_type=TwistStamped)
 
     async def scenario():
-        client = await Client.connect(control_url(bridge))
-        await client.request(type='acquire')
-        cmd_vel.wait_connected()
+        client = await driver(bridge, cmd_vel)
         await client.request(type='command', name='left')
         cmd_vel.wait_value(0.0, 1.0)
         await client.ws.close()
@@ -293,9 +294,7 @@ def test_shutdown_publishes_zero_before_exit(ros, start_bridge, recorder):
     cmd_vel = recorder()
 
     async def scenario():
-        client = await Client.connect(control_url(bridge))
-        await client.request(type='acquire')
-        cmd_vel.wait_connected()
+        client = await driver(bridge, cmd_vel)
         await client.request(type='velocity', linear={'x': 0.3})
         cmd_vel.wait_value(0.3)
         count = len(cmd_vel.messages)
@@ -318,4 +317,3 @@ def test_tls_serves_wss_on_the_same_port(ros, start_bridge, tmp_path):
         assert client.hello['type'] == 'hello'
         await client.ws.close()
     asyncio.run(scenario())
-

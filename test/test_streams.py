@@ -309,7 +309,8 @@ def test_a_colour_mapped_16_bit_png_is_flagged_whatever_its_format_string(jpeg_s
 def test_a_truncated_source_jpeg_is_malformed(jpeg_stream):
     viewer = jpeg_stream.attach(Variant())
     with pytest.raises(MalformedImage):
-        jpeg_stream.publish(SourceImage(1, 0, b'\xff\xd8\xff\xe0\x00\x10JFIF', image_format='jpeg'))
+        jpeg_stream.publish(SourceImage(1, 0, b'\xff\xd8\xff\xe0\x00\x10JFIF',
+                                        image_format='jpeg'))
     assert viewer.take() is None
 
 

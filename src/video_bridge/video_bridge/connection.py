@@ -72,16 +72,12 @@ class Connection:
         try:
             async with asyncio.timeout(timeout):
                 while self.request is None:
-                    data = await self.reader.read(READ_CHUNK)
-                    if data:
-                        self.protocol.receive_data(data)
-                    else:
-                        self.protocol.receive_eof()
-                    self._flush()
+                    received = await self._receive()
                     for event in self.protocol.events_received():
                         if isinstance(event, Request):
                             self.request = event
-                    if self.request is None and (not data or self.protocol.close_expected()):
+                    if self.request is None and (not received or
+                                                 self.protocol.close_expected()):
                         return None
         except (TimeoutError, ConnectionError):
             return None
@@ -249,21 +245,26 @@ class Connection:
                 except OSError:
                     pass
 
+    async def _receive(self) -> bool:
+        """Feed one chunk from the socket to the protocol (False at end of stream)."""
+        try:
+            data = await self.reader.read(READ_CHUNK)
+        except (ConnectionError, OSError):
+            data = b''
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+        self._flush()
+        return bool(data)
+
     async def _read_frames(self):
         try:
             while True:
-                try:
-                    data = await self.reader.read(READ_CHUNK)
-                except (ConnectionError, OSError):
-                    data = b''
-                if data:
-                    self.protocol.receive_data(data)
-                else:
-                    self.protocol.receive_eof()
-                self._flush()
+                received = await self._receive()
                 for event in self.protocol.events_received():
                     await self._on_frame(event)
-                if not data or self.protocol.state is State.CLOSED:
+                if not received or self.protocol.state is State.CLOSED:
                     break
         finally:
             self._closed.set()
