@@ -57,11 +57,12 @@ def test_frames_arrive_decodable_in_order_with_source_stamps(ros, start_bridge):
 def test_slow_viewer_skips_frames_and_does_not_slow_a_fast_one(ros, start_bridge):
     bridge = start_bridge(**{'streams.camera.topic': '/t2/image'})
 
-    async def slow_viewer(seconds):
+    async def slow_viewer(seconds, stalled):
         # max_queue=1 and no reads: the client stops reading, TCP fills up, the server's
         # socket to it blocks. It must not queue frames for it, nor hold up anyone else.
         async with websockets.connect(f'{bridge.ws}/video/camera', max_queue=1) as ws:
             await ws.recv()
+            stalled.set()
             await asyncio.sleep(seconds)  # deliberately slow client, not synchronisation
             headers = []
             for _ in range(40):
@@ -69,18 +70,20 @@ def test_slow_viewer_skips_frames_and_does_not_slow_a_fast_one(ros, start_bridge
                 headers.append(header)
             return headers
 
-    async def both():
-        slow = asyncio.create_task(slow_viewer(3.0))
-        await asyncio.sleep(0.5)
-        started = time.monotonic()
+    async def both(publisher):
+        stalled = asyncio.Event()
+        slow = asyncio.create_task(slow_viewer(3.0, stalled))
+        await stalled.wait()
+        published_before = publisher.count
         fast = await watch(f'{bridge.ws}/video/camera', 60)
-        fast_fps = len(fast) / (time.monotonic() - started)
-        return fast, fast_fps, await slow
+        published = publisher.count - published_before
+        return fast, published, await slow
 
     with FramePublisher(ros.node, '/t2/image', rate=30) as publisher:
-        fast, fast_fps, slow = asyncio.run(both())
+        fast, published_meanwhile, slow = asyncio.run(both(publisher))
         published = publisher.count
-    assert fast_fps > 24, f'fast viewer got {fast_fps:.1f} fps while another viewer stalled'
+    # the fast viewer kept pace with the camera while the other viewer was stalled
+    assert len(fast) >= 0.9 * (published_meanwhile - 2), (len(fast), published_meanwhile)
     fast_seqs = [header.seq for header, _, _ in fast]
     assert fast_seqs[-1] - fast_seqs[0] + 1 - len(fast_seqs) <= 3, 'fast viewer lost frames'
     slow_seqs = [header.seq for header in slow]

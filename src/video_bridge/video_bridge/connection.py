@@ -10,13 +10,14 @@ pre-serialised video frame to every viewer instead of re-framing it per viewer.
 Incoming messages wait in a small bounded queue: a client that sends faster than the bridge
 reads stops being read (TCP pushes back), it never grows memory.
 
-Video is flow-controlled end to end: after each frame the server sends a ping, and it keeps at
-most ``window`` frames unacknowledged by the matching pong (websocket clients, browsers included,
-answer pings by themselves). Without that, the kernel's socket buffers on both ends would hold
+Video is flow-controlled end to end: each frame is followed by a ping carrying its sequence
+number, and the server keeps at most ``window`` frames unacknowledged by the matching pong
+(websocket clients, browsers included, answer pings by themselves). Without that, the kernel's socket buffers on both ends would hold
 seconds of old frames for a client that stalls, and it would see them when it recovers.
 """
 
 import asyncio
+import collections
 import os
 import socket
 import struct
@@ -28,7 +29,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 READ_CHUNK = 65536
-FRAME_MARK = struct.Struct('!cQ')  # b'f' + frame counter, the payload of per-frame pings
+FRAME_MARK = struct.Struct('!cQ')  # b'f' + frame sequence number, the payload of frame pings
 
 
 class ConnectionClosed(Exception):
@@ -40,9 +41,15 @@ class ConnectionClosed(Exception):
         self.reason = reason
 
 
-def binary_frame(payload: bytes) -> bytes:
-    """Serialise a binary websocket message once, to be written to many clients unchanged."""
-    return Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
+def binary_frame(payload: bytes, seq: int) -> bytes:
+    """
+    Serialise a binary message and its flow-control ping once, for many clients.
+
+    The bytes are written unchanged to every viewer of the frame, in one write each.
+    """
+    return (Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
+            + Frame(Opcode.PING, FRAME_MARK.pack(b'f', seq)).serialize(mask=False,
+                                                                     extensions=[]))
 
 
 class Connection:
@@ -61,8 +68,7 @@ class Connection:
         self._reader_task: Optional[asyncio.Task] = None
         self._closed = asyncio.Event()
         self._pong_waiter: Optional[asyncio.Future] = None
-        self._frames_sent = 0
-        self._frames_acked = 0
+        self._unacked = collections.deque()  # sequence numbers of frames sent, not yet ponged
         self._acked = asyncio.Event()
 
     # -- HTTP -----------------------------------------------------------------------------
@@ -173,16 +179,17 @@ class Connection:
         transport = self.writer.transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
-    async def send_frame(self, serialised: bytes, window: int = 2, timeout: float = 20.0):
+    async def send_frame(self, serialised: bytes, seq: int, window: int = 2,
+                         timeout: float = 20.0):
         """
-        Send a message pre-serialised by :func:`binary_frame` (shared by many clients).
+        Send frame ``seq`` pre-serialised by :func:`binary_frame` (shared by many clients).
 
         Waits while ``window`` earlier frames are unacknowledged; ConnectionClosed if the
         client acknowledges nothing for ``timeout`` seconds (it is gone or stuck).
         """
         try:
             async with asyncio.timeout(timeout):
-                while self._frames_sent - self._frames_acked >= window and self.is_open:
+                while len(self._unacked) >= window and self.is_open:
                     self._acked.clear()
                     await self._acked.wait()
         except TimeoutError:
@@ -191,9 +198,7 @@ class Connection:
         if not self.is_open:
             raise ConnectionClosed(self.protocol.close_code, self.protocol.close_reason or '')
         self.writer.write(serialised)
-        self._frames_sent += 1
-        self.protocol.send_ping(FRAME_MARK.pack(b'f', self._frames_sent))
-        self._flush()
+        self._unacked.append(seq)
         await self.writer.drain()
 
     async def ping(self, timeout: float) -> bool:
@@ -282,8 +287,8 @@ class Connection:
             if len(frame.data) == FRAME_MARK.size and frame.data[:1] == b'f':
                 # A pong answers its ping and every earlier one (RFC 6455 5.5.3).
                 acked = FRAME_MARK.unpack(frame.data)[1]
-                if self._frames_acked < acked <= self._frames_sent:
-                    self._frames_acked = acked
+                while self._unacked and self._unacked[0] <= acked:
+                    self._unacked.popleft()
                     self._acked.set()
             elif self._pong_waiter is not None and not self._pong_waiter.done():
                 self._pong_waiter.set_result(None)

@@ -56,8 +56,8 @@ def mjpeg_part(frame) -> bytes:
 
 
 def websocket_message(frame) -> bytes:
-    """Serialise the frame once as a binary websocket message."""
-    return binary_frame(frame.payload)
+    """Serialise the frame once as a binary websocket message and its flow-control ping."""
+    return binary_frame(frame.payload, frame.seq)
 
 
 class BridgeServer:
@@ -222,7 +222,7 @@ class BridgeServer:
             await conn.close(close_codes.get(exc.code, protocol.CLOSE_BAD_REQUEST), exc.message)
             return
         pump = asyncio.create_task(self._pump(viewer, lambda frame: conn.send_frame(
-            frame.wire('ws', websocket_message), self.config.frames_in_flight,
+            frame.wire('ws', websocket_message), frame.seq, self.config.frames_in_flight,
             self.config.ping_timeout)))
         keepalive = asyncio.create_task(self._keepalive(conn))
         receive = asyncio.ensure_future(conn.recv())
