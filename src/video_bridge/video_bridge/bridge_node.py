@@ -140,7 +140,8 @@ class BridgeNode(Node):
     # -- streams -----------------------------------------------------------------------
 
     def _stream_settings(self, name: str, topic: str = '', kind: str = '') -> StreamSettings:
-        per = self.p.stream(name)
+        # Configured streams have streams.<name>.* parameters; topic streams use the defaults.
+        per = self.p.stream(name) if not topic else self.p.stream_defaults()
         display = DisplaySettings(depth_min=per.depth_min, depth_max=per.depth_max,
                                   colormap=per.colormap)
         return StreamSettings(name=name, topic=topic or per.topic, kind=kind or per.type,

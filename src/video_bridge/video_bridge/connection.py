@@ -12,8 +12,9 @@ reads stops being read (TCP pushes back), it never grows memory.
 
 Video is flow-controlled end to end: each frame is followed by a ping carrying its sequence
 number, and the server keeps at most ``window`` frames unacknowledged by the matching pong
-(websocket clients, browsers included, answer pings by themselves). Without that, the kernel's socket buffers on both ends would hold
-seconds of old frames for a client that stalls, and it would see them when it recovers.
+(websocket clients, browsers included, answer pings by themselves). Without that, the kernel's
+socket buffers on both ends would hold seconds of old frames for a client that stalls, and it
+would see them when it recovers.
 """
 
 import asyncio
@@ -47,9 +48,9 @@ def binary_frame(payload: bytes, seq: int) -> bytes:
 
     The bytes are written unchanged to every viewer of the frame, in one write each.
     """
-    return (Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
-            + Frame(Opcode.PING, FRAME_MARK.pack(b'f', seq)).serialize(mask=False,
-                                                                     extensions=[]))
+    message = Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
+    ping = Frame(Opcode.PING, FRAME_MARK.pack(b'f', seq)).serialize(mask=False, extensions=[])
+    return message + ping
 
 
 class Connection:

@@ -5,6 +5,8 @@ Declared through rclpy so they show up in ``ros2 param describe`` and are valida
 (ranges, read-only); ``config/bridge.yaml`` mirrors this table with comments.
 """
 
+from types import SimpleNamespace
+
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 
@@ -84,7 +86,8 @@ STREAM_PARAMETERS = {
 
 
 def _descriptor(description, limits, value):
-    descriptor = ParameterDescriptor(description=description)
+    # Read once at startup: read-only, so `ros2 param set` cannot pretend to change them.
+    descriptor = ParameterDescriptor(description=description, read_only=True)
     if limits is not None:
         low, high = limits
         if isinstance(value, float):
@@ -116,6 +119,11 @@ class BridgeParameters(_Values):
         self.stream_names = [name for name in self.stream_names if name]
         for name in self.stream_names:
             self.stream(name)  # declare now so a typo in the YAML fails at startup
+
+    def stream_defaults(self) -> SimpleNamespace:
+        """Stream settings for a stream with no parameters of its own (an ad-hoc topic)."""
+        return SimpleNamespace(**{field: default for field, (default, _, _)
+                                  in STREAM_PARAMETERS.items()})
 
     def stream(self, name: str) -> _Values:
         """Declare (once) and read the ``streams.<name>.*`` parameters."""
