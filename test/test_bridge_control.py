@@ -317,3 +317,59 @@ def test_tls_serves_wss_on_the_same_port(ros, start_bridge, tmp_path):
         assert client.hello['type'] == 'hello'
         await client.ws.close()
     asyncio.run(scenario())
+
+
+def test_a_flooding_control_client_disturbs_neither_video_nor_the_driver(
+        ros, start_bridge, recorder):
+    from conftest import FramePublisher
+    from video_bridge.protocol import unpack_frame
+    bridge = start_bridge(commands_per_second=20.0, command_burst=10,
+                          **{'streams.camera.topic': '/c9/image'})
+    cmd_vel = recorder()
+
+    async def flood(seconds):
+        """Flood, get disconnected, come back and flood again, for ``seconds``."""
+        codes, sent = [], 0
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
+            # max_queue=None: it keeps reading what the bridge sends, as a browser does
+            ws = await websockets.connect(control_url(bridge), max_queue=None)
+            try:
+                while True:
+                    await ws.send('{"type": "time", "t0": 1}')
+                    sent += 1
+                    await asyncio.sleep(0)  # let replies and the close come in
+            except websockets.ConnectionClosed as closed:
+                codes.append(closed.rcvd.code if closed.rcvd else None)
+        return codes, sent
+
+    async def watch_video(seconds):
+        seqs = []
+        async with websockets.connect(f'{bridge.ws}/video/camera') as ws:
+            async with asyncio.timeout(seconds + 5):
+                started = asyncio.get_running_loop().time()
+                while asyncio.get_running_loop().time() - started < seconds:
+                    seqs.append(unpack_frame(await ws.recv())[0].seq)
+        return seqs
+
+    async def scenario():
+        client = await driver(bridge, cmd_vel)
+        video = asyncio.create_task(watch_video(2.0))
+        flooding = asyncio.create_task(flood(2.0))
+        replies = []
+        while not flooding.done():  # the driver keeps driving through the flood
+            replies.append(await client.request(type='velocity', linear={'x': 0.2}))
+            await asyncio.sleep(0.1)  # a driver's heartbeat period, not synchronisation
+        codes, sent = await flooding
+        seqs = await video
+        await client.ws.close()
+        return codes, sent, replies, seqs
+
+    with FramePublisher(ros.node, '/c9/image') as publisher:
+        codes, sent, replies, seqs = asyncio.run(scenario())
+        assert publisher.count > 0
+    assert codes and set(codes) == {4429} and sent > 200, (codes, sent)
+    assert len(replies) >= 10 and all(reply['type'] == 'ack' for reply in replies)
+    cmd_vel.wait_value(0.2)
+    span = seqs[-1] - seqs[0] + 1
+    assert len(seqs) >= 0.9 * span and len(seqs) >= 40, (len(seqs), span)
