@@ -234,6 +234,8 @@ class BridgeServer:
         finally:
             for task in (pump, keepalive, receive):
                 task.cancel()
+                if task.done() and not task.cancelled():
+                    task.exception()  # a client that left mid-send: expected, not an error
             viewer.detach()
 
     async def _pump(self, viewer: Viewer, send):
