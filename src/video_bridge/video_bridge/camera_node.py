@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 
-import cv2
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
@@ -39,7 +38,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from video_bridge.sources import (Backoff, DeviceSource, load_camera_info, make_source,
+from video_bridge import image_codec
+from video_bridge.sources import (as_bgr, Backoff, DeviceSource, load_camera_info, make_source,
                                   PIXEL_FORMATS, SourceError, SOURCES)
 
 # name: (default, description, (min, max) or choices or None)
@@ -249,13 +249,14 @@ class CameraNode(Node):
         try:
             if self._jpeg_pub is not None:
                 if jpeg is None and self._jpeg_pub.get_subscription_count():
-                    ok, encoded = cv2.imencode('.jpg', image,
-                                               [cv2.IMWRITE_JPEG_QUALITY, self._quality])
-                    jpeg = encoded if ok else None
+                    jpeg = image_codec.encode_jpeg(image, self._quality)
                 if jpeg is not None:
                     self._jpeg_pub.publish(compressed_message(jpeg, info.header))
             if image is None and self._image_pub.get_subscription_count():
-                image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                try:
+                    image = as_bgr(image_codec.decode_compressed(jpeg))
+                except image_codec.MalformedImage:  # a corrupt device frame: publish no image
+                    image = None
             if image is not None:
                 self._image_pub.publish(image_message(image, info.header))
             self._check_size(frame)

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Protocol, Tuple
 
 import cv2
 import numpy as np
+from video_bridge import image_codec
 import yaml
 
 SOURCES = ('pattern', 'device', 'file')
@@ -59,31 +60,12 @@ class FrameSource(Protocol):
         """Release the underlying resource; safe to call repeatedly."""
 
 
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
 def jpeg_size(data: bytes) -> Tuple[int, int]:
-    """Return (width, height) from a JPEG's SOF header, without decoding the image."""
-    view = memoryview(data)
-    if view[:2] != b'\xff\xd8':
-        raise ValueError('not a JPEG (no SOI marker)')
-    pos = 2
-    while pos + 9 <= len(view):
-        if view[pos] != 0xFF:
-            raise ValueError(f'corrupt JPEG header at byte {pos}')
-        marker = view[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-            continue
-        if marker in _SOF_MARKERS:
-            height = view[pos + 5] << 8 | view[pos + 6]
-            width = view[pos + 7] << 8 | view[pos + 8]
-            return width, height
-        pos += 2 + (view[pos + 2] << 8 | view[pos + 3])
-    raise ValueError('JPEG has no SOF header')
+    """Return (width, height) from a JPEG's frame header, without decoding the image."""
+    size = image_codec.jpeg_size(data)
+    if size is None:
+        raise ValueError('not a JPEG with a frame header')
+    return size
 
 
 def _is_jpeg(data: Optional[np.ndarray]) -> bool:
@@ -93,7 +75,7 @@ def _is_jpeg(data: Optional[np.ndarray]) -> bool:
             and data.ravel()[0] == 0xFF and data.ravel()[1] == 0xD8)
 
 
-def _as_bgr(image: np.ndarray) -> np.ndarray:
+def as_bgr(image: np.ndarray) -> np.ndarray:
     """Return a 3-channel BGR image (some backends hand out grey or BGRA)."""
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
@@ -212,7 +194,7 @@ class VideoFileSource:
             ok, image = self._capture.read()
         if not ok or image is None:
             return None
-        return Frame(image=_as_bgr(image), capture_time=time.time())
+        return Frame(image=as_bgr(image), capture_time=time.time())
 
     def close(self) -> None:
         """Release the file."""
@@ -350,7 +332,7 @@ class DeviceSource:
             if not self._capture.isOpened():
                 raise SourceError(f"device '{self.device}': cannot reopen it for decoded frames")
             data = self._grab()
-        return Frame(image=_as_bgr(data), capture_time=time.time())
+        return Frame(image=as_bgr(data), capture_time=time.time())
 
     def close(self) -> None:
         """Release the device."""
