@@ -1,7 +1,7 @@
-"""Tests for video_bridge.access: the token and the browser Origin rules."""
+"""Tests for video_bridge.core.access: the token and the browser Origin rules."""
 
 import pytest
-from video_bridge.access import AccessPolicy, load_token, TOKEN_ENV
+from video_bridge.core.access import AccessPolicy, load_token, TOKEN_ENV
 
 TOKEN = 's3cret-Token'
 

@@ -346,7 +346,7 @@ asyncio.run(main(sys.argv[1], float(sys.argv[2])))
 def test_a_flooding_control_client_disturbs_neither_video_nor_the_driver(
         ros, start_bridge, recorder):
     from conftest import FramePublisher
-    from video_bridge.protocol import unpack_frame
+    from video_bridge.core.protocol import unpack_frame
     bridge = start_bridge(commands_per_second=20.0, command_burst=10,
                           **{'streams.camera.topic': '/c9/image'})
     cmd_vel = recorder()

@@ -7,7 +7,7 @@ from conftest import FramePublisher, wait_for
 import cv2
 import numpy as np
 import pytest
-from video_bridge.protocol import FLAG_COLORMAPPED, unpack_frame
+from video_bridge.core.protocol import FLAG_COLORMAPPED, unpack_frame
 from video_bridge_msgs.msg import BridgeStatus
 import websockets
 

@@ -88,7 +88,7 @@ def test_publishes_images_and_calibrated_camera_info(ros, launch_node):
 
 
 def test_shipped_params_file_lists_every_parameter_with_its_default():
-    from video_bridge.camera_node import PARAMETERS
+    from video_bridge.ros.camera_node import PARAMETERS
     with open(CAMERA_YAML) as stream:
         content = yaml.safe_load(stream)
     values = content['/**/camera_node']['ros__parameters']

@@ -1,4 +1,4 @@
-"""Tests for video_bridge.image_codec against known pixel values (no mocks)."""
+"""Tests for video_bridge.core.image_codec against known pixel values (no mocks)."""
 
 import array
 import sys
@@ -8,8 +8,8 @@ from hypothesis import given, settings as hyp_settings, strategies as st
 from hypothesis.extra import numpy as hnp
 import numpy as np
 import pytest
-from video_bridge import image_codec
-from video_bridge.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
+from video_bridge.core import image_codec
+from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
 
 JUNK = 0xA5
 MACHINE_IS_BIG = sys.byteorder == 'big'

@@ -1,4 +1,4 @@
-"""Tests for video_bridge.lineup, the launch files, the YAML files and what setup.py installs.
+"""Tests for video_bridge.ros.lineup, the launch files, the YAML files and what setup.py installs.
 
 ``ros2 launch`` is not available here (no launch/launch_ros packages), so the launch files are
 read with ``ast``; the ``--ros-args`` a lineup produces are handed to a real rclpy node.
@@ -10,9 +10,9 @@ import os
 
 from conftest import INSTALL_LIB, REPO, require_isolated_ros
 import pytest
-from video_bridge import camera_node, lineup, runner
-from video_bridge.lineup import LAUNCH_ARGUMENTS, LINEUPS, NodeSpec, ros_arguments
-from video_bridge.parameters import BRIDGE_PARAMETERS, STREAM_PARAMETERS
+from video_bridge.ros import camera_node, lineup, runner
+from video_bridge.ros.lineup import LAUNCH_ARGUMENTS, LINEUPS, NodeSpec, ros_arguments
+from video_bridge.ros.parameters import BRIDGE_PARAMETERS, STREAM_PARAMETERS
 import yaml
 
 PACKAGE_SRC = os.path.join(REPO, 'src', 'video_bridge')
@@ -394,7 +394,7 @@ def test_launch_file_returns_the_launch_description_of_its_lineup(expected):
     assert ast.literal_eval(argument) == expected
     assert expected in LINEUPS
     imports = [node for node in tree.body if isinstance(node, ast.ImportFrom)]
-    assert any(node.module == 'video_bridge.launch_support'
+    assert any(node.module == 'video_bridge.ros.launch_support'
                and 'launch_description' in [alias.name for alias in node.names]
                for node in imports)
 
@@ -406,7 +406,7 @@ def test_every_lineup_has_a_launch_file():
 
 
 def launch_support_tree():
-    return parse_python(os.path.join(PACKAGE_SRC, 'video_bridge', 'launch_support.py'))
+    return parse_python(os.path.join(PACKAGE_SRC, 'video_bridge', 'ros', 'launch_support.py'))
 
 
 def comprehensions_over(tree, name):

@@ -1,4 +1,4 @@
-"""Tests for video_bridge.protocol, the wire format, and its agreement with docs/protocol.md."""
+"""Tests for video_bridge.core.protocol, the wire format, and its agreement with docs/protocol.md."""
 
 import json
 import math
@@ -8,8 +8,8 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 import pytest
-from video_bridge import protocol
-from video_bridge.protocol import (
+from video_bridge.core import protocol
+from video_bridge.core.protocol import (
     Ack, Acquire, ControlState, EmergencyStop, ErrorReply, FrameHeader, Hello, NamedCommand,
     ProtocolError, Release, Target, TimeReply, TimeSync, Variant, Velocity, VelocityCommand)
 from websockets.datastructures import Headers

@@ -1,8 +1,8 @@
-"""Tests for video_bridge.rate_limit with a fake clock: bursts, refill, strikes, disconnects."""
+"""Tests for video_bridge.core.rate_limit with a fake clock: bursts, refill, strikes, disconnects."""
 
 from hypothesis import given, settings, strategies as st
 import pytest
-from video_bridge.rate_limit import RateLimiter, Verdict
+from video_bridge.core.rate_limit import RateLimiter, Verdict
 
 ACCEPT, REJECT, DISCONNECT = Verdict.ACCEPT, Verdict.REJECT, Verdict.DISCONNECT
 

@@ -1,4 +1,4 @@
-"""Unit tests of video_bridge.sources: pure Python, no ROS (frames, files, devices, backoff)."""
+"""Unit tests of video_bridge.core.sources: pure Python, no ROS (frames, files, devices, backoff)."""
 
 import os
 import time
@@ -6,8 +6,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-from video_bridge import sources
-from video_bridge.sources import (Backoff, DeviceSource, Frame, jpeg_size, load_camera_info,
+from video_bridge.core import sources
+from video_bridge.core.sources import (Backoff, DeviceSource, Frame, jpeg_size, load_camera_info,
                                   make_source, SourceError, TestPatternSource, VideoFileSource)
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))

@@ -1,14 +1,14 @@
-"""Tests for video_bridge.streams, the stream hub, with real images and real JPEG encodes."""
+"""Tests for video_bridge.core.streams, the stream hub, with real images and real JPEG encodes."""
 
 import threading
 
 import cv2
 import numpy as np
 import pytest
-from video_bridge import protocol
-from video_bridge.image_codec import MalformedImage, UnsupportedEncoding
-from video_bridge.protocol import FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, Variant
-from video_bridge.streams import (
+from video_bridge.core import protocol
+from video_bridge.core.image_codec import MalformedImage, UnsupportedEncoding
+from video_bridge.core.protocol import FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, Variant
+from video_bridge.core.streams import (
     CapacityError, COMPRESSED, EncodedFrame, SourceImage, StreamHub, StreamSettings,
     UnknownStream)
 

@@ -1,5 +1,5 @@
 """
-Tests for the teleop safety core (video_bridge.teleop) with a fake clock.
+Tests for the teleop safety core (video_bridge.core.teleop) with a fake clock.
 
 Real code only: the real vocabulary file, the real protocol decoder, and a clock that is a
 number passed in. A rule-based state machine drives several clients at random and checks the
@@ -14,11 +14,11 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import (
     initialize, invariant, precondition, rule, RuleBasedStateMachine)
 import pytest
-from video_bridge import teleop
-from video_bridge.protocol import (
+from video_bridge.core import teleop
+from video_bridge.core.protocol import (
     Ack, Acquire, ControlState, decode_control, EmergencyStop, ErrorReply, Hello, NamedCommand,
     ProtocolError, Release, TimeReply, TimeSync, Velocity, VelocityCommand, ZERO)
-from video_bridge.teleop import (
+from video_bridge.core.teleop import (
     Effects, load_vocabulary, parse_vocabulary, TeleopConfig, TeleopCore, TextCommand)
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 import pytest
-from video_bridge import protocol
+from video_bridge.core import protocol
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 WEB = os.path.join(REPO, 'web')

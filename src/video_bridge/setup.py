@@ -42,9 +42,9 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'camera_node = video_bridge.camera_node:main',
-            'bridge_node = video_bridge.bridge_node:main',
-            'runner = video_bridge.runner:main',
+            'camera_node = video_bridge.ros.camera_node:main',
+            'bridge_node = video_bridge.ros.bridge_node:main',
+            'runner = video_bridge.ros.runner:main',
         ],
     },
 )

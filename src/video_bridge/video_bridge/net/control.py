@@ -2,9 +2,9 @@
 Control sockets: carry browser commands to the teleop core and its decisions back out.
 
 A thin adapter on the network loop. It authenticates a connection, rate-limits it, decodes each
-message with :mod:`video_bridge.protocol`, hands it to :class:`video_bridge.teleop.TeleopCore`
-and carries out the returned effects: publish a velocity (synchronously, through the callback the
-ROS adapter gave), answer, broadcast the new state, log events. The core's clock (deadman and
+message with :mod:`video_bridge.core.protocol`, hands it to
+:class:`video_bridge.core.teleop.TeleopCore` and carries out the returned effects: publish a
+velocity (synchronously, through the callback the ROS adapter gave), answer, broadcast the new state, log events. The core's clock (deadman and
 republishing) runs here as one task that sleeps until the core's next deadline.
 
 Nothing here waits on a slow client: replies are written without awaiting the socket, and a
@@ -17,11 +17,11 @@ import logging
 import time
 from typing import Callable, Dict, Optional
 
-from video_bridge import protocol
-from video_bridge.access import AccessPolicy
-from video_bridge.connection import Connection, ConnectionClosed
-from video_bridge.rate_limit import RateLimiter, Verdict
-from video_bridge.teleop import Effects, TeleopCore
+from video_bridge.core import protocol
+from video_bridge.core.access import AccessPolicy
+from video_bridge.core.rate_limit import RateLimiter, Verdict
+from video_bridge.core.teleop import Effects, TeleopCore
+from video_bridge.net.connection import Connection, ConnectionClosed
 
 MAX_UNSENT_BYTES = 256 * 1024
 
@@ -41,7 +41,7 @@ class ControlService:
         self.commands_per_second = commands_per_second
         self.command_burst = command_burst
         self.max_message_size = max_message_size
-        self.log = logger or logging.getLogger('video_bridge.control')
+        self.log = logger or logging.getLogger('video_bridge.net.control')
         self.clock = clock
         self._clients: Dict[str, Connection] = {}
         self._ids = itertools.count(1)

@@ -1,5 +1,5 @@
 """
-Turn a :mod:`video_bridge.lineup` into a launch description (needs ROS 2 ``launch``).
+Turn a :mod:`video_bridge.ros.lineup` into a launch description (needs ROS 2 ``launch``).
 
 Kept apart from lineup.py so the lineup stays importable where ``launch`` is not installed
 (the pip environment's runner and tests).
@@ -13,7 +13,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
-from video_bridge.lineup import FASTDDS_PROFILE, LAUNCH_ARGUMENTS, LINEUPS, PACKAGE
+from video_bridge.ros.lineup import FASTDDS_PROFILE, LAUNCH_ARGUMENTS, LINEUPS, PACKAGE
 
 
 def typed(parameters: dict) -> dict:

@@ -6,7 +6,7 @@ Start a launch file's nodes where ``ros2 launch`` is not installed (pip-based RO
     runner bridge bridge_params:=my_bridge.yaml
 
 Same nodes, same YAML files and the same arguments as launch/*.launch.py (both read
-:mod:`video_bridge.lineup`). Each node is its own process, as under ``ros2 launch``; SIGINT or
+:mod:`video_bridge.ros.lineup`). Each node is its own process, as under ``ros2 launch``; SIGINT or
 SIGTERM is passed to every node so the bridge stops the car and all shut down cleanly.
 """
 
@@ -19,7 +19,8 @@ import sys
 import time
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
-from video_bridge.lineup import FASTDDS_PROFILE, LAUNCH_ARGUMENTS, LINEUPS, PACKAGE, ros_arguments
+from video_bridge.ros.lineup import (FASTDDS_PROFILE, LAUNCH_ARGUMENTS, LINEUPS, PACKAGE,
+                                     ros_arguments)
 
 
 def parse(argv):

@@ -2,9 +2,9 @@
 The network adapter: one port for the page, the stream list, video, MJPEG, snapshots, control.
 
 Thin by design: it authenticates, routes and moves bytes. Which frame a viewer gets is the stream
-hub's decision (:mod:`video_bridge.streams`); what a command does is the teleop core's
-(:mod:`video_bridge.teleop`, through :mod:`video_bridge.control`). Runs on one asyncio loop; the
-ROS side reaches it only through :meth:`BridgeServer.notify_frame` (thread-safe).
+hub's decision (:mod:`video_bridge.core.streams`); what a command does is the teleop
+core's (:mod:`video_bridge.core.teleop`, through :mod:`video_bridge.net.control`). Runs on one
+asyncio loop; the ROS side reaches it only through :meth:`BridgeServer.notify_frame` (thread-safe).
 """
 
 import asyncio
@@ -16,10 +16,10 @@ import os
 import ssl
 from typing import Callable, Optional
 
-from video_bridge import protocol
-from video_bridge.access import AccessPolicy
-from video_bridge.connection import binary_frame, Connection, ConnectionClosed
-from video_bridge.streams import CapacityError, StreamHub, UnknownStream, Viewer
+from video_bridge.core import protocol
+from video_bridge.core.access import AccessPolicy
+from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream, Viewer
+from video_bridge.net.connection import binary_frame, Connection, ConnectionClosed
 
 MJPEG_BOUNDARY = 'videobridgeframe'
 MJPEG_SEND_BUFFER = 256 * 1024
@@ -71,7 +71,7 @@ class BridgeServer:
         self.access = access
         self.config = config
         self.control = control
-        self.log = logger or logging.getLogger('video_bridge.server')
+        self.log = logger or logging.getLogger('video_bridge.net.server')
         self.resolve_stream = resolve_stream
         self.list_topics = list_topics
         self.loop: Optional[asyncio.AbstractEventLoop] = None

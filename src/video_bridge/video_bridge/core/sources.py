@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Protocol, Tuple
 
 import cv2
 import numpy as np
-from video_bridge import image_codec
+from video_bridge.core import image_codec
 import yaml
 
 SOURCES = ('pattern', 'device', 'file')

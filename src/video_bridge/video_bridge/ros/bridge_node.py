@@ -33,13 +33,13 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
-from video_bridge.access import AccessPolicy, load_token
-from video_bridge.control import ControlService
-from video_bridge.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
-from video_bridge.parameters import declare
-from video_bridge.server import BridgeServer, ServerConfig
-from video_bridge.streams import COMPRESSED, RAW, SourceImage, StreamHub, StreamSettings
-from video_bridge.teleop import load_vocabulary, TeleopConfig, TeleopCore
+from video_bridge.core.access import AccessPolicy, load_token
+from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
+from video_bridge.core.streams import COMPRESSED, RAW, SourceImage, StreamHub, StreamSettings
+from video_bridge.core.teleop import load_vocabulary, TeleopConfig, TeleopCore
+from video_bridge.net.control import ControlService
+from video_bridge.net.server import BridgeServer, ServerConfig
+from video_bridge.ros.parameters import declare
 from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
 from video_bridge_msgs.srv import SetEmergencyStop
 
@@ -52,7 +52,7 @@ def share_path(*parts: str) -> str:
     try:
         share = get_package_share_directory('video_bridge')
     except PackageNotFoundError:  # running from a source checkout
-        share = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', '..'))
+        share = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..'))
     return os.path.join(share, *parts)
 
 

@@ -2,7 +2,7 @@
 Which nodes a launch starts, with which YAML files and overrides: one source of truth.
 
 ``launch/car.launch.py`` and ``launch/bridge.launch.py`` turn these specs into launch_ros Node
-actions; :mod:`video_bridge.runner` turns the same specs into processes where ``ros2 launch``
+actions; :mod:`video_bridge.ros.runner` turns the same specs into processes where ``ros2 launch``
 does not exist. Pure: no rclpy, no launch imports.
 """
 

@@ -18,8 +18,8 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from video_bridge import image_codec
-from video_bridge.protocol import (
+from video_bridge.core import image_codec
+from video_bridge.core.protocol import (
     FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, FrameHeader, pack_frame_header, Variant)
 
 RAW = 'raw'

@@ -1,7 +1,7 @@
 """
 camera_node: publish a test pattern, a video file or a V4L2 camera as sensor_msgs/Image.
 
-A thin ROS adapter around video_bridge.sources (where all capture logic lives).
+A thin ROS adapter around video_bridge.core.sources (where all capture logic lives).
 
 Topics (relative, so namespaces and remaps apply): ``image_raw`` (Image, bgr8), ``camera_info``
 (CameraInfo, same stamp) and, with publish_compressed, ``image_raw/compressed``
@@ -38,9 +38,9 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from video_bridge import image_codec
-from video_bridge.sources import (as_bgr, Backoff, DeviceSource, load_camera_info, make_source,
-                                  PIXEL_FORMATS, SourceError, SOURCES)
+from video_bridge.core import image_codec
+from video_bridge.core.sources import (as_bgr, Backoff, DeviceSource, load_camera_info,
+                                       make_source, PIXEL_FORMATS, SourceError, SOURCES)
 
 # name: (default, description, (min, max) or choices or None)
 PARAMETERS = {

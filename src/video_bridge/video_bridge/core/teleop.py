@@ -23,7 +23,7 @@ import time
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
-from video_bridge.protocol import (
+from video_bridge.core.protocol import (
     Ack, Acquire, ControlState, EmergencyStop, ErrorReply, Hello, MAX_NAME, NamedCommand,
     Release, TimeReply, TimeSync, Velocity, VelocityCommand, ZERO)
 import yaml

@@ -1,0 +1,1 @@
+"""The pure core: wire protocol, stream hub, teleop, codecs, access rules; no rclpy, no sockets."""

@@ -1,0 +1,1 @@
+"""The network edge: thin adapters between the server libraries and the core."""
