@@ -5,7 +5,8 @@ A thin adapter on the network loop. It authenticates a connection, rate-limits i
 message with :mod:`video_bridge.core.protocol`, hands it to
 :class:`video_bridge.core.teleop.TeleopCore` and carries out the returned effects: publish a
 velocity (synchronously, through the callback the ROS adapter gave), answer, broadcast the new
-state, log events. The core's clock (deadman and republishing) runs here as one task that sleeps until the core's next deadline.
+state, log events. The core's clock (deadman and republishing) runs here as one task that sleeps
+until the core's next deadline.
 
 Nothing here waits on a slow client: replies are written without awaiting the socket, and a
 client whose unsent replies pile up is disconnected.
