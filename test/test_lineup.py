@@ -1,7 +1,8 @@
 """Tests for video_bridge.ros.lineup, the launch files, the YAML files and what setup.py installs.
 
-``ros2 launch`` is not available here (no launch/launch_ros packages), so the launch files are
-read with ``ast``; the ``--ros-args`` a lineup produces are handed to a real rclpy node.
+The launch files are also read with ``ast`` here (so these tests run without ``launch``); the
+``--ros-args`` a lineup produces are handed to a real rclpy node. test_ros2_cli.py runs them
+with the real ``ros2 launch``.
 """
 
 import ast
@@ -21,7 +22,8 @@ SHARES = {'repo': REPO, 'installed': INSTALL_SHARE}
 NODE_PARAMETERS = {'bridge_node': BRIDGE_PARAMETERS, 'camera_node': camera_node.PARAMETERS}
 CUSTOM = {'camera_source': 'device', 'device': '/dev/video2', 'host': '127.0.0.1',
           'port': '9090', 'token_file': '/run/secrets/bridge_token',
-          'camera_params': '/etc/robot/camera.yaml', 'bridge_params': '/etc/robot/bridge.yaml'}
+          'camera_params': '/etc/robot/camera.yaml', 'bridge_params': '/etc/robot/bridge.yaml',
+          'namespace': 'robot1'}
 ARGUMENT_SETS = {'default': {}, 'custom': CUSTOM,
                  'file': {'camera_source': 'file', 'video_file': '/data/drive.mp4'}}
 CASES = [(name, arguments) for name in sorted(LINEUPS) for arguments in sorted(ARGUMENT_SETS)]
@@ -115,24 +117,35 @@ def test_the_lineups_start_the_expected_nodes():
     assert [spec.name for spec in specs('bridge', 'default')] == ['bridge_node']
 
 
-def test_default_arguments_give_the_default_nodes():
+def test_default_arguments_give_the_default_nodes_with_no_overrides():
     camera, bridge = specs('car', 'default')
     assert camera == NodeSpec('camera_node', 'camera_node', 'camera',
-                              (os.path.join(REPO, 'config', 'camera.yaml'),),
-                              {'source': 'pattern'})
+                              (os.path.join(REPO, 'config', 'camera.yaml'),), {})
     assert bridge == NodeSpec('bridge_node', 'bridge_node', '',
-                              (os.path.join(REPO, 'config', 'bridge.yaml'),),
-                              {'host': '0.0.0.0', 'port': 8080})
+                              (os.path.join(REPO, 'config', 'bridge.yaml'),), {})
 
 
-def test_custom_arguments_reach_the_nodes():
+def test_custom_arguments_reach_the_nodes_and_the_users_file_goes_over_the_shipped_one():
     camera, bridge = specs('car', 'custom')
-    assert camera.params_files == ('/etc/robot/camera.yaml',)
+    assert camera.params_files == (os.path.join(REPO, 'config', 'camera.yaml'),
+                                   '/etc/robot/camera.yaml')
     assert camera.parameters == {'source': 'device', 'device': '/dev/video2'}
-    assert bridge.params_files == ('/etc/robot/bridge.yaml',)
+    assert camera.namespace == 'robot1/camera'
+    assert bridge.params_files == (os.path.join(REPO, 'config', 'bridge.yaml'),
+                                   '/etc/robot/bridge.yaml')
     assert bridge.parameters == {'host': '127.0.0.1', 'port': 9090,
                                  'token_file': '/run/secrets/bridge_token'}
+    assert bridge.namespace == 'robot1'
     assert specs('bridge', 'custom') == [bridge]
+
+
+def test_only_the_launch_arguments_given_become_overrides():
+    (bridge,) = LINEUPS['bridge'](REPO, {'bridge_params': '/my.yaml'})
+    assert bridge.parameters == {}  # port, host: from the files, so /my.yaml's port wins
+    (bridge,) = LINEUPS['bridge'](REPO, {'port': '9011'})
+    assert bridge.parameters == {'port': 9011}
+    with pytest.raises(ValueError, match='port must be a number'):
+        LINEUPS['bridge'](REPO, {'port': 'http'})
 
 
 def test_a_file_source_names_the_file():
@@ -140,11 +153,27 @@ def test_a_file_source_names_the_file():
     assert camera.parameters == {'source': 'file', 'file': '/data/drive.mp4'}
 
 
-def test_the_camera_publishes_the_topic_the_bridge_streams():
-    camera, _ = specs('car', 'default')
-    streams = read_yaml(os.path.join(REPO, 'config', 'bridge.yaml'))['/**']['ros__parameters']
-    topics = {stream['topic'] for stream in streams['streams'].values()}
-    assert f'/{camera.namespace}/image_raw' in topics  # camera_node publishes image_raw
+def test_the_camera_publishes_the_topic_the_bridge_streams_relative_to_the_namespace():
+    for arguments in ({}, {'namespace': '/robot7/'}):
+        camera, bridge = LINEUPS['car'](REPO, arguments)
+        streams = read_yaml(os.path.join(REPO, 'config', 'bridge.yaml'))['/**']
+        topics = {stream['topic'] for stream in streams['ros__parameters']['streams'].values()}
+        assert all(not topic.startswith('/') for topic in topics)
+        # camera_node publishes <its namespace>/image_raw; the bridge reads <its ns>/<topic>
+        camera_topic = f'/{camera.namespace}/image_raw'
+        bridge_topics = {'/' + '/'.join(filter(None, [bridge.namespace, topic]))
+                         for topic in topics}
+        assert camera_topic in bridge_topics
+
+
+def test_parameter_value_reads_overrides_then_the_last_params_file(tmp_path):
+    user = tmp_path / 'mine.yaml'
+    user.write_text('/**:\n  ros__parameters:\n    port: 9011\n')
+    (bridge,) = LINEUPS['bridge'](REPO, {'bridge_params': str(user)})
+    assert lineup.parameter_value(bridge, 'port') == 9011
+    assert lineup.parameter_value(bridge, 'host') == '0.0.0.0'  # from config/bridge.yaml
+    (bridge,) = LINEUPS['bridge'](REPO, {'bridge_params': str(user), 'port': '9012'})
+    assert lineup.parameter_value(bridge, 'port') == 9012
 
 
 # ---------------------------------------------------------------- executables
@@ -229,6 +258,22 @@ def test_bridge_yaml_holds_exactly_the_declared_bridge_parameters():
 def test_bridge_yaml_configures_exactly_the_streams_it_names():
     document = read_yaml(os.path.join(REPO, 'config', 'bridge.yaml'))['/**']['ros__parameters']
     assert sorted(document['streams']) == sorted(document['stream_names'])
+
+
+def test_bridge_yaml_values_are_the_declared_defaults():
+    """One source of truth: a file with one key in it changes that key and nothing else."""
+    from video_bridge.ros.parameters import default_topic
+    values = bridge_yaml()
+    for name, (default, _) in declared_bridge_parameters(values['stream_names']).items():
+        if name.endswith('.topic'):
+            default = default_topic(name.split('.')[1])
+        assert values[name] == default, f'{name}: bridge.yaml {values[name]!r}, ' \
+            f'declared {default!r}'
+
+
+def test_camera_yaml_values_are_the_declared_defaults():
+    for name, value in camera_yaml().items():
+        assert value == camera_node.PARAMETERS[name][0], name
 
 
 def test_bridge_yaml_values_have_the_declared_types_and_ranges():

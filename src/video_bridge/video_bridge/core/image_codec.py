@@ -27,8 +27,21 @@ class UnsupportedEncoding(ValueError):
             f'supported: {", ".join(sorted(SUPPORTED_ENCODINGS))}')
 
 
+MALFORMED_KINDS = ('width', 'height', 'step', 'data', 'undecodable', 'encoding')
+
+
 class MalformedImage(ValueError):
-    """Raised when image fields are inconsistent or compressed data cannot be decoded."""
+    """
+    Raised when image fields are inconsistent or compressed data cannot be decoded.
+
+    ``kind`` names what is wrong (one of MALFORMED_KINDS), so each kind can be counted and
+    logged on its own.
+    """
+
+    def __init__(self, message: str, kind: str = 'data'):
+        """Keep the human-readable message and the kind of defect."""
+        super().__init__(message)
+        self.kind = kind
 
 
 class _Layout(NamedTuple):
@@ -93,18 +106,20 @@ def image_to_array(encoding: str, width: int, height: int, step: int, is_bigendi
     """
     channels, dtype = _layout(encoding)
     pixel_bytes = channels * dtype.itemsize
-    if min(width, height) <= 0:
-        raise MalformedImage(f'image size must be positive, got {width}x{height}')
+    if width <= 0:
+        raise MalformedImage(f'image width must be positive, got {width}x{height}', 'width')
+    if height <= 0:
+        raise MalformedImage(f'image height must be positive, got {width}x{height}', 'height')
     if step < width * pixel_bytes:
         raise MalformedImage(
-            f'step {step} is smaller than width {width} x {pixel_bytes} bytes per pixel')
+            f'step {step} is smaller than width {width} x {pixel_bytes} bytes per pixel', 'step')
     if encoding in _YUV and width % 2:
-        raise MalformedImage(f'{encoding} needs an even width, got {width}')
+        raise MalformedImage(f'{encoding} needs an even width, got {width}', 'width')
     buffer = memoryview(data).cast('B')
     if buffer.nbytes < step * height:
         raise MalformedImage(
             f'data has {buffer.nbytes} bytes, expected step {step} x height {height}'
-            f' = {step * height}')
+            f' = {step * height}', 'data')
     wire_dtype = dtype.newbyteorder('>' if is_bigendian else '<') if dtype.itemsize > 1 else dtype
     shape = (height, width, channels) if channels > 1 else (height, width)
     strides = (step, pixel_bytes, dtype.itemsize)[:len(shape)]
@@ -240,9 +255,11 @@ def decode_compressed(data) -> np.ndarray:
     try:
         image = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     except cv2.error as error:
-        raise MalformedImage(f'cannot decode compressed image: {error}') from None
+        raise MalformedImage(f'cannot decode compressed image: {error}',
+                             'undecodable') from None
     if image is None:
-        raise MalformedImage(f'cannot decode compressed image ({buffer.size} bytes)')
+        raise MalformedImage(f'cannot decode compressed image ({buffer.size} bytes)',
+                             'undecodable')
     return image
 
 

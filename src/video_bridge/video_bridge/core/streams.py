@@ -13,7 +13,7 @@ frame (it schedules a wake-up on its loop), and about viewers coming and going t
 ``on_viewers(stream_name, count)`` (the ROS adapter subscribes on demand).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import threading
 import time
 from typing import Callable, Dict, Optional
@@ -110,6 +110,14 @@ class StreamCounters:
     encode_seconds: float
     width: int
     height: int
+    # Frames that could not be shown, by kind (image_codec.MALFORMED_KINDS); never counted as
+    # dropped (dropped means "a newer frame replaced it").
+    malformed: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def frames_malformed(self) -> int:
+        """All frames that could not be shown, whatever the defect."""
+        return sum(self.malformed.values())
 
 
 class Viewer:
@@ -156,6 +164,9 @@ class Stream:
         self._encode_seconds = 0.0
         self._size = (0, 0)
         self._warned = set()
+        self._frames_in = 0
+        self._malformed = dict.fromkeys(image_codec.MALFORMED_KINDS, 0)
+        self._malformed_logged = {}  # kind -> (time of the last log line, count then)
 
     @property
     def name(self) -> str:
@@ -210,19 +221,29 @@ class Stream:
         Encode ``image`` once for every variant someone watches; return how many were made.
 
         Raises image_codec.UnsupportedEncoding or MalformedImage for images it cannot show
-        (the caller logs them, rate-limited); nothing is replaced then.
+        (the caller logs them, see :meth:`malformed_log_due`); nothing is replaced then and
+        the frame is counted by kind in ``counters().malformed``, not as dropped.
         """
         with self._lock:
-            self._seq += 1
-            seq = self._seq
+            self._frames_in += 1
             variants = list(self._slots)
-        if not variants:
-            self._frames_skipped += 1
-            return 0
+            if not variants:
+                self._seq += 1
+                self._frames_skipped += 1
+                return 0
+            seq = self._seq + 1  # taken only once the frame turned out showable
         started = time.perf_counter()
-        frames, encodes = self._encode(image, seq, variants)
+        try:
+            frames, encodes = self._encode(image, seq, variants)
+        except image_codec.UnsupportedEncoding:
+            self._count_malformed('encoding')
+            raise
+        except image_codec.MalformedImage as exc:
+            self._count_malformed(exc.kind)
+            raise
         elapsed = time.perf_counter() - started
         with self._lock:
+            self._seq = seq
             for variant, frame in frames.items():
                 slot = self._slots.get(variant)
                 if slot is not None:
@@ -250,7 +271,7 @@ class Stream:
             passthrough = bytes(image.data)
             size = image_codec.jpeg_size(passthrough)
             if size is None:
-                raise image_codec.MalformedImage('JPEG without a frame header')
+                raise image_codec.MalformedImage('JPEG without a frame header', 'undecodable')
         source_size = size if passthrough is not None else None
         frames, encodes = {}, 0
         for variant in variants:
@@ -293,10 +314,30 @@ class Stream:
         """Cumulative counters; safe to call from any thread."""
         with self._lock:
             width, height = self._size
-            return StreamCounters(self._viewers, len(self._slots), self._seq,
+            return StreamCounters(self._viewers, len(self._slots), self._frames_in,
                                   self._frames_sent, self._frames_dropped, self._frames_skipped,
                                   self._bytes_sent, self._encode_count, self._encode_seconds,
-                                  width, height)
+                                  width, height, dict(self._malformed))
+
+    def _count_malformed(self, kind: str):
+        with self._lock:
+            self._malformed[kind] = self._malformed.get(kind, 0) + 1
+
+    def malformed_log_due(self, kind: str, now: float, interval: float = 30.0) -> Optional[int]:
+        """
+        Rate-limit log lines about one kind of malformed frame on this stream.
+
+        Returns None when nothing should be logged; otherwise how many frames of ``kind``
+        arrived since the last line (1 for the first one). The first frame of each kind is
+        logged at once, then at most one line per ``interval`` seconds while they keep coming.
+        """
+        with self._lock:
+            count = self._malformed.get(kind, 0)
+            last = self._malformed_logged.get(kind)
+            if last is not None and (now - last[0] < interval or count == last[1]):
+                return None
+            self._malformed_logged[kind] = (now, count)
+            return count - (last[1] if last else 0)
 
     def warn_once(self, key: str) -> bool:
         """Return True the first time ``key`` is seen, so the adapter logs a problem once."""

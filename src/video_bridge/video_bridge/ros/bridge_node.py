@@ -24,22 +24,26 @@ import threading
 import time
 
 from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 import rclpy
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Bool
+from video_bridge.core import health
 from video_bridge.core.access import AccessPolicy, load_token
 from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
 from video_bridge.core.streams import COMPRESSED, RAW, SourceImage, StreamHub, StreamSettings
 from video_bridge.core.teleop import load_vocabulary, TeleopConfig, TeleopCore
 from video_bridge.net.control import ControlService
 from video_bridge.net.server import BridgeServer, ServerConfig
-from video_bridge.ros.parameters import declare
+from video_bridge.ros.parameters import BRIDGE_PARAMETERS, declare, unknown_parameters
+from video_bridge.ros.usage import handle_help
 from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
 from video_bridge_msgs.srv import SetEmergencyStop
 
@@ -95,6 +99,16 @@ class BridgeNode(Node):
             TwistStamped if stamped else Twist, 'cmd_vel',
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self.status_pub = self.create_publisher(BridgeStatus, '~/status', QoSProfile(depth=1))
+        # Absolute, as diagnostic_aggregator and rqt_robot_monitor expect it.
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
+                                                     QoSProfile(depth=10))
+        # Latched e-stop state for twist_mux `locks` (true: locked, other cmd_vel muted).
+        self.estop_pub = self.create_publisher(
+            Bool, '~/emergency_stop',
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self._estop_published = None
+        self.monitor = health.StreamMonitor(stale_after=2.0)
         self.hub = StreamHub(self.p.max_viewers, on_frame=self._frame_ready,
                              on_viewers=self._viewers_changed)
         for name in self.p.stream_names:
@@ -126,8 +140,6 @@ class BridgeNode(Node):
         self._demand = {}
         self._idle_since = {}
         self._image_topics = []
-        self._last_counters = {}
-        self._last_status_time = time.monotonic()
         self._reconcile_now = self.create_guard_condition(self._reconcile)
         self.create_timer(0.5, self._reconcile)
         self.create_timer(1.0, self._refresh_topics)
@@ -136,6 +148,9 @@ class BridgeNode(Node):
         if not self.p.subscribe_on_demand:
             for stream in self.hub.streams():
                 self._subscribe(stream)
+        for name in unknown_parameters(self):
+            self.get_logger().warning(f'parameter {name!r} is not a bridge_node parameter and '
+                                      'is ignored (misspelt, or from an older version?)')
 
     # -- streams -----------------------------------------------------------------------
 
@@ -214,9 +229,13 @@ class BridgeNode(Node):
         try:
             stream.publish(image)
         except (UnsupportedEncoding, MalformedImage) as exc:
-            if stream.warn_once(f'{type(exc).__name__}:{encoding}'):
-                self.get_logger().warning(f'stream {stream.name!r}: cannot show '
-                                          f'{stream.settings.topic}: {exc}')
+            kind = getattr(exc, 'kind', 'encoding')
+            count = stream.malformed_log_due(kind, time.monotonic())
+            if count:
+                more = f' ({count} such frames since the last report)' if count > 1 else ''
+                self.get_logger().warning(
+                    f'stream {stream.name!r}: cannot show a frame of '
+                    f'{self.resolve_topic_name(stream.settings.topic)}: {exc}{more}')
 
     def _refresh_topics(self):
         topics = []
@@ -271,32 +290,40 @@ class BridgeNode(Node):
 
     def _publish_status(self):
         now = time.monotonic()
-        period = max(now - self._last_status_time, 1e-6)
-        self._last_status_time = now
         msg = BridgeStatus()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.url = self.server.url
+        prefix = self.get_fully_qualified_name().lstrip('/') + ': '
+        diagnostics = []
         for stream in self.hub.streams():
             counters = stream.counters()
-            last = self._last_counters.get(stream.name, counters)
-            self._last_counters[stream.name] = counters
-            encodes = counters.encode_count - last.encode_count
+            topic = self.resolve_topic_name(stream.settings.topic)
+            subscribed = stream.name in self._image_subs
+            report = self.monitor.update(now, stream.name, topic, subscribed, counters, prefix)
+            diagnostics.append(report.diagnostic)
+            bad = counters.malformed
             entry = StreamStatus(
-                name=stream.name, topic=self.resolve_topic_name(stream.settings.topic),
+                name=stream.name, topic=topic,
                 type=[t for t, k in IMAGE_TYPES.items() if k == stream.settings.kind][0],
-                subscribed=stream.name in self._image_subs, viewers=counters.viewers,
+                subscribed=subscribed, viewers=counters.viewers,
                 variants=counters.variants, frames_in=counters.frames_in,
                 frames_sent=counters.frames_sent, frames_dropped=counters.frames_dropped,
-                frames_skipped=counters.frames_skipped, frames_encoded=counters.encode_count)
-            entry.encode_ms = float(1000.0 * (counters.encode_seconds - last.encode_seconds)
-                                    / encodes) if encodes else 0.0
-            entry.bytes_per_second = (counters.bytes_sent - last.bytes_sent) / period
-            entry.input_fps = float((counters.frames_in - last.frames_in) / period)
+                frames_skipped=counters.frames_skipped, frames_encoded=counters.encode_count,
+                frames_malformed=counters.frames_malformed,
+                frames_bad_width=bad.get('width', 0), frames_bad_height=bad.get('height', 0),
+                frames_bad_step=bad.get('step', 0), frames_short_data=bad.get('data', 0),
+                frames_undecodable=bad.get('undecodable', 0),
+                frames_unsupported_encoding=bad.get('encoding', 0))
+            entry.encode_ms = float(report.encode_ms)
+            entry.bytes_per_second = float(report.bytes_per_second)
+            entry.input_fps = float(report.input_fps)
             msg.streams.append(entry)
         try:
             teleop = self.on_loop(self.control.status, timeout=0.5)
         except (concurrent.futures.TimeoutError, RuntimeError):
             teleop = None
+        diagnostics.append(health.teleop_diagnostic(teleop, self.p.command_timeout, prefix))
+        self._publish_diagnostics(diagnostics)
         if teleop is not None:
             msg.teleop = TeleopStatus(driver_id=teleop.driver_id or '',
                                       control_clients=teleop.control_clients,
@@ -307,6 +334,26 @@ class BridgeNode(Node):
             msg.teleop.velocity.linear.y = velocity.linear_y
             msg.teleop.velocity.angular.z = velocity.angular_z
         self.status_pub.publish(msg)
+
+    def _publish_diagnostics(self, diagnostics):
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        hardware_id = self.get_fully_qualified_name()
+        for item in diagnostics:
+            array.status.append(DiagnosticStatus(
+                level=bytes([item.level]), name=item.name, message=item.message,
+                hardware_id=hardware_id,
+                values=[KeyValue(key=key, value=value) for key, value in item.values]))
+        self.diagnostics_pub.publish(array)
+
+    def watch_estop(self):
+        """Publish the latched e-stop state whenever it changes (runs on the network loop)."""
+        engaged = bool(self.teleop.state().estop)
+        if engaged != self._estop_published:
+            self._estop_published = engaged
+            self.estop_pub.publish(Bool(data=engaged))
+        if not self.closing:
+            self.loop.call_later(0.05, self.watch_estop)
 
     def flush_cmd_vel(self, timeout: float = 1.0):
         """Wait until subscribers acknowledged the last cmd_vel (the final zero at shutdown)."""
@@ -339,6 +386,7 @@ async def run_bridge(args=None) -> int:
             node.get_logger().error(f'cannot listen on {node.p.host}:{node.p.port}: {exc}')
             return 1
         node.control.start()
+        node.watch_estop()
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor,), daemon=True)
         spinner.start()
@@ -392,5 +440,8 @@ def keep_frame_memory():
 
 def main(args=None):
     """Entry point of ``ros2 run video_bridge bridge_node``."""
+    code = handle_help('bridge_node', __doc__, BRIDGE_PARAMETERS, args)
+    if code is not None:
+        sys.exit(code)
     keep_frame_memory()
     sys.exit(asyncio.run(run_bridge(args)))

@@ -7,11 +7,11 @@ Topics (relative, so namespaces and remaps apply): ``image_raw`` (Image, bgr8), 
 (CameraInfo, same stamp) and, with publish_compressed, ``image_raw/compressed``
 (CompressedImage, jpeg). The stamp is the capture time on the node's clock.
 
-QoS: depth 1, KEEP_LAST, VOLATILE, BEST_EFFORT by default. This is REP 2003's sensor-data
-profile: for live video only the newest frame matters, and a retransmitted stale frame just
-delays the next one. ``reliability:=reliable`` exists for consumers that insist on it (some
-tools' default subscriptions); reliable large frames cost latency and may fail to publish at
-high rates, which is logged, not fatal.
+QoS: depth 1, KEEP_LAST, VOLATILE, RELIABLE by default, as REP 2003 asks of sensor drivers
+(SystemDefaults reliability): every subscriber matches, the reliable ones (rviz2's Image
+display, image_proc, camera_calibration) and the best-effort ones (the bridge, which takes
+only the newest frame). ``reliability:=best_effort`` publishes best effort, which only
+best-effort subscribers receive; bench/qos_bench.py measures what reliable costs.
 
 Pacing: pattern and file sources are read by a timer at ``fps`` on the executor; a device is
 read on its own thread, its blocking read pacing it. A missing or unplugged device is logged
@@ -41,6 +41,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from video_bridge.core import image_codec
 from video_bridge.core.sources import (as_bgr, Backoff, DeviceSource, load_camera_info,
                                        make_source, PIXEL_FORMATS, SourceError, SOURCES)
+from video_bridge.ros.parameters import unknown_parameters
+from video_bridge.ros.usage import handle_help
 
 # name: (default, description, (min, max) or choices or None)
 PARAMETERS = {
@@ -62,8 +64,9 @@ PARAMETERS = {
     'jpeg_quality': (80, 'JPEG quality when encoding image_raw/compressed', (1, 100)),
     'retry_initial': (0.5, 'first retry delay (s) after a device fails', (0.01, 60.0)),
     'retry_max': (8.0, 'longest retry delay (s) for a failed device', (0.01, 600.0)),
-    'reliability': ('best_effort', 'QoS reliability: best_effort (sensor data) or reliable',
-                    ('best_effort', 'reliable')),
+    'reliability': ('reliable', 'QoS reliability of every topic: reliable (REP 2003 for '
+                    'drivers: every subscriber matches) or best_effort',
+                    ('reliable', 'best_effort')),
 }
 
 
@@ -144,6 +147,9 @@ class CameraNode(Node):
     def start(self) -> None:
         """Read parameters, open the source, create publishers and start capturing."""
         p = self._declare()
+        for name in unknown_parameters(self):
+            self.get_logger().warning(f'parameter {name!r} is not a camera_node parameter and '
+                                      'is ignored (misspelt, or from an older version?)')
         try:
             self._source = make_source(p)
         except ValueError as err:
@@ -287,6 +293,9 @@ class CameraNode(Node):
 
 def main(args=None) -> int:
     """Run camera_node until SIGINT/SIGTERM (exit 0); exit 1 if it cannot start."""
+    code = handle_help('camera_node', __doc__, PARAMETERS, args)
+    if code is not None:
+        return code
     try:
         rclpy.init(args=args)
     except Exception as err:  # malformed --ros-args

@@ -1,6 +1,11 @@
 """
 Which nodes a launch starts, with which YAML files and overrides: one source of truth.
 
+Layers, lowest first: the node's declared defaults (equal to the shipped YAML), the shipped
+``config/*.yaml``, the user's params file (``bridge_params:=``/``camera_params:=``), then only
+the launch arguments the user actually gave. An argument left empty changes nothing, so a
+``port: 9011`` in the user's file is what the bridge listens on.
+
 ``launch/car.launch.py`` and ``launch/bridge.launch.py`` turn these specs into launch_ros Node
 actions; :mod:`video_bridge.ros.runner` turns the same specs into processes where ``ros2 launch``
 does not exist. Pure: no rclpy, no launch imports.
@@ -13,16 +18,22 @@ from typing import Dict, List, Tuple
 PACKAGE = 'video_bridge'
 FASTDDS_PROFILE = 'fastdds_large_shm.xml'
 
-# launch argument: (default, description)
+# launch argument: (default, description). Empty: not given, the params files decide.
 LAUNCH_ARGUMENTS = {
-    'camera_source': ('pattern', 'Camera frames: pattern (moving test picture), device or file.'),
-    'device': ('/dev/video0', 'V4L2 device path or index when camera_source is device.'),
-    'video_file': ('', 'Video file when camera_source is file.'),
-    'host': ('0.0.0.0', 'Address the bridge listens on (0.0.0.0: every interface).'),
-    'port': ('8080', 'Port of the page, video, MJPEG and control.'),
+    'camera_source': ('', 'Camera frames: pattern (moving test picture), device or file '
+                      '(empty: the camera params, pattern in config/camera.yaml).'),
+    'device': ('', 'V4L2 device path or index for camera_source device (empty: the camera '
+               'params, /dev/video0 in config/camera.yaml).'),
+    'video_file': ('', 'Video file for camera_source file.'),
+    'host': ('', 'Address the bridge listens on (empty: the bridge params, 0.0.0.0 = every '
+             'interface in config/bridge.yaml).'),
+    'port': ('', 'Port of the page, video, MJPEG and control (empty: the bridge params, 8080 '
+             'in config/bridge.yaml).'),
     'token_file': ('', 'File holding the control token (recommended beyond localhost).'),
-    'camera_params': ('', 'Camera parameters YAML; empty: config/camera.yaml.'),
-    'bridge_params': ('', 'Bridge parameters YAML; empty: config/bridge.yaml.'),
+    'camera_params': ('', 'Your camera parameters YAML, applied over config/camera.yaml.'),
+    'bridge_params': ('', 'Your bridge parameters YAML, applied over config/bridge.yaml.'),
+    'namespace': ('', 'Namespace of the whole lineup, e.g. robot1: /robot1/camera/image_raw, '
+                  '/robot1/cmd_vel, /robot1/bridge_node.'),
 }
 
 
@@ -49,30 +60,45 @@ def _values(arguments: Dict[str, str]) -> Dict[str, str]:
     return values
 
 
+def _given(values: Dict[str, str], names: Dict[str, str]) -> Dict[str, object]:
+    """``{parameter: value}`` for the launch arguments (``{argument: parameter}``) given."""
+    return {parameter: values[argument] for argument, parameter in names.items()
+            if values[argument] != ''}
+
+
+def _params_files(share: str, shipped: str, user: str) -> Tuple[str, ...]:
+    """List the shipped YAML first, the user's file (if any) over it."""
+    path = os.path.join(share, 'config', shipped)
+    return (path, user) if user else (path,)
+
+
+def _namespace(values: Dict[str, str], *inner: str) -> str:
+    return '/'.join(part.strip('/') for part in (values['namespace'], *inner) if part.strip('/'))
+
+
 def bridge_spec(share: str, arguments: Dict[str, str]) -> NodeSpec:
-    """Describe the bridge node: reads /camera/image_raw, publishes /cmd_vel."""
+    """Describe the bridge node: reads camera/image_raw, publishes cmd_vel (both relative)."""
     values = _values(arguments)
-    parameters = {'host': values['host'], 'port': int(values['port'])}
-    if values['token_file']:
-        parameters['token_file'] = values['token_file']
+    parameters = _given(values, {'host': 'host', 'port': 'port', 'token_file': 'token_file'})
+    if 'port' in parameters:
+        try:
+            parameters['port'] = int(parameters['port'])
+        except ValueError:
+            raise ValueError(f'port must be a number, not {values["port"]!r}') from None
     return NodeSpec(
-        executable='bridge_node', name='bridge_node',
-        params_files=(values['bridge_params'] or os.path.join(share, 'config', 'bridge.yaml'),),
+        executable='bridge_node', name='bridge_node', namespace=_namespace(values),
+        params_files=_params_files(share, 'bridge.yaml', values['bridge_params']),
         parameters=parameters)
 
 
 def camera_spec(share: str, arguments: Dict[str, str]) -> NodeSpec:
-    """Describe the camera node: namespace /camera (/camera/image_raw, /camera/camera_info)."""
+    """Describe the camera node: namespace camera (camera/image_raw, camera/camera_info)."""
     values = _values(arguments)
-    parameters = {'source': values['camera_source']}
-    if values['camera_source'] == 'device':
-        parameters['device'] = values['device']
-    if values['camera_source'] == 'file':
-        parameters['file'] = values['video_file']
     return NodeSpec(
-        executable='camera_node', name='camera_node', namespace='camera',
-        params_files=(values['camera_params'] or os.path.join(share, 'config', 'camera.yaml'),),
-        parameters=parameters)
+        executable='camera_node', name='camera_node', namespace=_namespace(values, 'camera'),
+        params_files=_params_files(share, 'camera.yaml', values['camera_params']),
+        parameters=_given(values, {'camera_source': 'source', 'device': 'device',
+                                   'video_file': 'file'}))
 
 
 def car_lineup(share: str, arguments: Dict[str, str]) -> List[NodeSpec]:
@@ -86,6 +112,29 @@ def bridge_lineup(share: str, arguments: Dict[str, str]) -> List[NodeSpec]:
 
 
 LINEUPS = {'car': car_lineup, 'bridge': bridge_lineup}
+
+
+def parameter_value(spec: NodeSpec, name: str, default=None):
+    """
+    Return the value ``name`` will have when ``spec`` starts: override, else last params file.
+
+    Reads the files the way rcl does for plain keys (any ``ros__parameters`` section whose key
+    matches every node, ``/**``, or this node's name); for the runner's "is up" message.
+    """
+    import yaml  # only the runner needs it; keeps lineup importable in a bare interpreter
+    if name in spec.parameters:
+        return spec.parameters[name]
+    value = default
+    for path in spec.params_files:
+        try:
+            with open(path, encoding='utf-8') as handle:
+                document = yaml.safe_load(handle) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        for key, body in document.items():
+            if key.rstrip('/').split('/')[-1] in ('**', spec.name) and isinstance(body, dict):
+                value = (body.get('ros__parameters') or {}).get(name, value)
+    return value
 
 
 def yaml_scalar(value) -> str:

@@ -13,7 +13,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 # name: (default, description, (min, max) or None)
 BRIDGE_PARAMETERS = {
     # network
-    'host': ('127.0.0.1', 'Address to listen on; 0.0.0.0 serves every interface '
+    'host': ('0.0.0.0', 'Address to listen on; 0.0.0.0 serves every interface '
              '(set a token then).', None),
     'port': (8080, 'TCP port for the page, the API, video, MJPEG and control (0: any free).',
              (0, 65535)),
@@ -74,7 +74,7 @@ BRIDGE_PARAMETERS = {
 # streams.<name>.<field>: (default, description, range)
 STREAM_PARAMETERS = {
     'topic': (None, 'Image topic of this stream (relative names follow the node namespace and '
-              'remapping).', None),
+              'remapping); default <stream name>/image_raw.', None),
     'type': ('raw', 'raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage, JPEG '
              'passed through untouched).', None),
     'quality': (0, 'JPEG quality of this stream (0: default_quality).', (0, 100)),
@@ -83,6 +83,22 @@ STREAM_PARAMETERS = {
     'colormap': ('turbo', 'OpenCV colour map for depth images (turbo, jet, viridis, ...).',
                  None),
 }
+
+
+def default_topic(stream_name: str) -> str:
+    """Relative image topic of a stream with no topic parameter: camera -> camera/image_raw."""
+    return f'{stream_name}/image_raw'
+
+
+def unknown_parameters(node) -> list:
+    """
+    Names in the node's parameter overrides (params files, ``-p``) that it never declared.
+
+    rclpy ignores those silently, so a misspelt or outdated key (``address:`` for ``host:``)
+    would change nothing without a word; nodes call this after declaring and log each name.
+    """
+    overrides = getattr(node, '_parameter_overrides', {})  # rclpy keeps no public accessor
+    return sorted(name for name in overrides if not node.has_parameter(name))
 
 
 def _descriptor(description, limits, value):
@@ -132,7 +148,7 @@ class BridgeParameters(_Values):
         for field, (default, description, limits) in STREAM_PARAMETERS.items():
             if not node.has_parameter(prefix + field):
                 if default is None:
-                    default = 'image_raw' if name == 'camera' else f'{name}/image_raw'
+                    default = default_topic(name)
                 node.declare_parameter(prefix + field, default,
                                        _descriptor(description, limits, default))
         values = _Values(node, STREAM_PARAMETERS, prefix)

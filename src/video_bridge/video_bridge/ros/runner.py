@@ -7,7 +7,9 @@ Start a launch file's nodes where ``ros2 launch`` is not installed (pip-based RO
 
 Same nodes, same YAML files and the same arguments as launch/*.launch.py (both read
 :mod:`video_bridge.ros.lineup`). Each node is its own process, as under ``ros2 launch``; SIGINT or
-SIGTERM is passed to every node so the bridge stops the car and all shut down cleanly.
+SIGTERM is passed to every node so the bridge stops the car and all shut down cleanly. If a
+node exits on its own (a crash, a bad parameter), the runner stops the others and exits
+non-zero, so a supervisor (systemd, docker) sees the failure and can restart the lineup.
 """
 
 import argparse
@@ -20,7 +22,7 @@ import time
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from video_bridge.ros.lineup import (FASTDDS_PROFILE, LAUNCH_ARGUMENTS, LINEUPS, PACKAGE,
-                                     ros_arguments)
+                                     parameter_value, ros_arguments)
 
 
 def parse(argv):
@@ -65,7 +67,11 @@ def main(argv=None):
     env = dict(os.environ)
     env.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', os.path.join(share, 'config', FASTDDS_PROFILE))
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    specs = LINEUPS[lineup](share, arguments)
+    try:
+        specs = LINEUPS[lineup](share, arguments)
+    except ValueError as exc:
+        print(f'runner: {exc}', file=sys.stderr)
+        return 2
     processes = []
     stopping = []
 
@@ -82,8 +88,8 @@ def main(argv=None):
         processes.append(subprocess.Popen([executable, *ros_arguments(spec)], env=env))
     bridge = [spec for spec in specs if spec.executable == 'bridge_node']
     if bridge:
-        port = int(bridge[0].parameters['port'])
-        if wait_for_port(port, processes):
+        port = int(parameter_value(bridge[0], 'port', 8080))
+        if port and wait_for_port(port, processes):
             print(f'\n  video_bridge is up: open http://127.0.0.1:{port}/ in a browser '
                   f'(from another machine: http://<this host>:{port}/)\n'
                   f'  DDS discovery range: {env["ROS_AUTOMATIC_DISCOVERY_RANGE"]}. '
@@ -95,11 +101,13 @@ def main(argv=None):
             if code is None:
                 continue
             processes.remove(process)
-            if code != 0 and not stopping:
-                status = status or code
-                print(f'runner: {process.args[0]} exited with {code}; stopping the rest',
-                      file=sys.stderr)
+            if not stopping:  # nobody asked it to stop: the lineup is broken
+                status = status or code or 1
+                print(f'runner: {process.args[0]} exited with {code} on its own; stopping the '
+                      'rest', file=sys.stderr)
                 stop(None, None)
+            elif code not in (0, -signal.SIGINT):
+                status = status or code
         time.sleep(0.05)
     return status
 
