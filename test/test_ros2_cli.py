@@ -1,0 +1,275 @@
+"""The package as a ROS user meets it: the real ``ros2`` command line against real nodes.
+
+``ros2 launch`` of both launch files, ``--show-args``, a user params file, a remap and a
+namespace from a user's own launch file, ``ros2 param describe`` of every parameter,
+``ros2 topic echo --once``, ``ros2 service call``, ``ros2 topic info -v``. CI installs the CLI
+(../shared/ros2-cli/install .venv); where ``ros2`` is missing every test here skips, saying so.
+Every ``ros2`` call but launch runs with ``--no-daemon``, so no daemon outlives a test.
+"""
+
+import asyncio
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import textwrap
+import urllib.request
+
+from conftest import free_port, OUTPUT_DIR, port_open, require_isolated_ros, wait_for
+from geometry_msgs.msg import Twist
+import pytest
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from video_bridge.core.protocol import unpack_frame
+from video_bridge.ros import camera_node
+from video_bridge.ros.parameters import BRIDGE_PARAMETERS
+import websockets
+
+try:
+    import ros2cli  # noqa: F401  (only to know whether the CLI is installed)
+    ROS2 = shutil.which('ros2')
+except ImportError:
+    ROS2 = None
+
+pytestmark = pytest.mark.skipif(
+    ROS2 is None, reason='the ros2 command line is not installed (CI installs it with '
+    '../shared/ros2-cli/install .venv)')
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def ros2(*args, timeout=60, check=True):
+    """Run one ``ros2`` command to completion and return its stdout."""
+    done = subprocess.run([ROS2, *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        pytest.fail(f'ros2 {" ".join(args)} exited {done.returncode}:\n{done.stdout}\n'
+                    f'{done.stderr}')
+    return done.stdout
+
+
+class Launch:
+    """``ros2 launch`` as its own process group, stopped with SIGINT like Ctrl-C."""
+
+    def __init__(self, *args):
+        os.makedirs(OUTPUT_DIR, exist_ok=True)
+        self.log_path = os.path.join(OUTPUT_DIR, f'ros2-launch-{os.getpid()}-{id(self)}.log')
+        self._log = open(self.log_path, 'w+')
+        self.proc = subprocess.Popen([ROS2, 'launch', *args], stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self):
+        with open(self.log_path) as log:
+            return log.read()
+
+    def wait_port(self, port, timeout=40):
+        def up():
+            if self.proc.poll() is not None:
+                pytest.fail(f'ros2 launch exited ({self.proc.returncode}):\n'
+                            f'{self.output()[-3000:]}')
+            return port_open(port)
+        wait_for(up, timeout, f'ros2 launch to serve port {port}')
+
+    def stop(self, timeout=20):
+        """Ctrl-C; return the exit code (kill our own process group only if it hangs)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                pytest.fail(f'ros2 launch did not stop on SIGINT:\n{self.output()[-3000:]}')
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def launch():
+    require_isolated_ros()
+    started = []
+
+    def start(*args):
+        started.append(Launch(*args))
+        return started[-1]
+    yield start
+    for item in started:
+        item.stop()
+
+
+async def frames(url, count=3, timeout=20):
+    async with websockets.connect(url) as ws:
+        async with asyncio.timeout(timeout):
+            return [unpack_frame(await ws.recv())[0] for _ in range(count)]
+
+
+async def drive(url, linear_x):
+    """Take the driver lock and command ``linear_x``; return the open socket."""
+    ws = await websockets.connect(url)
+    async with asyncio.timeout(10):
+        await ws.recv()  # hello
+        for index, message in enumerate([{'type': 'acquire'},
+                                         {'type': 'velocity', 'linear': {'x': linear_x}}]):
+            await ws.send(json.dumps({**message, 'id': index + 1}))
+    return ws
+
+
+def streams(port):
+    with urllib.request.urlopen(f'http://127.0.0.1:{port}/api/streams', timeout=5) as reply:
+        return json.load(reply)
+
+
+def test_show_args_lists_every_launch_argument():
+    from video_bridge.ros.lineup import LAUNCH_ARGUMENTS
+    for name in ('car', 'bridge'):
+        shown = ros2('launch', 'video_bridge', f'{name}.launch.py', '--show-args')
+        for argument, (default, description) in LAUNCH_ARGUMENTS.items():
+            assert f"'{argument}':" in shown, argument
+            assert ' '.join(description.split()[:4]) in ' '.join(shown.split()), argument
+
+
+def test_car_launch_serves_frames_drives_and_ctrl_c_publishes_zero(ros, launch):
+    port = free_port()
+    twists = ros.collect(Twist, '/cmd_vel', RELIABLE)
+    car = launch('video_bridge', 'car.launch.py', f'port:={port}', 'host:=127.0.0.1')
+    car.wait_port(port)
+    with urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=5) as page:
+        assert page.status == 200 and b'<html' in page.read().lower()
+    assert [s['name'] for s in streams(port)['streams']] == ['camera']
+    headers = asyncio.run(frames(f'ws://127.0.0.1:{port}/video/camera'))
+    assert (headers[-1].width, headers[-1].height) == (640, 480)
+
+    async def drive_then_ctrl_c():
+        ws = await drive(f'ws://127.0.0.1:{port}/control', 0.2)
+        await asyncio.to_thread(wait_for, lambda: any(
+            math.isclose(t.linear.x, 0.2) for t in twists), 10, 'the car to move')
+        moving = len(twists)
+        code = await asyncio.to_thread(car.stop)
+        await ws.close()
+        return moving, code
+    moving, code = asyncio.run(drive_then_ctrl_c())
+    assert code == 0, car.output()[-2000:]
+    wait_for(lambda: any(t.linear.x == 0.0 for t in twists[moving:]), 5,
+             'zero on cmd_vel after Ctrl-C')
+
+
+def test_bridge_launch_takes_the_port_from_a_user_params_file(ros, launch, tmp_path):
+    """Only what the user's file names changes: its port, and the stream topic stays."""
+    port = free_port()
+    mine = tmp_path / 'my_bridge.yaml'
+    mine.write_text(f'/**:\n  ros__parameters:\n    port: {port}\n    host: 127.0.0.1\n'
+                    '    token_file: ""\n    address: 10.0.0.1\n')
+    bridge = launch('video_bridge', 'bridge.launch.py', f'bridge_params:={mine}')
+    bridge.wait_port(port)
+    assert streams(port)['streams'][0]['topic'] in ('camera/image_raw', '/camera/image_raw')
+    wait_for(lambda: "parameter 'address' is not a bridge_node parameter" in bridge.output(),
+             10, 'the unknown key to be named')
+    got = ros2('param', 'get', '--no-daemon', '--spin-time', '3', '--timeout', '10',
+               '/bridge_node', 'streams.camera.topic')
+    assert 'camera/image_raw' in got
+
+
+def describe(node, names):
+    """``{name: description text}`` from one ``ros2 param describe`` of many names."""
+    text = ros2('param', 'describe', '--no-daemon', '--spin-time', '3', '--timeout', '15',
+                node, *names)
+    blocks = re.split(r'^Parameter name: ', text, flags=re.M)[1:]
+    return {block.split('\n', 1)[0].strip(): block for block in blocks}
+
+
+def assert_described(described, table):
+    for name, (default, description, limits, *_) in table.items():
+        block = described[name]
+        assert ' '.join(description.split()[:5]) in ' '.join(block.split()), name
+        assert 'Read only: true' in block, name
+        if isinstance(limits, tuple) and isinstance(limits[0], (int, float)) \
+                and not isinstance(default, str):
+            assert re.search(r'Min value: ' + re.escape(str(limits[0])), block), name
+            assert re.search(r'Max value: ' + re.escape(str(limits[1])), block), name
+
+
+def test_every_parameter_is_described_with_its_range_and_the_status_and_estop_work(
+        ros, launch):
+    port = free_port()
+    car = launch('video_bridge', 'car.launch.py', f'port:={port}', 'host:=127.0.0.1')
+    car.wait_port(port)
+    assert_described(describe('/bridge_node', list(BRIDGE_PARAMETERS)), BRIDGE_PARAMETERS)
+    assert_described(describe('/camera/camera_node', list(camera_node.PARAMETERS)),
+                     camera_node.PARAMETERS)
+    status = ros2('topic', 'echo', '--once', '--no-daemon', '--spin-time', '3',
+                  '/bridge_node/status', 'video_bridge_msgs/msg/BridgeStatus', timeout=60)
+    assert f'url: http://127.0.0.1:{port}' in status and 'name: camera' in status
+    assert 'frames_malformed: 0' in status
+    reply = ros2('service', 'call', '/bridge_node/set_emergency_stop',
+                 'video_bridge_msgs/srv/SetEmergencyStop', '{engage: true}')
+    assert 'success=True' in reply and 'emergency stop engaged' in reply
+    latched = ros2('topic', 'echo', '--once', '--no-daemon', '--spin-time', '3',
+                   '/bridge_node/emergency_stop', 'std_msgs/msg/Bool', '--qos-durability',
+                   'transient_local', '--qos-reliability', 'reliable')
+    assert 'data: true' in latched
+
+
+def test_topic_info_shows_a_reliable_camera_and_a_best_effort_bridge(ros, launch):
+    port = free_port()
+    car = launch('video_bridge', 'car.launch.py', f'port:={port}', 'host:=127.0.0.1')
+    car.wait_port(port)
+
+    async def while_watching():
+        async with websockets.connect(f'ws://127.0.0.1:{port}/video/camera') as ws:
+            async with asyncio.timeout(20):
+                await ws.recv()
+
+            def both_listed():
+                text = ros2('topic', 'info', '-v', '--no-daemon', '--spin-time', '2',
+                            '/camera/image_raw', check=False)  # 'Unknown' until discovered
+                return text if 'Subscription count: 1' in text else None
+            return await asyncio.to_thread(wait_for, both_listed, 30, 'the bridge subscriber')
+    info = asyncio.run(while_watching())
+    publisher, subscriber = info.split('Subscription count')
+    assert 'Node name: camera_node' in publisher
+    assert 'Reliability: RELIABLE' in publisher and 'Durability: VOLATILE' in publisher
+    assert 'Node name: bridge_node' in subscriber
+    assert 'Reliability: BEST_EFFORT' in subscriber
+
+
+def test_a_users_launch_file_remaps_cmd_vel_and_pushes_a_namespace(ros, launch, tmp_path):
+    port = free_port()
+    user_launch = tmp_path / 'robot.launch.py'
+    user_launch.write_text(textwrap.dedent(f'''
+        import os
+        from ament_index_python.packages import get_package_share_directory
+        from launch import LaunchDescription
+        from launch.actions import GroupAction, IncludeLaunchDescription
+        from launch.launch_description_sources import PythonLaunchDescriptionSource
+        from launch_ros.actions import PushRosNamespace, SetRemap
+
+
+        def generate_launch_description():
+            car = os.path.join(get_package_share_directory('video_bridge'), 'launch',
+                               'car.launch.py')
+            return LaunchDescription([GroupAction([
+                PushRosNamespace('rover'),
+                SetRemap(src='/rover/cmd_vel', dst='/rover/cmd_vel_web'),
+                IncludeLaunchDescription(PythonLaunchDescriptionSource(car), launch_arguments={{
+                    'port': '{port}', 'host': '127.0.0.1'}}.items()),
+            ])])
+    '''))
+    twists = ros.collect(Twist, '/rover/cmd_vel_web', RELIABLE)
+    robot = launch(str(user_launch))
+    robot.wait_port(port)
+
+    async def watch_and_count():
+        async with websockets.connect(f'ws://127.0.0.1:{port}/video/camera') as ws:
+            async with asyncio.timeout(20):
+                await ws.recv()
+            return ros.node.count_subscribers('/rover/camera/image_raw')
+    assert asyncio.run(watch_and_count()) == 1  # the bridge reads the pushed namespace
+
+    async def drive_a_bit():
+        ws = await drive(f'ws://127.0.0.1:{port}/control', 0.1)
+        await asyncio.to_thread(wait_for, lambda: any(
+            math.isclose(t.linear.x, 0.1) for t in twists), 10, '/rover/cmd_vel_web to move')
+        await ws.close()
+    asyncio.run(drive_a_bit())
+    assert ros.node.count_publishers('/cmd_vel') == 0
+    assert ros.node.count_publishers('/rover/cmd_vel') == 0
