@@ -14,7 +14,7 @@ from conftest import wait_for
 import cv2
 import numpy as np
 import pytest
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 import yaml
 
@@ -203,3 +203,37 @@ def test_signal_stops_the_node_cleanly(ros, launch_node, sig):
     wait_for(lambda: images, 20, 'an image')
     assert node.stop(sig, timeout=5) == 0
     assert 'Traceback' not in node.output()
+
+
+RELIABLE_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def test_reliable_by_default_so_a_reliable_subscriber_like_rviz_sees_frames(ros, launch_node):
+    """REP 2003: drivers publish reliable; rviz2, image_proc and the bridge all match."""
+    reliable = ros.collect(Image, '/qos1/image_raw', RELIABLE_QOS)
+    best_effort = ros.collect(Image, '/qos1/image_raw', SENSOR_QOS)
+    node = camera(launch_node, '/qos1', '-p', 'width:=160', '-p', 'height:=120')
+    node.wait_output('reliable QoS')
+    wait_for(lambda: len(reliable) >= 3 and len(best_effort) >= 3, 20,
+             'frames at a reliable and a best-effort subscriber')
+    (info,) = ros.node.get_publishers_info_by_topic('/qos1/image_raw')
+    assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+
+
+def test_best_effort_when_asked_reaches_only_best_effort_subscribers(ros, launch_node):
+    reliable = ros.collect(Image, '/qos2/image_raw', RELIABLE_QOS)
+    best_effort = ros.collect(Image, '/qos2/image_raw', SENSOR_QOS)
+    node = camera(launch_node, '/qos2', '-p', 'width:=160', '-p', 'height:=120',
+                  '-p', 'reliability:=best_effort')
+    node.wait_output('best_effort QoS')
+    wait_for(lambda: len(best_effort) >= 10, 20, 'frames at the best-effort subscriber')
+    assert reliable == []  # incompatible QoS: why reliable is the default
+    (info,) = ros.node.get_publishers_info_by_topic('/qos2/image_raw')
+    assert info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+
+
+def test_unknown_parameter_is_named_at_start(ros, launch_node, tmp_path):
+    params = tmp_path / 'old.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    resolution: 640x480\n    width: 160\n')
+    node = camera(launch_node, '/unknown', '--params-file', str(params))
+    node.wait_output("parameter 'resolution' is not a camera_node parameter and is ignored")

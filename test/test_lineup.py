@@ -525,3 +525,125 @@ def test_setup_registers_the_package_in_the_ament_index():
     assert os.path.isfile(os.path.join(prefix, 'share', 'ament_index', 'resource_index',
                                        'packages', 'video_bridge'))
     assert os.path.isfile(os.path.join(INSTALL_SHARE, 'package.xml'))
+
+
+# ---------------------------------------------------------------- the lineups running
+
+class Runner:
+    """``runner <lineup> name:=value ...`` as its own process (what scripts/demo starts)."""
+
+    def __init__(self, *arguments):
+        import subprocess
+        from conftest import OUTPUT_DIR
+        os.makedirs(OUTPUT_DIR, exist_ok=True)
+        self.log_path = os.path.join(OUTPUT_DIR, f'runner-{os.getpid()}-{id(self)}.log')
+        self._log = open(self.log_path, 'w+')
+        self.proc = subprocess.Popen([os.path.join(INSTALL_LIB, 'runner'), *arguments],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def output(self):
+        with open(self.log_path) as log:
+            return log.read()
+
+    def stop(self, timeout=20):
+        import signal
+        import subprocess
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f'runner did not stop on SIGINT:\n{self.output()[-2000:]}')
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def run_lineup():
+    require_isolated_ros()
+    started = []
+
+    def start(*arguments):
+        started.append(Runner(*arguments))
+        return started[-1]
+    yield start
+    for item in started:
+        item.stop()
+
+
+def test_two_namespaced_car_lineups_on_one_graph_each_show_and_drive_their_own(ros, run_lineup):
+    import asyncio
+    import json
+    import math
+    import urllib.request
+
+    from conftest import free_port, port_open, wait_for
+    from geometry_msgs.msg import Twist
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from video_bridge.core.protocol import unpack_frame
+    import websockets
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    robots = {'robot1': (free_port(), 320, 240), 'robot2': (free_port(), 160, 120)}
+    twists = {name: ros.collect(Twist, f'/{name}/cmd_vel', reliable) for name in robots}
+    for name, (port, width, height) in robots.items():
+        mine = os.path.join(REPO, 'test-output', f'camera-{name}-{os.getpid()}.yaml')
+        os.makedirs(os.path.dirname(mine), exist_ok=True)
+        with open(mine, 'w') as handle:  # a different frame size tells the cameras apart
+            handle.write(f'/**:\n  ros__parameters:\n    width: {width}\n    height: {height}\n')
+        runner_process = run_lineup('car', f'namespace:={name}', f'port:={port}',
+                                    'host:=127.0.0.1', f'camera_params:={mine}')
+        wait_for(lambda: port_open(port) or runner_process.proc.poll() is not None, 30,
+                 f'{name} to serve')
+        assert runner_process.proc.poll() is None, runner_process.output()
+
+    async def check(name, port, width, height):
+        with urllib.request.urlopen(f'http://127.0.0.1:{port}/api/streams', timeout=5) as r:
+            assert [s['name'] for s in json.load(r)['streams']] == ['camera']
+        async with websockets.connect(f'ws://127.0.0.1:{port}/video/camera') as video:
+            async with asyncio.timeout(20):
+                header, _ = unpack_frame(await video.recv())
+        assert (header.width, header.height) == (width, height), name
+        async with websockets.connect(f'ws://127.0.0.1:{port}/control') as control:
+            speed = 0.1 if name == 'robot1' else 0.3
+            async with asyncio.timeout(15):
+                await control.recv()
+                await control.send(json.dumps({'type': 'acquire', 'id': 1}))
+                # repeat until seen: the first command may beat cmd_vel discovery
+                while not any(math.isclose(t.linear.x, speed) for t in twists[name]):
+                    await control.send(json.dumps({'type': 'velocity', 'linear': {'x': speed},
+                                                   'id': 2}))
+                    await asyncio.sleep(0.1)  # command pacing, not synchronisation
+        return speed
+
+    speeds = {name: asyncio.run(check(name, *figures)) for name, figures in robots.items()}
+    for name, speed in speeds.items():
+        other = [s for n, s in speeds.items() if n != name][0]
+        assert not any(math.isclose(t.linear.x, other) for t in twists[name]), \
+            f'{name} got the other page\'s command'
+    assert ros.node.count_publishers('/cmd_vel') == 0
+
+
+def test_runner_exits_non_zero_when_a_node_it_started_dies(run_lineup, tmp_path):
+    from conftest import wait_for
+    mine = tmp_path / 'bad.yaml'
+    mine.write_text('/**:\n  ros__parameters:\n    port: 99999\n')  # out of range: exits 1
+    runner_process = run_lineup('bridge', f'bridge_params:={mine}')
+    wait_for(lambda: runner_process.proc.poll() is not None, 30, 'the runner to exit')
+    assert runner_process.proc.returncode != 0
+    assert 'exited with 1 on its own' in runner_process.output()
+
+
+@pytest.mark.parametrize('executable', ['camera_node', 'bridge_node', 'runner'])
+def test_help_prints_usage_and_exits_zero_without_starting(executable):
+    import subprocess
+    done = subprocess.run([os.path.join(INSTALL_LIB, executable), '--help'],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f'usage: {executable}')
+    if executable != 'runner':
+        assert 'parameters:' in done.stdout and 'publishing' not in done.stdout
+    bad = subprocess.run([os.path.join(INSTALL_LIB, executable), '--frobnicate'],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and 'error:' in bad.stderr

@@ -103,14 +103,15 @@ async def frames(url, count=3, timeout=20):
             return [unpack_frame(await ws.recv())[0] for _ in range(count)]
 
 
-async def drive(url, linear_x):
-    """Take the driver lock and command ``linear_x``; return the open socket."""
+async def drive(url, linear_x, seen):
+    """Take the driver lock and command ``linear_x`` until ``seen()``; return the socket."""
     ws = await websockets.connect(url)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(15):
         await ws.recv()  # hello
-        for index, message in enumerate([{'type': 'acquire'},
-                                         {'type': 'velocity', 'linear': {'x': linear_x}}]):
-            await ws.send(json.dumps({**message, 'id': index + 1}))
+        await ws.send(json.dumps({'type': 'acquire', 'id': 1}))
+        while not seen():  # repeat: the first command may beat cmd_vel discovery
+            await ws.send(json.dumps({'type': 'velocity', 'linear': {'x': linear_x}, 'id': 2}))
+            await asyncio.sleep(0.1)  # command pacing, not synchronisation
     return ws
 
 
@@ -140,9 +141,8 @@ def test_car_launch_serves_frames_drives_and_ctrl_c_publishes_zero(ros, launch):
     assert (headers[-1].width, headers[-1].height) == (640, 480)
 
     async def drive_then_ctrl_c():
-        ws = await drive(f'ws://127.0.0.1:{port}/control', 0.2)
-        await asyncio.to_thread(wait_for, lambda: any(
-            math.isclose(t.linear.x, 0.2) for t in twists), 10, 'the car to move')
+        ws = await drive(f'ws://127.0.0.1:{port}/control', 0.2,
+                         lambda: any(math.isclose(t.linear.x, 0.2) for t in twists))
         moving = len(twists)
         code = await asyncio.to_thread(car.stop)
         await ws.close()
@@ -266,9 +266,8 @@ def test_a_users_launch_file_remaps_cmd_vel_and_pushes_a_namespace(ros, launch, 
     assert asyncio.run(watch_and_count()) == 1  # the bridge reads the pushed namespace
 
     async def drive_a_bit():
-        ws = await drive(f'ws://127.0.0.1:{port}/control', 0.1)
-        await asyncio.to_thread(wait_for, lambda: any(
-            math.isclose(t.linear.x, 0.1) for t in twists), 10, '/rover/cmd_vel_web to move')
+        ws = await drive(f'ws://127.0.0.1:{port}/control', 0.1,
+                         lambda: any(math.isclose(t.linear.x, 0.1) for t in twists))
         await ws.close()
     asyncio.run(drive_a_bit())
     assert ros.node.count_publishers('/cmd_vel') == 0
