@@ -647,3 +647,42 @@ def test_help_prints_usage_and_exits_zero_without_starting(executable):
     bad = subprocess.run([os.path.join(INSTALL_LIB, executable), '--frobnicate'],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and 'error:' in bad.stderr
+
+
+# ---------------------------------------------------------------- package.xml
+
+# import name -> rosdep key (rosdistro rosdep/python.yaml for the python3-* ones)
+ROSDEP_KEYS = {'cv2': 'python3-opencv', 'numpy': 'python3-numpy', 'yaml': 'python3-yaml',
+               'websockets': 'python3-websockets', 'aiohttp': 'python3-aiohttp'}
+
+
+def imported_packages():
+    """Top-level packages imported by the package and the launch files (stdlib excluded)."""
+    import sys
+    found = set()
+    roots = [os.path.join(PACKAGE_SRC, 'video_bridge'), os.path.join(REPO, 'launch')]
+    for root in roots:
+        for directory, _, files in os.walk(root):
+            for name in files:
+                if not name.endswith('.py'):
+                    continue
+                for node in ast.walk(parse_python(os.path.join(directory, name))):
+                    if isinstance(node, ast.Import):
+                        found |= {alias.name.split('.')[0] for alias in node.names}
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                        found.add(node.module.split('.')[0])
+    return {name for name in found if name not in sys.stdlib_module_names} - {'video_bridge'}
+
+
+def exec_depends():
+    import xml.etree.ElementTree as ElementTree
+    tree = ElementTree.parse(os.path.join(PACKAGE_SRC, 'package.xml'))
+    assert tree.getroot().get('format') == '3'
+    return {element.text for element in tree.getroot().iter('exec_depend')}
+
+
+def test_every_import_is_an_exec_depend_and_every_exec_depend_is_used():
+    needed = {ROSDEP_KEYS.get(name, name) for name in imported_packages()}
+    declared = exec_depends()
+    assert sorted(needed - declared) == [], 'imported but not declared in package.xml'
+    assert sorted(declared - needed) == [], 'declared in package.xml but never imported'
