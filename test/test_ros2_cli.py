@@ -18,7 +18,8 @@ import subprocess
 import textwrap
 import urllib.request
 
-from conftest import free_port, OUTPUT_DIR, port_open, require_isolated_ros, wait_for
+from conftest import (free_port, FramePublisher, OUTPUT_DIR, port_open, require_isolated_ros,
+                      wait_for)
 from geometry_msgs.msg import Twist
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -162,6 +163,9 @@ def test_bridge_launch_takes_the_port_from_a_user_params_file(ros, launch, tmp_p
     bridge = launch('video_bridge', 'bridge.launch.py', f'bridge_params:={mine}')
     bridge.wait_port(port)
     assert streams(port)['streams'][0]['topic'] in ('camera/image_raw', '/camera/image_raw')
+    with FramePublisher(ros.node, '/camera/image_raw', width=320, height=240):
+        headers = asyncio.run(frames(f'ws://127.0.0.1:{port}/video/camera'))
+    assert (headers[-1].width, headers[-1].height) == (320, 240)
     wait_for(lambda: "parameter 'address' is not a bridge_node parameter" in bridge.output(),
              10, 'the unknown key to be named')
     got = ros2('param', 'get', '--no-daemon', '--spin-time', '3', '--timeout', '10',
