@@ -224,10 +224,10 @@ def test_topic_info_shows_a_reliable_camera_and_a_best_effort_bridge(ros, launch
                 await ws.recv()
 
             def both_listed():
-                text = ros2('topic', 'info', '-v', '--no-daemon', '--spin-time', '2',
+                text = ros2('topic', 'info', '-v', '--no-daemon', '--spin-time', '3',
                             '/camera/image_raw', check=False)  # 'Unknown' until discovered
                 return text if 'Subscription count: 1' in text else None
-            return await asyncio.to_thread(wait_for, both_listed, 30, 'the bridge subscriber')
+            return await asyncio.to_thread(wait_for, both_listed, 60, 'the bridge subscriber')
     info = asyncio.run(while_watching())
     publisher, subscriber = info.split('Subscription count')
     assert 'Node name: camera_node' in publisher
@@ -266,8 +266,10 @@ def test_a_users_launch_file_remaps_cmd_vel_and_pushes_a_namespace(ros, launch, 
         async with websockets.connect(f'ws://127.0.0.1:{port}/video/camera') as ws:
             async with asyncio.timeout(20):
                 await ws.recv()
-            return ros.node.count_subscribers('/rover/camera/image_raw')
-    assert asyncio.run(watch_and_count()) == 1  # the bridge reads the pushed namespace
+            await asyncio.to_thread(  # the bridge reads the pushed namespace
+                wait_for, lambda: ros.node.count_subscribers('/rover/camera/image_raw') == 1,
+                10, 'the bridge to subscribe /rover/camera/image_raw')
+    asyncio.run(watch_and_count())
 
     async def drive_a_bit():
         ws = await drive(f'ws://127.0.0.1:{port}/control', 0.1,

@@ -159,7 +159,9 @@ class BridgeNode(Node):
         per = self.p.stream(name) if not topic else self.p.stream_defaults()
         display = DisplaySettings(depth_min=per.depth_min, depth_max=per.depth_max,
                                   colormap=per.colormap)
-        return StreamSettings(name=name, topic=topic or per.topic, kind=kind or per.type,
+        # Resolved now (namespace, remapping): /api/streams and web_video_server URLs name the
+        # topic as `ros2 topic list` does.
+        return StreamSettings(name=name, topic=topic or self.resolve_topic_name(per.topic), kind=kind or per.type,
                               quality=per.quality or self.p.default_quality,
                               max_variants=self.p.max_variants, display=display)
 
