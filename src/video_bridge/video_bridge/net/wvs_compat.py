@@ -53,7 +53,7 @@ def graph_topics(server) -> list:
 
 
 def stream_name_for(server, topic: str) -> str:
-    """The configured stream reading ``topic``, else the topic itself (a topic stream)."""
+    """Name the configured stream reading ``topic``, else the topic itself (a topic stream)."""
     for stream in server.hub.streams():
         if stream.settings.topic == topic:
             return stream.name
@@ -108,11 +108,11 @@ async def handle_snapshot(request: web.Request) -> web.StreamResponse:
     return await mjpeg.serve_snapshot(request, name, variant)
 
 
-PAGE = '''<!DOCTYPE html>
+PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:1em}} img{{max-width:100%}}</style></head>
 <body>{body}</body></html>
-'''
+"""
 
 
 def _page(title: str, body: str) -> web.Response:

@@ -161,7 +161,8 @@ class BridgeNode(Node):
                                   colormap=per.colormap)
         # Resolved now (namespace, remapping): /api/streams and web_video_server URLs name the
         # topic as `ros2 topic list` does.
-        return StreamSettings(name=name, topic=topic or self.resolve_topic_name(per.topic), kind=kind or per.type,
+        resolved = topic or self.resolve_topic_name(per.topic)
+        return StreamSettings(name=name, topic=resolved, kind=kind or per.type,
                               quality=per.quality or self.p.default_quality,
                               max_variants=self.p.max_variants, display=display)
 
