@@ -48,8 +48,7 @@ def _server(request):
 
 def graph_topics(server) -> list:
     """``[(topic, kind)]`` of the image topics the bridge has seen in the graph."""
-    return [(entry['topic'], entry.get('kind', ''))
-            for entry in server.describe().get('topics', [])]
+    return [(entry['topic'], entry.get('kind', '')) for entry in server.list_topics()]
 
 
 def stream_name_for(server, topic: str) -> str:
