@@ -4,7 +4,7 @@
         An rclpy subscriber of /cmd_vel on the robot: one JSON line per Twist on stdout,
         {"t": wall-clock receive time, "x": linear.x, "z": angular.z}; "ready" once subscribed.
     python test/deploy_agents.py probe URL [--origin O] [--token T] [--cafile F]
-                                     [--resolve NAME:ADDRESS]
+                                     [--resolve NAME:ADDRESS] [--unix SOCKET]
         One HTTP request or websocket handshake (ws/wss URL) as a hostile or mistaken client
         would make it; prints {"status": HTTP status, "body": ..., "close": close code}.
 
@@ -13,6 +13,7 @@ same clock in every namespace of this machine.
 """
 
 import argparse
+import http.client
 import json
 import signal
 import socket
@@ -62,7 +63,20 @@ def pin_name(resolve):
     socket.getaddrinfo = getaddrinfo
 
 
-def probe(url, origin=None, token=None, cafile=None):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the tunnel's mouth on the cloud host)."""
+
+    def __init__(self, path):
+        super().__init__('localhost', timeout=5)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(self.path)
+
+
+def probe(url, origin=None, token=None, cafile=None, unix=None):
     context = ssl.create_default_context(cafile=cafile) if cafile else None
     headers = {}
     if origin:
@@ -72,10 +86,11 @@ def probe(url, origin=None, token=None, cafile=None):
     result = {'url': url.split('?')[0]}
     if url.startswith(('ws://', 'wss://')):
         from websockets.exceptions import ConnectionClosed, InvalidStatus
-        from websockets.sync.client import connect
+        from websockets.sync.client import connect, unix_connect
+        opener = (lambda: unix_connect(unix, url, open_timeout=5, origin=origin)) if unix \
+            else (lambda: connect(url, ssl=context, open_timeout=5, origin=origin))
         try:
-            with connect(url, ssl=context, open_timeout=5,
-                         origin=origin) as socket:
+            with opener() as socket:
                 result['status'] = 101
                 try:
                     while True:   # read until the server closes (a refusal) or 3 s pass
@@ -88,6 +103,13 @@ def probe(url, origin=None, token=None, cafile=None):
         except InvalidStatus as refused:
             result['status'] = refused.response.status_code
             result['body'] = refused.response.body.decode(errors='replace')
+    elif unix:
+        connection = UnixHTTPConnection(unix)
+        target = '/' + url.split('//', 1)[1].split('/', 1)[1]   # path and query
+        connection.request('GET', target, headers={'Host': 'localhost', **headers})
+        response = connection.getresponse()
+        result['status'] = response.status
+        result['body'] = response.read(2000).decode(errors='replace')
     else:
         request = urllib.request.Request(url, headers=headers)
         try:
@@ -110,13 +132,14 @@ def main(argv):
     one.add_argument('--token')
     one.add_argument('--cafile')
     one.add_argument('--resolve')
+    one.add_argument('--unix')
     args = parser.parse_args(argv)
     if args.what == 'cmd_vel':
         cmd_vel()
     else:
         if args.resolve:
             pin_name(args.resolve)
-        probe(args.url, args.origin, args.token, args.cafile)
+        probe(args.url, args.origin, args.token, args.cafile, args.unix)
 
 
 if __name__ == '__main__':

@@ -143,6 +143,7 @@ class World:
         self.turn_secret = secrets.token_hex(32)
         self.domain, self._domain_lock = netlab.take_ros_domain()
         self.made_privsep_dir = False
+        self.tunnel_socket = self.path('bridge.sock')   # the tunnel's mouth on the cloud
 
     def path(self, name):
         return os.path.join(self.tmp, name)
@@ -185,6 +186,13 @@ class World:
 
     # --- cloud: sshd, nginx, coturn --------------------------------------------------------------
 
+    def tune_cloud(self):
+        """Apply deploy/cloud/sysctl-video-bridge.conf (per-namespace sysctls) to the cloud."""
+        for line in deploy_file('cloud', 'sysctl-video-bridge.conf').splitlines():
+            if line.strip() and not line.startswith('#'):
+                key, value = (part.strip() for part in line.split('='))
+                self.lab.ns_run(self.cloud, 'sysctl', '-q', '-w', f'{key}={value}')
+
     def start_sshd(self):
         if not os.path.isdir('/run/sshd'):   # sshd's privilege separation directory
             os.makedirs('/run/sshd', mode=0o755)
@@ -222,6 +230,7 @@ Include {self.path('sshd-video-bridge-tunnel.conf')}
             '/var/log/nginx/video-bridge.access.log':
                 os.path.join(self.log_dir, 'nginx-access.log'),
             '/var/www/html': self.tmp,
+            '/var/lib/vbtunnel/bridge.sock': self.tunnel_socket,
         })
         write(self.path('tokens.map'), f'"{self.token}" 1;\n')
         write(self.path('site.conf'), site)
@@ -283,6 +292,7 @@ http {{
             f'HostName {NAME}': f'HostName {CLOUD}',
             'User vbtunnel': 'User root',
             '/etc/video_bridge/': self.tmp + '/',
+            '/var/lib/vbtunnel/bridge.sock': self.tunnel_socket,
         })
         write(self.path('tunnel_ssh_config'), config)
         # The same account and keys without the tunnel's forward, for probing what it may do.
@@ -305,9 +315,9 @@ http {{
 
     # --- probes ----------------------------------------------------------------------------------
 
-    def probe(self, ns, url, origin=None, token=None):
+    def probe(self, ns, url, origin=None, token=None, unix=None):
         """One request or websocket handshake from namespace ``ns``; its outcome as a dict."""
-        args = [ROS_ENV, 'python', AGENTS, 'probe', url]
+        args = [ROS_ENV, 'python', AGENTS, 'probe', url] + (['--unix', unix] if unix else [])
         if origin:
             args += ['--origin', origin]
         if token:
@@ -341,6 +351,7 @@ def world():
     try:
         lab_world.build_network()
         lab_world.make_keys()
+        lab_world.tune_cloud()
         lab_world.start_sshd()
         lab_world.start_nginx()
         lab_world.start_coturn()
@@ -369,9 +380,24 @@ def browser(world):
             chromium.close()
 
 
+# Wall-clock time of every websocket message the page sends (the same clock as the robot's
+# listener): command latency is measured from the page's send, not from the test's key press.
+RECORD_SENDS = """(() => {
+    const send = WebSocket.prototype.send;
+    window.__sends = [];
+    WebSocket.prototype.send = function (data) {
+        if (typeof data === 'string' && window.__sends.length < 5000) {
+            window.__sends.push([performance.timeOrigin + performance.now(), data]);
+        }
+        return send.call(this, data);
+    };
+})();"""
+
+
 @pytest.fixture
 def context(browser):
     made = browser.new_context(ignore_https_errors=True, viewport={'width': 1280, 'height': 800})
+    made.add_init_script(RECORD_SENDS)
     yield made
     made.close()
 
@@ -405,7 +431,11 @@ def sample(page, seconds=4.0):
 
 
 def command_latencies(world, page, cycles=15):
-    """Press and release ArrowUp ``cycles`` times; wall time from key to the Twist on the robot."""
+    """Press and release ArrowUp ``cycles`` times; from the page's send to the Twist on the robot.
+
+    Each key change makes the page send one command message; its send time (wall clock, in the
+    browser) is matched with the first /cmd_vel message with the new value on the robot.
+    """
     latencies = []
     for _ in range(cycles):
         for action, moving in ((page.keyboard.down, True), (page.keyboard.up, False)):
@@ -413,7 +443,11 @@ def command_latencies(world, page, cycles=15):
             action('ArrowUp')
             got = world.cmd_vel.first(t, lambda m: (m[1] > 0) == moving, 5,
                                       f'cmd_vel {"moving" if moving else "zero"} on the robot')
-            latencies.append(got[0] - t)
+            sends = page.evaluate("""t => window.__sends.filter(([at, data]) => at >= t
+                && /"type":"(command|velocity|release)"/.test(data)).map(([at]) => at / 1000)""",
+                                  (t - 0.005) * 1000)
+            assert sends, 'the page sent no command for the key change'
+            latencies.append(got[0] - sends[0])
     return latencies
 
 
@@ -444,12 +478,19 @@ def test_tunnel_account_can_only_forward(world):
     assert other.returncode != 0 and 'forwarding failed' in other.stderr, other
     local = world.lab.start(world.robot, 'ssh_local_forward', 'ssh', '-v', '-F', probe, '-N',
                             '-L', '127.0.0.1:9999:127.0.0.1:8080', 'video-bridge-cloud')
+    socket_forward = world.lab.start(world.robot, 'ssh_socket_forward', 'ssh', '-v', '-F', probe,
+                                     '-N', '-L', f'127.0.0.1:9998:{world.tunnel_socket}',
+                                     'video-bridge-cloud')
     try:
-        wait_for(lambda: 'Authenticated to' in local.output() or not local.alive(), 15,
-                 'the local-forward attempt to log in')
+        for attempt in (local, socket_forward):
+            wait_for(lambda: 'Authenticated to' in attempt.output() or not attempt.alive(), 15,
+                     'the local-forward attempt to log in')
+        # Past nginx to the bridge through the tunnel account: refused both ways.
         assert world.curl_status(world.robot, 'http://127.0.0.1:9999/api/streams') == '000'
+        assert world.curl_status(world.robot, 'http://127.0.0.1:9998/api/streams') == '000'
     finally:
         local.stop()
+        socket_forward.stop()
 
 
 def test_operator_watches_and_drives(world, context):
@@ -508,15 +549,19 @@ def test_wrong_token_and_other_origin_refused_at_nginx(world, context):
 def test_wrong_token_and_other_origin_refused_at_bridge(world):
     """Behind nginx (at the tunnel's mouth on the cloud) the bridge refuses them by itself."""
     bad = secrets.token_hex(32)
-    bridge = 'http://127.0.0.1:8080'
-    streams = world.probe(world.cloud, f'{bridge}/api/streams', token=bad)
+    mouth = world.tunnel_socket
+
+    def probe(url, **kwargs):
+        return world.probe(world.cloud, url.replace('//', f'//{NAME}', 1), unix=mouth, **kwargs)
+    ok = probe('ws:///control', origin=ORIGIN, token=world.token)
+    assert ok['status'] == 101 and ok.get('close') is None, ok   # the positive control
+    streams = probe('http:///api/streams', token=bad)
     assert streams['status'] == 401 and 'edge' not in streams['body'], streams
-    control = world.probe(world.cloud, 'ws://127.0.0.1:8080/control', origin=ORIGIN, token=bad)
+    control = probe('ws:///control', origin=ORIGIN, token=bad)
     assert control.get('close') == 4401 or control['status'] == 401, control
-    video = world.probe(world.cloud, 'ws://127.0.0.1:8080/video/camera', origin=ORIGIN)
+    video = probe('ws:///video/camera', origin=ORIGIN)
     assert video.get('close') == 4401 or video['status'] == 401, video
-    other = world.probe(world.cloud, 'ws://127.0.0.1:8080/control', origin=EVIL_ORIGIN,
-                        token=world.token)
+    other = probe('ws:///control', origin=EVIL_ORIGIN, token=world.token)
     assert other['status'] == 403 and 'edge' not in other.get('body', ''), other
 
 
@@ -602,3 +647,48 @@ def test_capped_uplink(world, context):
     finally:
         world.lab.unshape(world.robot, world.robot_if)
     wait_live(page)
+
+
+def test_dead_path_stops_the_car_and_recovers(world, context):
+    """The tunnel's path dies silently (Wi-Fi gone, cellular NAT remapped: no FIN, no RST).
+
+    The deadman stops the car; ServerAlive/ClientAlive notice the dead session on both ends,
+    autossh dials a new one, and the page comes back by itself, without driving.
+    """
+    page, _ = open_page(context, world.token)
+    wait_live(page)
+    page.keyboard.down('ArrowUp')
+    world.cmd_vel.first(time.time() - 1, lambda m: m[1] > 0, 10, 'driving before the drop')
+    ports = world.lab.ns_run(world.robot, 'ss', '-Htn', 'state', 'established', 'dst',
+                             f'{CLOUD}:22').stdout.split()
+    port = next(int(field.rsplit(':', 1)[1]) for field in ports if field.startswith('192.0.2.2:'))
+    dropped = time.time()
+    for match in (f'ip saddr 192.0.2.2 tcp sport {port}', f'ip daddr 192.0.2.2 tcp dport {port}'):
+        world.lab.ns_run(world.rnat, 'nft', 'insert', 'rule', 'inet', 'filter', 'forward',
+                         *match.split(), 'drop')
+    stopped = world.cmd_vel.first(dropped, lambda m: m[1] == 0 and m[2] == 0, 5,
+                                  'a zero Twist (deadman) after the path died')
+    stop_delay = stopped[0] - dropped
+    page.wait_for_function("document.getElementById('conn').dataset.state !== 'connected'",
+                           timeout=60000)
+    page.wait_for_function("document.getElementById('conn').dataset.state === 'connected'",
+                           timeout=60000)
+    before = drawn(page)
+    page.wait_for_function(f'window.videoBridge.video.drawn >= {before + 1}', timeout=30000)
+    back = time.time() - dropped
+    figure(f'dead path (tunnel packets dropped at the NAT): zero on /cmd_vel after '
+           f'{stop_delay * 1000:.0f} ms (deadman), page back with video after {back:.1f} s')
+    assert stop_delay <= COMMAND_TIMEOUT + 0.1
+    before = drawn(page)
+    page.wait_for_function(f'window.videoBridge.video.drawn >= {before + 30}', timeout=30000)
+    moving = [m for m in world.cmd_vel.since(stopped[0]) if m[1] or m[2]]
+    assert not moving, f'the page drove by itself after the tunnel came back: {moving[:3]}'
+    page.keyboard.up('ArrowUp')
+    t = time.time()
+    page.keyboard.down('ArrowUp')
+    world.cmd_vel.first(t, lambda m: m[1] > 0, 10, 'driving after a fresh key press')
+    page.keyboard.up('ArrowUp')
+    # sshd dropped the dead session (TCP gave up: tcp_retries2), and that did not take the new
+    # session's socket with it.
+    assert re.search(r'Connection timed out|Timeout, client not responding', world.sshd.output())
+    assert world.page_reachable(), 'the old session took the new tunnel down with it'
