@@ -72,7 +72,7 @@ def _why_skip():
     return None
 
 
-pytestmark = pytest.mark.skipif(_why_skip() is not None, reason=_why_skip() or '')
+WHY_SKIP = _why_skip()
 
 
 def figure(text):
@@ -347,6 +347,8 @@ http {{
 
 @pytest.fixture(scope='module')
 def world():
+    if WHY_SKIP:
+        pytest.skip(WHY_SKIP)
     lab_world = World()
     try:
         lab_world.build_network()
@@ -452,6 +454,24 @@ def command_latencies(world, page, cycles=15):
 
 
 # --- the tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not shutil.which('systemd-analyze'), reason='systemd-analyze is not installed')
+def test_robot_units_are_valid(tmp_path):
+    """systemd accepts both robot units as written (ExecStart pointed at this checkout)."""
+    start = os.path.join(DEPLOY, 'robot', 'video-bridge-start')
+    netlab.run('bash', '-n', start)
+    units = []
+    for name in ('video-bridge.service', 'video-bridge-tunnel.service'):
+        text = deploy_file('robot', name).replace(
+            '/usr/local/lib/video_bridge/video-bridge-start', start)
+        units.append(write(str(tmp_path / name), text, 0o644))
+    result = netlab.run('systemd-analyze', 'verify', *units, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not result.stderr.strip(), result.stderr
+
+
+# --- the lab ---------------------------------------------------------------------------------
 
 
 def test_robot_is_behind_nat(world):
