@@ -183,6 +183,7 @@ class World:
         host_pub = open(self.path('host_ed25519.pub')).read().split()
         write(self.path('known_hosts'), f'{NAME} {host_pub[0]} {host_pub[1]}\n')
         write(self.path('token'), self.token + '\n')
+        write(self.path('turn_secret'), self.turn_secret + '\n')
 
     # --- cloud: sshd, nginx, coturn --------------------------------------------------------------
 
@@ -275,11 +276,17 @@ http {{
                                        AGENTS, 'cmd_vel', env=self.robot_env(),
                                        stdout=subprocess.PIPE)
         self.cmd_vel = CmdVelLog(self.listener)
+        # The robot has no DNS in the lab: ICE servers by address.
+        remote = deploy_file('robot', 'bridge-remote.yaml')
+        write(self.path('bridge-remote.yaml'), rewrite(remote, {
+            f'turn:{NAME}:3478': f'turn:{CLOUD}:3478',
+            f'turns:{NAME}:5349': f'turns:{CLOUD}:5349',
+            '/etc/video_bridge/turn_secret': self.path('turn_secret'),
+        }), 0o644)
         self.bridge = self.lab.start(
             self.robot, 'robot_lineup', ROS_ENV, RUNNER, 'car', 'host:=127.0.0.1', 'port:=8080',
             f'token_file:={self.path("token")}',
-            f'bridge_params:={os.path.join(DEPLOY, "robot", "bridge-remote.yaml")}',
-            env=self.robot_env())
+            f'bridge_params:={self.path("bridge-remote.yaml")}', env=self.robot_env())
 
     def tunnel_command(self):
         """The tunnel unit's Environment= and ExecStart=, pointed at the lab's files."""
@@ -337,6 +344,12 @@ http {{
     def page_reachable(self):
         return self.curl_status(self.operator, f'https://{NAME}/') == '200'
 
+    def offers_webrtc(self):
+        """Tell whether this bridge offers WebRTC (its /api/streams says so)."""
+        doc = self.probe(self.cloud, f'http://{NAME}/api/streams', token=self.token,
+                         unix=self.tunnel_socket)
+        return doc['status'] == 200 and 'webrtc' in json.loads(doc['body'])
+
     def close(self):
         self.lab.close()
         self._domain_lock.close()
@@ -382,17 +395,19 @@ def browser(world):
             chromium.close()
 
 
-# Wall-clock time of every websocket message the page sends (the same clock as the robot's
-# listener): command latency is measured from the page's send, not from the test's key press.
+# Wall-clock time of every websocket and data-channel message the page sends (the same clock as
+# the robot's listener): command latency is measured from the page's send, not from the key press.
 RECORD_SENDS = """(() => {
-    const send = WebSocket.prototype.send;
     window.__sends = [];
-    WebSocket.prototype.send = function (data) {
-        if (typeof data === 'string' && window.__sends.length < 5000) {
-            window.__sends.push([performance.timeOrigin + performance.now(), data]);
-        }
-        return send.call(this, data);
-    };
+    for (const kind of [WebSocket, window.RTCDataChannel].filter(Boolean)) {
+        const send = kind.prototype.send;
+        kind.prototype.send = function (data) {
+            if (typeof data === 'string' && window.__sends.length < 5000) {
+                window.__sends.push([performance.timeOrigin + performance.now(), data]);
+            }
+            return send.call(this, data);
+        };
+    }
 })();"""
 
 
@@ -712,3 +727,43 @@ def test_dead_path_stops_the_car_and_recovers(world, context):
     # session's socket with it.
     assert re.search(r'Connection timed out|Timeout, client not responding', world.sshd.output())
     assert world.page_reachable(), 'the old session took the new tunnel down with it'
+
+
+def test_webrtc_relayed_by_coturn(world, context):
+    """The operator's page forced to relay candidates: coturn relays the video, the data channel
+    drives, and a 2 Mbit/s uplink still carries >= 20 fps."""
+    if not world.offers_webrtc():
+        pytest.skip('this bridge offers no WebRTC (the webrtc branch is not merged here)')
+    page = context.new_page()
+    started = time.monotonic()
+    page.goto(f'https://{NAME}/?token={world.token}&transport=webrtc&relay=1')
+    page.wait_for_function('window.videoBridge.webrtc.displayed >= 1', timeout=40000)
+    first_frame = time.monotonic() - started
+    page.wait_for_function(
+        "document.getElementById('stat-transport').dataset.value === 'webrtc' && "
+        "Number(document.getElementById('stat-fps').dataset.value) > 25", timeout=30000)
+    page.wait_for_function('window.videoBridge.webrtc.candidateType === "relay"', timeout=10000)
+    assert world.coturn.output().count('ALLOCATE processed, success') >= 1
+    fps, latency, kbps = sample(page)
+    codec = page.evaluate('window.videoBridge.webrtc.stats().codec')
+    figure(f'WebRTC ({codec}) relayed by coturn: first frame {first_frame * 1000:.0f} ms after '
+           f'goto, {fps:.1f} fps, glass-to-glass p50 {latency * 1000:.1f} ms, '
+           f'{kbps / 1000:.2f} Mbit/s')
+    latencies = command_latencies(world, page, cycles=10)
+    assert page.evaluate('window.videoBridge.webrtc.channelSent') > 0, 'no data-channel command'
+    p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+    figure(f'commands over the relayed data channel: p50 {p50 * 1000:.1f} ms, '
+           f'p99 {p99 * 1000:.1f} ms')
+    assert percentile(latencies, 0.99) < 0.100
+    world.lab.shape(world.robot, world.robot_if, '2mbit')
+    try:
+        page.wait_for_timeout(3000)   # the bandwidth estimate and layer choice settle
+        fps, latency, kbps = sample(page, 5)
+        latencies = command_latencies(world, page, cycles=10)
+        figure(f'WebRTC relayed, uplink capped at 2 Mbit/s: {fps:.1f} fps, glass-to-glass p50 '
+               f'{latency * 1000:.0f} ms, {kbps / 1000:.2f} Mbit/s; commands p99 '
+               f'{percentile(latencies, 0.99) * 1000:.1f} ms')
+        assert fps >= 20
+        assert percentile(latencies, 0.99) < 0.100
+    finally:
+        world.lab.unshape(world.robot, world.robot_if)
