@@ -102,6 +102,7 @@ class Lab:
         os.makedirs(log_dir, exist_ok=True)
         self.names = []      # namespaces we made, in creation order
         self.processes = []  # processes we started, in start order
+        self.started = []    # every process ever started (for the "nothing left" check)
         self._veths = 0
         self._lock = threading.Lock()
         atexit.register(self.close)
@@ -189,7 +190,12 @@ table inet filter {{
                           env={**os.environ, **(env or {})}, stdout=stdout)
         with self._lock:
             self.processes.append(process)
+            self.started.append(process)
         return process
+
+    def still_running(self) -> list:
+        """Processes we started that are still alive (should be none after close)."""
+        return [process.command for process in self.started if process.alive()]
 
     def close(self):
         """End every process we started (by PID, newest first) and delete our namespaces."""

@@ -380,6 +380,8 @@ def world():
         lab_world.close()
         left = netlab.leftovers()
         assert not left, f'namespaces left behind: {left}'
+        running = lab_world.lab.still_running()
+        assert not running, f'processes left running: {running}'
 
 
 @pytest.fixture(scope='module')
