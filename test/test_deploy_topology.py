@@ -264,7 +264,7 @@ http {{
         write(self.path('turnserver.conf'), conf)
         self.coturn = self.lab.start(
             self.cloud, 'coturn', 'turnserver', '-c', self.path('turnserver.conf'),
-            '--log-file=stdout', f'--pidfile={self.path("turnserver.pid")}',
+            '--verbose', '--log-file=stdout', f'--pidfile={self.path("turnserver.pid")}',
             f'--userdb={self.path("turndb")}')
 
     # --- robot: nodes, listener, tunnel ----------------------------------------------------------
@@ -626,6 +626,7 @@ def test_turn_relay_with_minted_credentials(world, context):
     turn = f'turn:{CLOUD}:3478?transport=udp'
     good = page.evaluate(gather, [turn, *credential(world.turn_secret)])
     assert any(' typ relay' in c and CLOUD in c for c in good), good
+    assert 'ALLOCATE processed, success' in world.coturn.output()
     forged = page.evaluate(gather, [turn, *credential(secrets.token_hex(32))])
     assert not any(' typ relay' in c for c in forged), forged
     expired = page.evaluate(gather, [turn, *credential(world.turn_secret, ttl=-60)])
