@@ -514,17 +514,23 @@ def test_tunnel_account_can_only_forward(world):
                              '127.0.0.1:2222:127.0.0.1:22', 'video-bridge-cloud',
                              check=False, timeout=20)
     assert other.returncode != 0 and 'forwarding failed' in other.stderr, other
+    # A forward out of the cloud host (to its own sshd: a banner would come back if allowed).
     local = world.lab.start(world.robot, 'ssh_local_forward', 'ssh', '-v', '-F', probe, '-N',
-                            '-L', '127.0.0.1:9999:127.0.0.1:8080', 'video-bridge-cloud')
+                            '-L', f'127.0.0.1:9999:{CLOUD}:22', 'video-bridge-cloud')
     socket_forward = world.lab.start(world.robot, 'ssh_socket_forward', 'ssh', '-v', '-F', probe,
                                      '-N', '-L', f'127.0.0.1:9998:{world.tunnel_socket}',
                                      'video-bridge-cloud')
+
+    def listening(port):
+        return world.lab.ns_run(world.robot, 'ss', '-Hltn', f'sport = :{port}').stdout.strip()
     try:
-        for attempt in (local, socket_forward):
-            wait_for(lambda: 'Authenticated to' in attempt.output() or not attempt.alive(), 15,
-                     'the local-forward attempt to log in')
-        # Past nginx to the bridge through the tunnel account: refused both ways.
-        assert world.curl_status(world.robot, 'http://127.0.0.1:9999/api/streams') == '000'
+        for port in (9999, 9998):   # ssh listens locally once logged in; the server decides
+            wait_for(lambda: listening(port), 15, f'ssh listening on 127.0.0.1:{port}')
+        banner = world.lab.ns_run(world.robot, 'python3', '-c', (
+            'import socket; s = socket.create_connection(("127.0.0.1", 9999), 3); '
+            's.settimeout(3); print(s.recv(100))'), check=False)
+        assert 'SSH-' not in banner.stdout, banner
+        # Past nginx to the bridge through the tunnel account's socket: refused.
         assert world.curl_status(world.robot, 'http://127.0.0.1:9998/api/streams') == '000'
     finally:
         local.stop()
