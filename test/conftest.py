@@ -20,7 +20,7 @@ PACKAGE_SRC = os.path.join(REPO, 'src', 'video_bridge')
 if PACKAGE_SRC not in sys.path:
     sys.path.insert(0, PACKAGE_SRC)
 INSTALL_LIB = os.path.join(os.environ.get('VIDEO_BRIDGE_INSTALL', os.path.join(REPO, 'install')),
-                           'video_bridge', 'lib', 'video_bridge')  # scripts/test-lowest
+                           'video_bridge', 'lib', 'video_bridge')  # scripts/test --lowest
 OUTPUT_DIR = os.path.join(REPO, 'test-output')
 
 
