@@ -135,7 +135,7 @@ def frame_header(opcode: int, length: int) -> bytes:
 
 def serialise(frame) -> bytes:
     """
-    The frame as a binary websocket message plus its flow-control ping, built once per frame.
+    Serialise a frame as a binary websocket message plus its flow-control ping, once per frame.
 
     The one piece of websocket framing the bridge does itself, for a measured reason: every
     viewer of a frame then gets the same bytes in one write, instead of aiohttp framing the
