@@ -374,8 +374,6 @@ def test_row06_tls_sockets_without_client_hello_are_bounded(ros, bridge, tmp_pat
         except OSError:
             data = b''
         took = time.monotonic() - started
-    assert data == b'', f'a socket without ClientHello was still open after {took:.1f} s ' \
-        '(handshake_timeout 2 s)'
     with FramePublisher(ros.node, '/a6/image') as publisher:
         viewer = start_viewer(live, ssl_context=hc.insecure_client_context())
         squatters = TlsSquatters(live.port)
@@ -383,7 +381,14 @@ def test_row06_tls_sockets_without_client_hello_are_bounded(ros, bridge, tmp_pat
             figures = soak(live, viewer, Attack([squatters], SOAK_SECONDS), publisher)
         finally:
             viewer.stop()
-    assert_soak(figures, f'row 6 ({squatters.opened} silent TLS sockets)')
+    closed = data == b''
+    print(f'row 6: a socket without ClientHello was {"closed" if closed else "still open"} '
+          f'after {took:.1f} s (handshake_timeout 2 s)')
+    try:
+        assert_soak(figures, f'row 6 ({squatters.opened} silent TLS sockets)')
+    finally:
+        assert closed, f'a socket without ClientHello was still open after {took:.1f} s ' \
+            '(handshake_timeout 2 s)'
 
 
 # -- row 3: idle sockets and the file limit; connection caps ------------------------------------
