@@ -11,6 +11,7 @@ max_connections, max_connections_per_client, handshake_timeout, send_timeout, pi
 ping_timeout, allow_anonymous_driving; token only from token_file / VIDEO_BRIDGE_TOKEN.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -782,8 +783,8 @@ def test_row09_estop_flood_publishes_one_zero(ros, bridge, cmd_vel):
                 got.add(message['id'])
         return got
     sent = 0
-    ws = ws_connect(url, open_timeout=10, max_queue=None)
-    try:
+    with contextlib.ExitStack() as sockets:
+        ws = sockets.enter_context(ws_connect(url, open_timeout=10, max_queue=None))
         ws.recv(timeout=5)
         ws.recv(timeout=5)
         ws.send(json.dumps({'type': 'acquire', 'id': 'a'}))
@@ -799,8 +800,8 @@ def test_row09_estop_flood_publishes_one_zero(ros, bridge, cmd_vel):
                 drain(ws, set(batch))
                 sent = batch[-1] + 1
         except (ConnectionClosed, TimeoutError):
-            ws.close()  # the bridge may close a flooding client: drive on a fresh socket
-            ws = ws_connect(url, open_timeout=10)
+            # The bridge may close a flooding client: release and drive on a fresh socket.
+            ws = sockets.enter_context(ws_connect(url, open_timeout=10))
             ws.recv(timeout=5)
             ws.recv(timeout=5)
             ws.send(json.dumps({'type': 'acquire', 'id': 'a'}))
@@ -809,8 +810,6 @@ def test_row09_estop_flood_publishes_one_zero(ros, bridge, cmd_vel):
         ws.send(json.dumps({'type': 'velocity', 'id': 'v', 'linear': {'x': 0.2}}))
         drain(ws, {'r', 'v'})
         cmd_vel.wait_value(0.2, timeout=10)
-    finally:
-        ws.close()
     xs = [x for _, x, _ in cmd_vel.messages]
     last_01 = max(i for i, x in enumerate(xs) if math.isclose(x, 0.1))
     first_02 = next(i for i, x in enumerate(xs) if math.isclose(x, 0.2))
@@ -849,6 +848,8 @@ def test_row10_malformed_requests_get_answers_not_tracebacks(ros, bridge):
                               lambda s: s is not None and (s == 101 or 400 <= s < 500)),
         "'[' in the path": (f'GET /[ HTTP/1.1\r\nHost: {own}\r\n\r\n',
                             lambda s: s in (400, 404)),
+        "'//[' path (a netloc to urlsplit)": (f'GET //[ HTTP/1.1\r\nHost: {own}\r\n\r\n',
+                                              lambda s: s in (400, 404)),
     }
     wrong = {}
     for name, (request, good) in cases.items():
