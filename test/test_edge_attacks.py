@@ -400,21 +400,28 @@ def emfile_lines(log: str) -> int:
     return sum(1 for line in log.splitlines() if pattern.search(line))
 
 
-def test_row03_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridge):
+@pytest.mark.parametrize('caps', ['default caps', 'caps above the file limit'])
+def test_row03_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridge, caps):
     """
     Row 3: 2000 idle sockets (from four attacker addresses) against a bridge whose
-    RLIMIT_NOFILE is 1024. Proves new viewers, the page and /api/streams still load (within
+    RLIMIT_NOFILE is 1024, once with the default caps and once with caps above the file limit
+    (max_connections 4000, per client 4000, handshake_timeout 2 s) so that accept() really
+    runs out of descriptors. Proves new viewers, the page and /api/streams still load (within
     10 s each) and that running out of descriptors is logged at most once per 3 s, without
     tracebacks.
     """
-    live = bridge(**{'streams.camera.topic': '/a3/image'})
+    overrides = {} if caps == 'default caps' else {
+        'max_connections': 4000, 'max_connections_per_client': 4000, 'handshake_timeout': 2.0}
+    live = bridge(**overrides, **{'streams.camera.topic': '/a3/image'})
     resource.prlimit(live.pid, resource.RLIMIT_NOFILE, (1024, 1024))
     sources = [f'127.0.0.{i}' for i in range(2, 6)]
     started = time.monotonic()
     with FramePublisher(ros.node, '/a3/image'):
         with hc.IdleSockets(live.port, 2000, sources=sources, time_limit=15) as idle:
             opened = len(idle.sockets)
+            asked = time.monotonic()
             page = hc.get(live.port, '/', timeout=10)
+            page_took = time.monotonic() - asked
             api = hc.get(live.port, '/api/streams', timeout=10)
             viewer = hc.Viewer(live.ws + '/video/camera', duration=20)
             viewer.start()
@@ -427,7 +434,7 @@ def test_row03_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridg
     elapsed = time.monotonic() - started
     log = live.log()
     emfile = emfile_lines(log)
-    print(f'row 3: {opened} idle sockets, bridge fds {fds}, page {page and page.status}, '
+    print(f'row 3 ({caps}): {opened} idle sockets, bridge fds {fds}, page {page and page.status}, '
           f'api {api and api.status}, viewer frame {got_frame}, EMFILE lines {emfile} in '
           f'{elapsed:.1f} s')
     assert page is not None and page.status == 200, f'page did not load: {page!r}'
