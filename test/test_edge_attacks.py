@@ -434,9 +434,9 @@ def test_row03_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridg
     elapsed = time.monotonic() - started
     log = live.log()
     emfile = emfile_lines(log)
-    print(f'row 3 ({caps}): {opened} idle sockets, bridge fds {fds}, page {page and page.status}, '
-          f'api {api and api.status}, viewer frame {got_frame}, EMFILE lines {emfile} in '
-          f'{elapsed:.1f} s')
+    print(f'row 3 ({caps}): {opened} idle sockets, bridge fds {fds}, page '
+          f'{page and page.status} after {page_took:.1f} s, api {api and api.status}, viewer '
+          f'frame {got_frame}, EMFILE lines {emfile} in {elapsed:.1f} s')
     assert page is not None and page.status == 200, f'page did not load: {page!r}'
     assert api is not None and api.status == 200, f'/api/streams did not load: {api!r}'
     assert got_frame, f'a new viewer got no frame: {viewer.error!r}'
