@@ -214,8 +214,12 @@ class HttpReader:
 
 def http_exchange(port: int, raw_request: bytes, responses: int = 1, timeout: float = 5.0,
                   head_request: bool = False, source: Optional[str] = None) -> List[Response]:
-    """Send raw bytes, read up to ``responses`` responses (fewer if the bridge closes)."""
-    with connect(port, source=source, timeout=timeout) as sock:
+    """Send raw bytes, read up to ``responses`` responses (none if it cannot even connect)."""
+    try:
+        sock = connect(port, source=source, timeout=timeout)
+    except OSError:
+        return []
+    with sock:
         sock.sendall(raw_request)
         reader = HttpReader(sock, time.monotonic() + timeout)
         found = []
@@ -504,3 +508,64 @@ class Stopwatch(threading.Thread):
     def stop(self):
         self._stop_event.set()
         self.join(15)
+
+
+class Squatters:
+    """
+    Keeps up to ``target`` idle TCP connections open (a persistent slowloris): opens them as
+    fast as the bridge lets it, then re-opens closed ones at no more than ``rate`` per second.
+
+    Drive it with :class:`Stopwatch` (``Stopwatch(squatters.step, seconds)``).
+    """
+
+    def __init__(self, port: int, target: int, sources, rate: float = 100.0,
+                 payload: bytes = b''):
+        self.port, self.target, self.sources, self.rate = port, target, list(sources), rate
+        self.payload = payload
+        self.open: List[socket.socket] = []
+        self.attempts = 0
+        self.refused = 0
+        self.peak = 0
+
+    def _prune(self):
+        alive = []
+        for sock in self.open:
+            try:
+                if sock.recv(1, socket.MSG_PEEK) == b'':
+                    sock.close()
+                    continue
+                # Any bytes (e.g. a 503) mean the bridge answered: it is refusing this one.
+                sock.close()
+                self.refused += 1
+                continue
+            except BlockingIOError:
+                alive.append(sock)
+            except OSError:
+                sock.close()
+        self.open = alive
+
+    def step(self, stop):
+        if len(self.open) >= self.target or self.attempts >= self.target:
+            if self.attempts % 50 == 0:
+                self._prune()
+            if len(self.open) >= self.target or self.attempts >= self.target:
+                stop.wait(1.0 / self.rate)  # the re-open pace of the attack, not sync
+        self.attempts += 1
+        sock = socket.socket()
+        try:
+            sock.bind((self.sources[self.attempts % len(self.sources)], 0))
+            sock.settimeout(0.5)
+            sock.connect(('127.0.0.1', self.port))
+            if self.payload:
+                sock.sendall(self.payload)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return
+        self.open.append(sock)
+        self.peak = max(self.peak, len(self.open))
+
+    def close(self):
+        for sock in self.open:
+            sock.close()
+        self.open = []
