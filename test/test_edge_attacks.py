@@ -151,9 +151,11 @@ def noise(index):
 
 
 def no_tracebacks(live):
+    """No traceback, and no aiohttp 'Error handling request' (a 500 with a logged exception)."""
     log = live.log()
-    where = log.find(TRACEBACK)
-    assert where < 0, f'traceback in the bridge log:\n{log[where:where + 2000]}'
+    for marker in (TRACEBACK, 'Error handling request'):
+        where = log.find(marker)
+        assert where < 0, f'{marker!r} in the bridge log:\n{log[max(0, where - 300):where + 2000]}'
 
 
 def start_viewer(live, path='/video/camera', ssl_context=None, duration=90.0):
