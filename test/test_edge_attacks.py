@@ -292,6 +292,7 @@ def test_row01_empty_continuation_frames_do_not_grow_memory_or_starve_viewers(ro
     print(f'row 1: sent {sent:.1f} MB of empty continuation frames, '
           f'{sum(a.connects for a in attackers)} connections')
     assert_soak(figures, f'row 1 ({sent:.1f} MB of empty fragments)')
+    assert sent >= 5, f'the attack did not reach the bridge: {sent:.1f} MB sent'
 
 
 @pytest.mark.soak
@@ -316,6 +317,7 @@ def test_row02_pings_without_reading_do_not_pile_up_pongs(ros, bridge):
     print(f'row 2: sent {sent:.1f} MB of pings, {sum(a.connects for a in attackers)} '
           'connections')
     assert_soak(figures, f'row 2 ({sent:.1f} MB of pings never read)')
+    assert sent >= 5, f'the attack did not reach the bridge: {sent:.1f} MB sent'
 
 
 class TlsSquatters:
@@ -396,6 +398,7 @@ def test_row06_tls_sockets_without_client_hello_are_bounded(ros, bridge, tmp_pat
     finally:
         assert closed, f'a socket without ClientHello was still open after {took:.1f} s ' \
             '(handshake_timeout 2 s)'
+    assert squatters.opened >= 500, f'only {squatters.opened} silent sockets were opened'
 
 
 # -- row 3: idle sockets and the file limit; connection caps ------------------------------------
@@ -452,6 +455,7 @@ def test_row03_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridg
           f'bridge fds {fds}, page {page and page.status} after {page_took:.1f} s, api '
           f'{api and api.status}, viewer frame {got_frame}, EMFILE lines {emfile} in '
           f'{elapsed:.1f} s')
+    assert opened >= 1000, f'only {opened} idle sockets were open when the page was asked for'
     assert page is not None and page.status == 200, f'page did not load: {page!r}'
     assert api is not None and api.status == 200, f'/api/streams did not load: {api!r}'
     assert got_frame, f'a new viewer got no frame: {viewer.error!r}'
@@ -645,6 +649,7 @@ def test_row05_driver_never_waits_behind_idle_control_sockets(ros, bridge, cmd_v
           f'{latencies[len(latencies) // 2] * 1e3:.1f} ms p95 {p95 * 1e3:.1f} ms max '
           f'{latencies[-1] * 1e3:.1f} ms; viewer {fps:.1f} fps; lazy client read {states} '
           f'states for {changes} changes (final seen {final_seen})')
+    assert opened >= 1000, f'only {opened} idle control sockets were opened'
     assert p95 <= 0.050 and latencies[-1] <= 0.250, \
         f'command->cmd_vel p95 {p95 * 1e3:.0f} ms, max {latencies[-1] * 1e3:.0f} ms'
     assert fps >= 27, f'viewer fell to {fps:.1f} fps during the burst'
