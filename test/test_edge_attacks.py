@@ -455,7 +455,7 @@ def test_row03_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridg
           f'bridge fds {fds}, page {page and page.status} after {page_took:.1f} s, api '
           f'{api and api.status}, viewer frame {got_frame}, EMFILE lines {emfile} in '
           f'{elapsed:.1f} s')
-    assert opened >= 1000, f'only {opened} idle sockets were open when the page was asked for'
+    assert opened >= 900, f'only {opened} idle sockets were open when the page was asked for'
     assert page is not None and page.status == 200, f'page did not load: {page!r}'
     assert api is not None and api.status == 200, f'/api/streams did not load: {api!r}'
     assert got_frame, f'a new viewer got no frame: {viewer.error!r}'
