@@ -234,11 +234,25 @@ def python_argv(script: str, *args) -> list:
     return [sys.executable, os.path.join(BENCH, script), *map(str, args)]
 
 
-def start_bridge(rig: Rig, topic: str, extra_params=(), env=None, name: str = 'bridge'):
-    """Start the installed bridge_node on a free port of 127.0.0.1; return (child, port)."""
+def start_bridge(rig: Rig, topic: str, extra_params=(), env=None, name: str = 'bridge',
+                 source: str = ''):
+    """
+    Start the installed bridge_node on a free port of 127.0.0.1; return (child, port).
+
+    ``source``: run the bridge_node of another checkout instead (its src/video_bridge and its
+    config/bridge.yaml; messages and share/ from this install), e.g. an older commit built in a
+    temporary git worktree, for side-by-side comparisons.
+    """
     port = free_port()
     params = [f'host:={HOST}', f'port:={port}', f'streams.camera.topic:={topic}', *extra_params]
-    argv = [sys.executable, BRIDGE_NODE, '--ros-args', '--params-file', BRIDGE_PARAMS]
+    if source:
+        package = os.path.join(source, 'src', 'video_bridge')
+        program = ('import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = "bridge_node"; '
+                   'from video_bridge.ros.bridge_node import main; main()')
+        argv = [sys.executable, '-c', program, package, '--ros-args', '--params-file',
+                os.path.join(source, 'config', 'bridge.yaml')]
+    else:
+        argv = [sys.executable, BRIDGE_NODE, '--ros-args', '--params-file', BRIDGE_PARAMS]
     for param in params:
         argv += ['-p', param]
     child = rig.start(name, argv, env)
@@ -550,7 +564,8 @@ def video_case(paths: list, options, kind: str = 'raw', params=(),
     params = list(params) + ([f'streams.camera.type:={kind}'] if kind != 'raw' else [])
     env = dict(item.split('=', 1) for item in options.bridge_env)
     with Rig(options.keep_logs) as rig:
-        bridge, port = start_bridge(rig, VIDEO_TOPIC, params, env=env)
+        bridge, port = start_bridge(rig, VIDEO_TOPIC, params, env=env,
+                                    source=getattr(options, 'bridge_source', ''))
         publisher, stamps_path = start_publisher(rig, VIDEO_TOPIC, run_for + 60, kind=kind,
                                                  reliable=options.reliable)
         workers, outputs = start_viewers(rig, port, paths, run_for + 60, options.per_worker)

@@ -245,11 +245,27 @@ def test_frame_flags_match_the_documented_bits():
     assert 'bit 2 colour-mapped' in text and protocol.FLAG_COLORMAPPED == 1 << 2
 
 
+@pytest.mark.parametrize('raw, fps', [('', 0.0), ('0', 0.0), ('5', 5.0), ('2.5', 2.5),
+                                       ('120', 120.0)])
+def test_parse_fps_reads_a_rate(raw, fps):
+    assert protocol.parse_fps({'fps': raw} if raw else {}) == fps
+
+
+@pytest.mark.parametrize('raw', ['-1', '121', 'nan', 'inf', 'fast', '1e400', '５', '1' * 17])
+def test_parse_fps_refuses_anything_else(raw):
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.parse_fps({'fps': raw})
+    assert refused.value.code == 'bad_variant'
+
+
 def test_close_codes_match_the_documented_table():
     table = dict(re.findall(r'^\| (\d{4}) \| (.+?) \|$', doc_text(), re.MULTILINE))
     assert {int(code) for code in table} == {
         protocol.CLOSE_GOING_AWAY, protocol.CLOSE_UNSUPPORTED_DATA, protocol.CLOSE_BAD_REQUEST,
-        protocol.CLOSE_UNAUTHORIZED, protocol.CLOSE_UNKNOWN_STREAM, protocol.CLOSE_CAPACITY}
+        protocol.CLOSE_UNAUTHORIZED, protocol.CLOSE_UNKNOWN_STREAM, protocol.CLOSE_CAPACITY,
+        protocol.CLOSE_POLICY, protocol.CLOSE_TOO_BIG}
+    assert 'send_timeout' in table[str(protocol.CLOSE_POLICY)]
+    assert 'size limit' in table[str(protocol.CLOSE_TOO_BIG)]
     assert 'shutting down' in table[str(protocol.CLOSE_GOING_AWAY)]
     assert 'sent data' in table[str(protocol.CLOSE_UNSUPPORTED_DATA)]
     assert 'bad request' in table[str(protocol.CLOSE_BAD_REQUEST)]

@@ -518,13 +518,32 @@ def test_any_client_may_engage_the_estop_and_it_latches():
 
 
 def test_engaging_twice_acks_without_a_second_event():
-    """A repeated engage still stops (zero) but logs and broadcasts nothing new."""
+    """A repeated engage publishes, logs and broadcasts nothing new (the car is already still)."""
     core = driving(make_core())
     core.receive('c1', 1, EmergencyStop(True), 1.0)
     effects = core.receive('c1', 2, EmergencyStop(True), 1.1)
-    assert effects.publish == ZERO
+    assert effects.publish is None
     assert not effects.events and not effects.state_changed
-    assert isinstance(only_reply(effects), Ack)
+    assert only_reply(effects) == Ack(2, ZERO, False, 'emergency stop already engaged')
+
+
+def test_a_flood_of_engages_publishes_one_zero():
+    """20,000 engages: the first stops the car, the rest publish nothing."""
+    core = driving(make_core())
+    send(core, forward(), 1.0)
+    published = [core.receive('c1', i, EmergencyStop(True), 1.0 + i * 1e-5).publish
+                 for i in range(20000)]
+    assert published[0] == ZERO and published[1:] == [None] * 19999
+    assert core.set_estop(True, 'service', 2.0).publish is None
+
+
+def test_the_first_engage_always_publishes_even_when_still():
+    """Nothing moves and nobody drives: the first engage still publishes zero."""
+    core = make_core()
+    core.connect('viewer', False, True, 0.0)
+    assert core.receive('viewer', 1, EmergencyStop(True), 0.1).publish == ZERO
+    core.set_estop(False, 'service', 0.2)
+    assert core.set_estop(True, 'service', 0.3).publish == ZERO
 
 
 def test_only_a_client_that_may_drive_releases_the_estop():
@@ -1072,9 +1091,12 @@ class TeleopMachine(RuleBasedStateMachine):
     @rule(client_id=CLIENTS, engage=st.sampled_from([True, False, False, False]))
     def client_estop(self, client_id, engage):
         """Any client engages; only one that may drive releases."""
+        was_engaged = self.estop
         effects, reply = self.receive(client_id, EmergencyStop(engage))
         if engage:
-            assert isinstance(reply, Ack) and effects.publish == ZERO
+            # the first engage publishes zero; one while engaged publishes nothing new
+            assert isinstance(reply, Ack)
+            assert effects.publish == (None if was_engaged else ZERO)
             self.estop = True
             self.stopped()
         elif client_id not in self.connected:
@@ -1088,7 +1110,8 @@ class TeleopMachine(RuleBasedStateMachine):
     @rule(engage=st.sampled_from([True, False, False, False]))
     def service_estop(self, engage):
         """Engage or release the e-stop through the ROS service."""
-        effects = self.apply(self.core.set_estop(engage, 'service', self.now), must_stop=engage)
+        effects = self.apply(self.core.set_estop(engage, 'service', self.now),
+                             must_stop=engage and not self.estop)
         if engage:
             self.stopped()
         else:

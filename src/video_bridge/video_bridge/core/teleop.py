@@ -13,7 +13,8 @@ The rules, in short:
   for ``command_timeout`` (deadman), on emergency stop and on shutdown;
 * the acceleration limit only slows increases of speed: stopping is never delayed;
 * anybody connected may engage the emergency stop; only a client that may drive (or the ROS
-  service) may release it, and the car stays still until the driver commands again.
+  service) may release it, and the car stays still until the driver commands again; an engage
+  while engaged publishes nothing new.
 """
 
 from dataclasses import dataclass, field
@@ -307,8 +308,11 @@ class TeleopCore:
         """Engage (publish zero, latch) or release the e-stop; ``source`` is logged."""
         effects = Effects()
         if engage:
-            self._stop(effects, now)  # every engage request stops, even a repeated one
+            # The first engage always stops (and is never rate-limited, see net/control.py).
+            # While engaged nothing can move the car, so a repeated engage publishes nothing:
+            # a flood of engages cannot flood cmd_vel.
             if not self._estop:
+                self._stop(effects, now)
                 self._estop = True
                 effects.state_changed = True
                 effects.events.append(f'emergency stop engaged by {source}')

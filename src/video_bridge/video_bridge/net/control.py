@@ -38,6 +38,7 @@ from video_bridge.core.teleop import Effects, TeleopCore
 MAX_UNSENT_BYTES = 256 * 1024
 SIGNALLING_PREFIX = 'webrtc_'
 CLOSE_SLOW = protocol.CLOSE_POLICY
+STATE_PERIOD = 0.1  # s: velocity-only state broadcasts at most this often
 
 
 class _Session:
@@ -86,6 +87,9 @@ class ControlService:
         self._sessions: Dict[str, _Session] = {}
         self._ids = itertools.count(1)
         self._wake: Optional[asyncio.Event] = None
+        self._last_key = None
+        self._last_broadcast = -STATE_PERIOD
+        self._broadcast_handle: Optional[asyncio.TimerHandle] = None
         self._clock_task: Optional[asyncio.Task] = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -217,11 +221,7 @@ class ControlService:
             if session is not None:
                 self._queue_reply(session, protocol.encode_control(message, client_id))
         if effects.state_changed:
-            state = self.core.state()
-            for session in list(self._sessions.values()):
-                session.state = protocol.encode_control(state, session.client_id)
-                session.idle.clear()
-                session.wake.set()
+            self._state_changed()
         for event in effects.events:
             self.log.info('%s', event)
         for client_id, code, reason in effects.disconnect:
@@ -230,6 +230,40 @@ class ControlService:
                 self._close(session, code, reason)
         if self._wake is not None:
             self._wake.set()
+
+    def _state_changed(self):
+        """
+        Broadcast the state: driver or e-stop changes at once, velocity at most every period.
+
+        The driver has its acks; a driver changing speed 40 times a second in front of 2000
+        watchers then costs 2000 x 10 sends a second, not 80,000 (STATE_PERIOD).
+        """
+        state = self.core.state()
+        key = (state.driver, state.estop)
+        now = self.clock()
+        waited = now - self._last_broadcast
+        if key == self._last_key and waited < STATE_PERIOD:
+            if self._broadcast_handle is None:
+                self._broadcast_handle = asyncio.get_running_loop().call_later(
+                    STATE_PERIOD - waited, self._broadcast)
+            return
+        self._broadcast()
+
+    def _broadcast(self):
+        if self._broadcast_handle is not None:
+            self._broadcast_handle.cancel()
+            self._broadcast_handle = None
+        state = self.core.state()
+        self._last_key = (state.driver, state.estop)
+        self._last_broadcast = self.clock()
+        others = protocol.encode_control(state, None)  # you_drive: false, shared by all
+        for session in list(self._sessions.values()):
+            if session.closed:
+                continue
+            session.state = protocol.encode_control(state, session.client_id) \
+                if session.client_id == state.driver else others
+            session.idle.clear()
+            session.wake.set()
 
     def _queue_reply(self, session: _Session, text: str):
         if session.closed:

@@ -14,6 +14,10 @@ from video_bridge.core import protocol
 from video_bridge.net import websocket
 from video_bridge.net.auth import authenticate
 
+# The kernel autotunes a send buffer to megabytes: a client that stops reading would get
+# seconds of stale states from it. Small, so the outbox (newest state only) does the waiting.
+CONTROL_SEND_BUFFER = 32 * 1024
+
 
 class WebSocketSender:
     """
@@ -56,6 +60,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     grant = authenticate(request)
     ws = websocket.response(config.max_message_size)
     await ws.prepare(request)
+    websocket.limit_send_buffer(request, CONTROL_SEND_BUFFER)
     if grant.problem:
         server.log.warning('refused control connection from %s: %s', grant.client,
                            grant.problem)

@@ -17,11 +17,11 @@ parts per second). Such a client should ask for the rate it can read (``?fps=2``
 """
 
 import asyncio
-import socket
 import time
 
 from aiohttp import web
 from video_bridge.core import protocol
+from video_bridge.net import websocket
 from video_bridge.net.auth import authenticate
 
 MJPEG_BOUNDARY = 'videobridgeframe'
@@ -61,12 +61,8 @@ async def serve_mjpeg(request: web.Request, stream_name: str, variant: protocol.
         response = web.StreamResponse(headers={
             'Content-Type': f'multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}',
             **NO_CACHE})
-        sock = request.transport.get_extra_info('socket') if request.transport else None
-        if sock is not None:
-            try:  # the kernel autotunes to megabytes otherwise: seconds of stale frames
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MJPEG_SEND_BUFFER)
-            except OSError:
-                pass
+        # the kernel autotunes to megabytes otherwise: seconds of stale frames
+        websocket.limit_send_buffer(request, MJPEG_SEND_BUFFER)
         await response.prepare(request)
         interval = 1.0 / fps if fps else 0.0
         next_time = 0.0

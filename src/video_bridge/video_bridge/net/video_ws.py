@@ -118,12 +118,36 @@ async def _pump(request, ws, server, viewer, window: _Window, fps: float):
             if interval:
                 next_time = max(next_time + interval, time.monotonic())
             window.sent(frame.seq)
-            await asyncio.wait_for(_send(ws, frame), config.send_timeout)
+            _send(request, ws, frame)
     except (asyncio.TimeoutError, ConnectionError, RuntimeError):
         pass
     websocket.abort(request)
 
 
-async def _send(ws, frame):
-    await ws.send_bytes(frame.payload)
-    await ws.ping(FRAME_MARK.pack(b'f', frame.seq))
+def frame_header(opcode: int, length: int) -> bytes:
+    """RFC 6455 5.2 header of an unmasked (server) frame with FIN set."""
+    if length < 126:
+        return struct.pack('!BB', 0x80 | opcode, length)
+    if length < 1 << 16:
+        return struct.pack('!BBH', 0x80 | opcode, 126, length)
+    return struct.pack('!BBQ', 0x80 | opcode, 127, length)
+
+
+def serialise(frame) -> bytes:
+    """
+    Serialise a frame as a binary websocket message plus its flow-control ping, once per frame.
+
+    The one piece of websocket framing the bridge does itself, for a measured reason: every
+    viewer of a frame then gets the same bytes in one write, instead of aiohttp framing the
+    message and the ping again per viewer (bench/edge_bench.py; README "Network edge").
+    """
+    mark = FRAME_MARK.pack(b'f', frame.seq)
+    return (frame_header(0x2, len(frame.payload)) + frame.payload
+            + frame_header(0x9, len(mark)) + mark)
+
+
+def _send(request, ws, frame):
+    transport = request.transport
+    if ws.closed or transport is None or transport.is_closing():
+        raise ConnectionResetError('viewer went away')
+    transport.write(frame.wire('ws', serialise))  # bounded by the frames_in_flight window

@@ -7,6 +7,7 @@ client that pings but never reads be closed (its pongs would otherwise pile up i
 """
 
 import asyncio
+import socket
 import time
 from typing import Optional
 
@@ -36,6 +37,17 @@ def unsent_bytes(request: web.BaseRequest) -> int:
     """Bytes written to this connection and not yet accepted by the kernel."""
     transport = request.transport
     return transport.get_write_buffer_size() if transport is not None else 0
+
+
+def limit_send_buffer(request: web.BaseRequest, size: int):
+    """Cap the kernel's send buffer of this connection (it autotunes to megabytes otherwise)."""
+    transport = request.transport
+    sock = transport.get_extra_info('socket') if transport is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError:
+            pass
 
 
 def abort(request: web.BaseRequest):

@@ -123,6 +123,20 @@ def _descriptor(description, limits, value):
     return descriptor
 
 
+def _refuse_removed_token(node):
+    """
+    Refuse an old ``token`` parameter instead of ignoring it (or serving it to DDS readers).
+
+    Declared only for the instant it takes to read the override, before the node spins.
+    """
+    node.declare_parameter('token', '', ParameterDescriptor(dynamic_typing=True))
+    value = node.get_parameter('token').value
+    node.undeclare_parameter('token')
+    if value not in ('', None):
+        raise ValueError("the 'token' parameter was removed (any DDS node can read parameters):"
+                         ' put the token in token_file or $VIDEO_BRIDGE_TOKEN')
+
+
 class _Values:
     """Attribute access to declared parameter values."""
 
@@ -135,6 +149,7 @@ class BridgeParameters(_Values):
     """All bridge parameters of a node, declared."""
 
     def __init__(self, node):
+        _refuse_removed_token(node)
         for name, (default, description, limits) in BRIDGE_PARAMETERS.items():
             node.declare_parameter(name, default, _descriptor(description, limits, default))
         super().__init__(node, BRIDGE_PARAMETERS)
