@@ -178,6 +178,33 @@ def test_connection_caps_refuse_clearly_and_trusted_proxies_are_exempt(start_bri
             sock.close()
 
 
+def test_at_the_total_cap_a_silent_socket_makes_room_for_a_working_client(start_bridge):
+    bridge = start_bridge(max_connections=16, max_connections_per_client=4)
+    squatters = [socket.create_connection(('127.0.0.1', bridge.port),
+                                          source_address=(f'127.0.0.{2 + i % 8}', 0))
+                 for i in range(24)]  # a slowloris spread over 8 addresses, under their cap
+    try:
+        for path in ('/', '/api/streams', '/js/app.js'):
+            assert request(bridge.port, path=path)[0] == 200, path
+    finally:
+        for sock in squatters:
+            sock.close()
+    # a cap full of connections that did send a request still refuses, clearly
+    working = []
+    try:
+        for index in range(16):
+            connection = http.client.HTTPConnection(
+                '127.0.0.1', bridge.port, timeout=5, source_address=(f'127.0.1.{index}', 0))
+            connection.request('GET', '/api/streams')
+            assert connection.getresponse().read()
+            working.append(connection)
+        refused = raw_exchange(bridge.port, b'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+        assert refused.startswith(b'HTTP/1.1 503') and b'too many connections' in refused
+    finally:
+        for connection in working:
+            connection.close()
+
+
 def test_a_silent_socket_is_closed_after_the_handshake_timeout(start_bridge):
     bridge = start_bridge(handshake_timeout=1.0)
     with socket.create_connection(('127.0.0.1', bridge.port), timeout=5) as sock:

@@ -11,7 +11,7 @@ import json
 import math
 import struct
 from typing import Any, Optional, Union
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote
 
 PROTOCOL_VERSION = 1
 
@@ -78,10 +78,14 @@ def parse_target(target: str) -> Target:
     A stream is one path segment: a configured name (``front``) or an image topic with its
     slashes escaped (``%2Fcamera%2Fimage_raw``).
     """
-    parts = urlsplit(target)
-    raw_path = parts.path or '/'
+    # Not urlsplit: a target like '//[' is a path here, not a network location.
+    raw_path, _, raw_query = target.partition('#')[0].partition('?')
+    raw_path = raw_path or '/'
     path = unquote(raw_path)
-    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    try:
+        query = {k: v[-1] for k, v in parse_qs(raw_query, keep_blank_values=True).items()}
+    except ValueError:
+        raise ProtocolError('bad_target', 'malformed query string') from None
     for prefix, kind in ((VIDEO_PREFIX, 'video'), (MJPEG_PREFIX, 'mjpeg'),
                          (SNAPSHOT_PREFIX, 'snapshot')):
         if raw_path.startswith(prefix):

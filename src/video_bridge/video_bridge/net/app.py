@@ -146,6 +146,11 @@ class QuietAiohttpLog(logging.Filter):
         record.exc_info = None
         record.exc_text = None
         record.stack_info = None
+        if isinstance(record.msg, str) and record.msg.startswith('Error handling request'):
+            # aiohttp's words for a request it could not parse (answered 400): say what it is
+            record.msg = record.msg.replace('Error handling request',
+                                            'answered a malformed request with an error', 1)
+            record.levelno, record.levelname = logging.WARNING, 'WARNING'
         now = time.monotonic()
         if now - self._last < self.period:
             self.suppressed += 1

@@ -38,7 +38,7 @@ from video_bridge.core.teleop import Effects, TeleopCore
 MAX_UNSENT_BYTES = 256 * 1024
 SIGNALLING_PREFIX = 'webrtc_'
 CLOSE_SLOW = protocol.CLOSE_POLICY
-STATE_PERIOD = 0.1  # s: velocity-only state broadcasts at most this often
+STATE_PERIOD = 0.2  # s: velocity-only state broadcasts at most this often
 
 
 class _Session:
@@ -236,7 +236,7 @@ class ControlService:
         Broadcast the state: driver or e-stop changes at once, velocity at most every period.
 
         The driver has its acks; a driver changing speed 40 times a second in front of 2000
-        watchers then costs 2000 x 10 sends a second, not 80,000 (STATE_PERIOD).
+        watchers then costs 2000 x 5 sends a second, not 80,000 (STATE_PERIOD).
         """
         state = self.core.state()
         key = (state.driver, state.estop)
@@ -316,7 +316,8 @@ class ControlService:
                     if send is None:
                         sender.send_nowait(text)
                     else:
-                        await asyncio.wait_for(send(text), self.send_timeout)
+                        async with asyncio.timeout(self.send_timeout):  # no task per send
+                            await send(text)
                     if session.unsent() > MAX_UNSENT_BYTES:
                         raise asyncio.TimeoutError
                 session.idle.set()

@@ -14,6 +14,7 @@ dropped (slowloris, idle sockets); running out of file descriptors is logged at 
 """
 
 import asyncio
+import collections
 import errno
 import logging
 import resource
@@ -109,6 +110,8 @@ class Listener:
         self.per_client: Dict[str, int] = {}
         self.refused = 0
         self._by_transport: Dict[object, _Tracked] = {}
+        # connections that have not sent a request head yet, oldest first: key -> abort()
+        self._silent: collections.OrderedDict = collections.OrderedDict()
         self._tasks: Set[asyncio.Task] = set()
         self._accepting: list = []
         self._emfile_logged = -EMFILE_LOG_PERIOD
@@ -174,6 +177,7 @@ class Listener:
         tracked = self._by_transport.get(transport)
         if tracked is not None and not tracked.requested:
             tracked.requested = True
+            self._silent.pop(transport, None)
             if tracked.timer is not None:
                 tracked.timer.cancel()
                 tracked.timer = None
@@ -199,15 +203,24 @@ class Listener:
                 self._refuse(conn, peer, reason)
                 continue
             self._count(peer, +1)
+            # Evictable until it sent a request: the accept loop can drain a whole backlog
+            # before any of these tasks runs.
+            self._silent[conn] = conn.close
             task = loop.create_task(self._open(conn, peer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     def _refusal_reason(self, peer: str) -> str:
-        if self.total >= self.max_connections:
-            return f'too many connections to this bridge ({self.max_connections})'
         if peer not in self.exempt and self.per_client.get(peer, 0) >= self.max_per_client:
             return f'too many connections from your address ({self.max_per_client})'
+        if self.total >= self.max_connections:
+            # Full: a socket that never sent a request (a squatter, e.g. a slowloris spread over
+            # many addresses) makes room for the newcomer; only working connections refuse it.
+            if self._silent:
+                _, evict = self._silent.popitem(last=False)
+                evict()
+                return ''
+            return f'too many connections to this bridge ({self.max_connections})'
         return ''
 
     def _refuse(self, conn: socket.socket, peer: str, reason: str):
@@ -243,11 +256,22 @@ class Listener:
     async def _open(self, conn: socket.socket, peer: str):
         loop = asyncio.get_running_loop()
         tracked = _Tracked(None, self, peer)
+        task = asyncio.current_task()
         try:
-            tracked.inner = self.protocol_factory()
+            if conn.fileno() < 0:
+                raise ConnectionAbortedError('evicted before it was opened')
             kwargs = {}
+            self._silent.pop(conn, None)
             if self.ssl_context is not None:
-                kwargs = {'ssl': self.ssl_context, 'ssl_handshake_timeout': self.handshake_timeout}
+                # asyncio's TLS layer allocates 256 KB per connection up front: create it only
+                # once the client has sent something (its ClientHello), within the deadline.
+                started = loop.time()
+                self._silent[conn] = task.cancel
+                await asyncio.wait_for(_readable(loop, conn), self.handshake_timeout)
+                self._silent.pop(conn, None)
+                remaining = max(0.1, self.handshake_timeout - (loop.time() - started))
+                kwargs = {'ssl': self.ssl_context, 'ssl_handshake_timeout': remaining}
+            tracked.inner = self.protocol_factory()
             await loop.connect_accepted_socket(lambda: tracked, conn, **kwargs)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, EOFError):
             conn.close()
@@ -257,7 +281,8 @@ class Listener:
             conn.close()
             if tracked.transport is None:
                 self._count(peer, -1)
-            raise
+        finally:
+            self._silent.pop(conn, None)
 
     def _count(self, peer: str, delta: int):
         self.total += delta
@@ -269,17 +294,29 @@ class Listener:
 
     def _opened(self, tracked: _Tracked):
         self._by_transport[tracked.transport] = tracked
+        self._silent[tracked.transport] = tracked.transport.abort
         tracked.timer = asyncio.get_running_loop().call_later(
-            self.handshake_timeout, self._silent, tracked)
+            self.handshake_timeout, self._no_request_in_time, tracked)
 
-    def _silent(self, tracked: _Tracked):
+    def _no_request_in_time(self, tracked: _Tracked):
         tracked.timer = None
         if not tracked.requested and tracked.transport is not None:
             tracked.transport.abort()
 
     def _closed(self, tracked: _Tracked):
+        self._silent.pop(tracked.transport, None)
         if tracked.timer is not None:
             tracked.timer.cancel()
             tracked.timer = None
         if self._by_transport.pop(tracked.transport, None) is not None:
             self._count(tracked.peer, -1)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket):
+    """Wait until ``sock`` has data (or EOF) to read, without reading it."""
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())

@@ -16,10 +16,12 @@ connection caps), :mod:`auth` (the Grant), :mod:`static`, :mod:`mjpeg`, :mod:`vi
 import asyncio
 from dataclasses import dataclass
 import logging
+import re
 import ssl
 import time
 from typing import Callable, Iterable, Optional, Tuple
 
+import aiohttp
 from aiohttp import web
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
@@ -28,6 +30,7 @@ from video_bridge.net import websocket
 from video_bridge.net.app import build_app, quiet_aiohttp_logs
 from video_bridge.net.listener import FD_RESERVE, Listener, raise_file_limit
 
+AIOHTTP_VERSION = tuple(int(part) for part in re.findall(r'\d+', aiohttp.__version__)[:2])
 KEEPALIVE_TIMEOUT = 15.0   # s an idle keep-alive HTTP connection stays open
 TRANSPORT_CHECK = 1.0      # s between checks that a waiting HTTP client is still there
 
@@ -63,12 +66,11 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 
 def _runner(app: web.Application, args: dict) -> web.AppRunner:
     """Make an AppRunner with what this aiohttp version supports of ``args``."""
-    try:  # aiohttp >= 3.9: cancel a handler when its client goes (3.8 always does)
+    if AIOHTTP_VERSION >= (3, 9):  # cancel a handler when its client goes (3.8 always does)
         return web.AppRunner(app, handler_cancellation=True, **args)
-    except TypeError:
-        args = dict(args)
-        args.pop('shutdown_timeout', None)  # 3.8 has it on the site, not the runner
-        return web.AppRunner(app, **args)
+    args = dict(args)
+    args.pop('shutdown_timeout', None)  # 3.8: a site option; runner kwargs go to each handler
+    return web.AppRunner(app, **args)
 
 
 class BridgeServer:
