@@ -47,10 +47,12 @@ class Variant:
     max_width: int = 0
     max_height: int = 0
     quality: int = 0
+    codec: str = ''   # '' = JPEG (websocket, MJPEG, snapshot); 'h264' or 'vp8' (WebRTC)
+    layer: int = 0    # video only: 0 = full bitrate, 1 = half, 2 = quarter ...
 
     def resolved(self, default_quality: int) -> 'Variant':
         """Return the variant with the stream's default quality filled in."""
-        if self.quality:
+        if self.quality or self.codec:
             return self
         return Variant(self.max_width, self.max_height, default_quality)
 
