@@ -13,7 +13,7 @@ import struct
 from typing import Any, Optional, Union
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: WebRTC signalling on /control (webrtc_* messages); v1 unchanged
 
 # --- routes -----------------------------------------------------------------------------------
 
@@ -373,6 +373,23 @@ def _control_body(obj: dict) -> ControlMessage:
     if not isinstance(kind, str):
         raise ProtocolError('bad_message', "'type' must be a string")
     raise ProtocolError('unknown_type', f'unknown message type {kind[:MAX_NAME]!r}')
+
+
+# --- WebRTC signalling (version 2; JSON objects on /control, see docs/protocol.md) -------------
+
+WEBRTC_PREFIX = 'webrtc_'
+WEBRTC_REQUESTS = frozenset({'webrtc_config', 'webrtc_start', 'webrtc_answer', 'webrtc_ice',
+                             'webrtc_stop'})            # client -> bridge
+WEBRTC_REPLIES = frozenset({'webrtc_config', 'webrtc_offer', 'webrtc_error',
+                            'webrtc_stopped'})          # bridge -> client
+DATA_CHANNEL_LABEL = 'control'   # created by the bridge: unordered, no retransmits
+DATA_CHANNEL_COMMANDS = frozenset({'command', 'velocity', 'acquire', 'release', 'estop'})
+
+
+def is_signalling(obj) -> bool:
+    """Tell whether a decoded control message is WebRTC signalling (``type`` webrtc_*)."""
+    return isinstance(obj, dict) and isinstance(obj.get('type'), str) and \
+        obj['type'].startswith(WEBRTC_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream
 MAX_QUEUE = 12            # units waiting for aiortc before the peer restarts at a keyframe
 MAX_SDP = 16384
 MAX_CANDIDATE = 512
-CHANNEL_LABEL = 'control'
-CHANNEL_TYPES = frozenset({'command', 'velocity', 'acquire', 'release', 'estop'})
+CHANNEL_LABEL = protocol.DATA_CHANNEL_LABEL
+CHANNEL_TYPES = protocol.DATA_CHANNEL_COMMANDS
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
 GATHER_TIMEOUT = 10.0
 
