@@ -172,7 +172,7 @@ class Peer:
     # -- feedback (RTCP) --------------------------------------------------------------------
 
     def feedback(self, estimate: Optional[int] = None, loss: Optional[float] = None):
-        """A REMB estimate (bit/s) or a receiver report's loss fraction for this peer."""
+        """Take a REMB estimate (bit/s) or a receiver report's loss fraction for this peer."""
         if estimate is not None:
             self.estimate = estimate
         wanted = self.chooser.update(self.service.clock(), estimate, loss)
@@ -196,7 +196,7 @@ def _media_error():
 
 
 def _packet_track(peer: Peer):
-    """An aiortc video track whose frames are the peer's pre-encoded units."""
+    """Make an aiortc video track whose frames are the peer's pre-encoded units."""
     from aiortc import MediaStreamTrack
 
     class PacketTrack(MediaStreamTrack):
@@ -240,7 +240,7 @@ class WebRtcService:
         self.loop = asyncio.get_running_loop()
 
     def notify_frame(self, stream_name: str):
-        """A new frame was encoded (ROS thread): wake that stream's peers on the loop."""
+        """Wake a stream's peers on the loop after a new frame (called from the ROS thread)."""
         loop = self.loop
         if loop is not None and not loop.is_closed() and self.peers:
             loop.call_soon_threadsafe(self._wake_stream, stream_name)
@@ -253,7 +253,7 @@ class WebRtcService:
     # -- the signalling hook ---------------------------------------------------------------
 
     def config_message(self, client_id: str) -> dict:
-        """What the page needs to start: codecs offered and ICE servers with credentials."""
+        """Build what the page needs to start: codecs offered, ICE servers with credentials."""
         servers = [server.as_dict() for server in self.ice.servers(client_id, self.wall_clock())]
         return {'type': 'webrtc_config', 'enabled': bool(self.codecs),
                 'codecs': list(self.codecs), 'ice_servers': servers}
@@ -291,7 +291,7 @@ class WebRtcService:
             self.send(client_id, reply)
 
     def disconnect(self, client_id: str):
-        """The control session ended: its peer goes too."""
+        """Close the peer of a control session that ended."""
         self._spawn(self._close(client_id))
 
     # -- steps ------------------------------------------------------------------------------
@@ -480,7 +480,7 @@ class WebRtcService:
             self._channel_closed(peer)
 
     def _channel_closed(self, peer: Peer):
-        """A closed channel stops the car now, not after the deadman."""
+        """Stop the car when a channel closes: now, not after the deadman."""
         if getattr(peer, '_stopped', False):
             return
         peer._stopped = True
