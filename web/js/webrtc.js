@@ -70,6 +70,7 @@ export class WebRtcVideo {
     this.channelMessages = 0;
     this.displayed = 0;
     this.framesMapped = 0;
+    this.latencySamples = [];
     this.layer = null;
     this.pendingConfig = null;
   }
@@ -248,7 +249,11 @@ export class WebRtcVideo {
       if (entry) {
         this.framesMapped += 1;
         const age = this.clock.age(entry.stamp, at);
-        if (plausibleLatency(age)) this.latency.add(age);
+        if (plausibleLatency(age)) {
+          this.latency.add(age);
+          this.latencySamples.push(age);   // every frame's figure, for bench/ (bounded)
+          if (this.latencySamples.length > 20000) this.latencySamples.shift();
+        }
         const bridgeAge = this.clock.age(entry.received, at);
         if (plausibleLatency(bridgeAge)) this.bridgeLatency.add(bridgeAge);
       }
