@@ -71,6 +71,7 @@ export class WebRtcVideo {
     this.displayed = 0;
     this.framesMapped = 0;
     this.latencySamples = [];
+    this.channelSent = 0;      // commands that went over the data channel
     this.layer = null;
     this.pendingConfig = null;
   }
@@ -294,6 +295,7 @@ export class WebRtcVideo {
     if (!channel || channel.readyState !== 'open') return false;
     try {
       channel.send(text);
+      this.channelSent += 1;
       return true;
     } catch {
       return false;
