@@ -42,6 +42,32 @@ class EncodedUnit:
     pts: int = 0            # in TIME_BASE units (video codecs); 0 for JPEG
 
 
+class VideoPicture:
+    """A picture converted once to I420 for every video encoder (layer) of a frame."""
+
+    __slots__ = ('width', 'height', '_picture', '_i420')
+
+    def __init__(self, picture):
+        height, width = picture.shape[:2]
+        self.width, self.height = width & ~1, height & ~1   # 4:2:0 needs even sizes
+        if self.width < 16 or self.height < 16:
+            raise image_codec.MalformedImage(f'{width}x{height} is too small to encode as video')
+        self._picture = picture[:self.height, :self.width]
+        self._i420 = None
+
+    @property
+    def i420(self):
+        """Return the planar YUV 4:2:0 array (height * 3/2 rows), converted on first use."""
+        if self._i420 is None:
+            picture = self._picture
+            if picture.ndim == 2:
+                picture = cv2.cvtColor(picture, cv2.COLOR_GRAY2BGR)
+            elif picture.shape[2] == 4:
+                picture = cv2.cvtColor(picture, cv2.COLOR_BGRA2BGR)
+            self._i420 = cv2.cvtColor(picture, cv2.COLOR_BGR2YUV_I420)
+        return self._i420
+
+
 class Encoder:
     """The seam: ``encode(picture, keyframe)`` -> EncodedUnit or None (nothing came out)."""
 
@@ -123,22 +149,16 @@ class VideoEncoder(Encoder):
         self._size = (width, height)
 
     def encode(self, picture, pts: int = 0, keyframe: bool = False) -> Optional[EncodedUnit]:
-        """Encode one picture at ``pts`` (TIME_BASE units); a keyframe when asked."""
+        """Encode one picture (array or VideoPicture) at ``pts``; a keyframe when asked."""
         av = self._av
-        height, width = picture.shape[:2]
-        width, height = width & ~1, height & ~1   # 4:2:0 needs even sizes
-        if width < 16 or height < 16:
-            raise image_codec.MalformedImage(f'{width}x{height} is too small to encode as video')
+        if not isinstance(picture, VideoPicture):
+            picture = VideoPicture(picture)
+        width, height = picture.width, picture.height
         if (width, height) != self._size:
             self.close()
             self._open(width, height)
             keyframe = True
-        picture = picture[:height, :width]
-        if picture.ndim == 2:
-            picture = cv2.cvtColor(picture, cv2.COLOR_GRAY2BGR)
-        elif picture.shape[2] == 4:
-            picture = cv2.cvtColor(picture, cv2.COLOR_BGRA2BGR)
-        i420 = cv2.cvtColor(picture, cv2.COLOR_BGR2YUV_I420)
+        i420 = picture.i420
         frame = av.VideoFrame.from_ndarray(i420, format='yuv420p')
         frame.pts = pts
         frame.time_base = TIME_BASE

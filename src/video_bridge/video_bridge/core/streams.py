@@ -366,8 +366,9 @@ class Stream:
             flags = FLAG_COLORMAPPED if picture_cache[1] else 0
             header = FrameHeader(seq, source_width & ~1, source_height & ~1, image.stamp_sec,
                                  image.stamp_nanosec, image.received_time, flags)
+            prepared = encoders.VideoPicture(shown)   # one I420 conversion for every layer
             for variant, (encoder, keyframe) in video.items():
-                unit = encoder.encode(shown, pts, keyframe)
+                unit = encoder.encode(prepared, pts, keyframe)
                 encodes += 1
                 self._video_encodes += 1
                 if unit is not None:
