@@ -229,6 +229,11 @@ class WebRtcService:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.peers: Dict[str, Peer] = {}
         self.codecs = tuple(c for c in config.codecs if encoders.video_available(c) is None)
+        try:
+            import aiortc  # noqa: F401  (without it: websocket JPEG only, said in webrtc_config)
+        except ImportError:
+            self.log.warning('aiortc is not installed: WebRTC is off (pip install aiortc)')
+            self.codecs = ()
         self._tasks = set()
         self._ids = itertools.count(1)
         self.offers = 0
