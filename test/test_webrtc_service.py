@@ -143,8 +143,9 @@ def test_pli_and_a_low_estimate_reach_the_shared_encoder():
                 granted = slot.keyframes.granted
                 peer.sender._send_keyframe()          # what aiortc calls on a PLI or FIR
                 await wait_until(lambda: slot.keyframes.granted > granted, 5, 'a keyframe')
-                peer.chooser._since -= 10             # past the minimum dwell on a layer
-                peer.feedback(estimate=200_000)       # a REMB that carries only layer 2
+                peer.chooser._since -= 10             # past the minimum dwell on a layer ...
+                peer.chooser._joined -= 10            # ... and the start-up grace
+                peer.feedback(estimate=1_000)         # a REMB far below what is sent
                 assert peer.chooser.pending == 2
                 await wait_until(lambda: peer.chooser.current == 2, 5, 'the switch')
                 assert harness.stream.counters().video_encoders == 1, 'the old layer is gone'

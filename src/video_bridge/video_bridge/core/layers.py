@@ -1,37 +1,50 @@
 """
 Which quality layer each WebRTC peer gets, and when a keyframe may be asked for.
 
-Pure and clock-driven: the edge feeds each peer's bandwidth estimate (REMB from the browser,
-or a figure derived from its receiver reports) and a monotonic ``now``; these objects answer
-with decisions. Nothing here encodes or sends.
+Pure and clock-driven: the edge feeds each peer's bandwidth estimate (REMB from the browser),
+its loss (receiver reports), what it actually sent the peer lately, and a monotonic ``now``;
+these objects answer with decisions. Nothing here encodes or sends.
 
 A stream encodes a few layers of one codec (layer 0 at the full bitrate, then half, quarter ...),
-each once for all its peers. A peer moves down at once when its estimate no longer carries its
-layer (congestion: every late frame hurts), and up only after the estimate has carried the
-higher layer for ``up_hold`` seconds (so one optimistic report does not cause a flap). A switch
-takes effect on the new layer's next keyframe, since a decoder cannot start anywhere else; the
-peer keeps getting its old layer until then.
+each once for all its peers. A receiver's estimate is bounded by what it receives (Chromium's
+REMB stays within about 1.5 times the incoming rate), and a simple picture may need far less than
+a layer's nominal bitrate, so the rules compare the estimate with the rate *actually sent*:
+
+* **down at once** when the estimate falls clearly below the sent rate (the path is congested:
+  every late frame hurts), to the best layer whose nominal bitrate the estimate carries, at least
+  one step; or one step on heavy loss;
+* **up one step** after the estimate has stayed well above the sent rate for ``up_hold``
+  seconds (the path has room); a step up that has to be undone within ``probe_window`` doubles
+  that layer's wait (up to ``max_hold``), so a link just below a layer does not flap.
+
+A switch takes effect on the new layer's next keyframe, since a decoder cannot start anywhere
+else; the peer keeps getting its old layer until then.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
 class LayerPolicy:
     """Tuning of the layer choice; defaults suit 30 fps video over a variable link."""
 
-    headroom: float = 0.85        # a layer fits when its bitrate <= estimate * headroom
-    up_hold: float = 4.0          # s the estimate must carry a higher layer before moving up
+    congested: float = 0.8        # estimate < sent * this: the path is full, go down
+    headroom: float = 1.2         # estimate > sent * this for up_hold: room to go up
+    up_hold: float = 4.0          # s of room before a step up
+    max_hold: float = 64.0        # s, the longest wait after failed steps up
+    probe_window: float = 10.0    # s: coming down this soon after going up was a failed step
     min_dwell: float = 1.0        # s on a layer before moving down again
+    startup: float = 3.0          # s after joining when a low estimate is not yet believed
     high_loss: float = 0.10       # fraction lost (receiver reports): step down one layer
     switch_timeout: float = 2.0   # s to wait for the new layer's keyframe before asking again
 
     def __post_init__(self):
         """Refuse values that would make the choice meaningless."""
-        if not 0 < self.headroom <= 1:
-            raise ValueError('headroom must be within (0, 1]')
-        for name in ('up_hold', 'min_dwell', 'switch_timeout'):
+        if not 0 < self.congested < 1 <= self.headroom:
+            raise ValueError('need 0 < congested < 1 <= headroom')
+        for name in ('up_hold', 'max_hold', 'probe_window', 'min_dwell', 'startup',
+                     'switch_timeout'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0')
         if not 0 < self.high_loss <= 1:
@@ -56,10 +69,12 @@ class LayerChooser:
         self.policy = policy
         self.current = min(max(start, 0), len(self.bitrates) - 1)
         self.pending: Optional[int] = None
+        self._joined = now
         self._pending_since = now
-        self._since = now                 # when the peer got onto its current layer
-        self._fits_since: Optional[float] = None  # when the estimate first carried a higher one
-        self._fits_layer: Optional[int] = None
+        self._since = now                       # when the peer got onto its current layer
+        self._room_since: Optional[float] = None  # since when the estimate has left room
+        self._hold: Dict[int, float] = {}        # layer -> wait before stepping up to it
+        self._went_up: Optional[Tuple[int, float]] = None  # (layer, when) of the last step up
         self.switches = 0
 
     def wanted(self) -> int:
@@ -72,47 +87,59 @@ class LayerChooser:
             return (self.current,)
         return (self.current, self.pending)
 
-    def _best_fit(self, estimate: float) -> int:
-        budget = estimate * self.policy.headroom
+    def _fit(self, estimate: float) -> int:
         for index, bitrate in enumerate(self.bitrates):
-            if bitrate <= budget:
+            if bitrate <= estimate:
                 return index
         return len(self.bitrates) - 1
 
-    def update(self, now: float, estimate: Optional[float] = None,
-               loss: Optional[float] = None) -> Optional[int]:
-        """
-        Take a bandwidth estimate (bit/s) and/or a loss fraction; return a newly wanted layer.
+    def _down(self, target: int, now: float) -> int:
+        went_up = self._went_up
+        if went_up is not None and went_up[0] == self.wanted() and                 now - went_up[1] < self.policy.probe_window:   # that step up failed
+            layer = went_up[0]
+            self._hold[layer] = min(self._hold.get(layer, self.policy.up_hold) * 2,
+                                    self.policy.max_hold)
+        self._went_up = None
+        self._room_since = None
+        return target
 
-        Returns None when nothing changes. The caller then needs that layer encoded and a
-        keyframe on it (see :class:`KeyframeGate`).
+    def update(self, now: float, estimate: Optional[float] = None,
+               loss: Optional[float] = None, sent: Optional[float] = None) -> Optional[int]:
         """
-        target = self.wanted()
-        if estimate is not None and estimate > 0:
-            fit = self._best_fit(estimate)
-            if fit > target:          # the estimate no longer carries the layer: go down
-                if now - self._since >= self.policy.min_dwell or self.pending is not None:
-                    target = fit
-                self._fits_since = None
-            elif fit < target:        # it would carry a better one: wait until it keeps doing so
-                if self._fits_layer != fit or self._fits_since is None:
-                    self._fits_layer, self._fits_since = fit, now
-                elif now - self._fits_since >= self.policy.up_hold:
-                    target = fit
+        Take a bandwidth estimate (bit/s), a loss fraction and the rate sent lately (bit/s).
+
+        Returns a newly wanted layer, or None when nothing changes. The caller then needs that
+        layer encoded and a keyframe on it (see :class:`KeyframeGate`).
+        """
+        policy = self.policy
+        wanted = self.wanted()
+        target = wanted
+        lowest = len(self.bitrates) - 1
+        settled = now - self._since >= policy.min_dwell or self.pending is not None
+        if estimate is not None and estimate > 0 and sent is not None and sent > 0:
+            if estimate < sent * policy.congested:
+                self._room_since = None
+                if settled and now - self._joined >= policy.startup and wanted < lowest:
+                    target = self._down(max(wanted + 1, self._fit(estimate)), now)
+            elif estimate > sent * policy.headroom and wanted > 0:
+                if self._room_since is None:
+                    self._room_since = now
+                elif now - self._room_since >= self._hold.get(wanted - 1, policy.up_hold):
+                    target = wanted - 1
+                    self._went_up = (target, now)
+                    self._room_since = None
             else:
-                self._fits_since = None
-        if loss is not None and loss >= self.policy.high_loss \
-                and target == self.wanted() and now - self._since >= self.policy.min_dwell:
-            target = min(target + 1, len(self.bitrates) - 1)
-            self._fits_since = None
-        if target == self.wanted():
+                self._room_since = None
+        if target == wanted and loss is not None and loss >= policy.high_loss and settled \
+                and wanted < lowest:
+            target = self._down(wanted + 1, now)
+        if target == wanted:
             return None
         if target == self.current:    # a pending switch became moot
             self.pending = None
             return None
         self.pending = target
         self._pending_since = now
-        self._fits_since = None
         return target
 
     def accept(self, layer: int, keyframe: bool, now: float) -> bool:
@@ -134,6 +161,30 @@ class LayerChooser:
             return False
         self._pending_since = now
         return True
+
+
+class RateMeter:
+    """Bits sent over a sliding window (what the peer actually got lately)."""
+
+    def __init__(self, window: float = 2.0):
+        self.window = window
+        self._events = []
+
+    def add(self, now: float, size: int):
+        """Record ``size`` bytes sent at ``now``."""
+        self._events.append((now, size))
+        self._trim(now)
+
+    def _trim(self, now: float):
+        cut = 0
+        while cut < len(self._events) and self._events[cut][0] <= now - self.window:
+            cut += 1
+        del self._events[:cut]
+
+    def rate(self, now: float) -> float:
+        """Return bit/s over the window (0 without events)."""
+        self._trim(now)
+        return sum(size for _, size in self._events) * 8 / self.window
 
 
 class KeyframeGate:

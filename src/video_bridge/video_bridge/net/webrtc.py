@@ -34,7 +34,7 @@ import time
 from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
-from video_bridge.core.layers import LayerChooser, LayerPolicy
+from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
 from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream
 
 MAX_QUEUE = 12            # units waiting for aiortc before the peer restarts at a keyframe
@@ -81,6 +81,7 @@ class Peer:
         self.rtp_origin: Optional[int] = None
         self._last_pts: Optional[int] = None
         self.sent_units = 0
+        self.sent = RateMeter(2.0)          # what this peer actually got lately
         self.estimate: Optional[int] = None
         self._attach(self.chooser.current)
 
@@ -142,6 +143,7 @@ class Peer:
             if self.queue:
                 frame = self.queue.pop(0)
                 self._note_timestamp(frame)
+                self.sent.add(self.service.clock(), len(frame.data))
                 packet = av.Packet(frame.data)
                 packet.pts = frame.pts
                 packet.time_base = fractions.Fraction(1, encoders.CLOCK_RATE)
@@ -175,7 +177,8 @@ class Peer:
         """Take a REMB estimate (bit/s) or a receiver report's loss fraction for this peer."""
         if estimate is not None:
             self.estimate = estimate
-        wanted = self.chooser.update(self.service.clock(), estimate, loss)
+        now = self.service.clock()
+        wanted = self.chooser.update(now, estimate, loss, self.sent.rate(now))
         if wanted is not None:
             self._attach(wanted)            # joining requests the keyframe it needs
             self.wake.set()
