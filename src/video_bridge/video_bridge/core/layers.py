@@ -95,7 +95,8 @@ class LayerChooser:
 
     def _down(self, target: int, now: float) -> int:
         went_up = self._went_up
-        if went_up is not None and went_up[0] == self.wanted() and                 now - went_up[1] < self.policy.probe_window:   # that step up failed
+        if went_up is not None and went_up[0] == self.wanted() and \
+                now - went_up[1] < self.policy.probe_window:   # that step up failed
             layer = went_up[0]
             self._hold[layer] = min(self._hold.get(layer, self.policy.up_hold) * 2,
                                     self.policy.max_hold)
