@@ -192,7 +192,9 @@ class Bridge:
 @pytest.fixture
 def start_bridge(launch_node):
     """Start bridge_node with config/bridge.yaml plus overrides; wait until it listens."""
-    def start(port=None, **parameters):
+    def start(port=None, env=None, **parameters):
+        # The token is never a ROS parameter: token='x' goes in as $VIDEO_BRIDGE_TOKEN.
+        env = {'VIDEO_BRIDGE_TOKEN': parameters.pop('token', '') or '', **(env or {})}
         port = port or free_port()
         overrides = {'host': '127.0.0.1', 'port': port, **parameters}
         ros_args = ['--params-file', BRIDGE_PARAMS]
@@ -203,7 +205,7 @@ def start_bridge(launch_node):
                 value = '[' + ','.join(f'"{v}"' if isinstance(v, str) else str(v)
                                        for v in value) + ']'
             ros_args += ['-p', f'{name}:={value}']
-        process = launch_node('bridge_node', ros_args=ros_args, name='bridge_node')
+        process = launch_node('bridge_node', ros_args=ros_args, name='bridge_node', env=env)
 
         def listening():
             if process.proc.poll() is not None:

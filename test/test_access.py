@@ -1,7 +1,11 @@
-"""Tests for video_bridge.core.access: the token and the browser Origin rules."""
+"""Tests for video_bridge.core.access: the token and the browser Host and Origin rules."""
+
+import re
 
 import pytest
-from video_bridge.core.access import AccessPolicy, load_token, TOKEN_ENV
+
+from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token, \
+    TOKEN_ENV
 
 TOKEN = 's3cret-Token'
 
@@ -15,16 +19,12 @@ def token_file(tmp_path):
 
 # ---------------------------------------------------------------- load_token
 
-def test_load_token_prefers_the_value(token_file):
-    assert load_token('  from-value \n', token_file, {TOKEN_ENV: 'from-env'}) == 'from-value'
-
-
 def test_load_token_reads_the_first_line_of_the_file_before_the_environment(token_file):
-    assert load_token('', token_file, {TOKEN_ENV: 'from-env'}) == 'from-file'
+    assert load_token(token_file, {TOKEN_ENV: 'from-env'}) == 'from-file'
 
 
 def test_load_token_falls_back_to_the_environment():
-    assert load_token('', '', {TOKEN_ENV: ' from-env\n'}) == 'from-env'
+    assert load_token('', {TOKEN_ENV: ' from-env\n'}) == 'from-env'
 
 
 def test_load_token_reads_the_process_environment_by_default(monkeypatch):
@@ -35,7 +35,12 @@ def test_load_token_reads_the_process_environment_by_default(monkeypatch):
 
 
 def test_load_token_is_empty_when_nothing_names_one():
-    assert load_token('', '', {}) == ''
+    assert load_token('', {}) == ''
+
+
+def test_load_token_takes_no_value_a_parameter_could_carry():
+    with pytest.raises(TypeError):
+        load_token('value', 'file', {})  # the token is never a ROS parameter
 
 
 @pytest.mark.parametrize('content', ['', '\n', '   \nsecond line\n'])
@@ -43,21 +48,31 @@ def test_load_token_refuses_an_empty_file(tmp_path, content):
     path = tmp_path / 'token'
     path.write_text(content)
     with pytest.raises(ValueError, match='empty'):
-        load_token('', str(path), {TOKEN_ENV: 'from-env'})
+        load_token(str(path), {TOKEN_ENV: 'from-env'})
 
 
 def test_load_token_refuses_a_missing_file(tmp_path):
     with pytest.raises(ValueError, match='cannot read'):
-        load_token('', str(tmp_path / 'missing'), {TOKEN_ENV: 'from-env'})
+        load_token(str(tmp_path / 'missing'), {TOKEN_ENV: 'from-env'})
 
 
 def test_load_token_refuses_a_directory(tmp_path):
     with pytest.raises(ValueError, match='cannot read'):
-        load_token('', str(tmp_path), {TOKEN_ENV: 'from-env'})
+        load_token(str(tmp_path), {TOKEN_ENV: 'from-env'})
 
 
-def test_load_token_treats_a_blank_value_as_absent(token_file):
-    assert load_token('  ', token_file, {}) == 'from-file'
+def test_generated_tokens_are_random_url_safe_and_long():
+    tokens = {generate_token() for _ in range(50)}
+    assert len(tokens) == 50
+    assert all(len(t) >= 22 and re.fullmatch(r'[A-Za-z0-9_-]+', t) for t in tokens)
+
+
+@pytest.mark.parametrize('host, loopback', [
+    ('127.0.0.1', True), ('127.1.2.3', True), ('::1', True), ('[::1]', True),
+    ('localhost', True), ('LOCALHOST.', True), ('0.0.0.0', False), ('::', False),
+    ('192.0.2.10', False), ('robot.local', False), ('', False)])
+def test_is_loopback(host, loopback):
+    assert is_loopback(host) is loopback
 
 
 # ---------------------------------------------------------------- token and view rules
@@ -120,41 +135,90 @@ def test_requests_without_an_origin_are_not_checked(policy):
 
 
 @pytest.mark.parametrize('origin, host, allowed', [
-    ('http://robot:8080', 'robot:8080', True),
-    ('https://robot:8080', 'robot:8080', True),
-    ('http://ROBOT:8080', 'Robot:8080', True),
-    ('http://robot:8080/', 'robot:8080', True),
+    ('http://robot:8080', 'robot:8080', False),      # robot is not an allowed host name
+    ('http://10.0.0.5:8080', '10.0.0.5:8080', True),
+    ('https://10.0.0.5:8080', '10.0.0.5:8080', False),  # the scheme counts
+    ('ftp://10.0.0.5:8080', '10.0.0.5:8080', False),
+    ('http://10.0.0.5:8080/', '10.0.0.5:8080', True),
     ('http://127.0.0.1:8080', '127.0.0.1:8080', True),
+    ('http://localhost:8080', '127.0.0.1:8080', True),  # the same machine
+    ('http://127.0.0.1:8080', 'localhost:8080', True),
     ('http://[::1]:8080', '[::1]:8080', True),
-    ('http://robot', 'robot', True),
-    ('http://robot:8081', 'robot:8080', False),
-    ('http://robot', 'robot:8080', False),
-    ('http://robot:8080', 'robot', False),
-    ('http://evil.example', 'robot:8080', False),
-    ('http://robot.evil.example:8080', 'robot:8080', False),
-    ('null', 'robot:8080', False),
-    ('', 'robot:8080', False),
-    ('http://robot:8080', None, False),
-    ('http://robot:8080', '', False),
+    ('http://10.0.0.5', '10.0.0.5', True),
+    ('http://10.0.0.5:80', '10.0.0.5', True),
+    ('http://10.0.0.5:8081', '10.0.0.5:8080', False),
+    ('http://10.0.0.5', '10.0.0.5:8080', False),
+    ('http://evil.example:8080', 'evil.example:8080', False),  # DNS rebinding
+    ('http://evil.example', '10.0.0.5:8080', False),
+    ('null', '10.0.0.5:8080', False),
+    ('', '10.0.0.5:8080', False),
+    ('http://10.0.0.5:8080', None, False),
+    ('http://10.0.0.5:8080', '', False),
 ])
 def test_by_default_only_the_bridges_own_origin_is_allowed(origin, host, allowed):
     assert OPEN.origin_allowed(origin, host) is allowed
+
+
+def test_the_own_origin_follows_the_scheme_the_bridge_serves():
+    assert OPEN.origin_allowed('https://10.0.0.5:8443', '10.0.0.5:8443', 'https')
+    assert not OPEN.origin_allowed('http://10.0.0.5:8443', '10.0.0.5:8443', 'https')
+
+
+def test_allowed_host_names_give_their_own_origin():
+    policy = AccessPolicy(allowed_hosts=('Robot', 'robot.local'))
+    assert policy.origin_allowed('http://robot:8080', 'robot:8080')
+    assert policy.origin_allowed('http://ROBOT.local:8080', 'robot.local:8080')
 
 
 @pytest.mark.parametrize('origin, allowed', [
     ('https://ops.example.org', True),
     ('HTTPS://OPS.Example.org', True),
     ('https://ops.example.org/', True),
+    ('https://ops.example.org:443', True),
     ('http://localhost:3000', True),
+    ('http://127.0.0.1:3000', True),
     ('http://ops.example.org', False),
     ('https://ops.example.org:8443', False),
     ('https://evil.example', False),
 ])
-def test_an_allow_list_admits_exactly_its_origins(origin, allowed):
+def test_an_allow_list_adds_exactly_its_origins(origin, allowed):
     policy = AccessPolicy(allowed_origins=('https://ops.example.org/', 'http://LOCALHOST:3000'))
-    assert policy.origin_allowed(origin, 'robot:8080') is allowed
+    assert policy.origin_allowed(origin, '10.0.0.5:8080') is allowed
+
+
+def test_an_allow_list_keeps_the_bridges_own_origin():
+    policy = AccessPolicy(allowed_origins=('http://ops:8094',))
+    assert policy.origin_allowed('http://10.0.0.5:8080', '10.0.0.5:8080')
+    assert policy.origin_allowed('http://ops:8094', '10.0.0.5:8080')
 
 
 @pytest.mark.parametrize('origin', ['https://anything.example', 'null', 'http://robot:1'])
 def test_a_star_admits_every_origin(origin):
     assert AccessPolicy(allowed_origins=('*',)).origin_allowed(origin, 'robot:8080')
+
+
+# ---------------------------------------------------------------- hosts
+
+@pytest.mark.parametrize('host, allowed', [
+    (None, True), ('10.0.0.5', True), ('10.0.0.5:8080', True), ('[::1]:8080', True),
+    ('[2001:db8::1]', True), ('localhost:8080', True), ('LOCALHOST', True),
+    ('robot:8080', True), ('ROBOT.local.', True), ('evil.example:8080', False),
+    ('robot.evil.example', False), ('', False), ('a b', False), ('robot:port', False),
+    ('user@robot', False), ('robot/x', False), ('[::1', False)])
+def test_host_must_be_an_ip_localhost_or_an_allowed_name(host, allowed):
+    assert AccessPolicy(allowed_hosts=('robot', 'robot.local')).host_allowed(host) is allowed
+
+
+def test_a_star_admits_every_host():
+    assert AccessPolicy(allowed_hosts=('*',)).host_allowed('anything.example:1')
+
+
+# ---------------------------------------------------------------- CORS
+
+def test_cors_answers_only_listed_origins():
+    policy = AccessPolicy(cors_origins=('https://dash.example.org',))
+    assert policy.cors_origin('https://dash.example.org') == 'https://dash.example.org'
+    assert policy.cors_origin('http://dash.example.org') is None
+    assert policy.cors_origin(None) is None
+    assert OPEN.cors_origin('https://dash.example.org') is None
+    assert AccessPolicy(cors_origins=('*',)).cors_origin('https://x.example') == '*'

@@ -92,7 +92,7 @@ def test_a_slow_mjpeg_client_skips_frames_instead_of_queueing(ros, start_bridge)
             0, 255, (480, 640, 3), np.uint8)):  # noise: big JPEGs fill buffers quickly
         with socket.create_connection(('127.0.0.1', bridge.port), timeout=10) as client:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-            client.sendall(b'GET /mjpeg/camera HTTP/1.1\r\nHost: x\r\n\r\n')
+            client.sendall(b'GET /mjpeg/camera HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
             stamps = []
             buffer = b''
             deadline = time.monotonic() + 20

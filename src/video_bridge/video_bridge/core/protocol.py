@@ -25,6 +25,7 @@ STREAMS_PATH = '/api/streams'
 
 MAX_STREAM_NAME = 128
 MAX_DIMENSION = 8192
+MAX_FPS = 120
 
 
 class ProtocolError(ValueError):
@@ -120,6 +121,21 @@ def parse_variant(query: dict) -> Variant:
     )
 
 
+def parse_fps(query: dict) -> float:
+    """Read ``fps``, the most frames per second this client wants (0 or absent: every frame)."""
+    raw = query.get('fps', '')
+    if raw == '':
+        return 0.0
+    try:
+        value = float(raw) if raw.isascii() and len(raw) <= 16 else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_FPS):
+        raise ProtocolError('bad_variant', f'fps must be a number within 0..{MAX_FPS}, '
+                            f'got {raw[:20]!r}')
+    return value
+
+
 def presented_token(query: dict, headers) -> Optional[str]:
     """Token a client presented: ``Authorization: Bearer`` header, else ``token`` query value."""
     auth = headers.get('Authorization') if headers is not None else None
@@ -134,6 +150,8 @@ def presented_token(query: dict, headers) -> Optional[str]:
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003  # something was sent on a receive-only video socket
+CLOSE_POLICY = 1008            # the client did not keep up (send deadline, unread data)
+CLOSE_TOO_BIG = 1009           # a message over max_message_size
 CLOSE_BAD_REQUEST = 4400       # bad variant parameters
 CLOSE_UNAUTHORIZED = 4401      # token missing or wrong
 CLOSE_UNKNOWN_STREAM = 4404
@@ -323,6 +341,11 @@ def decode_control(data: Union[str, bytes], max_size: int = MAX_CONTROL_MESSAGE)
     Raises ProtocolError with a code and a message fit to send back; ``request_id`` is
     attached to the error as ``error.request_id`` when it could be read.
     """
+    return decode_control_object(parse_control_object(data, max_size))
+
+
+def parse_control_object(data: Union[str, bytes], max_size: int = MAX_CONTROL_MESSAGE) -> dict:
+    """First step of :func:`decode_control`: the JSON object, so a router can read ``type``."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError('bad_message', 'control messages are JSON text, not binary')
     if len(data) > max_size:
@@ -335,6 +358,11 @@ def decode_control(data: Union[str, bytes], max_size: int = MAX_CONTROL_MESSAGE)
         raise ProtocolError('bad_json', f'not valid JSON: {exc}') from None
     if not isinstance(obj, dict):
         raise ProtocolError('bad_message', 'a control message is a JSON object')
+    return obj
+
+
+def decode_control_object(obj: dict) -> tuple:
+    """Second step of :func:`decode_control`: ``(request_id, ControlMessage)`` from the object."""
     request_id = _request_id(obj)
     try:
         return request_id, _control_body(obj)

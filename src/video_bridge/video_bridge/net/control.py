@@ -1,19 +1,31 @@
 """
-Control sockets: carry browser commands to the teleop core and its decisions back out.
+The control service: browser commands to the teleop core, its decisions back out.
 
-A thin adapter on the network loop. It authenticates a connection, rate-limits it, decodes each
-message with :mod:`video_bridge.core.protocol`, hands it to
-:class:`video_bridge.core.teleop.TeleopCore` and carries out the returned effects: publish a
-velocity (synchronously, through the callback the ROS adapter gave), answer, broadcast the new
-state, log events. The core's clock (deadman and republishing) runs here as one task that sleeps
-until the core's next deadline.
+Transport-independent. A transport (the ``/control`` websocket in :mod:`control_ws`, a WebRTC
+data channel) opens a *session* per client with a *sender*, delivers each text message, and
+closes the session when the client goes:
 
-Nothing here waits on a slow client: replies are written without awaiting the socket, and a
-client whose unsent replies pile up is disconnected.
+    client_id = service.open_session(grant, sender)
+    service.deliver(client_id, text)
+    service.close_session(client_id)
+
+``sender`` has ``async send(text)`` (or ``send_nowait(text)``), ``close(code, reason)`` and
+optionally ``buffered_amount()``. Each session has one writer task and a bounded outbox: replies
+in order, and the ``state`` broadcast coalesced (a client only ever gets the newest state, never
+a backlog). Every send has a deadline; a client that misses it, or whose unsent data passes
+``MAX_UNSENT_BYTES``, is closed. Nothing one client does makes another client wait: the core
+runs synchronously on ``deliver``, and publishing cmd_vel never waits on any socket.
+
+Messages whose ``type`` starts with ``webrtc_`` go to a pluggable ``signalling`` object
+(``handle(client_id, grant, message)``, ``disconnect(client_id)``), after the same size and
+rate checks.
 """
 
 import asyncio
+import collections
+import inspect
 import itertools
+import json
 import logging
 import time
 from typing import Callable, Dict, Optional
@@ -22,42 +34,83 @@ from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
 from video_bridge.core.rate_limit import RateLimiter, Verdict
 from video_bridge.core.teleop import Effects, TeleopCore
-from video_bridge.net.connection import Connection, ConnectionClosed
 
 MAX_UNSENT_BYTES = 256 * 1024
+SIGNALLING_PREFIX = 'webrtc_'
+CLOSE_SLOW = protocol.CLOSE_POLICY
+
+
+class _Session:
+    """One control client: its grant, sender, rate limiter and outbox."""
+
+    def __init__(self, client_id: str, grant, sender, limiter: RateLimiter):
+        self.client_id = client_id
+        self.grant = grant
+        self.sender = sender
+        self.limiter = limiter
+        self.replies = collections.deque()
+        self.queued_bytes = 0
+        self.state: Optional[str] = None  # newest state text not yet sent
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.closed = False
+        self.closing = None  # (code, reason) to close with once the queued replies are out
+        self.writer: Optional[asyncio.Task] = None
+
+    def unsent(self) -> int:
+        buffered = getattr(self.sender, 'buffered_amount', None)
+        return self.queued_bytes + (buffered() if buffered is not None else 0)
 
 
 class ControlService:
-    """All control connections of one bridge, around one teleop core."""
+    """All control sessions of one bridge, around one teleop core."""
 
     def __init__(self, core: TeleopCore, access: AccessPolicy,
                  publish: Callable[[protocol.Velocity], None],
                  commands_per_second: float = 50.0, command_burst: int = 20,
                  max_message_size: int = protocol.MAX_CONTROL_MESSAGE,
                  logger: Optional[logging.Logger] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 send_timeout: float = 5.0):
         self.core = core
         self.access = access
         self.publish = publish
         self.commands_per_second = commands_per_second
         self.command_burst = command_burst
         self.max_message_size = max_message_size
+        self.send_timeout = send_timeout
         self.log = logger or logging.getLogger('video_bridge.net.control')
         self.clock = clock
-        self._clients: Dict[str, Connection] = {}
+        self.signalling = None
+        self._sessions: Dict[str, _Session] = {}
         self._ids = itertools.count(1)
-        self._wake = asyncio.Event()
+        self._wake: Optional[asyncio.Event] = None
         self._clock_task: Optional[asyncio.Task] = None
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     def start(self):
         """Start the core's clock on the running loop."""
+        self._wake = asyncio.Event()
         self._clock_task = asyncio.get_running_loop().create_task(self._run_clock())
 
     async def stop(self):
-        """Publish zero (shutdown) and stop the clock; connections are closed by the server."""
+        """Publish zero (shutdown) and stop the clock; sessions stay open and keep answering."""
         self.apply(self.core.shutdown(self.clock()))
         if self._clock_task is not None:
             self._clock_task.cancel()
+
+    async def flush(self, timeout: float = 1.0):
+        """Wait (bounded) until every session's outbox is sent: each message got its reply."""
+        waits = [session.idle.wait() for session in self._sessions.values()]
+        if waits:
+            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=timeout)
+
+    def close_all(self, code: int, reason: str):
+        """Ask every transport to close (shutdown)."""
+        for session in list(self._sessions.values()):
+            self._close(session, code, reason)
 
     def set_estop(self, engage: bool, source: str) -> protocol.ControlState:
         """Engage or release the e-stop (from the ROS service); runs on the loop."""
@@ -68,83 +121,185 @@ class ControlService:
         """Teleop figures for BridgeStatus; runs on the loop."""
         return self.core.status(self.clock())
 
-    async def serve(self, conn: Connection, target: protocol.Target):
-        """Serve one control websocket until it closes; the driver's car stops when it does."""
-        token = protocol.presented_token(target.query, conn.request.headers)
-        problem = self.access.view_problem(token)
-        if not conn.accept_websocket():
+    # -- sessions -------------------------------------------------------------------------
+
+    def open_session(self, grant, sender, client_id: Optional[str] = None) -> str:
+        """Register a client (hello and state are queued to it); return its id."""
+        client_id = client_id or f'c{next(self._ids)}'
+        session = _Session(client_id, grant, sender,
+                           RateLimiter(self.commands_per_second, self.command_burst))
+        self._sessions[client_id] = session
+        session.writer = asyncio.get_running_loop().create_task(self._write(session))
+        self.log.info('control client %s connected from %s (%s)', client_id, grant.client,
+                      'may drive' if grant.drive else 'view only')
+        self.apply(self.core.connect(client_id, grant.drive, grant.token_required,
+                                     self.clock()))
+        return client_id
+
+    def close_session(self, client_id: str):
+        """Forget a client whose transport went away; if it drove, the car stops now."""
+        session = self._sessions.pop(client_id, None)
+        if session is None:
             return
-        if problem:
-            self.log.warning('refused control connection from %s: %s', conn.peer, problem)
-            await conn.close(protocol.CLOSE_UNAUTHORIZED, problem)
+        session.closed = True
+        session.wake.set()
+        self.apply(self.core.disconnect(client_id, self.clock()))
+        if self.signalling is not None:
+            try:
+                self.signalling.disconnect(client_id)
+            except Exception:  # a plug-in must not keep a session alive
+                self.log.exception('signalling.disconnect(%s) failed', client_id)
+        self.log.info('control client %s disconnected', client_id)
+
+    def deliver(self, client_id: str, data):
+        """Handle one message from a client: checks, the core, effects. Never waits."""
+        session = self._sessions.get(client_id)
+        if session is None or session.closed:
             return
-        client_id = f'c{next(self._ids)}'
-        self._clients[client_id] = conn
-        can_drive = self.access.may_drive(token)
-        self.log.info('control client %s connected from %s (%s)', client_id, conn.peer,
-                      'may drive' if can_drive else 'view only')
-        limiter = RateLimiter(self.commands_per_second, self.command_burst)
+        now = self.clock()
+        obj = None
         try:
-            self.apply(self.core.connect(client_id, can_drive, self.access.token_required,
-                                         self.clock()))
-            while True:
-                message = await conn.recv()
-                now = self.clock()
-                try:
-                    request_id, decoded = protocol.decode_control(message, self.max_message_size)
-                except protocol.ProtocolError as exc:
-                    request_id, decoded = getattr(exc, 'request_id', None), exc
-                # Stopping the car is never rate-limited: a flood must not drop an e-stop.
-                stop = isinstance(decoded, protocol.EmergencyStop) and decoded.engage
-                verdict = Verdict.ACCEPT if stop else limiter.admit(now)
-                if verdict is Verdict.DISCONNECT:
-                    self.log.warning('control client %s kept exceeding %g commands/s; '
-                                     'disconnecting it', client_id, self.commands_per_second)
-                    await conn.close(protocol.CLOSE_RATE_LIMITED, 'too many messages')
-                    break
-                if verdict is Verdict.REJECT:
-                    self.apply(self.core.refuse(
-                        client_id, request_id, 'rate_limited',
-                        f'more than {self.commands_per_second:g} messages per second'))
-                elif isinstance(decoded, protocol.ProtocolError):
-                    self.apply(self.core.refuse(client_id, request_id, decoded.code,
-                                                decoded.message))
-                else:
-                    self.apply(self.core.receive(client_id, request_id, decoded, now))
-        except ConnectionClosed:
-            pass
-        finally:
-            self._clients.pop(client_id, None)
-            self.apply(self.core.disconnect(client_id, self.clock()))
-            self.log.info('control client %s disconnected', client_id)
+            obj = protocol.parse_control_object(data, self.max_message_size)
+            request_id, decoded = protocol.decode_control_object(obj) \
+                if not self._is_signalling(obj) else (obj.get('id'), None)
+        except protocol.ProtocolError as exc:
+            request_id, decoded = getattr(exc, 'request_id', None), exc
+        # Stopping the car is never rate-limited: a flood must not drop an e-stop.
+        stop = isinstance(decoded, protocol.EmergencyStop) and decoded.engage
+        verdict = Verdict.ACCEPT if stop else session.limiter.admit(now)
+        if verdict is Verdict.DISCONNECT:
+            self.log.warning('control client %s kept exceeding %g commands/s; '
+                             'disconnecting it', client_id, self.commands_per_second)
+            self._close(session, protocol.CLOSE_RATE_LIMITED, 'too many messages')
+            return
+        if verdict is Verdict.REJECT:
+            self.apply(self.core.refuse(
+                client_id, request_id, 'rate_limited',
+                f'more than {self.commands_per_second:g} messages per second'))
+        elif isinstance(decoded, protocol.ProtocolError):
+            self.apply(self.core.refuse(client_id, request_id, decoded.code, decoded.message))
+        elif decoded is None:
+            self._signal(session, obj)
+        else:
+            self.apply(self.core.receive(client_id, request_id, decoded, now))
+
+    def send(self, client_id: str, message):
+        """Queue a message (a dict is JSON-encoded) to one client, e.g. a signalling answer."""
+        session = self._sessions.get(client_id)
+        if session is not None:
+            text = message if isinstance(message, str) else json.dumps(
+                message, separators=(',', ':'), allow_nan=False)
+            self._queue_reply(session, text)
+
+    def _is_signalling(self, obj: dict) -> bool:
+        kind = obj.get('type')
+        return self.signalling is not None and isinstance(kind, str) and \
+            kind.startswith(SIGNALLING_PREFIX)
+
+    def _signal(self, session: _Session, obj: dict):
+        try:
+            result = self.signalling.handle(session.client_id, session.grant, obj)
+        except Exception:
+            self.log.exception('signalling failed for %s', session.client_id)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    # -- the core's decisions ---------------------------------------------------------------
 
     def apply(self, effects: Effects):
         """Carry out the core's decisions: publish first, then tell the clients, then log."""
         if effects.publish is not None:
             self.publish(effects.publish)
         for client_id, message in effects.replies:
-            self._send(client_id, protocol.encode_control(message, client_id))
+            session = self._sessions.get(client_id)
+            if session is not None:
+                self._queue_reply(session, protocol.encode_control(message, client_id))
         if effects.state_changed:
             state = self.core.state()
-            for client_id in list(self._clients):
-                self._send(client_id, protocol.encode_control(state, client_id))
+            for session in list(self._sessions.values()):
+                session.state = protocol.encode_control(state, session.client_id)
+                session.idle.clear()
+                session.wake.set()
         for event in effects.events:
             self.log.info('%s', event)
         for client_id, code, reason in effects.disconnect:
-            conn = self._clients.get(client_id)
-            if conn is not None:
-                asyncio.get_running_loop().create_task(conn.close(code, reason))
-        self._wake.set()
+            session = self._sessions.get(client_id)
+            if session is not None:
+                self._close(session, code, reason)
+        if self._wake is not None:
+            self._wake.set()
 
-    def _send(self, client_id: str, text: str):
-        conn = self._clients.get(client_id)
-        if conn is None or not conn.is_open:
+    def _queue_reply(self, session: _Session, text: str):
+        if session.closed:
             return
-        conn.send_text_nowait(text)
-        if conn.unsent_bytes() > MAX_UNSENT_BYTES:
+        session.replies.append(text)
+        session.queued_bytes += len(text)
+        session.idle.clear()
+        session.wake.set()
+        if session.unsent() > MAX_UNSENT_BYTES:
             self.log.warning('control client %s is not reading its replies; dropping it',
-                             client_id)
-            asyncio.get_running_loop().create_task(conn.abort())
+                             session.client_id)
+            self._close(session, CLOSE_SLOW, 'not reading replies', at_once=True)
+
+    def _close(self, session: _Session, code: int, reason: str, at_once: bool = False):
+        """
+        Close a session's transport after its queued replies, or ``at_once``.
+
+        A flooder still learns why it is closed; a client that is not reading gets nothing.
+        """
+        session.closed = True
+        session.state = None
+        if at_once or session.writer is None or session.writer.done():
+            session.replies.clear()
+            session.closing = None
+            self._close_sender(session, code, reason)
+        elif session.closing is None:
+            session.closing = (code, reason)
+        session.wake.set()
+
+    def _close_sender(self, session: _Session, code: int, reason: str):
+        try:
+            session.sender.close(code, reason)
+        except Exception:
+            self.log.exception('closing control client %s failed', session.client_id)
+
+    async def _write(self, session: _Session):
+        """Write a session's outbox: replies in order, then the newest state, with deadlines."""
+        sender = session.sender
+        send = getattr(sender, 'send', None)
+        try:
+            while True:
+                await session.wake.wait()
+                session.wake.clear()
+                while session.replies or (session.state is not None and not session.closed):
+                    if session.replies:
+                        text = session.replies.popleft()
+                        session.queued_bytes -= len(text)
+                    else:
+                        text, session.state = session.state, None
+                    if send is None:
+                        sender.send_nowait(text)
+                    else:
+                        await asyncio.wait_for(send(text), self.send_timeout)
+                    if session.unsent() > MAX_UNSENT_BYTES:
+                        raise asyncio.TimeoutError
+                session.idle.set()
+                if session.closing is not None:
+                    code, reason = session.closing
+                    session.closing = None
+                    self._close_sender(session, code, reason)
+                if session.closed:
+                    return
+        except asyncio.TimeoutError:
+            self.log.warning('control client %s missed the %g s send deadline; dropping it',
+                             session.client_id, self.send_timeout)
+            self._close(session, CLOSE_SLOW, 'too slow to read', at_once=True)
+        except (ConnectionError, RuntimeError):
+            pass  # the transport closed; close_session follows from its handler
+        finally:
+            session.idle.set()
 
     async def _run_clock(self):
         """Tick the core at its deadlines (deadman, republish, ramps), and after each event."""
@@ -152,9 +307,8 @@ class ControlService:
             deadline = self.core.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             try:
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
                 pass
             self._wake.clear()
             effects = self.core.tick(self.clock())

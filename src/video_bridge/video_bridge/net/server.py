@@ -1,32 +1,35 @@
 """
-The network adapter: one port for the page, the stream list, video, MJPEG, snapshots, control.
+The network adapter: one aiohttp application on one port.
+
+It serves the page, the stream list, video, MJPEG, snapshots and control.
 
 Thin by design: it authenticates, routes and moves bytes. Which frame a viewer gets is the stream
-hub's decision (:mod:`video_bridge.core.streams`); what a command does is the teleop
-core's (:mod:`video_bridge.core.teleop`, through :mod:`video_bridge.net.control`). Runs on one
-asyncio loop; the ROS side reaches it only through :meth:`BridgeServer.notify_frame` (thread-safe).
+hub's decision (:mod:`video_bridge.core.streams`); what a command does is the teleop core's
+(:mod:`video_bridge.core.teleop`, through :mod:`video_bridge.net.control`). Runs on one asyncio
+loop; the ROS side reaches it only through :meth:`BridgeServer.notify_frame` (thread-safe).
+
+Pieces: :mod:`app` (routes, middleware, headers), :mod:`listener` (accepting within the
+connection caps), :mod:`auth` (the Grant), :mod:`static`, :mod:`mjpeg`, :mod:`video_ws`,
+:mod:`control_ws`, :mod:`websocket` (keepalive, closing).
 """
 
 import asyncio
 from dataclasses import dataclass
-import json
 import logging
-import mimetypes
-import os
 import ssl
-from typing import Callable, Optional
+import time
+from typing import Callable, Iterable, Optional, Tuple
 
+from aiohttp import web
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
 from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream, Viewer
-from video_bridge.net.connection import binary_frame, Connection, ConnectionClosed
+from video_bridge.net import websocket
+from video_bridge.net.app import build_app, quiet_aiohttp_logs
+from video_bridge.net.listener import FD_RESERVE, Listener, raise_file_limit
 
-MJPEG_BOUNDARY = 'videobridgeframe'
-MJPEG_SEND_BUFFER = 256 * 1024
-STATIC_TYPES = {'.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
-                '.html': 'text/html', '.svg': 'image/svg+xml', '.json': 'application/json',
-                '.webmanifest': 'application/manifest+json', '.png': 'image/png',
-                '.ico': 'image/x-icon'}
+KEEPALIVE_TIMEOUT = 15.0   # s an idle keep-alive HTTP connection stays open
+TRANSPORT_CHECK = 1.0      # s between checks that a waiting HTTP client is still there
 
 
 @dataclass(frozen=True)
@@ -40,24 +43,32 @@ class ServerConfig:
     tls_key: str = ''
     handshake_timeout: float = 10.0
     snapshot_timeout: float = 5.0
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
+    send_timeout: float = 5.0
+    ping_interval: float = 2.0
+    ping_timeout: float = 3.0
     frames_in_flight: int = 2
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
+    max_connections: int = 1000
+    max_connections_per_client: int = 64
+    trusted_proxies: Tuple[str, ...] = ()
 
 
-def mjpeg_part(frame) -> bytes:
-    """One part of a multipart/x-mixed-replace MJPEG response."""
-    header = frame.header
-    head = (f'--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n'
-            f'Content-Length: {len(frame.jpeg)}\r\n'
-            f'X-Timestamp: {header.stamp_sec}.{header.stamp_nanosec:09d}\r\n\r\n')
-    return head.encode() + frame.jpeg + b'\r\n'
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """Make a server TLS context: TLS 1.2 or newer."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
-def websocket_message(frame) -> bytes:
-    """Serialise the frame once as a binary websocket message and its flow-control ping."""
-    return binary_frame(frame.payload, frame.seq)
+def _runner(app: web.Application, args: dict) -> web.AppRunner:
+    """Make an AppRunner with what this aiohttp version supports of ``args``."""
+    try:  # aiohttp >= 3.9: cancel a handler when its client goes (3.8 always does)
+        return web.AppRunner(app, handler_cancellation=True, **args)
+    except TypeError:
+        args = dict(args)
+        args.pop('shutdown_timeout', None)  # 3.8 has it on the site, not the runner
+        return web.AppRunner(app, **args)
 
 
 class BridgeServer:
@@ -66,7 +77,8 @@ class BridgeServer:
     def __init__(self, hub: StreamHub, access: AccessPolicy, config: ServerConfig,
                  control=None, logger: Optional[logging.Logger] = None,
                  resolve_stream: Optional[Callable[[str], object]] = None,
-                 list_topics: Callable[[], list] = list):
+                 list_topics: Callable[[], list] = list,
+                 extra_routes: Iterable[Callable[[web.Application, 'BridgeServer'], None]] = ()):
         self.hub = hub
         self.access = access
         self.config = config
@@ -74,11 +86,15 @@ class BridgeServer:
         self.log = logger or logging.getLogger('video_bridge.net.server')
         self.resolve_stream = resolve_stream
         self.list_topics = list_topics
+        self.extra_routes = list(extra_routes)
+        self.webrtc = None  # the WebRTC service, if any: its figures join /api/streams
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self._server: Optional[asyncio.base_events.Server] = None
+        self.app: Optional[web.Application] = None
+        self.listener: Optional[Listener] = None
+        self._runner: Optional[web.AppRunner] = None
         self._frame_events: dict = {}
-        self._connections: set = set()
-        self._handlers: set = set()
+        self.websockets: dict = {}
+        self._error_logged = -60.0
         self.port = config.port
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -86,36 +102,92 @@ class BridgeServer:
     async def start(self):
         """Listen; raises OSError if the port is taken."""
         self.loop = asyncio.get_running_loop()
-        context = None
-        if self.config.tls_cert or self.config.tls_key:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
-        self._server = await asyncio.start_server(self._on_client, self.config.host,
-                                                  self.config.port, ssl=context,
-                                                  reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
+        quiet_aiohttp_logs()
+        config = self.config
+        context = tls_context(config.tls_cert, config.tls_key) \
+            if config.tls_cert or config.tls_key else None
+        limit = raise_file_limit()
+        max_connections = min(config.max_connections, max(limit - FD_RESERVE, 16))
+        if max_connections < config.max_connections:
+            self.log.warning('max_connections lowered to %d: the file descriptor limit is %d',
+                             max_connections, limit)
+        self.app = build_app(self, self.extra_routes)
+        runner_args = {'handle_signals': False, 'access_log': None, 'shutdown_timeout': 1.0,
+                       'keepalive_timeout': KEEPALIVE_TIMEOUT, 'max_line_size': 8190,
+                       'max_field_size': 8190}
+        self._runner = _runner(self.app, runner_args)
+        await self._runner.setup()
+        self.listener = Listener(
+            self._runner.server, ssl_context=context, max_connections=max_connections,
+            max_per_client=config.max_connections_per_client,
+            exempt=set(config.trusted_proxies), handshake_timeout=config.handshake_timeout,
+            logger=self.log)
+        try:
+            self.port = self.listener.bind(config.host, config.port)
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        self.listener.start()
 
     @property
     def url(self) -> str:
         """Return the base URL clients use (the bound host; 0.0.0.0 is every interface)."""
         scheme = 'https' if self.config.tls_cert else 'http'
-        return f'{scheme}://{self.config.host}:{self.port}'
+        host = self.config.host
+        if ':' in host:
+            host = f'[{host}]'
+        return f'{scheme}://{host}:{self.port}'
 
     async def stop(self):
-        """Stop listening and close every client (going away)."""
-        if self._server is not None:
-            self._server.close()
-        await asyncio.gather(*(
-            conn.close(protocol.CLOSE_GOING_AWAY, 'bridge shutting down', timeout=0.5)
-            if conn.is_open else conn.abort() for conn in list(self._connections)))
-        if self._handlers:
-            await asyncio.wait(list(self._handlers), timeout=2.0)
+        """Stop listening, let control clients have their last replies, close every client."""
+        if self.listener is not None:
+            await self.listener.stop()
+        if self.control is not None:
+            await self.control.flush(0.5)
+        await self.close_connections()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def track(self, request, ws, close=None):
+        """
+        Remember an open websocket so shutdown can close it with 1001 (handlers call it).
+
+        ``close(code, reason)`` asks the handler to close; without it, shutdown closes the
+        socket itself.
+        """
+        self.websockets[id(ws)] = (request, ws, close)
+
+    def untrack(self, request, ws):
+        """Forget a websocket that closed."""
+        self.websockets.pop(id(ws), None)
+
+    async def close_connections(self):
+        """Close every websocket with 1001 (going away), then drop every other connection."""
+        closing = []
+        for request, ws, close in list(self.websockets.values()):
+            if close is not None:
+                close(protocol.CLOSE_GOING_AWAY, 'bridge shutting down')
+            else:
+                closing.append(asyncio.ensure_future(websocket.close(
+                    request, ws, protocol.CLOSE_GOING_AWAY, 'bridge shutting down')))
+        deadline = time.monotonic() + websocket.CLOSE_TIMEOUT + 1.0
+        if closing:
+            await asyncio.wait(closing, timeout=websocket.CLOSE_TIMEOUT + 1.0)
+        while self.websockets and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # handlers finish their close handshakes
+        if self.listener is not None:
+            for transport in self.listener.transports():
+                transport.abort()
+        await asyncio.sleep(0)
 
     def notify_frame(self, stream_name: str):
         """Wake the viewers of a stream; called from the ROS thread for every new frame."""
         loop = self.loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._frame_ready, stream_name)
+            try:
+                loop.call_soon_threadsafe(self._frame_ready, stream_name)
+            except RuntimeError:  # the loop closed in between
+                pass
 
     def _frame_ready(self, stream_name: str):
         event = self._frame_events.pop(stream_name, None)
@@ -128,57 +200,14 @@ class BridgeServer:
             event = self._frame_events[stream_name] = asyncio.Event()
         return event
 
-    # -- routing --------------------------------------------------------------------------
+    def log_error_once(self, message: str, *args):
+        """Log a handler error with its traceback, at most once a minute."""
+        now = time.monotonic()
+        if now - self._error_logged >= 60.0:
+            self._error_logged = now
+            self.log.exception(message, *args)
 
-    async def _on_client(self, reader, writer):
-        conn = Connection(reader, writer, self.config.max_message_size)
-        self._connections.add(conn)
-        task = asyncio.current_task()
-        self._handlers.add(task)
-        try:
-            await self._serve(conn)
-        except (ConnectionError, ConnectionClosed, OSError):
-            pass
-        except Exception:  # one client must never take the server down
-            self.log.exception('error serving %s', conn.peer)
-        finally:
-            self._connections.discard(conn)
-            await conn.abort()
-            self._handlers.discard(task)
-
-    async def _serve(self, conn: Connection):
-        request = await conn.read_request(self.config.handshake_timeout)
-        if request is None:
-            return
-        try:
-            target = protocol.parse_target(request.path)
-        except protocol.ProtocolError as exc:
-            conn.respond(400, exc.message + '\n', 'text/plain; charset=utf-8')
-            return
-        if conn.is_websocket_request():
-            if not self.access.origin_allowed(conn.header('Origin'), conn.header('Host')):
-                self.log.warning('refused websocket from %s: origin %r not allowed',
-                                 conn.peer, conn.header('Origin'))
-                conn.respond(403, 'origin not allowed\n', 'text/plain; charset=utf-8')
-            elif target.kind == 'video':
-                await self._serve_video(conn, target)
-            elif target.kind == 'control' and self.control is not None:
-                await self.control.serve(conn, target)
-            else:
-                conn.respond(404, f'no websocket endpoint at {target.path}\n',
-                             'text/plain; charset=utf-8')
-            return
-        handlers = {'static': self._serve_static, 'streams': self._serve_stream_list,
-                    'snapshot': self._serve_snapshot, 'mjpeg': self._serve_mjpeg}
-        handler = handlers.get(target.kind)
-        if handler is None:
-            conn.respond(426, f'{target.path} is a websocket endpoint\n',
-                         'text/plain; charset=utf-8', {'Upgrade': 'websocket'})
-            return
-        await handler(conn, target)
-
-    def _token(self, conn: Connection, target: protocol.Target):
-        return protocol.presented_token(target.query, conn.request.headers)
+    # -- viewers ----------------------------------------------------------------------------
 
     def _find_stream(self, name: str):
         try:
@@ -190,129 +219,51 @@ class BridgeServer:
                     return stream
             raise
 
-    def _viewer_for(self, conn: Connection, target: protocol.Target) -> Viewer:
-        """Check the token and the variant, find the stream and attach; ProtocolError if not."""
-        problem = self.access.view_problem(self._token(conn, target))
-        if problem:
-            self.log.warning('refused %s to %s: %s', target.path, conn.peer, problem)
-            raise protocol.ProtocolError('unauthorized', problem)
-        variant = protocol.parse_variant(target.query)
+    def attach(self, grant, target: protocol.Target, request=None) -> Viewer:
+        """Attach a viewer of ``target`` (stream + variant query); ProtocolError if refused."""
+        return self.attach_variant(grant, target.stream, protocol.parse_variant(target.query),
+                                   request)
+
+    def attach_variant(self, grant, stream_name: str, variant: protocol.Variant,
+                       request=None) -> Viewer:
+        """Check the grant, find the stream and attach a viewer; ProtocolError if not."""
+        if grant.problem:
+            self.log.warning('refused %s to %s: %s', stream_name, grant.client, grant.problem)
+            raise protocol.ProtocolError('unauthorized', grant.problem)
         try:
-            stream = self._find_stream(target.stream)
+            stream = self._find_stream(stream_name)
         except UnknownStream:
             names = ', '.join(s.name for s in self.hub.streams()) or 'none'
             raise protocol.ProtocolError(
-                'unknown_stream', f'unknown stream {target.stream!r} (streams: {names})') from None
+                'unknown_stream', f'unknown stream {stream_name!r} (streams: {names})') from None
         try:
             return stream.attach(variant)
         except CapacityError as exc:
             raise protocol.ProtocolError('capacity', str(exc)) from None
 
-    # -- video over websocket -------------------------------------------------------------
+    async def next_frame(self, viewer: Viewer, request=None):
+        """
+        Wait for a frame newer than the viewer's last one and return it.
 
-    async def _serve_video(self, conn: Connection, target: protocol.Target):
-        if not conn.accept_websocket():
-            return
-        close_codes = {'unauthorized': protocol.CLOSE_UNAUTHORIZED,
-                       'unknown_stream': protocol.CLOSE_UNKNOWN_STREAM,
-                       'capacity': protocol.CLOSE_CAPACITY}
-        try:
-            viewer = self._viewer_for(conn, target)
-        except protocol.ProtocolError as exc:
-            await conn.close(close_codes.get(exc.code, protocol.CLOSE_BAD_REQUEST), exc.message)
-            return
-        pump = asyncio.create_task(self._pump(viewer, lambda frame: conn.send_frame(
-            frame.wire('ws', websocket_message), frame.seq, self.config.frames_in_flight,
-            self.config.ping_timeout)))
-        keepalive = asyncio.create_task(self._keepalive(conn))
-        receive = asyncio.ensure_future(conn.recv())
-        try:
-            await asyncio.wait([pump, receive], return_when=asyncio.FIRST_COMPLETED)
-            if receive.done() and not receive.cancelled() and receive.exception() is None:
-                # Anything a viewer sends on a video socket is a mistake: say so and close.
-                await conn.close(protocol.CLOSE_UNSUPPORTED_DATA, 'video sockets are receive-only')
-        finally:
-            for task in (pump, keepalive, receive):
-                task.cancel()
-                if task.done() and not task.cancelled():
-                    task.exception()  # a client that left mid-send: expected, not an error
-            viewer.detach()
-
-    async def _pump(self, viewer: Viewer, send):
-        """Send the newest frame whenever the client is ready for one, until it goes away."""
+        With ``request`` (plain HTTP), return None once that client's connection closed.
+        """
         while True:
             frame = viewer.take()
-            if frame is None:
-                await self._frame_event(viewer.stream.name).wait()
+            if frame is not None:
+                return frame
+            event = self._frame_event(viewer.stream.name)
+            if request is None:
+                await event.wait()
                 continue
-            await send(frame)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return None
+            try:
+                await asyncio.wait_for(event.wait(), TRANSPORT_CHECK)
+            except asyncio.TimeoutError:
+                pass
 
-    async def _keepalive(self, conn: Connection):
-        """Ping idle-looking peers so a vanished client frees its viewer slot."""
-        while conn.is_open:
-            await asyncio.sleep(self.config.ping_interval)
-            if not await conn.ping(self.config.ping_timeout):
-                self.log.info('%s did not answer a ping; dropping it', conn.peer)
-                await conn.abort()
-                return
-
-    # -- plain HTTP -----------------------------------------------------------------------
-
-    async def _serve_mjpeg(self, conn: Connection, target: protocol.Target):
-        viewer = self._http_viewer(conn, target)
-        if viewer is None:
-            return
-        # No pongs in plain HTTP: keep the kernel from buffering seconds of frames instead.
-        conn.limit_send_buffer(MJPEG_SEND_BUFFER)
-        conn.start_stream(200, f'multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}',
-                          {'Cache-Control': 'no-cache, no-store', 'Pragma': 'no-cache'})
-        pump = asyncio.create_task(self._pump(viewer, lambda frame: conn.write(
-            frame.wire('mjpeg', mjpeg_part))))
-        hangup = asyncio.create_task(conn.reader.read(1))  # EOF when the client goes
-        try:
-            await asyncio.wait([pump, hangup], return_when=asyncio.FIRST_COMPLETED)
-            if pump.done() and not pump.cancelled():
-                pump.result()
-        finally:
-            pump.cancel()
-            hangup.cancel()
-            viewer.detach()
-
-    async def _serve_snapshot(self, conn: Connection, target: protocol.Target):
-        viewer = self._http_viewer(conn, target)
-        if viewer is None:
-            return
-        try:
-            async with asyncio.timeout(self.config.snapshot_timeout):
-                while (frame := viewer.take()) is None:
-                    await self._frame_event(viewer.stream.name).wait()
-        except TimeoutError:
-            conn.respond(503, f'no frame on {viewer.stream.name!r} within '
-                         f'{self.config.snapshot_timeout:g} s\n', 'text/plain; charset=utf-8')
-            return
-        finally:
-            viewer.detach()
-        header = frame.header
-        conn.respond(200, frame.jpeg, 'image/jpeg', {
-            'Cache-Control': 'no-cache, no-store',
-            'X-Timestamp': f'{header.stamp_sec}.{header.stamp_nanosec:09d}',
-            'X-Sequence': str(header.seq)})
-
-    def _http_viewer(self, conn: Connection, target: protocol.Target) -> Optional[Viewer]:
-        statuses = {'unauthorized': 401, 'unknown_stream': 404, 'capacity': 503}
-        try:
-            return self._viewer_for(conn, target)
-        except protocol.ProtocolError as exc:
-            conn.respond(statuses.get(exc.code, 400), exc.message + '\n',
-                         'text/plain; charset=utf-8')
-            return None
-
-    async def _serve_stream_list(self, conn: Connection, target: protocol.Target):
-        if self.access.view_problem(self._token(conn, target)):
-            conn.respond(401, 'token required\n', 'text/plain; charset=utf-8')
-            return
-        conn.respond(200, json.dumps(self.describe()), 'application/json',
-                     {'Cache-Control': 'no-cache'})
+    # -- /api/streams -------------------------------------------------------------------------
 
     def describe(self) -> dict:
         """Build the /api/streams document: streams offered, image topics seen, access rules."""
@@ -326,27 +277,13 @@ class BridgeServer:
                 'viewers': counters.viewers, 'frames_in': counters.frames_in,
                 'width': counters.width, 'height': counters.height,
                 'video': protocol.VIDEO_PREFIX + quoted, 'mjpeg': protocol.MJPEG_PREFIX + quoted,
-                'snapshot': protocol.SNAPSHOT_PREFIX + quoted})
-        return {'protocol': protocol.PROTOCOL_VERSION, 'streams': streams,
-                'topics': self.list_topics(),
-                'access': {'token_required': self.access.token_required,
-                           'view_requires_token': self.access.view_requires_token}}
-
-    async def _serve_static(self, conn: Connection, target: protocol.Target):
-        root = os.path.abspath(self.config.web_root) if self.config.web_root else ''
-        relative = 'index.html' if target.path == '/' else target.path.lstrip('/')
-        # Judge the path by its name, not by where symlinks lead (colcon --symlink-install
-        # links every file of web/ into share/): no '..', nothing outside the root.
-        path = os.path.normpath(os.path.join(root, relative)) if root else ''
-        if not root or '..' in relative.split('/') or not path.startswith(root + os.sep) \
-                or not os.path.isfile(path):
-            conn.respond(404, f'not found: {target.path}\n', 'text/plain; charset=utf-8')
-            return
-        extension = os.path.splitext(path)[1].lower()
-        content_type = STATIC_TYPES.get(extension) or mimetypes.guess_type(path)[0] or \
-            'application/octet-stream'
-        if content_type.startswith('text/') or content_type.endswith(('json', 'xml')):
-            content_type += '; charset=utf-8'
-        with open(path, 'rb') as handle:
-            body = handle.read()
-        conn.respond(200, body, content_type, {'Cache-Control': 'no-cache'})
+                'snapshot': protocol.SNAPSHOT_PREFIX + quoted,
+                'video_encoders': counters.video_encoders,
+                'video_encodes': counters.video_encodes})
+        document = {'protocol': protocol.PROTOCOL_VERSION, 'streams': streams,
+                    'topics': self.list_topics(),
+                    'access': {'token_required': self.access.token_required,
+                               'view_requires_token': self.access.view_requires_token}}
+        if self.webrtc is not None:
+            document['webrtc'] = self.webrtc.counters()
+        return document

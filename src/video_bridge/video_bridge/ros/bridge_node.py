@@ -19,6 +19,7 @@ import concurrent.futures
 import ctypes
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -34,11 +35,12 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from video_bridge.core import ice
-from video_bridge.core.access import AccessPolicy, load_token
+from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token
 from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
 from video_bridge.core.layers import layer_bitrates
 from video_bridge.core.streams import COMPRESSED, RAW, SourceImage, StreamHub, StreamSettings
 from video_bridge.core.teleop import load_vocabulary, TeleopConfig, TeleopCore
+from video_bridge.net.auth import machine_names
 from video_bridge.net.control import ControlService
 from video_bridge.net.server import BridgeServer, ServerConfig
 from video_bridge.net.webrtc import WebRtcConfig, WebRtcService
@@ -102,8 +104,15 @@ class BridgeNode(Node):
                              on_viewers=self._viewers_changed)
         for name in self.p.stream_names:
             self.hub.add(self._stream_settings(name))
-        self.access = AccessPolicy(load_token(self.p.token, self.p.token_file),
-                                   self.p.view_requires_token, tuple(self.p.allowed_origins))
+        token = load_token(self.p.token_file)
+        # Secure by default: beyond loopback, nobody drives without a token unless asked to.
+        self.generated_token = not token and not is_loopback(self.p.host) and \
+            not self.p.allow_anonymous_driving
+        if self.generated_token:
+            token = generate_token()
+        self.access = AccessPolicy(
+            token, self.p.view_requires_token, tuple(self.p.allowed_origins),
+            tuple(self.p.allowed_hosts) + machine_names(), tuple(self.p.cors_origins))
         vocabulary = load_vocabulary(self.p.commands_file or share_path('config',
                                                                         'teleop_commands.yaml'))
         self.teleop = TeleopCore(TeleopConfig(
@@ -114,19 +123,27 @@ class BridgeNode(Node):
             default_speed=self.p.default_speed, vocabulary=vocabulary))
         self.control = ControlService(self.teleop, self.access, self.publish_velocity,
                                       self.p.commands_per_second, self.p.command_burst,
-                                      self.p.max_message_size, logger=self.log)
+                                      self.p.max_message_size, logger=self.log,
+                                      send_timeout=self.p.send_timeout)
         self.server = BridgeServer(
             self.hub, self.access,
             ServerConfig(host=self.p.host, port=self.p.port,
                          web_root=self.p.web_root or share_path('web'),
                          tls_cert=self.p.tls_cert, tls_key=self.p.tls_key,
                          frames_in_flight=self.p.frames_in_flight,
-                         max_message_size=self.p.max_message_size),
+                         max_message_size=self.p.max_message_size,
+                         handshake_timeout=self.p.handshake_timeout,
+                         send_timeout=self.p.send_timeout, ping_interval=self.p.ping_interval,
+                         ping_timeout=self.p.ping_timeout,
+                         max_connections=self.p.max_connections,
+                         max_connections_per_client=self.p.max_connections_per_client,
+                         trusted_proxies=tuple(self.p.trusted_proxies)),
             control=self.control, logger=self.log, resolve_stream=self._topic_stream,
             list_topics=lambda: list(self._image_topics))
         self.webrtc = self._webrtc_service() if self.p.webrtc_enabled else None
         if self.webrtc is not None:
             self.control.signalling = self.webrtc   # webrtc_* messages of /control sessions
+            self.server.webrtc = self.webrtc
         self._image_subs = {}
         self.closing = False
         self._demand = {}
@@ -380,16 +397,20 @@ async def run_bridge(args=None) -> int:
             f'video_bridge serving {node.server.url}/ (streams: '
             f'{", ".join(s.name for s in node.hub.streams()) or "none"}; '
             f'control token {"required" if node.access.token_required else "not set"})')
-        if node.p.host not in ('127.0.0.1', 'localhost', '::1') and not node.access.token:
-            node.get_logger().warning('listening beyond this machine with no token: anyone who '
-                                      'reaches the port can drive; set token or token_file')
+        if node.generated_token:
+            print_page_url(node.server, node.access.token)
+        elif not is_loopback(node.p.host) and not node.access.token:
+            node.get_logger().warning('listening beyond this machine with no token and '
+                                      'allow_anonymous_driving: anyone who reaches the port '
+                                      'can drive')
         await stop.wait()
         node.closing = True
         node.get_logger().info('shutting down: stopping the car')
         await node.control.stop()
         if node.webrtc is not None:
             await node.webrtc.stop()
-        node.flush_cmd_vel()
+        # Off the loop, so control messages arriving meanwhile are still answered.
+        await loop.run_in_executor(None, node.flush_cmd_vel)
         await node.server.stop()
         return 0
     finally:
@@ -400,6 +421,22 @@ async def run_bridge(args=None) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+
+
+def print_page_url(server, token: str):
+    """
+    Show the page URL with the generated token on stdout (not /rosout: DDS nodes read that).
+
+    Jupyter-style: open it once; the page keeps the token for the tab and drops it from the
+    address bar.
+    """
+    scheme = 'https' if server.config.tls_cert else 'http'
+    hosts = [socket.gethostname(), '127.0.0.1'] if server.config.host in ('0.0.0.0', '::') \
+        else [server.config.host]
+    lines = [f'    {scheme}://{host}:{server.port}/?token={token}' for host in hosts]
+    print('video_bridge: no token was configured and the bridge is reachable beyond this '
+          'machine, so it made one.\nTo watch and drive, open:\n' + '\n'.join(lines) +
+          '\n(set token_file or $VIDEO_BRIDGE_TOKEN to choose your own)', flush=True)
 
 
 def _spin(executor):

@@ -21,13 +21,38 @@ BRIDGE_PARAMETERS = {
     'tls_cert': ('', 'PEM certificate: with tls_key, serve https/wss on the same port.', None),
     'tls_key': ('', 'PEM private key for tls_cert.', None),
     # access
-    'token': ('', 'Token required to drive (never logged). Empty: token_file, else the '
-              'VIDEO_BRIDGE_TOKEN environment variable, else no token.', None),
-    'token_file': ('', 'File whose first line is the token.', None),
+    'token_file': ('', 'File whose first line is the token needed to drive (never logged, never '
+                   'a parameter). Empty: the VIDEO_BRIDGE_TOKEN environment variable; if that '
+                   'is empty too and host is beyond loopback, a random token is made at start '
+                   'and the page URL with it is printed on stdout.', None),
     'view_requires_token': (False, 'Require the token for watching video too.', None),
-    'allowed_origins': (['__same_origin__'], 'Browser origins allowed to open websockets, e.g. '
-                        "https://ops.example.org; __same_origin__: only the bridge's own; "
+    'allow_anonymous_driving': (False, 'Beyond loopback with no token: let anyone who reaches '
+                                'the port drive instead of making a random token. No effect '
+                                'when a token is configured.', None),
+    'allowed_origins': ([''], 'Browser origins allowed to open websockets IN ADDITION to the '
+                        "bridge's own, scheme included, e.g. https://ops.example.org:8443; "
                         '*: any.', None),
+    'allowed_hosts': ([''], 'Host names browsers may use to reach the bridge besides IP '
+                      "literals, localhost and this machine's names (DNS rebinding defence); "
+                      '*: any.', None),
+    'cors_origins': ([''], 'Origins whose pages may read /api/streams and /snapshot '
+                     '(CORS); *: any.', None),
+    'trusted_proxies': ([''], 'Addresses of reverse proxies / tunnels in front of the bridge '
+                        '(e.g. 127.0.0.1): exempt from max_connections_per_client; their '
+                        'X-Forwarded-For / -Proto are believed.', None),
+    'max_connections': (1000, 'Open TCP connections in total (kept below the file limit); '
+                        'the next gets a 503 and is closed.', (16, 1000000)),
+    'max_connections_per_client': (64, 'Open TCP connections from one address '
+                                   '(trusted_proxies exempt); the next gets a 503.',
+                                   (1, 1000000)),
+    'handshake_timeout': (5.0, 'Seconds a new connection has to finish its TLS handshake and '
+                          'send a request head, else it is dropped.', (0.5, 300.0)),
+    'send_timeout': (5.0, 'Seconds any send may take (a stalled video, MJPEG or control '
+                     'client is dropped and frees its slot).', (0.5, 300.0)),
+    'ping_interval': (2.0, 'Seconds of silence after which a websocket is pinged.',
+                      (0.2, 600.0)),
+    'ping_timeout': (3.0, 'Seconds to wait for the pong; a silent driver loses the lock within '
+                     '2 x ping_interval + ping_timeout.', (0.2, 600.0)),
     # streams
     'stream_names': (['camera'], 'Streams to offer; each reads streams.<name>.topic.', None),
     'default_quality': (80, 'JPEG quality when a stream or viewer names none.', (1, 100)),
@@ -136,8 +161,9 @@ class BridgeParameters(_Values):
             node.declare_parameter(name, default, _descriptor(description, limits, default))
         super().__init__(node, BRIDGE_PARAMETERS)
         self._node = node
-        if self.allowed_origins == ['__same_origin__']:
-            self.allowed_origins = []
+        for name in ('allowed_origins', 'allowed_hosts', 'cors_origins', 'trusted_proxies'):
+            setattr(self, name, [value.strip() for value in getattr(self, name)
+                                 if value.strip() and value.strip() != '__same_origin__'])
         self.stream_names = [name for name in self.stream_names if name]
         for name in self.stream_names:
             self.stream(name)  # declare now so a typo in the YAML fails at startup

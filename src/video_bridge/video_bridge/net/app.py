@@ -1,0 +1,166 @@
+"""
+The bridge's aiohttp application: every route in one place, one middleware, one headers hook.
+
+Routes: the page's files (:mod:`static`), ``/api/streams``, ``/snapshot/<s>`` and
+``/mjpeg/<s>`` (:mod:`mjpeg`), ``/video/<s>`` (:mod:`video_ws`) and ``/control``
+(:mod:`control_ws`), plus whatever ``extra_routes`` add. The middleware parses the request
+target once (``request['video_bridge.target']``, standard query decoding), refuses a bad Host or
+Origin, and notes that the connection sent a request. Every response gets the security headers
+(and CORS headers where configured) just before it is sent.
+"""
+
+import json
+import logging
+import time
+
+from aiohttp import hdrs, web
+from video_bridge.core import protocol
+from video_bridge.net import auth, control_ws, mjpeg, static, video_ws
+
+SERVER_KEY = 'video_bridge.server'
+TARGET_KEY = 'video_bridge.target'
+SECURITY_HEADERS = {
+    'X-Content-Type-Options': 'nosniff',
+    'Referrer-Policy': 'no-referrer',
+    'Content-Security-Policy': "frame-ancestors 'self'; object-src 'none'; base-uri 'self'",
+}
+CORS_PREFIXES = (protocol.STREAMS_PATH, protocol.SNAPSHOT_PREFIX)
+ERROR_LOG_PERIOD = 5.0  # s between logged handler errors
+
+
+def _text(status: int, text: str, headers=None) -> web.Response:
+    return web.Response(status=status, text=text + '\n', headers=headers)
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler):
+    """Parse the target, check Host and Origin, then run the route; no traceback escapes."""
+    server = request.app[SERVER_KEY]
+    server.listener.mark_request(request.transport)
+    try:
+        request[TARGET_KEY] = target = protocol.parse_target(request.raw_path)
+    except protocol.ProtocolError as exc:
+        return _text(400, exc.message)
+    request['video_bridge.query'] = target.query
+    problem = auth.host_origin_problem(request)
+    if problem is not None:
+        status, reason = problem
+        server.log.warning('refused %s from %s: %s', target.path[:80], auth.client_name(request),
+                           reason)
+        return _text(status, reason)
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except (ConnectionError, OSError):
+        raise web.HTTPBadRequest() from None
+    except Exception:
+        server.log_error_once('error serving %s', target.path[:80])
+        return _text(500, 'internal error')
+
+
+async def _headers(request: web.BaseRequest, response: web.StreamResponse):
+    """on_response_prepare: security headers everywhere, CORS for the listed origins."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.path.startswith(CORS_PREFIXES):
+        allowed = request.app[auth.POLICY_KEY].cors_origin(request.headers.get(hdrs.ORIGIN))
+        if allowed:
+            response.headers['Access-Control-Allow-Origin'] = allowed
+            response.headers['Access-Control-Expose-Headers'] = 'X-Timestamp, X-Sequence'
+        response.headers.add('Vary', 'Origin')
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    """CORS preflight for /api/streams and /snapshot (a token in Authorization needs it)."""
+    return web.Response(status=204, headers={
+        'Access-Control-Allow-Methods': 'GET, HEAD',
+        'Access-Control-Allow-Headers': 'Authorization',
+        'Access-Control-Max-Age': '600'})
+
+
+async def stream_list(request: web.Request) -> web.Response:
+    """``GET /api/streams``: streams, image topics seen, access rules."""
+    grant = auth.authenticate(request)
+    if grant.problem:
+        return _text(401, grant.problem)
+    return web.Response(text=json.dumps(request.app[SERVER_KEY].describe()),
+                        content_type='application/json', headers={'Cache-Control': 'no-cache'})
+
+
+def _websocket_only(handler):
+    async def route(request: web.Request) -> web.StreamResponse:
+        if request.headers.get(hdrs.UPGRADE, '').lower() != 'websocket':
+            return _text(426, f'{request.path} is a websocket endpoint',
+                         {'Upgrade': 'websocket', 'Connection': 'Upgrade'})
+        return await handler(request)
+    return route
+
+
+async def _on_shutdown(app: web.Application):
+    """Close every websocket (going away) when the runner cleans up."""
+    await app[SERVER_KEY].close_connections()
+
+
+def build_app(server, extra_routes=()) -> web.Application:
+    """Make the application for ``server`` (a BridgeServer)."""
+    app = web.Application(middlewares=[edge_middleware], client_max_size=64 * 1024)
+    app[SERVER_KEY] = server
+    app[auth.POLICY_KEY] = server.access
+    app[auth.TRUSTED_KEY] = frozenset(server.config.trusted_proxies)
+    app[auth.SCHEME_KEY] = 'https' if server.config.tls_cert else 'http'
+    router = app.router
+    served = static.add_routes(app, server.config.web_root)
+    router.add_get(protocol.STREAMS_PATH, stream_list)
+    router.add_route('OPTIONS', protocol.STREAMS_PATH, _preflight)
+    router.add_get(protocol.SNAPSHOT_PREFIX + '{tail:.*}', mjpeg.handle_snapshot)
+    router.add_route('OPTIONS', protocol.SNAPSHOT_PREFIX + '{tail:.*}', _preflight)
+    router.add_get(protocol.MJPEG_PREFIX + '{tail:.*}', mjpeg.handle_mjpeg)
+    router.add_get(protocol.VIDEO_PREFIX + '{tail:.*}', _websocket_only(video_ws.handle))
+    router.add_get(protocol.CONTROL_PATH, _websocket_only(control_ws.handle))
+    for add in extra_routes:
+        add(app, server)
+    app.on_response_prepare.append(_headers)
+    app.on_shutdown.append(_on_shutdown)
+    if not served:
+        server.log.warning('no page files under %r: only the API is served',
+                           server.config.web_root)
+    return app
+
+
+class QuietAiohttpLog(logging.Filter):
+    """
+    Keep aiohttp's own error log from flooding: no tracebacks, one line per few seconds.
+
+    Malformed requests are answered 400 by aiohttp; a hostile client sending thousands of them
+    must not write thousands of tracebacks.
+    """
+
+    def __init__(self, period: float = ERROR_LOG_PERIOD):
+        super().__init__()
+        self.period = period
+        self._last = -period
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003 (logging.Filter API)
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        now = time.monotonic()
+        if now - self._last < self.period:
+            self.suppressed += 1
+            return False
+        self._last = now
+        if self.suppressed:
+            record.msg = f'{record.getMessage()} ({self.suppressed} similar messages suppressed)'
+            record.args = ()
+            self.suppressed = 0
+        return True
+
+
+def quiet_aiohttp_logs():
+    """Install :class:`QuietAiohttpLog` on aiohttp's server-side loggers (idempotent)."""
+    for name in ('aiohttp.server', 'aiohttp.web', 'aiohttp.websocket', 'aiohttp.access'):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietAiohttpLog) for f in logger.filters):
+            logger.addFilter(QuietAiohttpLog())

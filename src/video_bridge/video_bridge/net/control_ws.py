@@ -1,0 +1,98 @@
+"""
+``/control`` over a websocket: one transport of :class:`video_bridge.net.control.ControlService`.
+
+Authenticates, opens a session with a sender over the socket, delivers every text message,
+answers pings, keeps the socket alive with its own pings (a driver whose link went silent loses
+the lock within a few seconds and every client is told) and closes the session when the socket
+goes.
+"""
+
+import asyncio
+
+from aiohttp import web, WSMsgType
+from video_bridge.core import protocol
+from video_bridge.net import websocket
+from video_bridge.net.auth import authenticate
+
+
+class WebSocketSender:
+    """
+    The control service's sender over one aiohttp websocket.
+
+    ``close`` only asks: the handler, which is the one reading the socket, does the close
+    handshake. (Closing from another task while the handler reads lets aiohttp drop the TCP
+    connection right after our close frame; with the client's messages still unread the kernel
+    then resets the connection and the client never sees why it was closed.)
+    """
+
+    def __init__(self, request: web.BaseRequest, ws: web.WebSocketResponse):
+        self.request = request
+        self.ws = ws
+        self.close_request = None
+        self.close_wanted = asyncio.Event()
+
+    async def send(self, text: str):
+        """Send one text message (the service applies the deadline)."""
+        await self.ws.send_str(text)
+
+    def buffered_amount(self) -> int:
+        """Bytes the kernel has not taken yet."""
+        return websocket.unsent_bytes(self.request)
+
+    def close(self, code: int, reason: str):
+        """Close soon; a client that is not reading is dropped at once."""
+        if websocket.unsent_bytes(self.request) > websocket.MAX_UNSENT_BYTES // 4:
+            websocket.abort(self.request)
+        if self.close_request is None:
+            self.close_request = (code, reason)
+        self.close_wanted.set()
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Serve one control websocket until it closes; the driver's car stops when it does."""
+    server = request.app['video_bridge.server']
+    service = server.control
+    config = server.config
+    grant = authenticate(request)
+    ws = websocket.response(config.max_message_size)
+    await ws.prepare(request)
+    if grant.problem:
+        server.log.warning('refused control connection from %s: %s', grant.client,
+                           grant.problem)
+        await websocket.close(request, ws, protocol.CLOSE_UNAUTHORIZED, grant.problem)
+        return ws
+    keepalive = websocket.Keepalive(request, ws, config.ping_interval, config.ping_timeout)
+    sender = WebSocketSender(request, ws)
+    server.track(request, ws, sender.close)
+    client_id = service.open_session(grant, sender)
+    keepalive.on_dead = lambda: server.log.info(
+        'control client %s did not answer a ping within %g s; dropping it', client_id,
+        config.ping_timeout)
+    keepalive.start()
+    close_wanted = asyncio.ensure_future(sender.close_wanted.wait())
+    try:
+        while sender.close_request is None:
+            receive = asyncio.ensure_future(ws.receive())
+            await asyncio.wait((receive, close_wanted), return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                receive.cancel()
+                await asyncio.gather(receive, return_exceptions=True)
+                break
+            message = receive.result()
+            keepalive.heard()
+            if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
+                service.deliver(client_id, message.data)
+            elif message.type is WSMsgType.PING:
+                if not await websocket.answer_ping(request, ws, message.data,
+                                                   config.send_timeout):
+                    break
+            elif message.type is not WSMsgType.PONG:
+                break  # CLOSE (answered by aiohttp), CLOSING, CLOSED, ERROR (1009 sent)
+    finally:
+        close_wanted.cancel()
+        server.untrack(request, ws)
+        keepalive.stop()
+        service.close_session(client_id)
+        if sender.close_request is not None and not ws.closed:
+            await websocket.close(request, ws, *sender.close_request)
+    return ws

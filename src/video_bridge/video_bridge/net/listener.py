@@ -1,0 +1,285 @@
+"""
+The listening socket: connection caps decided before a connection costs anything.
+
+aiohttp serves each connection; this module only decides which connections it gets. It accepts
+sockets itself (``loop.sock_accept``) so that a connection over ``max_connections`` in total or
+``max_connections_per_client`` from one address is refused *before* asyncio allocates a
+transport, a 256 KB TLS buffer or an aiohttp request handler: a plain one gets a canned
+``503`` and is closed, a TLS one is closed. Accepted sockets are handed to asyncio with
+``loop.connect_accepted_socket`` (TLS handshake bounded by ``handshake_timeout``).
+
+Also here: a connection that has not completed a request head within ``handshake_timeout`` is
+dropped (slowloris, idle sockets); running out of file descriptors is logged at most once per
+``EMFILE_LOG_PERIOD`` instead of once per failed accept.
+"""
+
+import asyncio
+import errno
+import logging
+import resource
+import socket
+import ssl
+import time
+from typing import Callable, Dict, Optional, Set
+
+from video_bridge.net.auth import normalise_address
+
+FD_RESERVE = 128           # descriptors kept for DDS, files and logs beyond connections
+EMFILE_LOG_PERIOD = 5.0    # s between "out of file descriptors" warnings
+EMFILE_RETRY = 0.1         # s before accepting again after EMFILE
+RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+REFUSAL = ('HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n'
+           'Content-Length: {length}\r\nConnection: close\r\nRetry-After: 5\r\n'
+           'X-Content-Type-Options: nosniff\r\n\r\n{body}')
+
+
+def raise_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def refusal(reason: str) -> bytes:
+    """Return the canned response a refused plain-HTTP connection gets."""
+    body = reason + '\n'
+    return REFUSAL.format(length=len(body.encode()), body=body).encode()
+
+
+class _Tracked(asyncio.Protocol):
+    """Forward everything to aiohttp's protocol; tell the listener when the connection ends."""
+
+    __slots__ = ('inner', 'listener', 'peer', 'transport', 'requested', 'timer')
+
+    def __init__(self, inner, listener: 'Listener', peer: str):
+        self.inner = inner
+        self.listener = listener
+        self.peer = peer
+        self.transport = None
+        self.requested = False
+        self.timer = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.listener._opened(self)
+        self.inner.connection_made(transport)
+
+    def data_received(self, data):
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self):
+        self.inner.pause_writing()
+
+    def resume_writing(self):
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc):
+        try:
+            self.inner.connection_lost(exc)
+        finally:
+            self.listener._closed(self)
+
+
+class Listener:
+    """Accept connections on the bound sockets, within the caps, and hand them to aiohttp."""
+
+    def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], *,
+                 ssl_context: Optional[ssl.SSLContext] = None,
+                 max_connections: int = 1000, max_per_client: int = 64,
+                 exempt: Set[str] = frozenset(), handshake_timeout: float = 10.0,
+                 logger: Optional[logging.Logger] = None):
+        self.protocol_factory = protocol_factory
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self.exempt = {normalise_address(address) for address in exempt}
+        self.handshake_timeout = handshake_timeout
+        self.log = logger or logging.getLogger('video_bridge.net.listener')
+        self.sockets: list = []
+        self.total = 0
+        self.per_client: Dict[str, int] = {}
+        self.refused = 0
+        self._by_transport: Dict[object, _Tracked] = {}
+        self._tasks: Set[asyncio.Task] = set()
+        self._accepting: list = []
+        self._emfile_logged = -EMFILE_LOG_PERIOD
+        self._emfile_count = 0
+        self._refusal_logged = -EMFILE_LOG_PERIOD
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def bind(self, host: str, port: int) -> int:
+        """Bind every address of ``host`` on ``port`` (0: one free port for all); return it."""
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        seen, error = set(), None
+        for family, kind, proto, _, address in infos:
+            if (family, address[0]) in seen:
+                continue
+            seen.add((family, address[0]))
+            if self.sockets:  # port 0: every address gets the port the first one got
+                address = (address[0], self.sockets[0].getsockname()[1], *address[2:])
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(1024)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    for bound in self.sockets:
+                        bound.close()
+                    self.sockets = []
+                    raise
+                error = exc
+                continue
+            self.sockets.append(sock)
+        if not self.sockets:
+            raise error or OSError(f'cannot listen on {host}:{port}')
+        return self.sockets[0].getsockname()[1]
+
+    def start(self):
+        """Start accepting on every bound socket (call on the loop)."""
+        loop = asyncio.get_running_loop()
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in self.sockets]
+
+    async def stop(self):
+        """Stop accepting and close the listening sockets (open connections stay)."""
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        for sock in self.sockets:
+            sock.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def transports(self) -> list:
+        """Every open connection's transport."""
+        return list(self._by_transport)
+
+    def mark_request(self, transport):
+        """Note that a request head arrived on this connection: it is no longer silent."""
+        tracked = self._by_transport.get(transport)
+        if tracked is not None and not tracked.requested:
+            tracked.requested = True
+            if tracked.timer is not None:
+                tracked.timer.cancel()
+                tracked.timer = None
+
+    # -- accepting -------------------------------------------------------------------------
+
+    async def _accept(self, sock: socket.socket):
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRORS:
+                    self._out_of_descriptors(exc)
+                    await asyncio.sleep(EMFILE_RETRY)
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EAGAIN, errno.EPROTO):
+                    continue
+                raise
+            peer = normalise_address(address[0]) if isinstance(address, tuple) else '?'
+            reason = self._refusal_reason(peer)
+            if reason:
+                self._refuse(conn, peer, reason)
+                continue
+            self._count(peer, +1)
+            task = loop.create_task(self._open(conn, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _refusal_reason(self, peer: str) -> str:
+        if self.total >= self.max_connections:
+            return f'too many connections to this bridge ({self.max_connections})'
+        if peer not in self.exempt and self.per_client.get(peer, 0) >= self.max_per_client:
+            return f'too many connections from your address ({self.max_per_client})'
+        return ''
+
+    def _refuse(self, conn: socket.socket, peer: str, reason: str):
+        self.refused += 1
+        try:
+            conn.setblocking(False)
+            if self.ssl_context is None:
+                try:
+                    conn.recv(65536)  # what the client already sent, so close sends no RST
+                except OSError:
+                    pass
+                conn.send(refusal(reason))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        now = time.monotonic()
+        if now - self._refusal_logged >= EMFILE_LOG_PERIOD:
+            self._refusal_logged = now
+            self.log.warning('refusing connections from %s: %s (%d refused so far)',
+                             peer, reason, self.refused)
+
+    def _out_of_descriptors(self, exc: OSError):
+        self._emfile_count += 1
+        now = time.monotonic()
+        if now - self._emfile_logged >= EMFILE_LOG_PERIOD:
+            self._emfile_logged = now
+            self.log.warning('cannot accept connections: %s (%d times since the last warning);'
+                             ' lower max_connections or raise the file limit',
+                             exc.strerror, self._emfile_count)
+            self._emfile_count = 0
+
+    async def _open(self, conn: socket.socket, peer: str):
+        loop = asyncio.get_running_loop()
+        tracked = _Tracked(None, self, peer)
+        try:
+            tracked.inner = self.protocol_factory()
+            kwargs = {}
+            if self.ssl_context is not None:
+                kwargs = {'ssl': self.ssl_context, 'ssl_handshake_timeout': self.handshake_timeout}
+            await loop.connect_accepted_socket(lambda: tracked, conn, **kwargs)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, EOFError):
+            conn.close()
+            if tracked.transport is None:
+                self._count(peer, -1)
+        except asyncio.CancelledError:
+            conn.close()
+            if tracked.transport is None:
+                self._count(peer, -1)
+            raise
+
+    def _count(self, peer: str, delta: int):
+        self.total += delta
+        count = self.per_client.get(peer, 0) + delta
+        if count > 0:
+            self.per_client[peer] = count
+        else:
+            self.per_client.pop(peer, None)
+
+    def _opened(self, tracked: _Tracked):
+        self._by_transport[tracked.transport] = tracked
+        tracked.timer = asyncio.get_running_loop().call_later(
+            self.handshake_timeout, self._silent, tracked)
+
+    def _silent(self, tracked: _Tracked):
+        tracked.timer = None
+        if not tracked.requested and tracked.transport is not None:
+            tracked.transport.abort()
+
+    def _closed(self, tracked: _Tracked):
+        if tracked.timer is not None:
+            tracked.timer.cancel()
+            tracked.timer = None
+        if self._by_transport.pop(tracked.transport, None) is not None:
+            self._count(tracked.peer, -1)

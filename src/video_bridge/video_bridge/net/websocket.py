@@ -1,0 +1,124 @@
+"""
+What every websocket of the bridge shares: keepalive pings, answering pings, closing.
+
+All sockets use aiohttp's ``WebSocketResponse`` with ``autoping=False``, so pings and pongs reach
+the handlers: video needs its pongs for flow control, and answering a client's ping here lets a
+client that pings but never reads be closed (its pongs would otherwise pile up in the bridge).
+"""
+
+import asyncio
+import time
+from typing import Optional
+
+from aiohttp import web, WSMsgType
+
+MAX_UNSENT_BYTES = 256 * 1024  # per connection: written, not yet taken by the kernel
+CLOSE_TIMEOUT = 2.0            # s to wait for the client's close frame after ours
+MAX_CLOSE_REASON = 123         # bytes (RFC 6455 5.5: control payloads <= 125 incl. the code)
+KEEPALIVE_PING = b'k'
+
+
+def response(max_msg_size: int) -> web.WebSocketResponse:
+    """Make a websocket response as the bridge uses them (uncompressed: JPEGs do not shrink)."""
+    return web.WebSocketResponse(autoping=False, compress=False, max_msg_size=max_msg_size,
+                                 timeout=CLOSE_TIMEOUT)
+
+
+def close_reason(text: str) -> bytes:
+    """Encode a close reason, cut to 123 bytes on a character boundary."""
+    data = text.encode('utf-8')
+    if len(data) <= MAX_CLOSE_REASON:
+        return data
+    return data[:MAX_CLOSE_REASON].decode('utf-8', 'ignore').encode('utf-8')
+
+
+def unsent_bytes(request: web.BaseRequest) -> int:
+    """Bytes written to this connection and not yet accepted by the kernel."""
+    transport = request.transport
+    return transport.get_write_buffer_size() if transport is not None else 0
+
+
+def abort(request: web.BaseRequest):
+    """Drop the TCP connection now (no close handshake: the peer is gone or stuck)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def close(request: web.BaseRequest, ws: web.WebSocketResponse, code: int, reason: str):
+    """Close cleanly within CLOSE_TIMEOUT (ours, then the client's close frame), else abort."""
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=close_reason(reason)),
+                               CLOSE_TIMEOUT + 0.5)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        abort(request)
+
+
+async def answer_ping(request: web.BaseRequest, ws: web.WebSocketResponse, data: bytes,
+                      send_timeout: float) -> bool:
+    """Answer a client's ping; False (and the connection dropped) if the client is not reading."""
+    if unsent_bytes(request) > MAX_UNSENT_BYTES // 4:
+        abort(request)  # it pings and does not read what we send: its pongs would pile up
+        return False
+    try:
+        await asyncio.wait_for(ws.pong(data), send_timeout)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        abort(request)
+        return False
+    return True
+
+
+class Keepalive:
+    """
+    Ping a websocket that has been quiet for ``interval`` s; drop it without a pong in ``timeout``.
+
+    Anything received counts as a sign of life. A peer that vanished without FIN or RST (a
+    Wi-Fi drop) is detected within ``interval`` (quiet) + ``interval`` (check period) +
+    ``timeout``.
+    """
+
+    def __init__(self, request: web.BaseRequest, ws: web.WebSocketResponse, interval: float,
+                 timeout: float, on_dead=None):
+        self.request = request
+        self.ws = ws
+        self.interval = interval
+        self.timeout = timeout
+        self.on_dead = on_dead
+        self.last_heard = time.monotonic()
+        self._heard = asyncio.Event()
+        self.task: Optional[asyncio.Task] = None
+
+    def start(self) -> 'Keepalive':
+        """Run in the background until :meth:`stop`."""
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def stop(self):
+        """Stop pinging."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def heard(self):
+        """Note a sign of life (any frame from the peer)."""
+        self.last_heard = time.monotonic()
+        self._heard.set()
+
+    async def _run(self):
+        while True:
+            await asyncio.sleep(self.interval)
+            if time.monotonic() - self.last_heard < self.interval:
+                continue
+            self._heard.clear()
+            try:
+                await asyncio.wait_for(self.ws.ping(KEEPALIVE_PING), self.timeout)
+                await asyncio.wait_for(self._heard.wait(), self.timeout)
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                if self.on_dead is not None:
+                    self.on_dead()
+                abort(self.request)
+                return
+
+
+def is_data(message) -> bool:
+    """Tell whether a received websocket message is a text or binary data message."""
+    return message.type in (WSMsgType.TEXT, WSMsgType.BINARY)
