@@ -44,6 +44,7 @@ CHANNEL_LABEL = protocol.DATA_CHANNEL_LABEL
 CHANNEL_TYPES = protocol.DATA_CHANNEL_COMMANDS
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
 GATHER_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -434,7 +435,11 @@ class WebRtcService:
         if peer.channel is not None:
             self._channel_closed(peer)
         if peer.pc is not None:
-            await peer.pc.close()
+            try:   # bounded: closing a TURN allocation waits on a server that may be gone
+                await asyncio.wait_for(peer.pc.close(), CLOSE_TIMEOUT)
+            except (asyncio.TimeoutError, OSError):
+                self.log.warning('webrtc peer %s did not close cleanly in %g s', client_id,
+                                 CLOSE_TIMEOUT)
         self.log.info('webrtc peer %s closed', client_id)
 
     # -- aiortc hooks ----------------------------------------------------------------------
