@@ -12,6 +12,7 @@ separate processes and the benchmark reports their CPU next to the bridge's.
 
 import argparse
 import asyncio
+import collections
 import json
 import math
 import time
@@ -38,14 +39,27 @@ async def peer(port: int, codec: str, deadline: float, records: list, errors: li
                 if len(stamps) > 600:
                     stamps.pop(next(iter(stamps)))
 
+    # aiortc rebases received timestamps to its first one (frame.pts = rtp - first), so the
+    # offset is learnt: the one value rtp - pts takes for every frame (camera stamps jitter, so
+    # neighbouring frames' offsets differ).
+    offsets = collections.Counter()
+    found = []
+
     @pc.on('track')
     def on_track(track):
         async def read():
             try:
                 while True:
                     frame = await track.recv()
-                    stamp, size = stamps.get(frame.pts, (math.nan, math.nan))
-                    records.append((time.time(), stamp, size))
+                    arrived = time.time()
+                    if not found:
+                        offsets.update({(rtp - frame.pts) & 0xFFFFFFFF for rtp in stamps})
+                        best, count = (offsets.most_common(1) or [(None, 0)])[0]
+                        if count >= 15 and list(offsets.values()).count(count) == 1:
+                            found.append(best)
+                    rtp = (frame.pts + found[0]) & 0xFFFFFFFF if found else None
+                    stamp, size = stamps.get(rtp, (math.nan, math.nan))
+                    records.append((arrived, stamp, size))
             except MediaStreamError:
                 done.set()
         asyncio.ensure_future(read())
