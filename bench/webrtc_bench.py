@@ -206,10 +206,22 @@ def browser_run(url: str, options, chromium=CHROMIUM) -> list:
                 page = browser.new_page(viewport={'width': 1280, 'height': 800})
                 page.goto(f'{url}/?transport={transport}')
                 value = 'webrtc' if transport == 'webrtc' else 'websocket'
-                page.wait_for_function(
-                    f"document.getElementById('stat-transport').dataset.value === '{value}' "
-                    "&& Number(document.getElementById('stat-fps').dataset.value) > 5",
-                    timeout=30000)
+                try:
+                    page.wait_for_function(
+                        f"document.getElementById('stat-transport').dataset.value === "
+                        f"'{value}' && Number(document.getElementById('stat-fps')"
+                        ".dataset.value) > 5", timeout=30000)
+                except Exception:
+                    state = page.evaluate('''() => { const b = window.videoBridge;
+                        return {conn: document.getElementById('conn').dataset.state,
+                                webrtc: b.webrtc.status, problem: b.webrtc.problem,
+                                video: b.video.status, fps: b.video.stats().fps}; }''')
+                    print(f'{transport} did not play: {state}')
+                    rows.append((transport, {'fps': 0.0, 'p50': math.nan, 'p99': math.nan,
+                                             'kbps': 0.0, 'codec': None, 'layer': None,
+                                             'samples': 0}))
+                    page.close()
+                    continue
                 time.sleep(options.warmup)
                 rows.append((transport, page_figures(page, transport, options.duration)))
                 page.close()
@@ -248,23 +260,26 @@ def part_cap(options):
     wrapper.close()
     os.chmod(wrapper.name, 0o755)
     try:
-        sh('ip', 'netns', 'add', namespace)
-        sh('ip', 'link', 'add', 'vbw0', 'type', 'veth', 'peer', 'name', 'vbw1')
-        sh('ip', 'link', 'set', 'vbw1', 'netns', namespace)
-        sh('ip', 'addr', 'add', f'{BRIDGE_SIDE}/24', 'dev', 'vbw0')
-        sh('ip', 'link', 'set', 'vbw0', 'up')
-        for command in (['ip', 'addr', 'add', f'{VIEWER_SIDE}/24', 'dev', 'vbw1'],
-                        ['ip', 'link', 'set', 'vbw1', 'up'], ['ip', 'link', 'set', 'lo', 'up']):
-            sh('ip', 'netns', 'exec', namespace, *command)
-        sh('tc', 'qdisc', 'add', 'dev', 'vbw0', 'root', 'tbf', 'rate', options.cap,
-           'burst', '16kb', 'latency', '100ms')
         run_for = options.warmup * 2 + options.duration * 2 + 120
         with benchlib.Rig(options.keep_logs) as rig:
+            # The nodes start first: they refuse to run next to an interface but lo.
             _, port = benchlib.start_bridge(
                 rig, benchlib.VIDEO_TOPIC,
                 ['host:=0.0.0.0', f'webrtc_host_addresses:=["{BRIDGE_SIDE}"]',
                  'allowed_hosts:=["*"]'])
             benchlib.start_publisher(rig, benchlib.VIDEO_TOPIC, run_for)
+            time.sleep(2.0)   # the publisher's own loopback check is done by now
+            sh('ip', 'netns', 'add', namespace)
+            sh('ip', 'link', 'add', 'vbw0', 'type', 'veth', 'peer', 'name', 'vbw1')
+            sh('ip', 'link', 'set', 'vbw1', 'netns', namespace)
+            sh('ip', 'addr', 'add', f'{BRIDGE_SIDE}/24', 'dev', 'vbw0')
+            sh('ip', 'link', 'set', 'vbw0', 'up')
+            for command in (['ip', 'addr', 'add', f'{VIEWER_SIDE}/24', 'dev', 'vbw1'],
+                            ['ip', 'link', 'set', 'vbw1', 'up'],
+                            ['ip', 'link', 'set', 'lo', 'up']):
+                sh('ip', 'netns', 'exec', namespace, *command)
+            sh('tc', 'qdisc', 'add', 'dev', 'vbw0', 'root', 'tbf', 'rate', options.cap,
+               'burst', '16kb', 'latency', '100ms')
             rows = browser_run(f'http://{BRIDGE_SIDE}:{port}', options, wrapper.name)
         print_browser(f'Through a {options.cap} tbf cap (bridge -> viewer, veth between two '
                       'namespaces, 100 ms queue):', rows)

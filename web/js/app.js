@@ -69,7 +69,9 @@ const control = new ControlClient({
       ui.tokenNeed = null;
     }
     video.retrySoon();
-    loadStreams().then(startWebRtc);
+    loadStreams().then(() => {
+      if (!['starting', 'playing'].includes(webrtc.status)) restartVideo();
+    });
     render();
   },
   onState(state) {
@@ -149,15 +151,33 @@ function showVideoTransport() {
   $('webrtc-video').hidden = !playing;
   $('video').hidden = playing;
   if (playing && video.status !== 'disconnected') video.stop();
-  if (!playing && video.status === 'disconnected' && video.retryAt === null && ui.choice
+  if (!playing && ['failed', 'unavailable'].includes(webrtc.status)
+      && video.status === 'disconnected' && video.retryAt === null && ui.choice
       && transportWanted() !== 'webrtc') {
     video.restart();
   }
 }
 
+// Auto: WebRTC first (on a thin link a JPEG stream beside it would starve its start), JPEG if
+// it has not played within AUTO_FALLBACK ms or fails; a version 1 bridge gets JPEG at once.
+const AUTO_FALLBACK = 4000;
+let fallbackTimer = null;
+
 function restartVideo() {
-  video.restart();
   webrtc.stop();
+  clearTimeout(fallbackTimer);
+  const wanted = transportWanted();
+  const v1 = control.hello && (control.hello.protocol ?? 1) < 2;
+  if (wanted === 'websocket' || v1) {
+    video.restart();
+  } else {
+    video.stop();
+    if (wanted === 'auto') {
+      fallbackTimer = setTimeout(() => {
+        if (webrtc.status !== 'playing' && ui.choice) video.restart();
+      }, AUTO_FALLBACK);
+    }
+  }
   startWebRtc();
 }
 
@@ -304,9 +324,7 @@ $('stream').addEventListener('focus', loadStreams);  // topics come and go
 $('transport').value = transportWanted();
 $('transport').addEventListener('change', (event) => {
   session.set(TRANSPORT_KEY, event.target.value);
-  webrtc.stop();
-  showVideoTransport();
-  startWebRtc();
+  restartVideo();
   render();
 });
 
@@ -398,6 +416,9 @@ function videoOverlayText(stats) {
   if (webrtc.status === 'playing') {
     return stats.frameAge !== null && stats.frameAge > 2
       ? `No new frame for ${Math.floor(stats.frameAge)} s` : '';
+  }
+  if (webrtc.status === 'starting' && video.status === 'disconnected') {
+    return 'Starting WebRTC video…';
   }
   if (video.status === 'disconnected') {
     return video.retryAt !== null ? `Video lost · reconnecting in ${seconds(video.retryAt)} s`
