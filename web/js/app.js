@@ -161,22 +161,18 @@ function showVideoTransport() {
 // Auto: WebRTC first (on a thin link a JPEG stream beside it would starve its start), JPEG if
 // it has not played within AUTO_FALLBACK ms or fails; a version 1 bridge gets JPEG at once.
 const AUTO_FALLBACK = 4000;
-let fallbackTimer = null;
+let fallbackAt = null;   // page time at which Auto starts JPEG unless WebRTC plays by then
 
 function restartVideo() {
   webrtc.stop();
-  clearTimeout(fallbackTimer);
+  fallbackAt = null;
   const wanted = transportWanted();
   const v1 = control.hello && (control.hello.protocol ?? 1) < 2;
   if (wanted === 'websocket' || v1) {
     video.restart();
   } else {
     video.stop();
-    if (wanted === 'auto') {
-      fallbackTimer = setTimeout(() => {
-        if (webrtc.status !== 'playing' && ui.choice) video.restart();
-      }, AUTO_FALLBACK);
-    }
+    if (wanted === 'auto') fallbackAt = pageNow() + AUTO_FALLBACK;
   }
   startWebRtc();
 }
@@ -500,6 +496,12 @@ function render() {
 }
 
 function renderVideo() {
+  if (fallbackAt !== null && pageNow() >= fallbackAt) {
+    fallbackAt = null;
+    if (webrtc.status !== 'playing' && ui.choice && video.status === 'disconnected') {
+      video.restart();
+    }
+  }
   const viaWebRtc = webrtc.status === 'playing';
   const stats = viaWebRtc ? webrtc.stats() : video.stats();
   const transport = $('stat-transport');

@@ -290,6 +290,8 @@ class WebRtcService:
             else:
                 raise _signal_error('unknown_type', f'unknown message type {str(kind)[:64]!r}')
         except protocol.ProtocolError as exc:
+            if kind == 'webrtc_start':
+                await self._close(client_id)
             reply = {'type': 'webrtc_error', 'code': exc.code, 'message': exc.message}
         except Exception as exc:  # aiortc refusing an SDP, say: tell the page, keep serving
             self.log.warning('webrtc: %s from %s failed: %s', kind, client_id, exc)
@@ -373,10 +375,13 @@ class WebRtcService:
         async with asyncio.timeout(GATHER_TIMEOUT):
             await pc.setLocalDescription(await pc.createOffer())
         self._restrict_host_candidates(pc)
+        sdp = ice.filter_candidates(pc.localDescription.sdp, self.ice)
+        if 'a=candidate:' not in sdp:   # nothing the browser could reach: say so at once
+            raise _signal_error('webrtc_unavailable', 'the bridge has no ICE candidates (no '
+                                'address but loopback, or all filtered) and no TURN server')
         self.offers += 1
         self.log.info('webrtc peer %s: offering %s of stream %r', client_id, codec, stream.name)
-        return {'type': 'webrtc_offer', 'sdp': ice.filter_candidates(pc.localDescription.sdp,
-                                                                     self.ice),
+        return {'type': 'webrtc_offer', 'sdp': sdp,
                 'codec': codec, 'stream': stream.name,
                 'layers': list(stream.settings.video_bitrates)}
 
