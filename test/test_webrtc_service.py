@@ -200,3 +200,23 @@ def test_viewing_needs_the_grant_and_config_mints_turn_credentials():
         assert ice.rest_credential_valid('s', server['username'], server['credential'],
                                          now=0)
     run(scenario())
+
+
+def test_a_start_flood_costs_one_peer_a_second_and_the_newest_wins():
+    async def scenario():
+        with host_address(), Harness() as harness:
+            try:
+                await harness.service.handle('c1', None, {'type': 'webrtc_start', 'id': 0,
+                                                          'stream': 'cam'})
+                started = asyncio.get_running_loop().time()
+                await asyncio.gather(*(harness.service.handle(
+                    'c1', None, {'type': 'webrtc_start', 'id': i, 'stream': 'cam'})
+                    for i in range(1, 6)))
+                replies = {m['id']: m for m in harness.sent['c1']}
+                assert replies[5]['type'] == 'webrtc_offer'
+                assert all(replies[i]['code'] == 'superseded' for i in range(1, 5))
+                assert asyncio.get_running_loop().time() - started >= 0.9
+                assert harness.service.offers == 2 and harness.service.counters()['peers'] == 1
+            finally:
+                await harness.service.stop()
+    run(scenario())

@@ -44,6 +44,7 @@ CHANNEL_LABEL = protocol.DATA_CHANNEL_LABEL
 CHANNEL_TYPES = protocol.DATA_CHANNEL_COMMANDS
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
 GATHER_TIMEOUT = 10.0
+MIN_START_INTERVAL = 1.0  # s between webrtc_start of one session: each one costs a peer and ICE
 CLOSE_TIMEOUT = 2.0
 
 
@@ -240,6 +241,8 @@ class WebRtcService:
             self.codecs = ()
         self._tasks = set()
         self._ids = itertools.count(1)
+        self._last_start: Dict[str, float] = {}
+        self._start_turn: Dict[str, int] = {}
         self.offers = 0
 
     # -- frames from the ROS thread ------------------------------------------------------
@@ -290,8 +293,6 @@ class WebRtcService:
             else:
                 raise _signal_error('unknown_type', f'unknown message type {str(kind)[:64]!r}')
         except protocol.ProtocolError as exc:
-            if kind == 'webrtc_start':
-                await self._close(client_id)
             reply = {'type': 'webrtc_error', 'code': exc.code, 'message': exc.message}
         except Exception as exc:  # aiortc refusing an SDP, say: tell the page, keep serving
             self.log.warning('webrtc: %s from %s failed: %s', kind, client_id, exc)
@@ -303,6 +304,8 @@ class WebRtcService:
 
     def disconnect(self, client_id: str):
         """Close the peer of a control session that ended."""
+        self._last_start.pop(client_id, None)
+        self._start_turn.pop(client_id, None)
         self._spawn(self._close(client_id))
 
     # -- steps ------------------------------------------------------------------------------
@@ -336,6 +339,15 @@ class WebRtcService:
 
     async def _start(self, client_id: str, message: dict) -> dict:
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
+        # At most one start per MIN_START_INTERVAL per session; a newer one supersedes a
+        # waiting one (the page only cares about its latest), so a flood costs one peer a second.
+        turn = self._start_turn[client_id] = self._start_turn.get(client_id, 0) + 1
+        last = self._last_start.get(client_id)
+        if last is not None and self.clock() - last < MIN_START_INTERVAL:
+            await asyncio.sleep(MIN_START_INTERVAL - (self.clock() - last))
+            if self._start_turn.get(client_id) != turn:
+                raise _signal_error('superseded', 'a newer webrtc_start replaced this one')
+        self._last_start[client_id] = self.clock()
         stream = self._find_stream(message.get('stream'))
         codec = self._pick_codec(message.get('codecs'))
         await self._close(client_id)   # one peer per control session: a new start replaces it
@@ -377,6 +389,7 @@ class WebRtcService:
         self._restrict_host_candidates(pc)
         sdp = ice.filter_candidates(pc.localDescription.sdp, self.ice)
         if 'a=candidate:' not in sdp:   # nothing the browser could reach: say so at once
+            await self._close(client_id)
             raise _signal_error('webrtc_unavailable', 'the bridge has no ICE candidates (no '
                                 'address but loopback, or all filtered) and no TURN server')
         self.offers += 1
