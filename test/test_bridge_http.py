@@ -205,7 +205,7 @@ def test_stream_list_static_files_and_view_token(ros, start_bridge):
     status, headers, body = get(f'{bridge.http}/api/streams',
                                 {'Authorization': 'Bearer s3cret'})
     document = json.loads(body)
-    assert status == 200 and document['protocol'] == 1
+    assert status == 200 and document['protocol'] == 2
     assert document['streams'][0]['name'] == 'camera'
     assert document['streams'][0]['video'] == '/video/camera'
     assert document['access'] == {'token_required': True, 'view_requires_token': True}

@@ -8,11 +8,13 @@ import { controlPath, ERROR_TEXT, streamChoices, streamsPath, videoPath,
          websocketBase } from './protocol.js';
 import { formatBitrate, formatDuration } from './stats.js';
 import { VideoClient } from './video.js';
+import { CHANNEL_COMMANDS, WebRtcVideo } from './webrtc.js';
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = 'video_bridge.token';     // sessionStorage: gone when the tab closes
 const STREAM_KEY = 'video_bridge.stream';
 const SPEED_KEY = 'video_bridge.speed';
+const TRANSPORT_KEY = 'video_bridge.transport';  // auto | webrtc | websocket
 
 const session = {
   get(key) {
@@ -36,6 +38,9 @@ if (pageParams.has('token')) {
 }
 
 let token = session.get(TOKEN_KEY) || '';
+// ?transport=websocket|webrtc|auto picks the video transport; ?relay=1 forces TURN relay.
+if (pageParams.has('transport')) session.set(TRANSPORT_KEY, pageParams.get('transport'));
+const relayOnly = pageParams.get('relay') === '1';
 const wsBase = websocketBase(location);
 
 const ui = {
@@ -64,7 +69,9 @@ const control = new ControlClient({
       ui.tokenNeed = null;
     }
     video.retrySoon();
-    loadStreams();
+    loadStreams().then(() => {
+      if (!['starting', 'playing'].includes(webrtc.status)) restartVideo();
+    });
     render();
   },
   onState(state) {
@@ -72,6 +79,10 @@ const control = new ControlClient({
     render();
   },
   onReply(message, request) {
+    if (request?.type?.startsWith('webrtc_')) {  // a version 1 bridge: no WebRTC
+      webrtc.refused(message.message || message.code);
+      return;
+    }
     drive.reply(message, request);
     if (message.type === 'error') {
       showNotice(ERROR_TEXT[message.code] ? `${ERROR_TEXT[message.code]} (${message.message})`
@@ -80,9 +91,12 @@ const control = new ControlClient({
   },
   onClose(info) {
     drive.setDisconnected();
+    webrtc.stop();
+    showVideoTransport();
     if (info.meaning.needsToken) tokenRefused(info);
     render();
   },
+  onOther: (message) => webrtc.message(message),
 });
 
 const video = new VideoClient($('video'), {
@@ -101,6 +115,68 @@ const video = new VideoClient($('video'), {
   },
 });
 
+// --- WebRTC (protocol v2): preferred when the bridge offers it, websocket JPEG otherwise ------
+
+const webrtc = new WebRtcVideo($('webrtc-video'), {
+  control, clock: control.clock, relay: relayOnly,
+  onStatus: () => {
+    showVideoTransport();
+    render();
+  },
+});
+
+function transportWanted() {
+  const value = session.get(TRANSPORT_KEY);
+  return ['webrtc', 'websocket'].includes(value) ? value : 'auto';
+}
+
+function streamName(choice) {
+  return choice ? decodeURIComponent(choice.video.replace(/^\/video\//, '')) : null;
+}
+
+function startWebRtc() {
+  if (transportWanted() === 'websocket' || control.status !== 'connected' || !ui.choice
+      || (control.hello?.protocol ?? 1) < 2) {
+    webrtc.stop();
+    return;
+  }
+  const name = streamName(ui.choice);
+  if (['starting', 'playing'].includes(webrtc.status) && webrtc.stream === name) return;
+  webrtc.start(name);
+}
+
+// While WebRTC plays, the <video> shows it and the JPEG socket is closed; otherwise the canvas.
+function showVideoTransport() {
+  const playing = webrtc.status === 'playing';
+  $('webrtc-video').hidden = !playing;
+  $('video').hidden = playing;
+  if (playing && video.status !== 'disconnected') video.stop();
+  if (!playing && ['failed', 'unavailable'].includes(webrtc.status)
+      && video.status === 'disconnected' && video.retryAt === null && ui.choice
+      && transportWanted() !== 'webrtc') {
+    video.restart();
+  }
+}
+
+// Auto: WebRTC first (on a thin link a JPEG stream beside it would starve its start), JPEG if
+// it has not played within AUTO_FALLBACK ms or fails; a version 1 bridge gets JPEG at once.
+const AUTO_FALLBACK = 4000;
+let fallbackAt = null;   // page time at which Auto starts JPEG unless WebRTC plays by then
+
+function restartVideo() {
+  webrtc.stop();
+  fallbackAt = null;
+  const wanted = transportWanted();
+  const v1 = control.hello && (control.hello.protocol ?? 1) < 2;
+  if (wanted === 'websocket' || v1) {
+    video.restart();
+  } else {
+    video.stop();
+    if (wanted === 'auto') fallbackAt = pageNow() + AUTO_FALLBACK;
+  }
+  startWebRtc();
+}
+
 function tokenRefused(info) {
   if (info.meaning.invalidToken) {
     ui.tokenError = 'The bridge refused this token (invalid token). Check it and try again.';
@@ -118,7 +194,7 @@ function tokenRefused(info) {
 function reconnectAll() {
   drive.setDisconnected();
   control.reconnectNow();
-  video.restart();
+  restartVideo();
   loadStreams();
   render();
 }
@@ -149,7 +225,7 @@ async function loadStreams() {
   fillStreamSelect(next);
   if (next?.video !== ui.choice?.video) {
     ui.choice = next;
-    if (next) video.restart();
+    if (next) restartVideo();
   }
   render();
 }
@@ -169,7 +245,12 @@ function fillStreamSelect(selected) {
 // --- driving -------------------------------------------------------------------------------------
 
 const drive = new DriveController({
-  send: (message) => control.send(message),
+  // Driving commands take the data channel when WebRTC plays (unordered, no retransmits);
+  // everything else, e-stop included, the /control websocket. Replies come on /control.
+  send: (message) => control.send(message, {
+    via: CHANNEL_COMMANDS.has(message.type) && webrtc.status === 'playing'
+      ? (text) => webrtc.sendCommand(text) || control.socket.send(text) : null,
+  }),
   onNotice: showNotice,
   onCancelInputs: () => {
     keyboard.cancel();
@@ -198,6 +279,7 @@ const gamepad = new GamepadInput(window, {
 
 function engageEstop() {
   drive.engageEstop();
+  webrtc.sendCommand(JSON.stringify({ type: 'estop', engage: true }));  // also the fast path
   render();
 }
 
@@ -231,10 +313,16 @@ $('stream').addEventListener('change', (event) => {
   ui.choice = choice;
   ui.videoProblem = null;
   session.set(STREAM_KEY, choice.video);
-  video.restart();
+  restartVideo();
   render();
 });
 $('stream').addEventListener('focus', loadStreams);  // topics come and go
+$('transport').value = transportWanted();
+$('transport').addEventListener('change', (event) => {
+  session.set(TRANSPORT_KEY, event.target.value);
+  restartVideo();
+  render();
+});
 
 // After a change made with the mouse or a finger, focus leaves the slider and the selector so
 // the arrow keys drive again; keyboard users keep focus (and the arrows) where they are.
@@ -321,6 +409,13 @@ function videoOverlayText(stats) {
   if (ui.videoProblem) return ui.videoProblem;
   if (ui.streamsLoaded && !ui.choice) return 'This bridge offers no video stream.';
   if (!ui.choice) return 'Looking for video streams…';
+  if (webrtc.status === 'playing') {
+    return stats.frameAge !== null && stats.frameAge > 2
+      ? `No new frame for ${Math.floor(stats.frameAge)} s` : '';
+  }
+  if (webrtc.status === 'starting' && video.status === 'disconnected') {
+    return 'Starting WebRTC video…';
+  }
   if (video.status === 'disconnected') {
     return video.retryAt !== null ? `Video lost · reconnecting in ${seconds(video.retryAt)} s`
       : 'Video disconnected';
@@ -401,7 +496,21 @@ function render() {
 }
 
 function renderVideo() {
-  const stats = video.stats();
+  if (fallbackAt !== null && pageNow() >= fallbackAt) {
+    fallbackAt = null;
+    if (webrtc.status !== 'playing' && ui.choice && video.status === 'disconnected') {
+      video.restart();
+    }
+  }
+  const viaWebRtc = webrtc.status === 'playing';
+  const stats = viaWebRtc ? webrtc.stats() : video.stats();
+  const transport = $('stat-transport');
+  const transportText = viaWebRtc
+    ? `WebRTC ${(stats.codec ?? '').toUpperCase()}${stats.candidateType === 'relay' ? ' relay' : ''}`
+    : 'WebSocket JPEG';
+  setText(transport, transportText);
+  setAttr(transport, 'data-value', viaWebRtc ? 'webrtc' : 'websocket');
+  transport.title = webrtc.problem ? `WebRTC: ${webrtc.problem}` : '';
   const overlay = $('video-overlay');
   const text = videoOverlayText(stats);
   setText(overlay, text);
@@ -424,7 +533,7 @@ function renderVideo() {
 setInterval(render, 250);
 
 // Devtools and tests read the live objects here; nothing on the page depends on it.
-window.videoBridge = { control, video, drive, ui };
+window.videoBridge = { control, video, drive, ui, webrtc };
 
 control.start();
 loadStreams();

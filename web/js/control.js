@@ -17,8 +17,8 @@ const MAX_PENDING = 256;
 export class ControlClient {
   constructor({ url, WebSocketImpl, timers = globalThis, now = pageNow, backoff,
                 onStatus = () => {}, onHello = () => {}, onState = () => {},
-                onReply = () => {}, onClose = () => {} }) {
-    Object.assign(this, { timers, now, onStatus, onHello, onState, onReply, onClose });
+                onReply = () => {}, onClose = () => {}, onOther = () => {} }) {
+    Object.assign(this, { timers, now, onStatus, onHello, onState, onReply, onClose, onOther });
     this.status = 'disconnected';
     this.hello = null;
     this.state = null;
@@ -85,12 +85,13 @@ export class ControlClient {
   /**
    * Send a message; returns its id (echoed by the ack or error), or null when not connected.
    * `track: false` sends no id (time probes: the bridge's time reply does not echo one).
+   * `via(text) -> bool` sends it another way (the WebRTC data channel; replies still come here).
    */
-  send(message, { track = true } = {}) {
+  send(message, { track = true, via = null } = {}) {
     if (this.status !== 'connected') return null;
     const id = track ? this.nextId++ : 0;
     const text = JSON.stringify(track ? { ...message, id } : message);
-    if (!this.socket.send(text)) return null;
+    if (!(via ? via(text) : this.socket.send(text))) return null;
     if (track) {
       if (this.pending.size >= MAX_PENDING) this.pending.clear();
       this.pending.set(id, message);
@@ -133,6 +134,7 @@ export class ControlClient {
         break;
       }
       default:
+        this.onOther(message);  // webrtc_* signalling (protocol v2)
         break;
     }
   }

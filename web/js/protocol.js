@@ -1,8 +1,13 @@
-// The video_bridge wire protocol, version 1: the page's copy of
+// The video_bridge wire protocol, version 2 (v2 adds WebRTC signalling, see webrtc.js): the page's copy of
 // src/video_bridge/video_bridge/protocol.py (docs/protocol.md is the contract; all three change
 // together). Pure: no DOM, no sockets, so Node's test runner can check it.
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+
+// WebRTC signalling on /control (version 2); the bridge offers, the page answers.
+export const WEBRTC_REQUESTS = Object.freeze(['webrtc_config', 'webrtc_start', 'webrtc_answer',
+  'webrtc_ice', 'webrtc_stop']);
+export const DATA_CHANNEL_LABEL = 'control';
 
 // --- routes ----------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import struct
 from typing import Any, Optional, Union
 from urllib.parse import parse_qs, quote, unquote
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: WebRTC signalling on /control (webrtc_* messages); v1 unchanged
 
 # --- routes -----------------------------------------------------------------------------------
 
@@ -48,10 +48,12 @@ class Variant:
     max_width: int = 0
     max_height: int = 0
     quality: int = 0
+    codec: str = ''   # '' = JPEG (websocket, MJPEG, snapshot); 'h264' or 'vp8' (WebRTC)
+    layer: int = 0    # video only: 0 = full bitrate, 1 = half, 2 = quarter ...
 
     def resolved(self, default_quality: int) -> 'Variant':
         """Return the variant with the stream's default quality filled in."""
-        if self.quality:
+        if self.quality or self.codec:
             return self
         return Variant(self.max_width, self.max_height, default_quality)
 
@@ -403,6 +405,23 @@ def _control_body(obj: dict) -> ControlMessage:
     if not isinstance(kind, str):
         raise ProtocolError('bad_message', "'type' must be a string")
     raise ProtocolError('unknown_type', f'unknown message type {kind[:MAX_NAME]!r}')
+
+
+# --- WebRTC signalling (version 2; JSON objects on /control, see docs/protocol.md) -------------
+
+WEBRTC_PREFIX = 'webrtc_'
+WEBRTC_REQUESTS = frozenset({'webrtc_config', 'webrtc_start', 'webrtc_answer', 'webrtc_ice',
+                             'webrtc_stop'})            # client -> bridge
+WEBRTC_REPLIES = frozenset({'webrtc_config', 'webrtc_offer', 'webrtc_error',
+                            'webrtc_stopped'})          # bridge -> client
+DATA_CHANNEL_LABEL = 'control'   # created by the bridge: unordered, no retransmits
+DATA_CHANNEL_COMMANDS = frozenset({'command', 'velocity', 'acquire', 'release', 'estop'})
+
+
+def is_signalling(obj) -> bool:
+    """Tell whether a decoded control message is WebRTC signalling (``type`` webrtc_*)."""
+    return isinstance(obj, dict) and isinstance(obj.get('type'), str) and \
+        obj['type'].startswith(WEBRTC_PREFIX)
 
 
 @dataclass(frozen=True)

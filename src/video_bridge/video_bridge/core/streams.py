@@ -8,23 +8,32 @@ variant's newest-frame slot. Viewers never queue: each one takes the newest fram
 for one, and a frame it never took is counted as dropped for it. Memory is bounded by one frame
 per variant, whatever the viewers do.
 
+A variant may name a video codec and layer (WebRTC): its encoder (:mod:`encoders`) then keeps
+state across frames, the slot keeps the last few units (a decoder needs every one since its
+last keyframe: a peer that falls behind further waits for the next keyframe), and keyframes are
+asked for through the slot's :class:`layers.KeyframeGate` (joins, PLI/FIR, layer switches).
+
 The network adapter learns about new frames through one ``on_frame(stream_name)`` callback per
 frame (it schedules a wake-up on its loop), and about viewers coming and going through
 ``on_viewers(stream_name, count)`` (the ROS adapter subscribes on demand).
 """
 
+import collections
 from dataclasses import dataclass, field
 import threading
 import time
 from typing import Callable, Dict, Optional
 
-from video_bridge.core import image_codec
+from video_bridge.core import encoders, image_codec
+from video_bridge.core.layers import KeyframeGate
 from video_bridge.core.protocol import (
     FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, FrameHeader, pack_frame_header, Variant)
 
 RAW = 'raw'
 COMPRESSED = 'compressed'
 COLORMAPPED_ENCODINGS = frozenset({'16UC1', '32FC1', 'mono16'})
+VIDEO_HISTORY = 8        # units kept per video variant for peers a frame or two behind
+KEYFRAME_MIN_INTERVAL = 0.5  # s between requested keyframes of one video variant
 
 
 class CapacityError(RuntimeError):
@@ -54,12 +63,21 @@ class SourceImage:
 class EncodedFrame:
     """One frame of one variant, ready to send; wire forms are built once and shared."""
 
-    __slots__ = ('header', 'jpeg', 'payload', '_wire')
+    __slots__ = ('header', 'jpeg', 'payload', '_wire', 'codec', 'data', 'keyframe', 'pts')
 
-    def __init__(self, header: FrameHeader, jpeg: bytes):
+    def __init__(self, header: FrameHeader, jpeg: bytes, codec: str = encoders.JPEG,
+                 keyframe: bool = True, pts: int = 0):
         self.header = header
-        self.jpeg = jpeg
-        self.payload = pack_frame_header(header) + jpeg
+        self.codec = codec
+        self.data = jpeg          # the encoded bytes, whatever the codec
+        self.keyframe = keyframe  # video: a decoder can start here (JPEG: always)
+        self.pts = pts            # video: presentation time in encoders.TIME_BASE units
+        if codec == encoders.JPEG:
+            self.jpeg = jpeg
+            self.payload = pack_frame_header(header) + jpeg
+        else:
+            self.jpeg = b''
+            self.payload = jpeg
         self._wire: Dict[str, bytes] = {}
 
     @property
@@ -76,11 +94,14 @@ class EncodedFrame:
 
 
 class _VariantSlot:
-    __slots__ = ('viewers', 'latest')
+    __slots__ = ('viewers', 'latest', 'encoder', 'recent', 'keyframes')
 
-    def __init__(self):
+    def __init__(self, encoder: Optional[encoders.Encoder] = None):
         self.viewers = 0
         self.latest: Optional[EncodedFrame] = None
+        self.encoder = encoder    # video variants only: state across frames
+        self.recent = collections.deque(maxlen=VIDEO_HISTORY) if encoder else None
+        self.keyframes = KeyframeGate(KEYFRAME_MIN_INTERVAL) if encoder else None
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,8 @@ class StreamSettings:
     quality: int = 80                 # default JPEG quality
     max_variants: int = 4             # distinct size/quality combinations encoded at once
     display: image_codec.DisplaySettings = image_codec.DisplaySettings()
+    video_bitrates: tuple = (1_200_000, 600_000, 300_000)  # bit/s of video layers 0, 1, 2
+    video_fps: int = 30               # nominal rate the video encoders' rate control assumes
 
 
 @dataclass(frozen=True)
@@ -110,6 +133,8 @@ class StreamCounters:
     encode_seconds: float
     width: int
     height: int
+    video_encoders: int = 0    # H.264/VP8 encoders alive (one per codec and layer in use)
+    video_encodes: int = 0     # pictures given to them
     # Frames that could not be shown, by kind (image_codec.MALFORMED_KINDS); never counted as
     # dropped (dropped means "a newer frame replaced it").
     malformed: Dict[str, int] = field(default_factory=dict)
@@ -129,6 +154,24 @@ class Viewer:
         self.last_seq = 0
         self._joined_seq = joined_seq  # frames after this one count as dropped if never taken
         self._attached = True
+
+    def take_all(self) -> list:
+        """
+        Return every kept frame newer than the last one taken, oldest first (video variants).
+
+        A gap (the first one's seq is more than one past the last taken) means units were lost
+        to this viewer; its decoder then needs a keyframe (see :meth:`request_keyframe`).
+        """
+        frames = self.stream._recent_since(self.variant, self.last_seq)
+        if not frames:
+            return frames
+        self.stream._delivered_all(frames, max(self.last_seq, self._joined_seq))
+        self.last_seq = frames[-1].seq
+        return frames
+
+    def request_keyframe(self):
+        """Ask the variant's encoder for a keyframe soon (rate-limited; video only)."""
+        self.stream._request_keyframe(self.variant)
 
     def take(self) -> Optional[EncodedFrame]:
         """Return the newest frame if it is newer than the last one taken, else None."""
@@ -167,6 +210,8 @@ class Stream:
         self._frames_in = 0
         self._malformed = dict.fromkeys(image_codec.MALFORMED_KINDS, 0)
         self._malformed_logged = {}  # kind -> (time of the last log line, count then)
+        self._video_encodes = 0
+        self._pts = 0
 
     @property
     def name(self) -> str:
@@ -183,12 +228,17 @@ class Stream:
                 raise CapacityError(f'viewer limit reached ({self._hub.max_viewers})')
             slot = self._slots.get(variant)
             if slot is None:
-                if len(self._slots) >= self.settings.max_variants:
+                if variant.codec:
+                    slot = self._slots[variant] = _VariantSlot(self._video_encoder(variant))
+                elif sum(1 for v in self._slots if not v.codec) >= self.settings.max_variants:
                     raise CapacityError(
                         f'variant limit reached for stream {self.name!r} '
                         f'({self.settings.max_variants} size/quality combinations in use)')
-                slot = self._slots[variant] = _VariantSlot()
+                else:
+                    slot = self._slots[variant] = _VariantSlot()
             slot.viewers += 1
+            if slot.keyframes is not None:
+                slot.keyframes.request()  # a joining decoder starts at a keyframe
             self._viewers += 1
             count = self._viewers
             joined_seq = self._seq
@@ -205,9 +255,37 @@ class Stream:
             count = self._viewers
         self._hub._viewers_changed(self.name, count)
 
+    def _video_encoder(self, variant: Variant) -> encoders.Encoder:
+        bitrates = self.settings.video_bitrates
+        if variant.codec not in encoders.VIDEO_CODECS:
+            raise CapacityError(f'unknown video codec {variant.codec!r}')
+        if not 0 <= variant.layer < len(bitrates):
+            raise CapacityError(f'stream {self.name!r} has layers 0..{len(bitrates) - 1}')
+        return encoders.VideoEncoder(variant.codec, bitrates[variant.layer],
+                                     self.settings.video_fps)
+
     def _newest(self, variant: Variant) -> Optional[EncodedFrame]:
         slot = self._slots.get(variant)
         return slot.latest if slot is not None else None
+
+    def _recent_since(self, variant: Variant, seq: int) -> list:
+        with self._lock:
+            slot = self._slots.get(variant)
+            if slot is None or slot.recent is None:
+                frame = slot.latest if slot is not None else None
+                return [frame] if frame is not None and frame.seq > seq else []
+            return [frame for frame in slot.recent if frame.seq > seq]
+
+    def _delivered_all(self, frames: list, baseline_seq: int):
+        for frame in frames:
+            self._delivered(frame, baseline_seq)
+            baseline_seq = frame.seq
+
+    def _request_keyframe(self, variant: Variant):
+        with self._lock:
+            slot = self._slots.get(variant)
+            if slot is not None and slot.keyframes is not None:
+                slot.keyframes.request()
 
     def _delivered(self, frame: EncodedFrame, baseline_seq: int):
         self._frames_sent += 1
@@ -227,6 +305,9 @@ class Stream:
         with self._lock:
             self._frames_in += 1
             variants = list(self._slots)
+            now = self._hub.clock()
+            video = {variant: (slot.encoder, slot.keyframes.take(now))
+                     for variant, slot in self._slots.items() if slot.encoder is not None}
             if not variants:
                 self._seq += 1
                 self._frames_skipped += 1
@@ -234,7 +315,8 @@ class Stream:
             seq = self._seq + 1  # taken only once the frame turned out showable
         started = time.perf_counter()
         try:
-            frames, encodes = self._encode(image, seq, variants)
+            frames, encodes = self._encode(image, seq, [v for v in variants if not v.codec],
+                                           video)
         except image_codec.UnsupportedEncoding:
             self._count_malformed('encoding')
             raise
@@ -248,16 +330,21 @@ class Stream:
                 slot = self._slots.get(variant)
                 if slot is not None:
                     slot.latest = frame
+                    if slot.recent is not None:
+                        slot.recent.append(frame)
+                        if frame.keyframe:
+                            slot.keyframes.produced(now)
             self._encode_count += encodes
             self._encode_seconds += elapsed
         self._hub._frame_ready(self.name)
         return len(frames)
 
-    def _encode(self, image: SourceImage, seq: int, variants) -> tuple:
+    def _encode(self, image: SourceImage, seq: int, variants, video=None) -> tuple:
         """
         Convert the image once, then make one JPEG per variant (or pass the source's JPEG).
 
-        Returns the frames by variant and how many JPEG encodes that took.
+        ``video`` maps video variants to ``(encoder, keyframe wanted)``; each gets one unit.
+        Returns the frames by variant and how many encodes that took.
         """
         picture_cache = []
 
@@ -293,8 +380,31 @@ class Stream:
             header = FrameHeader(seq, width, height, image.stamp_sec, image.stamp_nanosec,
                                  image.received_time, flags)
             frames[variant] = EncodedFrame(header, jpeg)
+        if video:
+            shown = picture()
+            source_height, source_width = shown.shape[:2]
+            source_size = (source_width, source_height)
+            pts = self._video_pts(image)
+            flags = FLAG_COLORMAPPED if picture_cache[1] else 0
+            header = FrameHeader(seq, source_width & ~1, source_height & ~1, image.stamp_sec,
+                                 image.stamp_nanosec, image.received_time, flags)
+            prepared = encoders.VideoPicture(shown)   # one I420 conversion for every layer
+            for variant, (encoder, keyframe) in video.items():
+                unit = encoder.encode(prepared, pts, keyframe)
+                encodes += 1
+                self._video_encodes += 1
+                if unit is not None:
+                    frames[variant] = EncodedFrame(header, unit.data, variant.codec,
+                                                   unit.keyframe, unit.pts)
         self._size = source_size
         return frames, encodes
+
+    def _video_pts(self, image: SourceImage) -> int:
+        """Video timestamp from header.stamp (else arrival time), strictly increasing."""
+        stamp = image.stamp_sec + image.stamp_nanosec * 1e-9 or image.received_time
+        pts = int(round(stamp * encoders.CLOCK_RATE))
+        self._pts = pts if pts > self._pts else self._pts + 1
+        return self._pts
 
     def _picture(self, image: SourceImage) -> tuple:
         """Decode or convert the source image once: ``(uint8 picture, colour-mapped?)``."""
@@ -314,10 +424,12 @@ class Stream:
         """Cumulative counters; safe to call from any thread."""
         with self._lock:
             width, height = self._size
+            video_encoders = sum(1 for slot in self._slots.values() if slot.encoder)
             return StreamCounters(self._viewers, len(self._slots), self._frames_in,
                                   self._frames_sent, self._frames_dropped, self._frames_skipped,
                                   self._bytes_sent, self._encode_count, self._encode_seconds,
-                                  width, height, dict(self._malformed))
+                                  width, height, video_encoders, self._video_encodes,
+                                  dict(self._malformed))
 
     def _count_malformed(self, kind: str):
         with self._lock:
@@ -353,8 +465,10 @@ class StreamHub:
 
     def __init__(self, max_viewers: int = 100,
                  on_frame: Callable[[str], None] = lambda name: None,
-                 on_viewers: Callable[[str, int], None] = lambda name, count: None):
+                 on_viewers: Callable[[str, int], None] = lambda name, count: None,
+                 clock: Callable[[], float] = time.monotonic):
         self.max_viewers = max_viewers
+        self.clock = clock
         self.on_frame = on_frame
         self.on_viewers = on_viewers
         self._streams: Dict[str, Stream] = {}

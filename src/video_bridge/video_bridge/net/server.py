@@ -89,6 +89,7 @@ class BridgeServer:
         self.resolve_stream = resolve_stream
         self.list_topics = list_topics
         self.extra_routes = list(extra_routes)
+        self.webrtc = None  # the WebRTC service, if any: its figures join /api/streams
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.app: Optional[web.Application] = None
         self.listener: Optional[Listener] = None
@@ -278,8 +279,13 @@ class BridgeServer:
                 'viewers': counters.viewers, 'frames_in': counters.frames_in,
                 'width': counters.width, 'height': counters.height,
                 'video': protocol.VIDEO_PREFIX + quoted, 'mjpeg': protocol.MJPEG_PREFIX + quoted,
-                'snapshot': protocol.SNAPSHOT_PREFIX + quoted})
-        return {'protocol': protocol.PROTOCOL_VERSION, 'streams': streams,
-                'topics': self.list_topics(),
-                'access': {'token_required': self.access.token_required,
-                           'view_requires_token': self.access.view_requires_token}}
+                'snapshot': protocol.SNAPSHOT_PREFIX + quoted,
+                'video_encoders': counters.video_encoders,
+                'video_encodes': counters.video_encodes})
+        document = {'protocol': protocol.PROTOCOL_VERSION, 'streams': streams,
+                    'topics': self.list_topics(),
+                    'access': {'token_required': self.access.token_required,
+                               'view_requires_token': self.access.view_requires_token}}
+        if self.webrtc is not None:
+            document['webrtc'] = self.webrtc.counters()
+        return document

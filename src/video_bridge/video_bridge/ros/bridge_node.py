@@ -37,14 +37,17 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool
 from video_bridge.core import health
+from video_bridge.core import ice
 from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token
 from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
+from video_bridge.core.layers import layer_bitrates
 from video_bridge.core.streams import COMPRESSED, RAW, SourceImage, StreamHub, StreamSettings
 from video_bridge.core.teleop import load_vocabulary, TeleopConfig, TeleopCore
 from video_bridge.net import wvs_compat
 from video_bridge.net.auth import machine_names
 from video_bridge.net.control import ControlService
 from video_bridge.net.server import BridgeServer, ServerConfig
+from video_bridge.net.webrtc import WebRtcConfig, WebRtcService
 from video_bridge.ros.parameters import BRIDGE_PARAMETERS, declare, unknown_parameters
 from video_bridge.ros.usage import handle_help
 from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
@@ -153,6 +156,10 @@ class BridgeNode(Node):
             control=self.control, logger=self.log, resolve_stream=self._topic_stream,
             list_topics=lambda: list(self._image_topics),
             extra_routes=[wvs_compat.add_routes])  # web_video_server's URLs
+        self.webrtc = self._webrtc_service() if self.p.webrtc_enabled else None
+        if self.webrtc is not None:
+            self.control.signalling = self.webrtc   # webrtc_* messages of /control sessions
+            self.server.webrtc = self.webrtc
         self._image_subs = {}
         self.closing = False
         self._demand = {}
@@ -170,6 +177,28 @@ class BridgeNode(Node):
             self.get_logger().warning(f'parameter {name!r} is not a bridge_node parameter and '
                                       'is ignored (misspelt, or from an older version?)')
 
+    def _webrtc_service(self) -> WebRtcService:
+        """Build the WebRTC service (peers signalled over /control) from its parameters."""
+        stun, turn = ice.split_urls(self.p.ice_servers)
+        secret = ice.load_secret(self.p.turn_secret_file) if self.p.turn_secret_file else ''
+        settings = ice.IceSettings(
+            stun_urls=stun, turn_urls=turn, turn_username=self.p.turn_username,
+            turn_password=self.p.turn_password, turn_secret=secret,
+            turn_credential_ttl=self.p.turn_credential_ttl,
+            host_addresses=tuple(a for a in self.p.webrtc_host_addresses if a))
+        codecs = tuple(c.lower() for c in self.p.webrtc_codecs if c)
+        service = WebRtcService(
+            self.hub, settings,
+            WebRtcConfig(codecs=codecs, max_peers=self.p.webrtc_max_peers,
+                         max_message_size=self.p.max_message_size),
+            send=lambda client_id, message: self.control.send(client_id, message),
+            deliver=lambda client_id, text: self.control.deliver(client_id, text),
+            resolve_stream=self._topic_stream, logger=self.log)
+        missing = [c for c in codecs if c not in service.codecs]
+        if missing:
+            self.get_logger().warning(f'WebRTC codecs not available here: {missing}')
+        return service
+
     # -- streams -----------------------------------------------------------------------
 
     def _stream_settings(self, name: str, topic: str = '', kind: str = '') -> StreamSettings:
@@ -182,7 +211,9 @@ class BridgeNode(Node):
         resolved = topic or self.resolve_topic_name(per.topic)
         return StreamSettings(name=name, topic=resolved, kind=kind or per.type,
                               quality=per.quality or self.p.default_quality,
-                              max_variants=self.p.max_variants, display=display)
+                              max_variants=self.p.max_variants, display=display,
+                              video_bitrates=layer_bitrates(self.p.webrtc_bitrate,
+                                                            self.p.webrtc_layers))
 
     def _topic_stream(self, name: str):
         """Create a stream for an image topic seen in the graph (``/video/%2Fsome%2Ftopic``)."""
@@ -195,6 +226,8 @@ class BridgeNode(Node):
 
     def _frame_ready(self, name: str):
         self.server.notify_frame(name)
+        if self.webrtc is not None:
+            self.webrtc.notify_frame(name)
 
     def _viewers_changed(self, name: str, count: int):
         self._demand[name] = count
@@ -408,6 +441,8 @@ async def run_bridge(args=None) -> int:
             return 1
         node.control.start()
         node.watch_estop()
+        if node.webrtc is not None:
+            node.webrtc.start()
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor,), daemon=True)
         spinner.start()
@@ -425,6 +460,8 @@ async def run_bridge(args=None) -> int:
         node.closing = True
         node.get_logger().info('shutting down: stopping the car')
         await node.control.stop()
+        if node.webrtc is not None:
+            await node.webrtc.stop()
         # Off the loop, so control messages arriving meanwhile are still answered.
         await loop.run_in_executor(None, node.flush_cmd_vel)
         await node.server.stop()

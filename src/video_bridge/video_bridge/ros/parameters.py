@@ -94,6 +94,28 @@ BRIDGE_PARAMETERS = {
     'command_burst': (20, 'Control messages a connection may send at once.', (1, 1000)),
     'max_message_size': (4096, 'Largest control message in bytes; larger ones close the '
                          'socket (1009).', (64, 1048576)),
+    # webrtc (issue 10)
+    'webrtc_enabled': (True, 'Offer WebRTC video and data-channel teleop on /control (the page '
+                       'falls back to websocket JPEG without it).', None),
+    'webrtc_codecs': (['h264', 'vp8'], 'Video codecs offered over WebRTC, preferred first.', None),
+    'webrtc_bitrate': (1200000, 'Bit/s of the full WebRTC layer; further layers at 1/2, 1/4.',
+                       (50000, 20000000)),
+    'webrtc_layers': (3, 'WebRTC quality layers per stream and codec (full, half, quarter '
+                      'bitrate); each peer moves between them by its bandwidth estimate.', (1, 3)),
+    'webrtc_max_peers': (20, 'WebRTC peer connections at once.', (1, 1000)),
+    'ice_servers': ([''], 'STUN/TURN URLs for the page and the bridge: stun:host:3478, '
+                    'turn:host:3478?transport=udp, turns:host:443?transport=tcp (TURN over TLS). '
+                    'turn:/turns: entries use turn_secret_file or turn_username/turn_password.',
+                    None),
+    'turn_username': ('', 'Static TURN user name (prefer turn_secret_file).', None),
+    'turn_password': ('', 'Static TURN password (never logged; prefer turn_secret_file).', None),
+    'turn_secret_file': ('', "File with the TURN server's shared secret (coturn "
+                         'use-auth-secret / static-auth-secret): each client gets its own '
+                         'short-lived credential.', None),
+    'turn_credential_ttl': (3600.0, 'Seconds a minted TURN credential stays valid.',
+                            (60.0, 604800.0)),
+    'webrtc_host_addresses': ([''], 'Local addresses or networks (CIDR) offered as WebRTC host '
+                              'candidates; empty: every interface.', None),
 }
 
 # streams.<name>.<field>: (default, description, range)

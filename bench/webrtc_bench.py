@@ -1,0 +1,320 @@
+"""WebRTC beside websocket JPEG: encode cost, bits per viewer, bridge CPU, glass-to-glass, a cap.
+
+Why this shape: WebRTC is there to save bandwidth and survive thin links without costing the
+robot CPU per viewer. Four parts, each printed as a table (choose with --parts):
+
+* ``encode``: ms per 640x480 frame and bit/s of each encoder the hub runs (JPEG q80, H.264
+  layers at 1.2 / 0.6 / 0.3 Mbit/s, VP8 at 1.2 Mbit/s), in this process, on the publisher's
+  synthetic scene. Target: <= 2 ms per frame per layer.
+* ``viewers``: the installed bridge_node, the camera stand-in (640x480 bgr8 at 30 fps) and K
+  aiortc viewers (bench/webrtc_viewers.py, own processes, signalled over /control) for K in
+  --viewers; per viewer fps, kbit/s (encoded payload) and latency, bridge CPU; beside it the same
+  K as websocket JPEG viewers. Target: each extra WebRTC viewer <= 1 % of a core.
+* ``browser``: headless Chromium showing the page, forced to WebRTC and then to websocket JPEG:
+  glass-to-glass latency (camera header.stamp to the frame shown, per frame) and fps, on
+  loopback. Target: WebRTC p50 <= 60 ms.
+* ``cap``: the same page in a second network namespace behind a veth whose bridge side is
+  shaped by ``tc ... tbf`` to --cap (default 2 Mbit/s), RFC 5737 addresses; both transports.
+  Target: WebRTC >= 25 fps with p99 < 250 ms.
+
+Run through ``bench/run webrtc`` (private network namespace, own ROS_DOMAIN_ID). aioice never
+offers 127.0.0.1 as a candidate, so the bench gives loopback 198.51.100.1/32 in its own
+namespace; the cap part creates (and always deletes) namespace vbw-<pid> and its veth pair.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import benchlib
+from benchlib import fmt, pct, table
+import numpy as np
+
+HOST_ADDRESS = '198.51.100.1'
+CHROMIUM = '/usr/bin/chromium'
+CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-quic',
+                 '--disable-background-networking', '--disable-component-update',
+                 '--disable-sync', '--allow-loopback-in-peer-connection',
+                 '--disable-features=WebRtcHideLocalIpsWithMdns',
+                 '--autoplay-policy=no-user-gesture-required']
+BRIDGE_SIDE, VIEWER_SIDE = '192.0.2.1', '192.0.2.2'
+
+
+def sh(*argv, check=True):
+    """Run one ip/tc command; its failure stops the part with the command's message."""
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f'{" ".join(argv)}: {done.stderr.strip()}')
+    return done
+
+
+# -- encode --------------------------------------------------------------------------------------
+
+def part_encode(options) -> list:
+    """Encode the publisher's scene with every encoder; ms per frame and bit/s."""
+    sys.path.insert(0, os.path.join(benchlib.ROOT, 'src', 'video_bridge'))
+    from publisher import scene
+    from video_bridge.core import encoders
+    frames = scene(640, 480, 60)
+    cases = [('JPEG q80', lambda: encoders.JpegEncoder(80))]
+    for rate in (1_200_000, 600_000, 300_000):
+        cases.append((f'H.264 {rate / 1e6:g} Mbit/s', lambda r=rate: encoders.VideoEncoder(
+            encoders.H264, r)))
+    cases.append(('VP8 1.2 Mbit/s', lambda: encoders.VideoEncoder(encoders.VP8, 1_200_000)))
+    rows = []
+    for name, make in cases:
+        encoder = make()
+        times, sizes = [], []
+        for index in range(options.encode_frames):
+            picture = frames[index % len(frames)]
+            started = time.perf_counter()
+            unit = encoder.encode(picture, index * 3000, keyframe=False)
+            times.append(1000 * (time.perf_counter() - started))
+            sizes.append(len(unit.data) if unit else 0)
+        steady = times[30:]
+        rows.append([name, fmt(statistics.mean(steady), 2), fmt(pct(steady, 95), 2),
+                     fmt(sum(sizes[30:]) * 8 * 30 / len(sizes[30:]) / 1000, 0)])
+    print(f'\nEncode, 640x480 BGR, {options.encode_frames} frames (first 30 skipped), '
+          'one thread of this process:')
+    print(table(['encoder', 'ms/frame mean', 'p95', 'kbit/s at 30 fps'], rows))
+    return rows
+
+
+# -- viewers ---------------------------------------------------------------------------------
+
+def part_viewers(options):
+    """K aiortc viewers vs K websocket viewers of the real bridge: CPU, fps, kbit/s, latency."""
+    results = []
+    for count in options.viewers:
+        results.append(('WebRTC H.264', count, webrtc_case(count, options)))
+    for count in options.viewers:
+        results.append(('websocket JPEG', count, websocket_case(count, options)))
+    rows = []
+    for kind, count, s in results:
+        rows.append([kind, count, fmt(s['fps_min']), fmt(s['kbps_per_viewer'], 0),
+                     fmt(s['p50']), fmt(s['p99']), fmt(s['cpu']), fmt(s['viewers_cpu'])])
+    print(f'\nViewers: 640x480 bgr8 at 30 fps, {options.duration:g} s window after '
+          f'{options.warmup:g} s warm-up; kbit/s = encoded video per viewer (WebRTC: payload '
+          'before RTP/SRTP/UDP headers; websocket: JPEG + 32-byte header)')
+    print(table(['transport', 'K', 'fps min', 'kbit/s/viewer', 'latency p50 ms', 'p99',
+                 'bridge CPU %', 'viewers CPU %'], rows))
+    web = {count: s for kind, count, s in results if kind.startswith('WebRTC')}
+    if len(web) > 1:
+        low, high = min(web), max(web)
+        extra = (web[high]['cpu'] - web[low]['cpu']) / (high - low)
+        print(f'each extra WebRTC viewer: {extra:.2f} % of a core (K {low} -> {high}; '
+              f'target <= 1 %)')
+    return results
+
+
+def webrtc_case(count: int, options) -> dict:
+    run_for = options.warmup + options.duration
+    with benchlib.Rig(options.keep_logs) as rig:
+        bridge, port = benchlib.start_bridge(
+            rig, benchlib.VIDEO_TOPIC, [f'webrtc_host_addresses:=["{HOST_ADDRESS}"]'])
+        benchlib.start_publisher(rig, benchlib.VIDEO_TOPIC, run_for + 60)
+        outputs, workers = [], []
+        per = max(1, options.per_worker)
+        for first in range(0, count, per):
+            out = rig.path(f'webrtc-{first}.json')
+            n = min(per, count - first)
+            workers.append(rig.start(f'webrtc-viewers-{first}', benchlib.python_argv(
+                'webrtc_viewers.py', '--port', port, '--count', n, '--duration', run_for + 5,
+                '--out', out)))
+            outputs.append(out)
+        time.sleep(options.warmup)
+        window = benchlib.Window({child.name: child.pid for child in rig.children})
+        window.begin()
+        window.sleep(options.duration)
+        window.end()
+        for worker in workers:
+            worker.wait(run_for + 30)
+        records, errors = [], []
+        for out in outputs:
+            if os.path.exists(out):
+                with open(out) as handle:
+                    data = json.load(handle)
+                records += data['records']
+                errors += data['errors']
+        for problem in errors[:5]:
+            print(f'webrtc viewer problem: {problem}')
+        stats = viewer_stats(records, window.t0, window.t1, count)
+        stats['cpu'] = window.cpu_percent('bridge')
+        stats['viewers_cpu'] = sum(window.cpu_percent(w.name) for w in workers)
+    return stats
+
+
+def viewer_stats(records, t0, t1, count) -> dict:
+    fps, kbps, latency = [], [], []
+    for peer in records:
+        inside = [r for r in peer if t0 <= r[0] <= t1]
+        fps.append(len(inside) / (t1 - t0))
+        sizes = [r[2] for r in inside if not math.isnan(r[2])]
+        kbps.append(sum(sizes) * 8 / (t1 - t0) / 1000 * (len(inside) / max(len(sizes), 1)))
+        latency += [(r[0] - r[1]) * 1000 for r in inside if not math.isnan(r[1])]
+    fps += [0.0] * (count - len(records))
+    return {'fps_min': min(fps) if fps else math.nan, 'kbps_per_viewer': pct(kbps, 50),
+            'p50': pct(latency, 50), 'p99': pct(latency, 99)}
+
+
+def websocket_case(count: int, options) -> dict:
+    stats = benchlib.video_case(['/video/camera'] * count, options)
+    records = stats['records']
+    inside = records[(records[:, benchlib.V_RECV] >= stats['t0'])
+                     & (records[:, benchlib.V_RECV] <= stats['t1'])]
+    seconds = stats['t1'] - stats['t0']
+    stats['kbps_per_viewer'] = inside[:, benchlib.V_SIZE].sum() * 8 / seconds / 1000 / count
+    return stats
+
+
+# -- browser ---------------------------------------------------------------------------------
+
+def page_figures(page, transport: str, seconds: float) -> dict:
+    """Collect every frame's glass-to-glass latency the page computes, for ``seconds``."""
+    if transport == 'websocket':  # the JPEG client keeps medians only: tap each value
+        page.evaluate("""() => { const v = window.videoBridge.video; v.latencySamples = [];
+            const add = v.latency.add.bind(v.latency);
+            v.latency.add = (x) => { v.latencySamples.push(x); add(x); }; }""")
+    source = 'webrtc' if transport == 'webrtc' else 'video'
+    page.evaluate(f'window.videoBridge.{source}.latencySamples.length = 0')
+    start = page.evaluate(f'window.videoBridge.{source}.'
+                          + ('displayed' if transport == 'webrtc' else 'drawn'))
+    time.sleep(seconds)
+    figures = page.evaluate(f"""() => {{ const s = window.videoBridge.{source};
+        return {{ samples: s.latencySamples.slice(), frames: s.{'displayed' if transport ==
+                 'webrtc' else 'drawn'}, kbps: s.stats().kbps, codec: s.stats().codec ?? null,
+                 layer: s.layer ?? null }}; }}""")
+    latency = [x * 1000 for x in figures['samples']]
+    return {'fps': (figures['frames'] - start) / seconds, 'p50': pct(latency, 50),
+            'p99': pct(latency, 99), 'kbps': figures['kbps'], 'codec': figures['codec'],
+            'layer': figures['layer'], 'samples': len(latency)}
+
+
+def browser_run(url: str, options, chromium=CHROMIUM) -> list:
+    from playwright.sync_api import sync_playwright
+    rows = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            for transport in ('webrtc', 'websocket'):
+                page = browser.new_page(viewport={'width': 1280, 'height': 800})
+                page.goto(f'{url}/?transport={transport}')
+                value = 'webrtc' if transport == 'webrtc' else 'websocket'
+                try:
+                    page.wait_for_function(
+                        f"document.getElementById('stat-transport').dataset.value === "
+                        f"'{value}' && Number(document.getElementById('stat-fps')"
+                        ".dataset.value) > 5", timeout=30000)
+                except Exception:
+                    state = page.evaluate('''() => { const b = window.videoBridge;
+                        return {conn: document.getElementById('conn').dataset.state,
+                                webrtc: b.webrtc.status, problem: b.webrtc.problem,
+                                video: b.video.status, fps: b.video.stats().fps}; }''')
+                    print(f'{transport} did not play: {state}')
+                    rows.append((transport, {'fps': 0.0, 'p50': math.nan, 'p99': math.nan,
+                                             'kbps': 0.0, 'codec': None, 'layer': None,
+                                             'samples': 0}))
+                    page.close()
+                    continue
+                time.sleep(options.warmup)
+                rows.append((transport, page_figures(page, transport, options.duration)))
+                page.close()
+        finally:
+            browser.close()
+    return rows
+
+
+def print_browser(title: str, rows: list):
+    print(f'\n{title}')
+    print(table(['transport', 'fps', 'glass-to-glass p50 ms', 'p99', 'kbit/s', 'codec',
+                 'layer', 'frames'],
+                [[t, fmt(s['fps']), fmt(s['p50']), fmt(s['p99']), fmt(s['kbps'], 0),
+                  s['codec'] or 'jpeg', '-' if s['layer'] is None else s['layer'],
+                  s['samples']] for t, s in rows]))
+
+
+def part_browser(options):
+    run_for = options.warmup * 2 + options.duration * 2 + 120
+    with benchlib.Rig(options.keep_logs) as rig:
+        _, port = benchlib.start_bridge(rig, benchlib.VIDEO_TOPIC,
+                                        [f'webrtc_host_addresses:=["{HOST_ADDRESS}"]'])
+        benchlib.start_publisher(rig, benchlib.VIDEO_TOPIC, run_for)
+        rows = browser_run(f'http://{benchlib.HOST}:{port}', options)
+    print_browser('Glass-to-glass in headless Chromium on loopback (camera header.stamp to the '
+                  'frame shown: requestVideoFrameCallback for WebRTC, drawn for JPEG):', rows)
+    return rows
+
+
+# -- cap ---------------------------------------------------------------------------------------
+
+def part_cap(options):
+    namespace = f'vbw-{os.getpid()}'
+    wrapper = tempfile.NamedTemporaryFile('w', suffix='-chromium', delete=False)
+    wrapper.write(f'#!/bin/sh\nexec ip netns exec {namespace} {CHROMIUM} "$@"\n')
+    wrapper.close()
+    os.chmod(wrapper.name, 0o755)
+    try:
+        run_for = options.warmup * 2 + options.duration * 2 + 120
+        with benchlib.Rig(options.keep_logs) as rig:
+            # The nodes start first: they refuse to run next to an interface but lo.
+            _, port = benchlib.start_bridge(
+                rig, benchlib.VIDEO_TOPIC,
+                ['host:=0.0.0.0', f'webrtc_host_addresses:=["{BRIDGE_SIDE}"]',
+                 'allowed_hosts:=["*"]'])
+            benchlib.start_publisher(rig, benchlib.VIDEO_TOPIC, run_for)
+            time.sleep(2.0)   # the publisher's own loopback check is done by now
+            sh('ip', 'netns', 'add', namespace)
+            sh('ip', 'link', 'add', 'vbw0', 'type', 'veth', 'peer', 'name', 'vbw1')
+            sh('ip', 'link', 'set', 'vbw1', 'netns', namespace)
+            sh('ip', 'addr', 'add', f'{BRIDGE_SIDE}/24', 'dev', 'vbw0')
+            sh('ip', 'link', 'set', 'vbw0', 'up')
+            for command in (['ip', 'addr', 'add', f'{VIEWER_SIDE}/24', 'dev', 'vbw1'],
+                            ['ip', 'link', 'set', 'vbw1', 'up'],
+                            ['ip', 'link', 'set', 'lo', 'up']):
+                sh('ip', 'netns', 'exec', namespace, *command)
+            sh('tc', 'qdisc', 'add', 'dev', 'vbw0', 'root', 'tbf', 'rate', options.cap,
+               'burst', '16kb', 'latency', '100ms')
+            rows = browser_run(f'http://{BRIDGE_SIDE}:{port}', options, wrapper.name)
+        print_browser(f'Through a {options.cap} tbf cap (bridge -> viewer, veth between two '
+                      'namespaces, 100 ms queue):', rows)
+        return rows
+    finally:
+        sh('ip', 'link', 'del', 'vbw0', check=False)
+        sh('ip', 'netns', 'del', namespace, check=False)
+        os.unlink(wrapper.name)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--parts', default='encode,viewers,browser,cap')
+    parser.add_argument('--viewers', default='1,5,10',
+                        type=lambda text: [int(v) for v in text.split(',')])
+    parser.add_argument('--duration', type=float, default=15.0)
+    parser.add_argument('--warmup', type=float, default=5.0)
+    parser.add_argument('--encode-frames', type=int, default=300)
+    parser.add_argument('--cap', default='2mbit')
+    benchlib.add_rig_options(parser)
+    options = parser.parse_args()
+    options.per_worker = min(options.per_worker, 5)
+    benchlib.require_loopback_only()
+    benchlib.print_versions()
+    added = sh('ip', 'addr', 'add', f'{HOST_ADDRESS}/32', 'dev', 'lo', check=False)
+    try:
+        for part in options.parts.split(','):
+            {'encode': part_encode, 'viewers': part_viewers, 'browser': part_browser,
+             'cap': part_cap}[part](options)
+    finally:
+        if added.returncode == 0:
+            sh('ip', 'addr', 'del', f'{HOST_ADDRESS}/32', 'dev', 'lo', check=False)
+
+
+if __name__ == '__main__':
+    np.seterr(all='ignore')
+    main()

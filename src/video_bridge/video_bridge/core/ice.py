@@ -1,0 +1,193 @@
+"""
+ICE configuration: which STUN/TURN servers a browser and the bridge use, with what credentials.
+
+Pure (no sockets, no clock reads): the edge passes ``now``. Two ways to authenticate to TURN:
+
+* static credentials (``turn_username`` + ``turn_password``), the same for every client;
+* the TURN REST API convention that coturn implements with ``use-auth-secret``: the bridge and
+  the TURN server share a secret, and each client gets a short-lived credential minted from it,
+  ``username = "<expiry unix time>:<name>"`` and
+  ``credential = base64(HMAC-SHA1(secret, username))``. A leaked credential expires by itself and
+  the secret never leaves the robot.
+
+URLs follow RFC 7064 / 7065: ``stun:host[:port]``, ``turn:host[:port][?transport=udp|tcp]`` and
+``turns:host[:port][?transport=tcp]`` (TURN over TLS, e.g. on 443 for networks that only let
+HTTPS out).
+"""
+
+import base64
+from dataclasses import dataclass
+import hashlib
+import hmac
+import ipaddress
+import re
+from typing import Iterable, List, Tuple
+
+URL_PATTERN = re.compile(
+    r'^(?P<scheme>stun|stuns|turn|turns):(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)'
+    r'(?::(?P<port>\d{1,5}))?(?:\?transport=(?P<transport>udp|tcp))?$')
+MAX_TTL = 7 * 24 * 3600
+MAX_NAME = 64
+NAME_PATTERN = re.compile(r'^[A-Za-z0-9_.@-]{1,64}$')
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One entry of RTCConfiguration.iceServers."""
+
+    urls: Tuple[str, ...]
+    username: str = ''
+    credential: str = ''
+
+    def as_dict(self) -> dict:
+        """Return the browser's RTCIceServer dictionary (credentials only where there are some)."""
+        entry = {'urls': list(self.urls)}
+        if self.username or self.credential:
+            entry['username'] = self.username
+            entry['credential'] = self.credential
+        return entry
+
+
+def check_url(url: str) -> str:
+    """Return ``url`` if it is a STUN/TURN URL this bridge hands out; ValueError otherwise."""
+    match = URL_PATTERN.match(url.strip())
+    if not match:
+        raise ValueError(f'not a STUN/TURN URL (stun:host[:port], turn:host[:port]'
+                         f'[?transport=udp|tcp], turns:host[:port]): {url!r}')
+    port = match.group('port')
+    if port is not None and not 0 < int(port) < 65536:
+        raise ValueError(f'port out of range in {url!r}')
+    if match.group('scheme') in ('stun', 'stuns') and match.group('transport'):
+        raise ValueError(f'a STUN URL takes no transport: {url!r}')
+    if match.group('scheme') == 'turns' and match.group('transport') == 'udp':
+        raise ValueError(f'TURN over TLS runs on TCP: {url!r}')
+    return url.strip()
+
+
+def is_turn(url: str) -> bool:
+    """Tell whether ``url`` names a TURN (relay) server rather than STUN."""
+    return url.startswith(('turn:', 'turns:'))
+
+
+def rest_credential(secret: str, name: str, now: float, ttl: float) -> Tuple[str, str]:
+    """
+    Mint a TURN REST API credential valid until ``now + ttl``: ``(username, credential)``.
+
+    coturn with ``use-auth-secret`` and ``static-auth-secret=<secret>`` accepts it until then.
+    """
+    if not secret:
+        raise ValueError('the TURN shared secret is empty')
+    if not 0 < ttl <= MAX_TTL:
+        raise ValueError(f'turn_credential_ttl must be within 1..{MAX_TTL} s, got {ttl!r}')
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f'TURN user name must be 1..{MAX_NAME} of A-Z a-z 0-9 _ . @ -: {name!r}')
+    username = f'{int(now + ttl)}:{name}'
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode('ascii')
+
+
+def rest_credential_valid(secret: str, username: str, credential: str, now: float) -> bool:
+    """Check a REST API credential as coturn does: right HMAC and not yet expired."""
+    expiry, _, _ = username.partition(':')
+    if not expiry.isdigit() or int(expiry) < now:
+        return False
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return hmac.compare_digest(base64.b64encode(digest).decode('ascii'), credential)
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    """The bridge's ICE parameters, validated once at startup."""
+
+    stun_urls: Tuple[str, ...] = ()
+    turn_urls: Tuple[str, ...] = ()
+    turn_username: str = ''        # static credentials ...
+    turn_password: str = ''
+    turn_secret: str = ''          # ... or a REST API shared secret (wins when set)
+    turn_credential_ttl: float = 3600.0
+    host_addresses: Tuple[str, ...] = ()  # allowed local addresses/networks; empty: all
+
+    def __post_init__(self):
+        """Refuse URLs a browser would reject, and TURN without any way to authenticate."""
+        for url in self.stun_urls:
+            if is_turn(check_url(url)):
+                raise ValueError(f'ice_servers lists STUN servers; put {url!r} in turn_urls')
+        for url in self.turn_urls:
+            if not is_turn(check_url(url)):
+                raise ValueError(f'turn_urls lists TURN servers; {url!r} is STUN')
+        if self.turn_urls and not self.turn_secret and not (
+                self.turn_username and self.turn_password):
+            raise ValueError('turn_urls needs turn_secret_file, or turn_username and '
+                             'turn_password')
+        if not 0 < self.turn_credential_ttl <= MAX_TTL:
+            raise ValueError(f'turn_credential_ttl must be within 1..{MAX_TTL} s')
+        for entry in self.host_addresses:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+
+    def __repr__(self) -> str:
+        """Describe the settings without secrets."""
+        auth = 'secret' if self.turn_secret else 'static' if self.turn_username else 'none'
+        return (f'IceSettings(stun={list(self.stun_urls)}, turn={list(self.turn_urls)}, '
+                f'auth={auth}, host_addresses={list(self.host_addresses)})')
+
+    def servers(self, name: str, now: float) -> List[IceServer]:
+        """Return the ICE servers for one client; REST credentials are minted per call."""
+        servers = []
+        if self.stun_urls:
+            servers.append(IceServer(tuple(self.stun_urls)))
+        if self.turn_urls:
+            if self.turn_secret:
+                username, credential = rest_credential(self.turn_secret, name, now,
+                                                       self.turn_credential_ttl)
+            else:
+                username, credential = self.turn_username, self.turn_password
+            servers.append(IceServer(tuple(self.turn_urls), username, credential))
+        return servers
+
+    def host_address_allowed(self, address: str) -> bool:
+        """Tell whether the bridge may offer a host candidate on ``address``."""
+        if not self.host_addresses:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split('%')[0])
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(entry, strict=False)
+                   for entry in self.host_addresses)
+
+
+def load_secret(path: str) -> str:
+    """Read a shared secret file's first line; ValueError (never the secret) when unusable."""
+    try:
+        with open(path, encoding='utf-8') as handle:
+            secret = handle.readline().strip()
+    except OSError as exc:
+        raise ValueError(f'cannot read turn_secret_file {path!r}: {exc.strerror}') from None
+    if not secret:
+        raise ValueError(f'turn_secret_file {path!r} is empty')
+    return secret
+
+
+def split_urls(values: Iterable[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """Split one list of URLs into (STUN, TURN), dropping blanks (a YAML list of '')."""
+    stun, turn = [], []
+    for value in values:
+        value = value.strip()
+        if value:
+            (turn if is_turn(value) else stun).append(value)
+    return tuple(stun), tuple(turn)
+
+
+def filter_candidates(sdp: str, settings: IceSettings) -> str:
+    """Drop ``a=candidate`` host lines of ``sdp`` whose address the settings do not allow."""
+    if not settings.host_addresses:
+        return sdp
+    kept = []
+    for line in sdp.split('\r\n'):
+        if line.startswith('a=candidate:'):
+            fields = line.split()
+            if len(fields) > 7 and fields[7] == 'host' \
+                    and not settings.host_address_allowed(fields[4]):
+                continue
+        kept.append(line)
+    return '\r\n'.join(kept)

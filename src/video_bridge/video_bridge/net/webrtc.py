@@ -1,0 +1,537 @@
+"""
+WebRTC edge: one aiortc RTCPeerConnection per peer, fed pre-encoded units from the stream hub.
+
+A thin adapter over aiortc (ICE, DTLS, SRTP, RTP, SCTP are its job). What is ours:
+
+* **Signalling** rides the authenticated ``/control`` session (``webrtc_*`` messages, see
+  ``docs/protocol.md``): the page asks with ``webrtc_start``, the bridge offers (so it picks the
+  codec and creates the data channel), the page answers, ICE candidates may trickle either way.
+* **Video**: the peer's track hands aiortc ``av.Packet`` objects that the hub encoded once per
+  stream, codec and layer (:mod:`video_bridge.core.streams`); aiortc only packetises them
+  (its encoders' ``pack()``). A 2nd or 10th peer adds no encoder. The pure
+  :class:`~video_bridge.core.layers.LayerChooser` moves each peer between layers by its REMB /
+  receiver-report figures; PLI/FIR become rate-limited keyframe requests on the shared encoder.
+* **Teleop** over the peer's data channel (unordered, no retransmits: a stale command is
+  worthless) goes into the same control session as the websocket: same teleop core, same
+  limits, deadman, driver lock and e-stop. A closed channel stops the car at once; a silent one
+  through the deadman.
+* **Latency**: for every video unit sent the data channel carries ``{rtp, stamp, received}``,
+  so the page maps a displayed frame's RTP timestamp (requestVideoFrameCallback) to the
+  frame's ``header.stamp``.
+
+Two aiortc internals are used on purpose, each guarded: the sender's ``_send_keyframe`` and
+``_handle_rtcp_packet`` hooks (PLI/FIR and REMB, which aiortc otherwise hands only to its own
+encoders), and its last RTP timestamp (aiortc keeps the random RTP timestamp origin private).
+"""
+
+import asyncio
+from dataclasses import dataclass, field
+import fractions
+import itertools
+import json
+import logging
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+from video_bridge.core import encoders, ice, protocol
+from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
+from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream
+
+MAX_QUEUE = 12            # units waiting for aiortc before the peer restarts at a keyframe
+MAX_SDP = 16384
+MAX_CANDIDATE = 512
+CHANNEL_LABEL = protocol.DATA_CHANNEL_LABEL
+CHANNEL_TYPES = protocol.DATA_CHANNEL_COMMANDS
+CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
+GATHER_TIMEOUT = 10.0
+MIN_START_INTERVAL = 1.0  # s between webrtc_start of one session: each one costs a peer and ICE
+CLOSE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class WebRtcConfig:
+    """WebRTC settings of the bridge (ROS parameters of bridge_node)."""
+
+    codecs: Tuple[str, ...] = (encoders.H264, encoders.VP8)
+    max_peers: int = 20
+    max_message_size: int = protocol.MAX_CONTROL_MESSAGE
+    policy: LayerPolicy = field(default_factory=LayerPolicy)
+
+
+def _signal_error(code: str, message: str) -> protocol.ProtocolError:
+    return protocol.ProtocolError(code, message)
+
+
+class Peer:
+    """One browser's peer connection: its layer viewers, its track's queue, its data channel."""
+
+    def __init__(self, service: 'WebRtcService', client_id: str, stream, codec: str):
+        self.service = service
+        self.client_id = client_id
+        self.stream = stream
+        self.codec = codec
+        self.pc = None
+        self.channel = None
+        self.sender = None
+        now = service.clock()
+        self.chooser = LayerChooser(stream.settings.video_bitrates, now, service.config.policy)
+        self.viewers: Dict[int, object] = {}
+        self.queue = []
+        self.need_keyframe = True
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.rtp_origin: Optional[int] = None
+        self._last_pts: Optional[int] = None
+        self.sent_units = 0
+        self.sent = RateMeter(2.0)          # what this peer actually got lately
+        self.estimate: Optional[int] = None
+        self._attach(self.chooser.current)
+
+    def _attach(self, layer: int):
+        if layer not in self.viewers:
+            self.viewers[layer] = self.stream.attach(protocol.Variant(codec=self.codec,
+                                                                      layer=layer))
+
+    def _detach_unused(self):
+        for layer in list(self.viewers):
+            if layer not in self.chooser.layers_in_use():
+                self.viewers.pop(layer).detach()
+
+    # -- frames in (hub), units out (aiortc) ------------------------------------------------
+
+    def pull(self):
+        """Move new units of the layers in use into the queue (one layer reaches the peer)."""
+        now = self.service.clock()
+        for layer, viewer in list(self.viewers.items()):
+            last = viewer.last_seq
+            frames = viewer.take_all()
+            if not frames:
+                continue
+            if layer == self.chooser.current and last and frames[0].seq > last + 1:
+                self.need_keyframe = True   # units lost to this peer: restart at a keyframe
+                viewer.request_keyframe()
+            for frame in frames:
+                switching = self.chooser.pending == layer
+                if not self.chooser.accept(layer, frame.keyframe, now):
+                    continue
+                if switching:               # the new layer starts here; the old one is done
+                    self.queue.clear()
+                    self.need_keyframe = False
+                if self.need_keyframe and not frame.keyframe:
+                    continue
+                self.need_keyframe = False
+                self.queue.append(frame)
+        self._detach_unused()
+        if self.chooser.switch_overdue(now) and self.chooser.pending in self.viewers:
+            self.viewers[self.chooser.pending].request_keyframe()
+        if len(self.queue) > MAX_QUEUE:     # aiortc is not taking them: skip to a keyframe
+            self.queue.clear()
+            self.need_keyframe = True
+            self.request_keyframe()
+
+    def request_keyframe(self):
+        """PLI/FIR from the browser, a gap, or a stall: ask the current layer's encoder."""
+        viewer = self.viewers.get(self.chooser.current)
+        if viewer is not None:
+            viewer.request_keyframe()
+
+    async def next_packet(self):
+        """Wait for the next unit and hand it to aiortc as an av.Packet."""
+        import av
+        while not self.closed:
+            if not self.queue:
+                self.wake.clear()
+                self.pull()
+            if self.queue:
+                frame = self.queue.pop(0)
+                self._note_timestamp(frame)
+                self.sent.add(self.service.clock(), len(frame.data))
+                packet = av.Packet(frame.data)
+                packet.pts = frame.pts
+                packet.time_base = fractions.Fraction(1, encoders.CLOCK_RATE)
+                self.sent_units += 1
+                return packet
+            await self.wake.wait()
+        raise _media_error()
+
+    def _note_timestamp(self, frame):
+        """Learn aiortc's RTP timestamp origin, then tell the page which frame is which."""
+        rtp = getattr(self.sender, '_RTCRtpSender__rtp_timestamp', None)
+        if self.rtp_origin is None and rtp and self._last_pts is not None:
+            self.rtp_origin = (rtp - self._last_pts) & 0xFFFFFFFF
+        self._last_pts = frame.pts
+        if self.rtp_origin is None or self.channel is None or \
+                self.channel.readyState != 'open':
+            return
+        header = frame.header
+        message = {'type': 'frame', 'rtp': (self.rtp_origin + frame.pts) & 0xFFFFFFFF,
+                   'seq': header.seq, 'stamp': header.stamp, 'received': header.received_time,
+                   'layer': self.chooser.current, 'bytes': len(frame.data),
+                   'key': frame.keyframe}
+        try:
+            self.channel.send(json.dumps(message, separators=(',', ':')))
+        except Exception:  # a channel closing under us: the next frame finds it closed
+            pass
+
+    # -- feedback (RTCP) --------------------------------------------------------------------
+
+    def feedback(self, estimate: Optional[int] = None, loss: Optional[float] = None):
+        """Take a REMB estimate (bit/s) or a receiver report's loss fraction for this peer."""
+        if estimate is not None:
+            self.estimate = estimate
+        now = self.service.clock()
+        wanted = self.chooser.update(now, estimate, loss, self.sent.rate(now))
+        if wanted is not None:
+            self._attach(wanted)            # joining requests the keyframe it needs
+            self.wake.set()
+
+    def close(self):
+        """Leave every layer; the track's recv() ends."""
+        self.closed = True
+        for viewer in self.viewers.values():
+            viewer.detach()
+        self.viewers.clear()
+        self.queue.clear()
+        self.wake.set()
+
+
+def _media_error():
+    from aiortc.mediastreams import MediaStreamError
+    return MediaStreamError()
+
+
+def _packet_track(peer: Peer):
+    """Make an aiortc video track whose frames are the peer's pre-encoded units."""
+    from aiortc import MediaStreamTrack
+
+    class PacketTrack(MediaStreamTrack):
+        kind = 'video'
+
+        async def recv(self):
+            return await peer.next_packet()
+
+    return PacketTrack()
+
+
+class WebRtcService:
+    """Every WebRTC peer of one bridge; the control service's ``signalling`` hook."""
+
+    def __init__(self, hub: StreamHub, ice_settings: ice.IceSettings, config: WebRtcConfig,
+                 send: Callable[[str, dict], None], deliver: Callable[[str, str], None],
+                 resolve_stream: Optional[Callable[[str], object]] = None,
+                 logger: Optional[logging.Logger] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time):
+        self.hub = hub
+        self.ice = ice_settings
+        self.config = config
+        self.send = send          # (client_id, message dict) -> queued on the control session
+        self.deliver = deliver    # (client_id, text) -> a control message of that session
+        self.resolve_stream = resolve_stream
+        self.log = logger or logging.getLogger('video_bridge.net.webrtc')
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.peers: Dict[str, Peer] = {}
+        self.codecs = tuple(c for c in config.codecs if encoders.video_available(c) is None)
+        try:
+            import aiortc  # noqa: F401  (without it: websocket JPEG only, said in webrtc_config)
+        except ImportError:
+            self.log.warning('aiortc is not installed: WebRTC is off (pip install aiortc)')
+            self.codecs = ()
+        self._tasks = set()
+        self._ids = itertools.count(1)
+        self._last_start: Dict[str, float] = {}
+        self._start_turn: Dict[str, int] = {}
+        self.offers = 0
+
+    # -- frames from the ROS thread ------------------------------------------------------
+
+    def start(self):
+        """Bind to the running loop (frames are handed over to it)."""
+        self.loop = asyncio.get_running_loop()
+
+    def notify_frame(self, stream_name: str):
+        """Wake a stream's peers on the loop after a new frame (called from the ROS thread)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed() and self.peers:
+            loop.call_soon_threadsafe(self._wake_stream, stream_name)
+
+    def _wake_stream(self, stream_name: str):
+        for peer in self.peers.values():
+            if peer.stream.name == stream_name:
+                peer.wake.set()
+
+    # -- the signalling hook ---------------------------------------------------------------
+
+    def config_message(self, client_id: str) -> dict:
+        """Build what the page needs to start: codecs offered, ICE servers with credentials."""
+        servers = [server.as_dict() for server in self.ice.servers(client_id, self.wall_clock())]
+        return {'type': 'webrtc_config', 'enabled': bool(self.codecs),
+                'codecs': list(self.codecs), 'ice_servers': servers}
+
+    async def handle(self, client_id: str, grant, message: dict):
+        """One ``webrtc_*`` message of a control session (already size- and rate-checked)."""
+        kind = message.get('type')
+        request_id = message.get('id')
+        if isinstance(request_id, str) and len(request_id) > protocol.MAX_REQUEST_ID:
+            request_id = None
+        try:
+            if not getattr(grant, 'view', True):
+                raise _signal_error('unauthorized', 'watching needs a token')
+            if kind == 'webrtc_config':
+                reply = self.config_message(client_id)
+            elif kind == 'webrtc_start':
+                reply = await self._start(client_id, message)
+            elif kind == 'webrtc_answer':
+                reply = await self._answer(client_id, message)
+            elif kind == 'webrtc_ice':
+                reply = await self._candidate(client_id, message)
+            elif kind == 'webrtc_stop':
+                await self._close(client_id)
+                reply = {'type': 'webrtc_stopped'}
+            else:
+                raise _signal_error('unknown_type', f'unknown message type {str(kind)[:64]!r}')
+        except protocol.ProtocolError as exc:
+            reply = {'type': 'webrtc_error', 'code': exc.code, 'message': exc.message}
+        except Exception as exc:  # aiortc refusing an SDP, say: tell the page, keep serving
+            self.log.warning('webrtc: %s from %s failed: %s', kind, client_id, exc)
+            await self._close(client_id)
+            reply = {'type': 'webrtc_error', 'code': 'webrtc_failed', 'message': str(exc)[:200]}
+        if reply is not None:
+            reply['id'] = request_id
+            self.send(client_id, reply)
+
+    def disconnect(self, client_id: str):
+        """Close the peer of a control session that ended."""
+        self._last_start.pop(client_id, None)
+        self._start_turn.pop(client_id, None)
+        self._spawn(self._close(client_id))
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _find_stream(self, name):
+        if not isinstance(name, str) or not 0 < len(name) <= protocol.MAX_STREAM_NAME:
+            raise _signal_error('bad_message', "'stream' must be a stream name")
+        try:
+            return self.hub.get(name)
+        except UnknownStream:
+            stream = self.resolve_stream(name) if self.resolve_stream else None
+            if stream is None:
+                raise _signal_error('unknown_stream', f'unknown stream {name!r}') from None
+            return stream
+
+    def _pick_codec(self, wanted) -> str:
+        if not self.codecs:
+            raise _signal_error('webrtc_unavailable', 'this bridge offers no WebRTC video')
+        if wanted is None:
+            wanted = list(self.codecs)
+        if not isinstance(wanted, list) or len(wanted) > 8 or \
+                not all(isinstance(c, str) for c in wanted):
+            raise _signal_error('bad_message', "'codecs' must be a list of codec names")
+        wanted = [c.lower() for c in wanted]
+        for codec in self.codecs:
+            if codec in wanted:
+                return codec
+        raise _signal_error('no_common_codec',
+                            f'the bridge encodes {", ".join(self.codecs)}; the page decodes '
+                            f'{", ".join(wanted)[:100] or "none"}')
+
+    async def _start(self, client_id: str, message: dict) -> dict:
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
+        # At most one start per MIN_START_INTERVAL per session; a newer one supersedes a
+        # waiting one (the page only cares about its latest), so a flood costs one peer a second.
+        turn = self._start_turn[client_id] = self._start_turn.get(client_id, 0) + 1
+        last = self._last_start.get(client_id)
+        if last is not None and self.clock() - last < MIN_START_INTERVAL:
+            await asyncio.sleep(MIN_START_INTERVAL - (self.clock() - last))
+            if self._start_turn.get(client_id) != turn:
+                raise _signal_error('superseded', 'a newer webrtc_start replaced this one')
+        self._last_start[client_id] = self.clock()
+        stream = self._find_stream(message.get('stream'))
+        codec = self._pick_codec(message.get('codecs'))
+        await self._close(client_id)   # one peer per control session: a new start replaces it
+        if len(self.peers) >= self.config.max_peers:
+            raise _signal_error('capacity', f'WebRTC peer limit reached ({self.config.max_peers})')
+        try:
+            peer = Peer(self, client_id, stream, codec)
+        except CapacityError as exc:
+            raise _signal_error('capacity', str(exc)) from None
+        self.peers[client_id] = peer
+        servers = [RTCIceServer(urls=list(s.urls), username=s.username or None,
+                                credential=s.credential or None)
+                   for s in self.ice.servers(f'bridge-{client_id}', self.wall_clock())]
+        pc = peer.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
+        transceiver = pc.addTransceiver(_packet_track(peer), direction='sendonly')
+        peer.sender = transceiver.sender
+        mime = 'video/H264' if codec == encoders.H264 else 'video/VP8'
+        capabilities = RTCRtpSender.getCapabilities('video').codecs
+        preferred = [c for c in capabilities if c.mimeType == mime and (
+            codec != encoders.H264 or c.parameters.get('packetization-mode') == '1')]
+        transceiver.setCodecPreferences(
+            preferred + [c for c in capabilities if c.mimeType == 'video/rtx'])
+        self._hook_sender(peer)
+        channel = peer.channel = pc.createDataChannel(CHANNEL_LABEL, ordered=False,
+                                                      maxRetransmits=0)
+        self._wire_channel(peer, channel)
+
+        @pc.on('connectionstatechange')
+        async def on_state():
+            state = pc.connectionState
+            self.log.info('webrtc peer %s: %s', client_id, state)
+            if state in ('failed', 'closed') and self.peers.get(client_id) is peer:
+                await self._close(client_id)
+                self.send(client_id, {'type': 'webrtc_stopped', 'id': None,
+                                      'reason': f'connection {state}'})
+
+        async with asyncio.timeout(GATHER_TIMEOUT):
+            await pc.setLocalDescription(await pc.createOffer())
+        self._restrict_host_candidates(pc)
+        sdp = ice.filter_candidates(pc.localDescription.sdp, self.ice)
+        if 'a=candidate:' not in sdp:   # nothing the browser could reach: say so at once
+            await self._close(client_id)
+            raise _signal_error('webrtc_unavailable', 'the bridge has no ICE candidates (no '
+                                'address but loopback, or all filtered) and no TURN server')
+        self.offers += 1
+        self.log.info('webrtc peer %s: offering %s of stream %r', client_id, codec, stream.name)
+        return {'type': 'webrtc_offer', 'sdp': sdp,
+                'codec': codec, 'stream': stream.name,
+                'layers': list(stream.settings.video_bitrates)}
+
+    def _restrict_host_candidates(self, pc):
+        if not self.ice.host_addresses:
+            return
+        for transceiver in pc.getTransceivers():
+            gatherer = transceiver.sender.transport.transport.iceGatherer
+            connection = getattr(gatherer, '_connection', None)
+            candidates = getattr(connection, '_local_candidates', None)
+            if candidates is not None:
+                candidates[:] = [c for c in candidates if c.type != 'host'
+                                 or self.ice.host_address_allowed(c.host)]
+
+    async def _answer(self, client_id: str, message: dict):
+        from aiortc import RTCSessionDescription
+        peer = self._peer(client_id)
+        sdp = message.get('sdp')
+        if not isinstance(sdp, str) or not 0 < len(sdp) <= MAX_SDP:
+            raise _signal_error('bad_message', "'sdp' must be an SDP answer")
+        if peer.pc.signalingState != 'have-local-offer':
+            raise _signal_error('bad_state', 'no offer is waiting for an answer')
+        await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type='answer'))
+        return None
+
+    async def _candidate(self, client_id: str, message: dict):
+        from aiortc.sdp import candidate_from_sdp
+        peer = self._peer(client_id)
+        candidate = message.get('candidate')
+        if candidate in (None, ''):
+            return None               # end of candidates: aiortc needs no marker
+        if not isinstance(candidate, str) or len(candidate) > MAX_CANDIDATE:
+            raise _signal_error('bad_message', "'candidate' must be an ICE candidate line")
+        try:
+            parsed = candidate_from_sdp(candidate.split(':', 1)[1]
+                                        if candidate.startswith('candidate:') else candidate)
+        except (ValueError, IndexError):
+            raise _signal_error('bad_message', 'not an ICE candidate') from None
+        parsed.sdpMid = message.get('sdpMid') if isinstance(message.get('sdpMid'), str) else None
+        index = message.get('sdpMLineIndex')
+        parsed.sdpMLineIndex = index if isinstance(index, int) and 0 <= index < 8 else 0
+        await peer.pc.addIceCandidate(parsed)
+        return None
+
+    def _peer(self, client_id: str) -> Peer:
+        peer = self.peers.get(client_id)
+        if peer is None:
+            raise _signal_error('bad_state', 'no WebRTC session: send webrtc_start first')
+        return peer
+
+    async def _close(self, client_id: str):
+        peer = self.peers.pop(client_id, None)
+        if peer is None:
+            return
+        peer.close()
+        if peer.channel is not None:
+            self._channel_closed(peer)
+        if peer.pc is not None:
+            try:   # bounded: closing a TURN allocation waits on a server that may be gone
+                await asyncio.wait_for(peer.pc.close(), CLOSE_TIMEOUT)
+            except (asyncio.TimeoutError, OSError):
+                self.log.warning('webrtc peer %s did not close cleanly in %g s', client_id,
+                                 CLOSE_TIMEOUT)
+        self.log.info('webrtc peer %s closed', client_id)
+
+    # -- aiortc hooks ----------------------------------------------------------------------
+
+    def _hook_sender(self, peer: Peer):
+        """Route PLI/FIR to the shared encoder and REMB / loss to the layer choice."""
+        from aiortc.rtp import (RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, RtcpSrPacket,
+                                unpack_remb_fci)
+        sender = peer.sender
+        original = sender._handle_rtcp_packet
+
+        async def handle_rtcp(packet):
+            try:
+                if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                    if sender._ssrc in ssrcs:
+                        peer.feedback(estimate=bitrate)
+                elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                    for report in packet.reports:
+                        if report.ssrc == sender._ssrc:
+                            peer.feedback(loss=report.fraction_lost / 256.0)
+            except ValueError:
+                pass
+            await original(packet)
+
+        sender._handle_rtcp_packet = handle_rtcp
+        sender._send_keyframe = peer.request_keyframe
+
+    def _wire_channel(self, peer: Peer, channel):
+        limit = self.config.max_message_size
+
+        @channel.on('message')
+        def on_message(data):
+            if self.peers.get(peer.client_id) is not peer:
+                return
+            if not isinstance(data, str) or len(data) > limit:
+                return      # binary or oversized: not a command, and never worth an answer
+            try:
+                kind = json.loads(data).get('type')
+            except (ValueError, AttributeError, RecursionError):
+                kind = None
+            if kind not in CHANNEL_TYPES:
+                self.send(peer.client_id, {
+                    'type': 'webrtc_error', 'id': None, 'code': 'bad_channel_message',
+                    'message': 'the data channel carries teleop commands only'})
+                return
+            self.deliver(peer.client_id, data)
+
+        @channel.on('close')
+        def on_close():
+            self._channel_closed(peer)
+
+    def _channel_closed(self, peer: Peer):
+        """Stop the car when a channel closes: now, not after the deadman."""
+        if getattr(peer, '_stopped', False):
+            return
+        peer._stopped = True
+        try:
+            self.deliver(peer.client_id, CHANNEL_STOP)
+        except Exception:  # the control session is gone as well: it stopped the car itself
+            pass
+
+    def _spawn(self, coroutine):
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self):
+        """Close every peer (shutdown)."""
+        await asyncio.gather(*(self._close(client_id) for client_id in list(self.peers)),
+                             return_exceptions=True)
+
+    def counters(self) -> dict:
+        """Figures for /api/streams and the tests: peers, offers, layer per peer."""
+        return {'peers': len(self.peers), 'offers': self.offers,
+                'codecs': list(self.codecs),
+                'layers': {cid: p.chooser.current for cid, p in self.peers.items()}}

@@ -1,0 +1,128 @@
+"""WebRTC through the real bridge_node with an aiortc client instead of a browser (fast): the
+signalling on the authenticated /control websocket, video, and teleop over the data channel
+into the same teleop core (limits, driver lock, stop when the channel closes)."""
+
+import asyncio
+import json
+
+from conftest import NodeProcess, require_isolated_ros
+import pytest
+from test_web_page import CAMERA_PARAMS, CmdVel
+from webrtc_support import AiortcViewer, host_address, HOST_ADDRESS, wait_until
+
+pytest.importorskip('aiortc')
+websockets = pytest.importorskip('websockets')
+
+
+@pytest.fixture(scope='module')
+def camera():
+    require_isolated_ros()
+    with host_address():
+        process = NodeProcess('camera_node', ros_args=['-r', '__ns:=/camera',
+                                                       '--params-file', CAMERA_PARAMS],
+                              name='camera_node')
+        try:
+            process.wait_output('publishing')
+            yield process
+        finally:
+            process.stop()
+
+
+@pytest.fixture(scope='module')
+def cmd_vel(ros):
+    return CmdVel(ros)
+
+
+class Control:
+    """One /control websocket: send JSON, wait for a reply of a type (and id)."""
+
+    def __init__(self, socket):
+        self.socket = socket
+        self.seen = []
+
+    async def send(self, **message):
+        await self.socket.send(json.dumps(message))
+
+    async def wait(self, kind, request_id=None, timeout=15):
+        async def find():
+            while True:
+                message = json.loads(await self.socket.recv())
+                self.seen.append(message)
+                if message.get('type') == kind and (request_id is None
+                                                    or message.get('id') == request_id):
+                    return message
+        return await asyncio.wait_for(find(), timeout)
+
+
+async def session(url, token=None):
+    path = f'{url}/control' + (f'?token={token}' if token else '')
+    return await websockets.connect(path, max_size=2 ** 20)
+
+
+def test_signalling_video_and_channel_teleop(start_bridge, camera, cmd_vel):
+    bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS], max_linear=0.3)
+    cmd_vel.wait_publisher()
+
+    async def scenario():
+        async with await session(bridge.ws) as socket:
+            control = Control(socket)
+            hello = await control.wait('hello')
+            assert hello['protocol'] == 2
+            await control.send(type='webrtc_config', id=1)
+            config = await control.wait('webrtc_config', 1)
+            assert config['enabled'] and 'h264' in config['codecs']
+            await control.send(type='webrtc_start', id=2, stream='camera', codecs=['vp8'])
+            offer = await control.wait('webrtc_offer', 2)
+            assert offer['codec'] == 'vp8' and HOST_ADDRESS in offer['sdp']
+            viewer = AiortcViewer()
+            try:
+                answer = await viewer.answer(offer['sdp'])
+                await control.send(type='webrtc_answer', id=3, sdp=answer)
+                await wait_until(lambda: len(viewer.frames) >= 30, 30, '30 decoded frames')
+                assert (viewer.frames[-1].width, viewer.frames[-1].height) == (640, 480)
+                await asyncio.wait_for(viewer.channel_open.wait(), 10)
+                channel = viewer.channel
+                mark = cmd_vel.mark()
+                channel.send(json.dumps({'type': 'acquire', 'id': 'a'}))
+                await control.wait('ack', 'a')
+                for _ in range(10):
+                    channel.send(json.dumps({'type': 'velocity', 'id': 'v',
+                                             'linear': {'x': 5.0}}))
+                    await asyncio.sleep(0.05)  # a driver's command rate, not a synchronisation
+                ack = await control.wait('ack', 'v')
+                assert ack['clamped'], 'the same limits as on the websocket'
+                await wait_until(lambda: any(abs(m[1] - 0.3) < 1e-6
+                                             for m in cmd_vel.since(mark)), 5, 'clamped 0.3')
+                channel.send(json.dumps({'type': 'webrtc_start', 'stream': 'camera'}))
+                error = await control.wait('webrtc_error')
+                assert error['code'] == 'bad_channel_message'
+                await viewer.close()     # the channel goes away while moving
+                await wait_until(lambda: cmd_vel.last(mark) and cmd_vel.last(mark)[1] == 0.0,
+                                 5, 'zero when the channel closes')
+            finally:
+                await viewer.close()
+
+    asyncio.run(scenario())
+
+
+def test_watching_needs_the_token_when_the_bridge_says_so(start_bridge, camera, cmd_vel,
+                                                           tmp_path):
+    token_file = tmp_path / 'token'
+    token_file.write_text('sesame\n')
+    bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS], token_file=str(token_file),
+                          view_requires_token=True)
+
+    async def scenario():
+        with pytest.raises(Exception):
+            async with await session(bridge.ws) as socket:
+                control = Control(socket)
+                await control.wait('hello', timeout=5)
+        async with await session(bridge.ws, 'sesame') as socket:
+            control = Control(socket)
+            await control.wait('hello')
+            await control.send(type='webrtc_start', id=1, stream='camera')
+            assert (await control.wait('webrtc_offer', 1))['codec'] == 'h264'
+            await control.send(type='webrtc_stop', id=2)
+            await control.wait('webrtc_stopped', 2)
+
+    asyncio.run(scenario())

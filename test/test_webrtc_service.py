@@ -1,0 +1,222 @@
+"""net/webrtc.py with real aiortc on both ends and the real hub and encoders (no ROS, no browser):
+signalling, shared encoders, keyframes, layers, the teleop data channel and its stop-on-close."""
+
+import asyncio
+import json
+import threading
+
+import pytest
+from test_encoders import raw
+from video_bridge.core import encoders, ice
+from video_bridge.core.streams import StreamHub, StreamSettings
+from webrtc_support import AiortcViewer, host_address, wait_until
+
+pytest.importorskip('aiortc')
+
+
+class Harness:
+    """A hub fed at 30 fps from a thread, the WebRTC service, and its control-side effects."""
+
+    def __init__(self, ice_settings=None, codecs=(encoders.H264, encoders.VP8)):
+        from video_bridge.net.webrtc import WebRtcConfig, WebRtcService
+        self.hub = StreamHub()
+        self.stream = self.hub.add(StreamSettings('cam', 'image_raw'))
+        self.sent = {}
+        self.delivered = []
+        self.service = WebRtcService(
+            self.hub, ice_settings or ice.IceSettings(host_addresses=('198.51.100.1',)),
+            WebRtcConfig(codecs=codecs),
+            send=lambda cid, message: self.sent.setdefault(cid, []).append(message),
+            deliver=lambda cid, text: self.delivered.append((cid, text)))
+        self.hub.on_frame = self.service.notify_frame
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.service.start()
+        self.thread = threading.Thread(target=self._feed, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _feed(self):
+        index = 0
+        while not self._stop.wait(1 / 30):
+            self.stream.publish(raw(index))
+            index += 1
+
+    async def connect(self, client_id, codecs=None, viewer=None):
+        message = {'type': 'webrtc_start', 'id': 1, 'stream': 'cam'}
+        if codecs is not None:
+            message['codecs'] = codecs
+        await self.service.handle(client_id, None, message)
+        offer = self.sent[client_id][-1]
+        assert offer['type'] == 'webrtc_offer', offer
+        viewer = viewer or AiortcViewer()
+        answer = await viewer.answer(offer['sdp'])
+        await self.service.handle(client_id, None, {'type': 'webrtc_answer', 'id': 2,
+                                                    'sdp': answer})
+        return offer, viewer
+
+    def stop(self):
+        self._stop.set()
+        if getattr(self, 'thread', None) is not None:
+            self.thread.join(5)
+
+
+def run(coroutine):
+    asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+def test_video_and_data_channel_through_signalling():
+    async def scenario():
+        with host_address(), Harness() as harness:
+            try:
+                offer, viewer = await harness.connect('c1', ['vp8', 'h264'])
+                assert offer['codec'] == 'h264', 'the bridge prefers its first codec'
+                assert 'a=candidate' in offer['sdp'] and '198.51.100.1' in offer['sdp']
+                await wait_until(lambda: len(viewer.frames) >= 30, 20, '30 decoded frames')
+                frame = viewer.frames[-1]
+                assert (frame.width, frame.height) == (160, 120)
+                await viewer.channel_open.wait()
+                await wait_until(lambda: any('"frame"' in m for m in viewer.messages), 5,
+                                 'an RTP-to-stamp message')
+                stamp = json.loads([m for m in viewer.messages if '"frame"' in m][-1])
+                assert stamp['stamp'] > 1000 and 0 <= stamp['rtp'] < 2 ** 32
+                viewer.channel.send(json.dumps({'type': 'velocity', 'linear': {'x': 0.2}}))
+                viewer.channel.send(json.dumps({'type': 'webrtc_start', 'stream': 'cam'}))
+                viewer.channel.send(b'\x00binary')
+                viewer.channel.send('x' * 10000)
+                await wait_until(lambda: harness.delivered, 5, 'the command to be delivered')
+                await wait_until(lambda: any(m['type'] == 'webrtc_error'
+                                             for m in harness.sent['c1']), 5, 'a refusal')
+                assert harness.delivered == [('c1', '{"type": "velocity", "linear": {"x": 0.2}}')]
+                await viewer.close()     # the channel goes: the car stops at once
+                await wait_until(lambda: len(harness.delivered) == 2, 10, 'a stop')
+                assert json.loads(harness.delivered[1][1]) == {'type': 'command', 'name': 'stop'}
+            finally:
+                await harness.service.stop()
+                harness.stop()
+    run(scenario())
+
+
+def test_more_peers_add_no_encoder_and_the_vp8_path_works():
+    async def scenario():
+        with host_address(), Harness() as harness:
+            viewers = []
+            try:
+                for index in range(3):
+                    _, viewer = await harness.connect(f'c{index}', ['h264'])
+                    viewers.append(viewer)
+                _, vp8 = await harness.connect('v1', ['vp8'])
+                await wait_until(lambda: all(len(v.frames) >= 20 for v in viewers + [vp8]), 30,
+                                 'every peer decoding')
+                counters = harness.stream.counters()
+                assert counters.video_encoders == 2, 'one H.264 and one VP8 encoder for 4 peers'
+                start = harness.stream.counters()
+                await wait_until(lambda: harness.stream.counters().frames_in >= start.frames_in
+                                 + 30, 10, '30 more frames')
+                end = harness.stream.counters()
+                encodes = end.video_encodes - start.video_encodes
+                frames = end.frames_in - start.frames_in
+                assert encodes <= 2 * frames + 2, (encodes, frames)  # one per frame per encoder
+                await harness.service.handle('c0', None, {'type': 'webrtc_stop', 'id': 9})
+                assert harness.service.counters()['peers'] == 3
+            finally:
+                for viewer in viewers + [vp8]:
+                    await viewer.close()
+                await harness.service.stop()
+                harness.stop()
+            assert harness.stream.counters().video_encoders == 0, 'last peer gone: no encoder'
+    run(scenario())
+
+
+def test_pli_and_a_low_estimate_reach_the_shared_encoder():
+    async def scenario():
+        with host_address(), Harness() as harness:
+            try:
+                _, viewer = await harness.connect('c1', ['h264'])
+                await wait_until(lambda: len(viewer.frames) >= 10, 20, 'frames')
+                peer = harness.service.peers['c1']
+                slot = harness.stream._slots[next(iter(harness.stream._slots))]
+                granted = slot.keyframes.granted
+                peer.sender._send_keyframe()          # what aiortc calls on a PLI or FIR
+                await wait_until(lambda: slot.keyframes.granted > granted, 5, 'a keyframe')
+                peer.chooser._since -= 10             # past the minimum dwell on a layer ...
+                peer.chooser._joined -= 10            # ... and the start-up grace
+                peer.feedback(estimate=1_000)         # a REMB far below what is sent
+                assert peer.chooser.pending == 2
+                await wait_until(lambda: peer.chooser.current == 2, 5, 'the switch')
+                assert harness.stream.counters().video_encoders == 1, 'the old layer is gone'
+                count = len(viewer.frames)
+                await wait_until(lambda: len(viewer.frames) >= count + 10, 10,
+                                 'frames of the new layer')
+            finally:
+                await viewer.close()
+                await harness.service.stop()
+                harness.stop()
+    run(scenario())
+
+
+@pytest.mark.parametrize('message,code', [
+    ({'type': 'webrtc_start', 'stream': 'nope'}, 'unknown_stream'),
+    ({'type': 'webrtc_start', 'stream': 'cam', 'codecs': ['av1']}, 'no_common_codec'),
+    ({'type': 'webrtc_start', 'stream': 'cam', 'codecs': 'h264'}, 'bad_message'),
+    ({'type': 'webrtc_start', 'stream': 7}, 'bad_message'),
+    ({'type': 'webrtc_answer', 'sdp': 'v=0'}, 'bad_state'),
+    ({'type': 'webrtc_ice', 'candidate': 'candidate:1 1 udp 1 198.51.100.1 9 typ host'},
+     'bad_state'),
+    ({'type': 'webrtc_bogus'}, 'unknown_type'),
+])
+def test_bad_signalling_is_refused(message, code):
+    async def scenario():
+        harness = Harness()
+        harness.service.start()
+        await harness.service.handle('c1', None, {**message, 'id': 5})
+        reply = harness.sent['c1'][-1]
+        assert (reply['type'], reply['code'], reply['id']) == ('webrtc_error', code, 5)
+        assert harness.service.counters()['peers'] == 0
+        assert harness.stream.counters().viewers == 0
+    run(scenario())
+
+
+def test_viewing_needs_the_grant_and_config_mints_turn_credentials():
+    class Grant:
+        view = False
+
+    async def scenario():
+        settings = ice.IceSettings(turn_urls=('turn:127.0.0.1:3478',), turn_secret='s',
+                                   turn_credential_ttl=60)
+        harness = Harness(settings)
+        harness.service.start()
+        await harness.service.handle('c1', Grant(), {'type': 'webrtc_start', 'stream': 'cam'})
+        assert harness.sent['c1'][-1]['code'] == 'unauthorized'
+        await harness.service.handle('c1', None, {'type': 'webrtc_config', 'id': 'x'})
+        config = harness.sent['c1'][-1]
+        assert config['enabled'] and config['codecs'] == ['h264', 'vp8'] and config['id'] == 'x'
+        (server,) = config['ice_servers']
+        assert server['username'].endswith(':c1')
+        assert ice.rest_credential_valid('s', server['username'], server['credential'],
+                                         now=0)
+    run(scenario())
+
+
+def test_a_start_flood_costs_one_peer_a_second_and_the_newest_wins():
+    async def scenario():
+        with host_address(), Harness() as harness:
+            try:
+                await harness.service.handle('c1', None, {'type': 'webrtc_start', 'id': 0,
+                                                          'stream': 'cam'})
+                started = asyncio.get_running_loop().time()
+                await asyncio.gather(*(harness.service.handle(
+                    'c1', None, {'type': 'webrtc_start', 'id': i, 'stream': 'cam'})
+                    for i in range(1, 6)))
+                replies = {m['id']: m for m in harness.sent['c1']}
+                assert replies[5]['type'] == 'webrtc_offer'
+                assert all(replies[i]['code'] == 'superseded' for i in range(1, 5))
+                assert asyncio.get_running_loop().time() - started >= 0.9
+                assert harness.service.offers == 2 and harness.service.counters()['peers'] == 1
+            finally:
+                await harness.service.stop()
+    run(scenario())

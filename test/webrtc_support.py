@@ -1,0 +1,151 @@
+"""Shared pieces of the WebRTC tests: a host-candidate address, coturn, an aiortc viewer.
+
+aioice (aiortc's ICE) never offers 127.0.0.1 as a host candidate, and the test namespace has
+nothing but loopback; so the tests give loopback one RFC 5737 address of their own namespace
+(198.51.100.1/32), which both ends then use, and remove it afterwards.
+"""
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+
+from conftest import free_port, only_loopback, OUTPUT_DIR, wait_for
+import pytest
+
+HOST_ADDRESS = '198.51.100.1'
+TURNSERVER = shutil.which('turnserver')
+
+
+@contextlib.contextmanager
+def host_address():
+    """Add HOST_ADDRESS to this private namespace's loopback for the duration."""
+    if not only_loopback():
+        pytest.fail('WebRTC tests change the network namespace: run them with scripts/test')
+    added = subprocess.run(['ip', 'addr', 'add', f'{HOST_ADDRESS}/32', 'dev', 'lo'],
+                           capture_output=True, text=True)
+    if added.returncode != 0 and 'File exists' not in added.stderr:
+        pytest.fail(f'cannot add {HOST_ADDRESS} to lo: {added.stderr}')
+    try:
+        yield HOST_ADDRESS
+    finally:
+        if added.returncode == 0:
+            subprocess.run(['ip', 'addr', 'del', f'{HOST_ADDRESS}/32', 'dev', 'lo'],
+                           capture_output=True)
+
+
+class Coturn:
+    """A real coturn (Debian's turnserver) on 127.0.0.1 with a REST API shared secret."""
+
+    def __init__(self):
+        if TURNSERVER is None:
+            pytest.skip('turnserver (Debian coturn) is not installed: scripts/bootstrap installs it')
+        self.dir = tempfile.mkdtemp(prefix='coturn-')
+        self.port = free_port()
+        self.secret = secrets.token_hex(16)
+        self.secret_file = os.path.join(self.dir, 'secret')
+        with open(self.secret_file, 'w') as handle:
+            handle.write(self.secret + '\n')
+        low = 40000 + (self.port % 200) * 100
+        config = os.path.join(self.dir, 'turnserver.conf')
+        with open(config, 'w') as handle:
+            handle.write('\n'.join([
+                'listening-ip=127.0.0.1', f'listening-port={self.port}', 'relay-ip=127.0.0.1',
+                f'min-port={low}', f'max-port={low + 99}', 'use-auth-secret',
+                f'static-auth-secret={self.secret}', 'realm=video-bridge.test',
+                'fingerprint', 'allow-loopback-peers', 'no-cli', 'no-tls', 'no-dtls',
+                'no-tcp-relay', 'simple-log', f'pidfile={self.dir}/turnserver.pid',
+                'log-file=stdout', 'no-stdout-log' if False else 'verbose', '']))
+        os.makedirs(OUTPUT_DIR, exist_ok=True)
+        self.log_path = os.path.join(OUTPUT_DIR, f'coturn-{os.getpid()}-{self.port}.log')
+        self._log = open(self.log_path, 'w')
+        self.proc = subprocess.Popen([TURNSERVER, '-c', config], stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        wait_for(self._listening, 10, 'coturn to listen')
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            pytest.fail(f'turnserver exited ({self.proc.returncode}): {self.output()[-2000:]}')
+        with open(f'/proc/net/udp') as table:
+            return f':{self.port:04X} ' in table.read()
+
+    @property
+    def url(self) -> str:
+        return f'turn:127.0.0.1:{self.port}?transport=udp'
+
+    def output(self) -> str:
+        with open(self.log_path) as log:
+            return log.read()
+
+    def allocations(self) -> int:
+        """Relay allocations coturn logged as created (a relay was used)."""
+        return self.output().count('ALLOCATE processed, success')
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class AiortcViewer:
+    """The browser's half of the protocol in aiortc: answers the bridge's offer, counts frames."""
+
+    def __init__(self, ice_servers=None, relay=False):
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+        from aiortc.rtcconfiguration import RTCIceTransportPolicy
+        servers = [RTCIceServer(urls=s['urls'], username=s.get('username'),
+                                credential=s.get('credential')) for s in ice_servers or []]
+        self.pc = RTCPeerConnection(RTCConfiguration(
+            iceServers=servers or None, iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay
+            else RTCIceTransportPolicy.ALL))
+        self.frames = []
+        self.messages = []
+        self.channel = None
+        self.channel_open = asyncio.Event()
+
+        @self.pc.on('track')
+        def on_track(track):
+            asyncio.ensure_future(self._read(track))
+
+        @self.pc.on('datachannel')
+        def on_channel(channel):
+            self.channel = channel
+            channel.on('message', self.messages.append)
+            if channel.readyState == 'open':
+                self.channel_open.set()
+            channel.on('open', self.channel_open.set)
+
+    async def _read(self, track):
+        from aiortc.mediastreams import MediaStreamError
+        try:
+            while True:
+                self.frames.append(await track.recv())
+        except MediaStreamError:
+            pass
+
+    async def answer(self, offer_sdp: str) -> str:
+        from aiortc import RTCSessionDescription
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, 'offer'))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    async def close(self):
+        await self.pc.close()
+
+
+async def wait_until(predicate, timeout, what):
+    """Async wait on a condition (the loop keeps running aiortc meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f'timed out after {timeout} s waiting for {what}')
+        await asyncio.sleep(0.01)  # a poll interval on the loop, not a synchronisation sleep

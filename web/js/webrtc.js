@@ -1,0 +1,321 @@
+// WebRTC video and data-channel teleop, signalled over the /control websocket (protocol v2).
+//
+// The bridge offers (it picks the codec and makes the data channel); this page answers. While a
+// peer plays, the <video> element shows it and the websocket JPEG stream is stopped; when the
+// bridge offers no WebRTC, refuses it, or the peer does not play within START_TIMEOUT, the page
+// falls back to websocket JPEG by itself (app.js decides, from `status`).
+//
+// Latency: for each video frame the bridge sends {rtp, stamp} on the data channel; the frame
+// the browser displays carries its RTP timestamp in requestVideoFrameCallback's metadata, so
+// latency = now (in the bridge's clock) - stamp, exactly as for JPEG frames.
+
+import { pageNow } from './clock.js';
+import { plausibleLatency, RateMeter, RecentMedian } from './stats.js';
+
+export const WEBRTC_CODECS = ['h264', 'vp8'];
+export const CHANNEL_COMMANDS = new Set(['command', 'velocity']);
+const START_TIMEOUT = 10000;    // ms from start to the first displayed frame
+const GATHER_TIMEOUT = 3000;    // ms to wait for this page's ICE candidates before answering
+const STAMP_TABLE = 240;        // frames remembered for the RTP -> stamp mapping (8 s)
+
+/** Codec names (h264, vp8) this browser can decode, from RTCRtpReceiver capabilities. */
+export function decodableCodecs(capabilities) {
+  const found = new Set();
+  for (const codec of capabilities?.codecs ?? []) {
+    const name = String(codec.mimeType).toLowerCase().replace('video/', '');
+    if (WEBRTC_CODECS.includes(name)) found.add(name);
+  }
+  return WEBRTC_CODECS.filter((name) => found.has(name));
+}
+
+/** Bounded RTP timestamp -> {stamp, received} table fed by the bridge's `frame` messages. */
+export class StampTable {
+  constructor(size = STAMP_TABLE) {
+    this.size = size;
+    this.map = new Map();
+  }
+
+  add(message) {
+    if (!Number.isFinite(message?.rtp) || !Number.isFinite(message?.stamp)) return;
+    this.map.set(message.rtp >>> 0, message);
+    if (this.map.size > this.size) this.map.delete(this.map.keys().next().value);
+  }
+
+  get(rtp) {
+    return this.map.get(rtp >>> 0) ?? null;
+  }
+}
+
+export class WebRtcVideo {
+  /**
+   * video: a <video> element; control: the ControlClient (signalling); clock: its ClockOffset.
+   * relay: force TURN relay candidates (iceTransportPolicy 'relay').
+   */
+  constructor(video, { control, clock, relay = false, now = pageNow, onStatus = () => {} }) {
+    Object.assign(this, { video, control, clock, relay, now, onStatus });
+    this.status = 'off';     // off | starting | playing | failed | unavailable
+    this.problem = null;
+    this.pc = null;
+    this.channel = null;
+    this.stream = null;
+    this.codec = null;
+    this.config = null;
+    this.generation = 0;
+    this.stamps = new StampTable();
+    this.frames = new RateMeter(2000);
+    this.latency = new RecentMedian(30);
+    this.bridgeLatency = new RecentMedian(30);
+    this.kbpsValue = 0;
+    this.lastBytes = null;
+    this.channelMessages = 0;
+    this.displayed = 0;
+    this.framesMapped = 0;
+    this.latencySamples = [];
+    this.channelSent = 0;      // commands that went over the data channel
+    this.layer = null;
+    this.pendingConfig = null;
+  }
+
+  setStatus(status, problem = null) {
+    this.status = status;
+    this.problem = problem;
+    this.onStatus(status);
+  }
+
+  /** Start (or restart) WebRTC for a stream name; resolves when signalling is under way. */
+  start(streamName) {
+    this.stop();
+    const generation = ++this.generation;
+    this.stream = streamName;
+    if (typeof RTCPeerConnection === 'undefined') {
+      this.setStatus('unavailable', 'This browser has no WebRTC.');
+      return;
+    }
+    const codecs = decodableCodecs(globalThis.RTCRtpReceiver?.getCapabilities?.('video'));
+    if (!codecs.length) {
+      this.setStatus('unavailable', 'This browser decodes neither H.264 nor VP8.');
+      return;
+    }
+    this.setStatus('starting');
+    this.wantedCodecs = codecs;
+    this.configId = this.control.send({ type: 'webrtc_config' });
+    this.startId = null;
+    if (this.configId === null) {
+      this.setStatus('failed', 'not connected');
+      return;
+    }
+    this.timer = setTimeout(() => {
+      if (generation === this.generation && this.status === 'starting') {
+        this.fail('WebRTC did not start playing in time');
+      }
+    }, START_TIMEOUT);
+  }
+
+  fail(problem) {
+    this.stop();
+    this.setStatus('failed', problem);
+  }
+
+  stop() {
+    this.generation += 1;
+    clearTimeout(this.timer);
+    clearInterval(this.statsTimer);
+    if (this.pc) {
+      if (this.control.status === 'connected') this.control.send({ type: 'webrtc_stop' });
+      try { this.pc.close(); } catch { /* already closed */ }
+    }
+    this.pc = null;
+    this.channel = null;
+    this.codec = null;
+    this.lastBytes = null;
+    this.kbpsValue = 0;
+    this.frames.reset();
+    this.latency.reset();
+    this.bridgeLatency.reset();
+    if (this.video.srcObject) this.video.srcObject = null;
+    if (this.status !== 'unavailable') this.setStatus('off');
+  }
+
+  /** A webrtc_* message from the bridge (ControlClient hands every such message here). */
+  async message(message) {
+    const generation = this.generation;
+    switch (message.type) {
+      case 'webrtc_config':
+        if (this.status !== 'starting' || message.id !== this.configId) return;
+        if (!message.enabled) {
+          this.setStatus('unavailable', 'The bridge offers no WebRTC.');
+          return;
+        }
+        this.config = message;
+        this.startId = this.control.send({ type: 'webrtc_start', stream: this.stream,
+                                           codecs: this.wantedCodecs });
+        return;
+      case 'webrtc_offer':
+        if (this.status !== 'starting' || message.id !== this.startId) return;
+        try {
+          await this.answer(message, generation);
+        } catch (error) {
+          if (generation === this.generation) this.fail(`WebRTC: ${error.message ?? error}`);
+        }
+        return;
+      case 'webrtc_error':
+        if (this.status === 'starting' || this.status === 'playing') {
+          if (message.code === 'bad_channel_message') return;
+          if (message.id !== null && message.id !== this.configId && message.id !== this.startId
+              && message.id !== this.answerId) return;  // about an earlier attempt
+          this.fail(message.message || message.code);
+        }
+        return;
+      case 'webrtc_stopped':
+        if (message.id === null && this.status === 'playing') this.fail(message.reason ?? 'stopped');
+        return;
+      default:
+    }
+  }
+
+  /** The bridge said it knows no webrtc_* (a version 1 bridge): fall back. */
+  refused(problem) {
+    if (this.status === 'starting') {
+      this.stop();
+      this.setStatus('unavailable', problem);
+    }
+  }
+
+  async answer(offer, generation) {
+    const pc = new RTCPeerConnection({
+      iceServers: this.config?.ice_servers ?? [],
+      iceTransportPolicy: this.relay ? 'relay' : 'all',
+    });
+    this.pc = pc;
+    this.codec = offer.codec;
+    pc.ontrack = (event) => {
+      if (generation !== this.generation) return;
+      const stream = event.streams[0] ?? new MediaStream([event.track]);
+      this.video.srcObject = stream;
+      this.video.muted = true;
+      this.video.play().catch(() => {});
+      this.watchFrames(generation);
+    };
+    pc.ondatachannel = (event) => {
+      if (generation !== this.generation) return;
+      const channel = event.channel;
+      this.channel = channel;
+      channel.onmessage = (e) => this.channelMessage(e.data);
+      channel.onclose = () => {
+        if (this.channel === channel) this.channel = null;
+      };
+    };
+    pc.onconnectionstatechange = () => {
+      if (generation !== this.generation) return;
+      if (pc.connectionState === 'failed') this.fail('WebRTC connection failed');
+    };
+    await pc.setRemoteDescription({ type: 'offer', sdp: offer.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    await new Promise((resolve) => {
+      if (pc.iceGatheringState === 'complete') { resolve(); return; }
+      const timer = setTimeout(resolve, GATHER_TIMEOUT);
+      pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') { clearTimeout(timer); resolve(); }
+      });
+    });
+    if (generation !== this.generation) return;
+    this.answerId = this.control.send({ type: 'webrtc_answer', sdp: pc.localDescription.sdp });
+    this.statsTimer = setInterval(() => this.readStats(generation), 1000);
+  }
+
+  channelMessage(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return;
+    }
+    this.channelMessages += 1;
+    if (message?.type === 'frame') {
+      this.stamps.add(message);
+      this.layer = message.layer ?? this.layer;
+    }
+  }
+
+  watchFrames(generation) {
+    const video = this.video;
+    if (typeof video.requestVideoFrameCallback !== 'function') return;
+    const onFrame = (nowMs, metadata) => {
+      if (generation !== this.generation) return;
+      const at = this.now();
+      this.frames.add(at);
+      this.displayed += 1;
+      const entry = metadata.rtpTimestamp !== undefined ? this.stamps.get(metadata.rtpTimestamp)
+        : null;
+      if (entry) {
+        this.framesMapped += 1;
+        const age = this.clock.age(entry.stamp, at);
+        if (plausibleLatency(age)) {
+          this.latency.add(age);
+          this.latencySamples.push(age);   // every frame's figure, for bench/ (bounded)
+          if (this.latencySamples.length > 20000) this.latencySamples.shift();
+        }
+        const bridgeAge = this.clock.age(entry.received, at);
+        if (plausibleLatency(bridgeAge)) this.bridgeLatency.add(bridgeAge);
+      }
+      if (this.status === 'starting' && this.displayed >= 2) {
+        clearTimeout(this.timer);
+        this.setStatus('playing');
+      }
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  async readStats(generation) {
+    if (!this.pc || generation !== this.generation) return;
+    const report = await this.pc.getStats();
+    report.forEach((entry) => {
+      if (entry.type === 'inbound-rtp' && entry.kind === 'video') {
+        const at = entry.timestamp;
+        if (this.lastBytes) {
+          const ms = at - this.lastBytes.at;
+          if (ms > 0) this.kbpsValue = (entry.bytesReceived - this.lastBytes.bytes) * 8 / ms;
+        }
+        this.lastBytes = { at, bytes: entry.bytesReceived };
+        this.framesDecoded = entry.framesDecoded;
+        const codec = report.get(entry.codecId);
+        if (codec?.mimeType) this.codec = codec.mimeType.replace('video/', '').toLowerCase();
+      }
+      if (entry.type === 'candidate-pair' && entry.state === 'succeeded' && entry.nominated) {
+        const local = report.get(entry.localCandidateId);
+        this.candidateType = local?.candidateType ?? null;
+      }
+    });
+  }
+
+  /** Send a driving command over the data channel; false when it is not open. */
+  sendCommand(text) {
+    const channel = this.channel;
+    if (!channel || channel.readyState !== 'open') return false;
+    try {
+      channel.send(text);
+      this.channelSent += 1;
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  stats() {
+    const now = this.now();
+    return {
+      fps: this.frames.rate(now),
+      kbps: this.kbpsValue,
+      latency: this.latency.value(),
+      bridgeLatency: this.bridgeLatency.value(),
+      width: this.video.videoWidth,
+      height: this.video.videoHeight,
+      drawn: this.displayed,
+      frameAge: this.frames.last() === null ? null : (now - this.frames.last()) / 1000,
+      codec: this.codec,
+      candidateType: this.candidateType ?? null,
+      layer: this.layer,
+    };
+  }
+}
