@@ -310,7 +310,9 @@ def test_a_stalled_mjpeg_viewer_frees_its_slot_within_the_send_timeout(ros, star
                  'the stalled viewer to be dropped')
         freed = time.monotonic() - started
         stalled.close()
-    assert freed <= 1.0 + 3.0, freed
+    # send_timeout after the socket buffers filled (~300 KB at the stream's rate), plus the
+    # snapshot's own wait; generous, as this machine is shared
+    assert freed <= 1.0 + 5.0, freed
 
 
 # ---------------------------------------------------------------- the token

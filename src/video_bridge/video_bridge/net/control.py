@@ -39,6 +39,7 @@ MAX_UNSENT_BYTES = 256 * 1024
 SIGNALLING_PREFIX = 'webrtc_'
 CLOSE_SLOW = protocol.CLOSE_POLICY
 STATE_PERIOD = 0.2  # s: velocity-only state broadcasts at most this often
+BROADCAST_BATCH = 64  # sessions handed the new state per loop iteration
 
 
 class _Session:
@@ -90,6 +91,7 @@ class ControlService:
         self._last_key = None
         self._last_broadcast = -STATE_PERIOD
         self._broadcast_handle: Optional[asyncio.TimerHandle] = None
+        self._generation = 0
         self._clock_task: Optional[asyncio.Task] = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -257,13 +259,34 @@ class ControlService:
         self._last_key = (state.driver, state.estop)
         self._last_broadcast = self.clock()
         others = protocol.encode_control(state, None)  # you_drive: false, shared by all
-        for session in list(self._sessions.values()):
+        sessions = list(self._sessions.values())
+        driver = self._sessions.get(state.driver) if state.driver else None
+        if driver is not None:  # the driver first
+            sessions.remove(driver)
+            sessions.insert(0, driver)
+        self._generation += 1
+        self._wake_with_state(self._generation, sessions, state, others)
+
+    def _wake_with_state(self, generation: int, sessions: list, state, others: str):
+        """
+        Hand the state to sessions in batches, one batch per loop iteration.
+
+        With thousands of watchers, a driver's next command is read between two batches
+        instead of waiting behind the whole fan-out.
+        """
+        if generation != self._generation:
+            return  # a newer state is on its way to every session
+        for session in sessions[:BROADCAST_BATCH]:
             if session.closed:
                 continue
             session.state = protocol.encode_control(state, session.client_id) \
                 if session.client_id == state.driver else others
             session.idle.clear()
             session.wake.set()
+        rest = sessions[BROADCAST_BATCH:]
+        if rest:
+            asyncio.get_running_loop().call_soon(self._wake_with_state, generation, rest, state,
+                                                 others)
 
     def _queue_reply(self, session: _Session, text: str):
         if session.closed:

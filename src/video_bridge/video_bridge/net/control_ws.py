@@ -58,7 +58,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     service = server.control
     config = server.config
     grant = authenticate(request)
-    ws = websocket.response(config.max_message_size)
+    # aiohttp refuses a message of exactly max_msg_size bytes; the protocol allows it
+    ws = websocket.response(config.max_message_size + 1)
     await ws.prepare(request)
     websocket.limit_send_buffer(request, CONTROL_SEND_BUFFER)
     if grant.problem:

@@ -13,7 +13,7 @@ the client's operating system sizes (often megabytes). A reader slower than the 
 sees frames as old as those buffers hold at its reading rate (seconds, for a reader of a few
 parts per second). Such a client should ask for the rate it can read (``?fps=2``) or use the
 ``/video`` websocket, which is flow-controlled. A client that accepts nothing for
-``send_timeout`` seconds is dropped and its viewer slot freed.
+``send_timeout`` seconds once those buffers are full is dropped and its viewer slot freed.
 """
 
 import asyncio
