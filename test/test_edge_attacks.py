@@ -1237,10 +1237,14 @@ def test_row17_silent_driver_loses_the_lock(ros, bridge, cmd_vel):
             for ws, name in ((observer, 'observer'), (second, 'second')):
                 wait_for(lambda: read_states(ws, name), 5, f'{name} state')
                 assert states[name][-1]['driver'] == hello['client_id'], states[name]
-            silent_at = time.monotonic()  # from here on nobody reads the driver's socket
+            # A last command, then silence: from here on nobody reads the driver's socket.
             after = len(cmd_vel.messages)
-            cmd_vel.wait_value(0.0, timeout=3, after=after)
-            stopped = time.monotonic() - silent_at
+            driver.send_text(json.dumps({'type': 'velocity', 'id': 3, 'linear': {'x': 0.25}}))
+            cmd_vel.wait_value(0.25, after=after)
+            silent_at = time.monotonic()
+            after = len(cmd_vel.messages)
+            stopped = cmd_vel.wait_value(0.0, timeout=3, after=after) - silent_at
+            assert stopped <= 0.5 + 0.3, f'deadman (0.5 s) stopped the car after {stopped:.2f} s'
             released = None
             while time.monotonic() - silent_at < 5.0:
                 if lock_released(observer, 'observer') and lock_released(second, 'second'):
