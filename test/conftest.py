@@ -5,6 +5,7 @@ namespace with only loopback and gives it its own ROS_DOMAIN_ID. The guard below
 ROS tests anywhere else, so no test ever sends DDS discovery onto a real network.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -268,3 +269,44 @@ class FramePublisher:
             self.count += 1
             next_time += self.period
             self._stop.wait(max(0.0, next_time - time.monotonic()))  # pacing, not sync
+
+
+CAMERA_PARAMS = os.path.join(REPO, 'config', 'camera.yaml')
+CHROMIUM = '/usr/bin/chromium'
+# As root, headless, with nothing of its own reaching out to the network.
+CHROMIUM_ARGS = ('--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                 '--disable-background-networking', '--disable-component-update',
+                 '--disable-sync')
+# WebRTC between Chromium and a bridge on this machine (loopback peers, no mDNS candidates).
+WEBRTC_CHROMIUM_ARGS = ('--allow-loopback-in-peer-connection',
+                        '--disable-features=WebRtcHideLocalIpsWithMdns',
+                        '--autoplay-policy=no-user-gesture-required')
+
+
+@contextlib.contextmanager
+def camera_node():
+    """The real camera node (test pattern, config/camera.yaml) in /camera, stopped cleanly."""
+    require_isolated_ros()
+    process = NodeProcess('camera_node', ros_args=['-r', '__ns:=/camera',
+                                                   '--params-file', CAMERA_PARAMS],
+                          name='camera_node')
+    try:
+        process.wait_output('publishing')
+        yield process
+    finally:
+        process.stop()
+
+
+@contextlib.contextmanager
+def chromium(extra_args=()):
+    """Debian's headless Chromium driven by Playwright (skips the test if either is missing)."""
+    playwright_api = pytest.importorskip('playwright.sync_api')
+    if not os.path.exists(CHROMIUM):
+        pytest.skip('chromium is not installed')
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                             args=[*CHROMIUM_ARGS, *extra_args])
+        try:
+            yield browser
+        finally:
+            browser.close()

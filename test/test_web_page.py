@@ -16,16 +16,11 @@ import os
 import re
 import time
 
-from conftest import NodeProcess, OUTPUT_DIR, REPO, require_isolated_ros, wait_for
+from conftest import camera_node, CHROMIUM, chromium, OUTPUT_DIR, wait_for
 import pytest
 
 playwright_api = pytest.importorskip('playwright.sync_api')
-CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                 '--disable-background-networking', '--disable-component-update',
-                 '--disable-sync']
 SCREENSHOTS = os.path.join(OUTPUT_DIR, 'screenshots')
-CAMERA_PARAMS = os.path.join(REPO, 'config', 'camera.yaml')
 DESKTOP = {'width': 1280, 'height': 800}
 PORTRAIT = {'width': 390, 'height': 844}
 LANDSCAPE = {'width': 844, 'height': 390}
@@ -40,23 +35,14 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason='chromium i
 @pytest.fixture(scope='module')
 def camera():
     """The real camera node, test pattern at 640x480 / 30 fps, in namespace /camera."""
-    require_isolated_ros()
-    process = NodeProcess('camera_node', ros_args=['-r', '__ns:=/camera',
-                                                   '--params-file', CAMERA_PARAMS],
-                          name='camera_node')
-    try:
-        process.wait_output('publishing')
+    with camera_node() as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope='module')
 def browser():
-    with playwright_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 class CmdVel:

@@ -5,9 +5,9 @@ into the same teleop core (limits, driver lock, stop when the channel closes).""
 import asyncio
 import json
 
-from conftest import NodeProcess, require_isolated_ros
+from conftest import camera_node
 import pytest
-from test_web_page import CAMERA_PARAMS, CmdVel
+from test_web_page import CmdVel
 from webrtc_support import AiortcViewer, host_address, HOST_ADDRESS, wait_until
 
 pytest.importorskip('aiortc')
@@ -16,16 +16,8 @@ websockets = pytest.importorskip('websockets')
 
 @pytest.fixture(scope='module')
 def camera():
-    require_isolated_ros()
-    with host_address():
-        process = NodeProcess('camera_node', ros_args=['-r', '__ns:=/camera',
-                                                       '--params-file', CAMERA_PARAMS],
-                              name='camera_node')
-        try:
-            process.wait_output('publishing')
-            yield process
-        finally:
-            process.stop()
+    with host_address(), camera_node() as process:
+        yield process
 
 
 @pytest.fixture(scope='module')
@@ -106,7 +98,7 @@ def test_signalling_video_and_channel_teleop(start_bridge, camera, cmd_vel):
 
 
 def test_watching_needs_the_token_when_the_bridge_says_so(start_bridge, camera, cmd_vel,
-                                                           tmp_path):
+                                                          tmp_path):
     token_file = tmp_path / 'token'
     token_file.write_text('sesame\n')
     bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS], token_file=str(token_file),

@@ -11,19 +11,13 @@ import json
 import os
 import time
 
-from conftest import NodeProcess, REPO, require_isolated_ros, wait_for
+from conftest import camera_node, CHROMIUM, chromium, wait_for, WEBRTC_CHROMIUM_ARGS
 import pytest
-from test_web_page import CAMERA_PARAMS, CmdVel, HOLD_FRAMES
+from test_web_page import CmdVel, HOLD_FRAMES
 from webrtc_support import Coturn, host_address, HOST_ADDRESS
 
 playwright_api = pytest.importorskip('playwright.sync_api')
 pytest.importorskip('aiortc')
-CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                 '--disable-background-networking', '--disable-component-update',
-                 '--disable-sync', '--allow-loopback-in-peer-connection',
-                 '--disable-features=WebRtcHideLocalIpsWithMdns',
-                 '--autoplay-policy=no-user-gesture-required']
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason='chromium is not installed')
 
 
@@ -35,23 +29,14 @@ def address():
 
 @pytest.fixture(scope='module')
 def camera(address):
-    require_isolated_ros()
-    process = NodeProcess('camera_node', ros_args=['-r', '__ns:=/camera',
-                                                   '--params-file', CAMERA_PARAMS],
-                          name='camera_node')
-    try:
-        process.wait_output('publishing')
+    with camera_node() as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope='module')
 def browser():
-    with playwright_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium(WEBRTC_CHROMIUM_ARGS) as launched:
+        yield launched
 
 
 @pytest.fixture(scope='module')
