@@ -58,11 +58,29 @@ def wait_for(predicate, timeout: float = 10.0, what: str = 'condition', interval
         threading.Event().wait(interval)  # a poll interval, not a synchronisation sleep
 
 
+_PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+    """
+    Return a TCP port free on every address right now, below the ephemeral range.
+
+    A port the kernel hands out with bind(0) is an ephemeral one: in the second between
+    this call and the server's bind, a client socket of the test can be given the same
+    port by connect(), and the server then fails with EADDRINUSE. Ports below 32768 are
+    never chosen by connect(), so only another server could take them.
+    """
+    import random
+    candidates = random.sample(range(*_PORT_RANGE), 200)
+    for port in candidates:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(('0.0.0.0', port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f'no free TCP port in {_PORT_RANGE}')
 
 
 class RosHarness:
