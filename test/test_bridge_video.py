@@ -54,10 +54,16 @@ def test_frames_arrive_decodable_in_order_with_source_stamps(ros, start_bridge):
     assert latencies[len(latencies) // 2] < 0.1, latencies
 
 
-@pytest.mark.xfail(reason='open defect since the aiohttp edge: after a 3 s stall the slow viewer '
-                   'ends ~2 s behind the camera (62 frames, bound 60); see the issue 8 note',
-                   strict=False)
 def test_slow_viewer_skips_frames_and_does_not_slow_a_fast_one(ros, start_bridge):
+    """
+    A viewer that stops reading for 3 s is sent the newest frame when it reads again, not a
+    backlog, and a fast viewer meanwhile gets every frame.
+
+    Freshness is judged by the frames' own camera stamps (the publisher stamps with this
+    machine's clock), not by counting published messages: the bridge subscribes on demand,
+    so its sequence numbers start when discovery completes, a varying time after the
+    publisher started counting.
+    """
     bridge = start_bridge(**{'streams.camera.topic': '/t2/image'})
 
     async def slow_viewer(seconds, stalled):
@@ -67,32 +73,33 @@ def test_slow_viewer_skips_frames_and_does_not_slow_a_fast_one(ros, start_bridge
             await ws.recv()
             stalled.set()
             await asyncio.sleep(seconds)  # deliberately slow client, not synchronisation
-            headers = []
+            received = []
             for _ in range(40):
                 header, _ = unpack_frame(await ws.recv())
-                headers.append(header)
-            return headers
+                received.append((header, time.time()))
+            return received
 
-    async def both(publisher):
+    async def both():
         stalled = asyncio.Event()
         slow = asyncio.create_task(slow_viewer(3.0, stalled))
         await stalled.wait()
-        published_before = publisher.count
         fast = await watch(f'{bridge.ws}/video/camera', 60)
-        published = publisher.count - published_before
-        return fast, published, await slow
+        return fast, await slow
 
-    with FramePublisher(ros.node, '/t2/image', rate=30) as publisher:
-        fast, published_meanwhile, slow = asyncio.run(both(publisher))
-        published = publisher.count
-    # the fast viewer kept pace with the camera while the other viewer was stalled
-    assert len(fast) >= 0.9 * (published_meanwhile - 2), (len(fast), published_meanwhile)
+    with FramePublisher(ros.node, '/t2/image', rate=30):
+        fast, slow = asyncio.run(both())
     fast_seqs = [header.seq for header, _, _ in fast]
     assert fast_seqs[-1] - fast_seqs[0] + 1 - len(fast_seqs) <= 3, 'fast viewer lost frames'
-    slow_seqs = [header.seq for header in slow]
+    slow_seqs = [header.seq for header, _ in slow]
     gaps = [b - a for a, b in zip(slow_seqs, slow_seqs[1:])]
-    assert max(gaps) > 10, f'the stalled viewer was sent a backlog, not the newest frame: {gaps}'
-    assert slow_seqs[-1] >= published - 60
+    jump = next((index for index, gap in enumerate(gaps) if gap > 10), None)
+    assert jump is not None, f'the stalled viewer was sent a backlog, not the newest frame: {gaps}'
+    # What was still in flight when it stalled: the window (frames_in_flight, 2) plus what
+    # the client library had parsed from its socket already. Never a stall's worth (90).
+    assert jump + 1 <= 6, f'{jump + 1} stale frames before the newest: {slow_seqs}'
+    # After the jump it is live: each frame at most a few frame periods old on arrival.
+    ages = [arrival - header.stamp for header, arrival in slow[jump + 1:]]
+    assert max(ages) < 0.5, f'frames after the stall arrived up to {max(ages):.2f} s old'
 
 
 def test_unknown_stream_and_bad_variant_are_refused_clearly(ros, start_bridge):
