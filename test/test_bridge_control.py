@@ -343,8 +343,6 @@ asyncio.run(main(sys.argv[1], float(sys.argv[2])))
 """
 
 
-@pytest.mark.xfail(reason='open defect at aiohttp 3.8 (lowest pass): one flooded socket of many is '
-                   'dropped without its 4429 close frame; see the issue 8 note', strict=False)
 def test_a_flooding_control_client_disturbs_neither_video_nor_the_driver(
         ros, start_bridge, recorder):
     from conftest import FramePublisher

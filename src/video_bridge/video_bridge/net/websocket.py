@@ -59,11 +59,37 @@ def abort(request: web.BaseRequest):
 
 async def close(request: web.BaseRequest, ws: web.WebSocketResponse, code: int, reason: str):
     """Close cleanly within CLOSE_TIMEOUT (ours, then the client's close frame), else abort."""
+    deadline = time.monotonic() + CLOSE_TIMEOUT + 0.5
     try:
         await asyncio.wait_for(ws.close(code=code, message=close_reason(reason)),
                                CLOSE_TIMEOUT + 0.5)
+        await _await_close_frame(ws, deadline)
     except (asyncio.TimeoutError, ConnectionError, RuntimeError):
         abort(request)
+
+
+async def _await_close_frame(ws: web.WebSocketResponse, deadline: float):
+    """
+    Read on until the client's close frame, as aiohttp >= 3.9 does inside ``close()``.
+
+    aiohttp 3.8 reads one message after sending our close frame and gives up if it is not the
+    client's close. A client still sending (a flooder being closed with 4429) then has unread
+    data in the kernel when the connection is closed, the kernel answers with a reset, and the
+    client never reads our close frame or its reason.
+    """
+    reader = getattr(ws, '_reader', None)  # aiohttp 3.8's is the only way to read on
+    if reader is None or ws.close_code != 1006 or \
+            not isinstance(ws.exception(), asyncio.TimeoutError):
+        return
+    while time.monotonic() < deadline:
+        try:
+            message = await asyncio.wait_for(reader.read(), deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            raise
+        except Exception:  # aiohttp's EofStream: the client closed the connection
+            return
+        if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return
 
 
 async def answer_ping(request: web.BaseRequest, ws: web.WebSocketResponse, data: bytes,
