@@ -118,19 +118,23 @@ class RosHarness:
         self._thread.join(timeout=5)
 
 
-class NodeProcess:
-    """A package executable run as its own process, as ``ros2 run`` would run it."""
+class ChildProcess:
+    """
+    A process a test started, its output in a log file, stopped cleanly (Ctrl-C) at the end.
 
-    def __init__(self, executable: str, ros_args=(), args=(), name: str = '', env=None):
-        self.name = name or executable
+    ``own_group``: the process leads its own process group (``ros2 launch`` and its nodes), so
+    a hang is ended by killing that group: only processes this test started.
+    """
+
+    def __init__(self, command, name: str, env=None, own_group: bool = False):
+        self.name = name
+        self.own_group = own_group
         os.makedirs(OUTPUT_DIR, exist_ok=True)
         self.log_path = os.path.join(OUTPUT_DIR, f'{self.name}-{os.getpid()}-{id(self)}.log')
         self._log = open(self.log_path, 'w+')
-        command = [os.path.join(INSTALL_LIB, executable), *args]
-        if ros_args:
-            command += ['--ros-args', *ros_args]
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(list(command), stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})},
+                                     start_new_session=own_group)
 
     def output(self) -> str:
         with open(self.log_path) as log:
@@ -148,18 +152,41 @@ class NodeProcess:
         wait_for(seen, timeout, f'{self.name} to print {text!r}')
         return self.output()
 
+    def wait_port(self, port: int, timeout: float = 40.0):
+        """Wait until 127.0.0.1:port accepts connections; fail if the process exits first."""
+        def up():
+            if self.proc.poll() is not None:
+                pytest.fail(f'{self.name} exited ({self.proc.returncode}):\n'
+                            f'{self.output()[-3000:]}')
+            return port_open(port)
+        wait_for(up, timeout, f'{self.name} to serve port {port}')
+
     def stop(self, sig=signal.SIGINT, timeout: float = 10.0) -> int:
-        """Ask the process to shut down cleanly; kill it only if it does not."""
+        """Ask the process to shut down cleanly; kill it (or its own group) only if it hangs."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                if self.own_group:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                else:
+                    self.proc.kill()
                 self.proc.wait()
-                pytest.fail(f'{self.name} did not exit within {timeout} s of {sig!r}')
+                pytest.fail(f'{self.name} did not exit within {timeout} s of {sig!r}:\n'
+                            f'{self.output()[-3000:]}')
         self._log.close()
         return self.proc.returncode
+
+
+class NodeProcess(ChildProcess):
+    """A package executable run as its own process, as ``ros2 run`` would run it."""
+
+    def __init__(self, executable: str, ros_args=(), args=(), name: str = '', env=None):
+        command = [os.path.join(INSTALL_LIB, executable), *args]
+        if ros_args:
+            command += ['--ros-args', *ros_args]
+        super().__init__(command, name or executable, env)
 
 
 @pytest.fixture(scope='session')

@@ -9,7 +9,7 @@ import ast
 import filecmp
 import os
 
-from conftest import INSTALL_LIB, REPO, require_isolated_ros
+from conftest import ChildProcess, INSTALL_LIB, REPO, require_isolated_ros
 import pytest
 from video_bridge.ros import camera_node, lineup, runner
 from video_bridge.ros.lineup import LAUNCH_ARGUMENTS, LINEUPS, NodeSpec, ros_arguments
@@ -529,48 +529,19 @@ def test_setup_registers_the_package_in_the_ament_index():
 
 # ---------------------------------------------------------------- the lineups running
 
-class Runner:
-    """``runner <lineup> name:=value ...`` as its own process (what scripts/demo starts)."""
-
-    def __init__(self, *arguments):
-        import subprocess
-        from conftest import OUTPUT_DIR
-        os.makedirs(OUTPUT_DIR, exist_ok=True)
-        self.log_path = os.path.join(OUTPUT_DIR, f'runner-{os.getpid()}-{id(self)}.log')
-        self._log = open(self.log_path, 'w+')
-        self.proc = subprocess.Popen([os.path.join(INSTALL_LIB, 'runner'), *arguments],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def output(self):
-        with open(self.log_path) as log:
-            return log.read()
-
-    def stop(self, timeout=20):
-        import signal
-        import subprocess
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                pytest.fail(f'runner did not stop on SIGINT:\n{self.output()[-2000:]}')
-        self._log.close()
-        return self.proc.returncode
-
-
 @pytest.fixture
 def run_lineup():
     require_isolated_ros()
     started = []
 
-    def start(*arguments):
-        started.append(Runner(*arguments))
+    def start(*arguments, env=None):
+        """``runner <lineup> name:=value ...`` as its own process (what scripts/demo starts)."""
+        started.append(ChildProcess([os.path.join(INSTALL_LIB, 'runner'), *arguments],
+                                    'runner', env))
         return started[-1]
     yield start
     for item in started:
-        item.stop()
+        item.stop(timeout=20)
 
 
 def test_two_namespaced_car_lineups_on_one_graph_each_show_and_drive_their_own(ros, run_lineup):
@@ -623,6 +594,24 @@ def test_two_namespaced_car_lineups_on_one_graph_each_show_and_drive_their_own(r
         assert not any(math.isclose(t.linear.x, other) for t in twists[name]), \
             f'{name} got the other page\'s command'
     assert ros.node.count_publishers('/cmd_vel') == 0
+
+
+def test_runner_says_where_the_page_is_and_that_beyond_loopback_it_needs_the_token(run_lineup):
+    from conftest import free_port, wait_for
+    env = {'VIDEO_BRIDGE_TOKEN': ''}
+    port = free_port()
+    shipped = run_lineup('bridge', f'port:={port}', env=env)  # shipped host 0.0.0.0, no token
+    wait_for(lambda: 'video_bridge is up' in shipped.output() or shipped.proc.poll() is not None,
+             30, 'the runner to say the bridge is up')
+    output = shipped.output()
+    assert '/?token=' in output, output  # bridge_node made a token and printed its URL
+    assert f'open http://<this host>:{port}/ with the token' in output, output
+    loopback_port = free_port()
+    loopback = run_lineup('bridge', f'port:={loopback_port}', 'host:=127.0.0.1', env=env)
+    wait_for(lambda: 'video_bridge is up' in loopback.output() or loopback.proc.poll() is not None,
+             30, 'the runner to say the bridge is up')
+    assert f'open http://127.0.0.1:{loopback_port}/ in a browser' in loopback.output()
+    assert '?token=' not in loopback.output()
 
 
 def test_runner_exits_non_zero_when_a_node_it_started_dies(run_lineup, tmp_path):

@@ -90,8 +90,12 @@ def main(argv=None):
     if bridge:
         port = int(parameter_value(bridge[0], 'port', 8080))
         if port and wait_for_port(port, processes):
-            print(f'\n  video_bridge is up: open http://127.0.0.1:{port}/ in a browser '
-                  f'(from another machine: http://<this host>:{port}/)\n'
+            scheme = 'https' if parameter_value(bridge[0], 'tls_cert', '') else 'http'
+            host = str(parameter_value(bridge[0], 'host', '127.0.0.1'))
+            where = (f'open {scheme}://127.0.0.1:{port}/ in a browser' if host == '127.0.0.1'
+                     else f'open {scheme}://<this host>:{port}/ with the token: your '
+                          'token_file, or the ?token= URL bridge_node printed above')
+            print(f'\n  video_bridge is up: {where}\n'
                   f'  DDS discovery range: {env["ROS_AUTOMATIC_DISCOVERY_RANGE"]}. '
                   f'Ctrl-C stops the car and the nodes.\n', flush=True)
     status = 0
