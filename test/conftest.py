@@ -236,6 +236,19 @@ class Bridge:
         self.ws = f'ws://127.0.0.1:{port}'
 
 
+def bridge_ros_args(overrides: dict) -> list:
+    """--ros-args for bridge_node: the shipped YAML, then ``-p`` overrides (as a user layers)."""
+    ros_args = ['--params-file', BRIDGE_PARAMS]
+    for name, value in overrides.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, (list, tuple)):
+            value = '[' + ','.join(f'"{v}"' if isinstance(v, str) else str(v)
+                                   for v in value) + ']'
+        ros_args += ['-p', f'{name}:={value}']
+    return ros_args
+
+
 @pytest.fixture
 def start_bridge(launch_node):
     """Start bridge_node with config/bridge.yaml plus overrides; wait until it listens."""
@@ -243,15 +256,7 @@ def start_bridge(launch_node):
         # The token is never a ROS parameter: token='x' goes in as $VIDEO_BRIDGE_TOKEN.
         env = {'VIDEO_BRIDGE_TOKEN': parameters.pop('token', '') or '', **(env or {})}
         port = port or free_port()
-        overrides = {'host': '127.0.0.1', 'port': port, **parameters}
-        ros_args = ['--params-file', BRIDGE_PARAMS]
-        for name, value in overrides.items():
-            if isinstance(value, bool):
-                value = str(value).lower()
-            elif isinstance(value, (list, tuple)):
-                value = '[' + ','.join(f'"{v}"' if isinstance(v, str) else str(v)
-                                       for v in value) + ']'
-            ros_args += ['-p', f'{name}:={value}']
+        ros_args = bridge_ros_args({'host': '127.0.0.1', 'port': port, **parameters})
         process = launch_node('bridge_node', ros_args=ros_args, name='bridge_node', env=env)
 
         def listening():

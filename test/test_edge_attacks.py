@@ -24,7 +24,7 @@ import threading
 import time
 from urllib.parse import quote, unquote
 
-from conftest import BRIDGE_PARAMS, FramePublisher, free_port, port_open, wait_for
+from conftest import bridge_ros_args, FramePublisher, free_port, port_open, wait_for
 from geometry_msgs.msg import Twist
 import hostile_clients as hc
 import numpy as np
@@ -90,15 +90,7 @@ def cmd_vel(ros):
 
 def ros_args_for(port, parameters):
     """--ros-args for bridge_node: the shipped YAML, then overrides (like conftest)."""
-    args = ['--params-file', BRIDGE_PARAMS]
-    for name, value in {'port': port, **parameters}.items():
-        if isinstance(value, bool):
-            value = str(value).lower()
-        elif isinstance(value, (list, tuple)):
-            value = '[' + ','.join(f'"{v}"' if isinstance(v, str) else str(v)
-                                   for v in value) + ']'
-        args += ['-p', f'{name}:={value}']
-    return args
+    return bridge_ros_args({'port': port, **parameters})
 
 
 class LiveBridge:

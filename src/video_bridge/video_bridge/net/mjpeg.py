@@ -44,19 +44,23 @@ def error_response(exc: protocol.ProtocolError) -> web.Response:
     return web.Response(status=HTTP_STATUS.get(exc.code, 400), text=exc.message + '\n')
 
 
-def _server(request):
-    return request.app['video_bridge.server']
+def _attach(request: web.Request, stream_name: str, variant: protocol.Variant):
+    """Return ``(server, viewer)``, or ``(server, the refusal)`` when it may not watch."""
+    server = request.app['video_bridge.server']
+    try:
+        return server, server.attach_variant(authenticate(request), stream_name, variant,
+                                             request)
+    except protocol.ProtocolError as exc:
+        return server, error_response(exc)
 
 
 async def serve_mjpeg(request: web.Request, stream_name: str, variant: protocol.Variant,
                       fps: float = 0.0) -> web.StreamResponse:
     """Stream ``stream_name`` as MJPEG to this request until the client goes or stalls."""
-    server = _server(request)
+    server, viewer = _attach(request, stream_name, variant)
+    if isinstance(viewer, web.Response):
+        return viewer
     config = server.config
-    try:
-        viewer = server.attach_variant(authenticate(request), stream_name, variant, request)
-    except protocol.ProtocolError as exc:
-        return error_response(exc)
     try:
         response = web.StreamResponse(headers={
             'Content-Type': f'multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}',
@@ -93,12 +97,10 @@ async def serve_mjpeg(request: web.Request, stream_name: str, variant: protocol.
 async def serve_snapshot(request: web.Request, stream_name: str,
                          variant: protocol.Variant) -> web.Response:
     """Answer one JPEG: the next frame of the stream (or the current one of that variant)."""
-    server = _server(request)
+    server, viewer = _attach(request, stream_name, variant)
+    if isinstance(viewer, web.Response):
+        return viewer
     config = server.config
-    try:
-        viewer = server.attach_variant(authenticate(request), stream_name, variant, request)
-    except protocol.ProtocolError as exc:
-        return error_response(exc)
     try:
         frame = await asyncio.wait_for(server.next_frame(viewer, request),
                                        config.snapshot_timeout)
