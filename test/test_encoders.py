@@ -197,3 +197,21 @@ def test_every_even_height_reaches_the_encoder_whole(codec, height):
     assert last.shape == expected.shape
     assert np.abs(last - expected).mean() < 6
     assert np.abs(last[-8:] - expected[-8:]).mean() < 12   # the bottom rows too
+
+
+@pytest.mark.parametrize('codec', encoders.VIDEO_CODECS)
+def test_the_encoder_keeps_no_reference_to_the_picture_memory(codec):
+    """Frames wrap the I420 array without a copy; FFmpeg must copy it before encode returns."""
+    if encoders.video_available(codec):
+        pytest.skip(encoders.video_available(codec))
+    encoder = encoders.VideoEncoder(codec, 1_000_000)
+    context = decoder(codec)
+    frames = []
+    for index in range(6):
+        video = encoders.VideoPicture(picture(index))
+        unit = encoder.encode(video, pts=index * 3000)
+        video.i420[:] = 0   # scribble over the source once the encoder has it
+        frames += decode(context, unit.data)
+    assert len(frames) == 6
+    last = frames[-1].to_ndarray(format='bgr24').astype(int)
+    assert np.abs(last - picture(5).astype(int)).mean() < 12
