@@ -95,13 +95,7 @@ def test_host_candidates_can_be_restricted():
     assert ice.filter_candidates(sdp, ice.IceSettings()) == sdp
 
 
-def test_load_secret(tmp_path):
-    path = tmp_path / 'secret'
-    path.write_text('abc\nignored\n')
-    assert ice.load_secret(str(path)) == 'abc'
-    (tmp_path / 'empty').write_text('\n')
-    with pytest.raises(ValueError, match='empty'):
-        ice.load_secret(str(tmp_path / 'empty'))
-    with pytest.raises(ValueError, match='cannot read') as error:
-        ice.load_secret(str(tmp_path / 'missing'))
-    assert 'abc' not in str(error.value)
+def test_turn_without_credentials_names_the_file_parameters():
+    with pytest.raises(ValueError, match='turn_secret_file, or turn_username and '
+                                         'turn_password_file'):
+        ice.IceSettings(turn_urls=('turn:192.0.2.1:3478',), turn_username='car')

@@ -19,6 +19,8 @@ import secrets
 from typing import Iterable, Optional, Tuple
 from urllib.parse import urlsplit
 
+from video_bridge.core.secret_file import read_secret_file
+
 TOKEN_ENV = 'VIDEO_BRIDGE_TOKEN'
 ANY = '*'
 DEFAULT_PORTS = {'http': 80, 'https': 443, 'ws': 80, 'wss': 443}
@@ -33,14 +35,7 @@ def load_token(file: str = '', env: Optional[dict] = None) -> str:
     no token is configured. A named file that cannot be read is an error, not a silent "none".
     """
     if file:
-        try:
-            with open(file) as handle:
-                token = handle.readline().strip()
-        except OSError as exc:
-            raise ValueError(f'cannot read token_file {file!r}: {exc.strerror}') from None
-        if not token:
-            raise ValueError(f'token_file {file!r} is empty')
-        return token
+        return read_secret_file(file, 'token_file')
     environ = os.environ if env is None else env
     return environ.get(TOKEN_ENV, '').strip()
 

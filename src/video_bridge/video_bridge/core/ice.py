@@ -3,7 +3,8 @@ ICE configuration: which STUN/TURN servers a browser and the bridge use, with wh
 
 Pure (no sockets, no clock reads): the edge passes ``now``. Two ways to authenticate to TURN:
 
-* static credentials (``turn_username`` + ``turn_password``), the same for every client;
+* static credentials (``turn_username`` + the password from ``turn_password_file``), the same
+  for every client;
 * the TURN REST API convention that coturn implements with ``use-auth-secret``: the bridge and
   the TURN server share a secret, and each client gets a short-lived credential minted from it,
   ``username = "<expiry unix time>:<name>"`` and
@@ -102,7 +103,7 @@ class IceSettings:
     stun_urls: Tuple[str, ...] = ()
     turn_urls: Tuple[str, ...] = ()
     turn_username: str = ''        # static credentials ...
-    turn_password: str = ''
+    turn_password: str = ''        # read from turn_password_file, never a parameter
     turn_secret: str = ''          # ... or a REST API shared secret (wins when set)
     turn_credential_ttl: float = 3600.0
     host_addresses: Tuple[str, ...] = ()  # allowed local addresses/networks; empty: all
@@ -118,7 +119,7 @@ class IceSettings:
         if self.turn_urls and not self.turn_secret and not (
                 self.turn_username and self.turn_password):
             raise ValueError('turn_urls needs turn_secret_file, or turn_username and '
-                             'turn_password')
+                             'turn_password_file')
         if not 0 < self.turn_credential_ttl <= MAX_TTL:
             raise ValueError(f'turn_credential_ttl must be within 1..{MAX_TTL} s')
         for entry in self.host_addresses:
@@ -154,18 +155,6 @@ class IceSettings:
             return False
         return any(ip in ipaddress.ip_network(entry, strict=False)
                    for entry in self.host_addresses)
-
-
-def load_secret(path: str) -> str:
-    """Read a shared secret file's first line; ValueError (never the secret) when unusable."""
-    try:
-        with open(path, encoding='utf-8') as handle:
-            secret = handle.readline().strip()
-    except OSError as exc:
-        raise ValueError(f'cannot read turn_secret_file {path!r}: {exc.strerror}') from None
-    if not secret:
-        raise ValueError(f'turn_secret_file {path!r} is empty')
-    return secret
 
 
 def split_urls(values: Iterable[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:

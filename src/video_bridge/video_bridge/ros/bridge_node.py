@@ -41,6 +41,7 @@ from video_bridge.core import ice
 from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token
 from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
 from video_bridge.core.layers import layer_bitrates
+from video_bridge.core.secret_file import exposure_warning, read_secret_file
 from video_bridge.core.streams import COMPRESSED, RAW, SourceImage, StreamHub, StreamSettings
 from video_bridge.core.teleop import load_vocabulary, TeleopConfig, TeleopCore
 from video_bridge.net import wvs_compat
@@ -120,6 +121,8 @@ class BridgeNode(Node):
         for name in self.p.stream_names:
             self.hub.add(self._stream_settings(name))
         token = load_token(self.p.token_file)
+        if self.p.token_file:
+            self._warn_if_exposed(self.p.token_file, 'token_file')
         # Secure by default: beyond loopback, nobody drives without a token unless asked to.
         self.generated_token = not token and not is_loopback(self.p.host) and \
             not self.p.allow_anonymous_driving
@@ -177,13 +180,27 @@ class BridgeNode(Node):
             self.get_logger().warning(f'parameter {name!r} is not a bridge_node parameter and '
                                       'is ignored (misspelt, or from an older version?)')
 
+    def _secret(self, path: str, parameter: str) -> str:
+        """Read a secret file a parameter names ('' when none); warn if others may read it."""
+        if not path:
+            return ''
+        secret = read_secret_file(path, parameter)
+        self._warn_if_exposed(path, parameter)
+        return secret
+
+    def _warn_if_exposed(self, path: str, parameter: str):
+        warning = exposure_warning(path, parameter)
+        if warning:
+            self.get_logger().warning(warning)
+
     def _webrtc_service(self) -> WebRtcService:
         """Build the WebRTC service (peers signalled over /control) from its parameters."""
         stun, turn = ice.split_urls(self.p.ice_servers)
-        secret = ice.load_secret(self.p.turn_secret_file) if self.p.turn_secret_file else ''
+        secret = self._secret(self.p.turn_secret_file, 'turn_secret_file')
+        password = self._secret(self.p.turn_password_file, 'turn_password_file')
         settings = ice.IceSettings(
             stun_urls=stun, turn_urls=turn, turn_username=self.p.turn_username,
-            turn_password=self.p.turn_password, turn_secret=secret,
+            turn_password=password, turn_secret=secret,
             turn_credential_ttl=self.p.turn_credential_ttl,
             host_addresses=tuple(a for a in self.p.webrtc_host_addresses if a))
         codecs = tuple(c.lower() for c in self.p.webrtc_codecs if c)

@@ -105,10 +105,12 @@ BRIDGE_PARAMETERS = {
     'webrtc_max_peers': (20, 'WebRTC peer connections at once.', (1, 1000)),
     'ice_servers': ([''], 'STUN/TURN URLs for the page and the bridge: stun:host:3478, '
                     'turn:host:3478?transport=udp, turns:host:443?transport=tcp (TURN over TLS). '
-                    'turn:/turns: entries use turn_secret_file or turn_username/turn_password.',
-                    None),
+                    'turn:/turns: entries use turn_secret_file or turn_username/'
+                    'turn_password_file.', None),
     'turn_username': ('', 'Static TURN user name (prefer turn_secret_file).', None),
-    'turn_password': ('', 'Static TURN password (never logged; prefer turn_secret_file).', None),
+    'turn_password_file': ('', 'File whose first line is the static TURN password for '
+                           'turn_username (never logged, never a parameter; prefer '
+                           'turn_secret_file).', None),
     'turn_secret_file': ('', "File with the TURN server's shared secret (coturn "
                          'use-auth-secret / static-auth-secret): each client gets its own '
                          'short-lived credential.', None),
@@ -161,18 +163,28 @@ def _descriptor(description, limits, value):
     return descriptor
 
 
+# Secrets that once were parameters: name -> why it is refused (any DDS node reads parameters).
+REMOVED_SECRETS = {
+    'token': "the 'token' parameter was removed (any DDS node can read parameters): put the "
+             'token in token_file or $VIDEO_BRIDGE_TOKEN',
+    'turn_password': 'turn_password is no longer a parameter (any DDS node can read '
+                     'parameters): put the password in a file and name it in turn_password_file',
+}
+
+
 def _refuse_removed_token(node):
     """
-    Refuse an old ``token`` parameter instead of ignoring it (or serving it to DDS readers).
+    Refuse an old secret parameter (``token``, ``turn_password``) instead of ignoring it.
 
-    Declared only for the instant it takes to read the override, before the node spins.
+    Ignoring it would run without the secret, or serve it to DDS readers. Declared only for the
+    instant it takes to read the override, before the node spins.
     """
-    node.declare_parameter('token', '', ParameterDescriptor(dynamic_typing=True))
-    value = node.get_parameter('token').value
-    node.undeclare_parameter('token')
-    if value not in ('', None):
-        raise ValueError("the 'token' parameter was removed (any DDS node can read parameters):"
-                         ' put the token in token_file or $VIDEO_BRIDGE_TOKEN')
+    for name, reason in REMOVED_SECRETS.items():
+        node.declare_parameter(name, '', ParameterDescriptor(dynamic_typing=True))
+        value = node.get_parameter(name).value
+        node.undeclare_parameter(name)
+        if value not in ('', None):
+            raise ValueError(reason)
 
 
 class _Values:

@@ -1,0 +1,44 @@
+"""
+Secrets the bridge reads from files, never from ROS parameters.
+
+Any node on the DDS graph can read parameters (``ros2 param get``), so the control token, the
+TURN shared secret and the static TURN password each come from a file a parameter names
+(``token_file``, ``turn_secret_file``, ``turn_password_file``). Pure: errors name the parameter
+and the path, never the secret.
+
+The secret is the file's first line with surrounding whitespace (spaces, tabs, CR/LF) stripped,
+so ``echo secret > file`` and files written on Windows both work; a secret cannot begin or end
+with whitespace. Further lines are ignored (room for a comment). A file that other users of the
+machine may read is not refused (deployments differ), but :func:`exposure_warning` says so, so the
+bridge can warn.
+"""
+
+import os
+import stat
+from typing import Optional
+
+
+def read_secret_file(path: str, parameter: str) -> str:
+    """Return the first line of ``path``, stripped; ValueError naming ``parameter`` if unusable."""
+    try:
+        with open(path, encoding='utf-8') as handle:
+            secret = handle.readline().strip()
+    except OSError as exc:
+        raise ValueError(f'cannot read {parameter} {path!r}: {exc.strerror}') from None
+    except UnicodeDecodeError:
+        raise ValueError(f'{parameter} {path!r} is not UTF-8 text') from None
+    if not secret:
+        raise ValueError(f'{parameter} {path!r} is empty')
+    return secret
+
+
+def exposure_warning(path: str, parameter: str) -> Optional[str]:
+    """Return a warning if users other than the owner and its group may read ``path``, or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # read_secret_file reports unreadable files
+    if mode & stat.S_IROTH:
+        return (f'{parameter} {path!r} is readable by every user of this machine '
+                f'(chmod 600 or 640 it)')
+    return None
