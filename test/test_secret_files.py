@@ -59,15 +59,6 @@ def test_binary_garbage_is_refused_without_echoing_it(tmp_path):
     assert 'secret-bytes' not in str(error.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root reads files whatever their mode')
-def test_an_unreadable_file_is_refused(tmp_path):
-    path = tmp_path / 'secret'
-    path.write_text('s3cret\n')
-    path.chmod(0)
-    with pytest.raises(ValueError, match='Permission denied'):
-        read_secret_file(str(path), 'turn_password_file')
-
-
 def test_a_file_every_user_may_read_is_read_but_warned_about(tmp_path):
     path = tmp_path / 'secret'
     path.write_text('s3cret\n')
