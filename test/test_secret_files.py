@@ -5,7 +5,6 @@ turn_password parameter makes the bridge refuse to start)."""
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 
