@@ -15,7 +15,7 @@
 
 import { ClockOffset, pageNow } from './clock.js';
 import { messages, parseControl } from './protocol.js';
-import { ReconnectingSocket } from './socket.js';
+import { handshakeTimeout, ReconnectingSocket } from './socket.js';
 
 export const PROBE_BURST = 4;   // probes right after connecting, one after another
 // ms between probes afterwards: the estimate follows drift, and the reply deadline needs
@@ -47,6 +47,7 @@ export class ControlClient {
     this.wasConnected = false;  // a hello was seen once: later attempts are reconnects
     this.socket = new ReconnectingSocket({
       url, WebSocketImpl, timers, now, backoff,
+      openTimeout: () => handshakeTimeout(this.clock.rtt),
       onOpen: () => {
         this.setStatus('connecting');
         this.expectAnswer();  // the hello

@@ -10,9 +10,20 @@
 import { Backoff } from './backoff.js';
 import { closeMeaning } from './protocol.js';
 
-// A handshake through nginx and the tunnel is a TCP + TLS + HTTP exchange, 3-4 round trips:
-// well under 2 s on a bad cellular link (500 ms RTT). One that takes longer is stuck.
+// A handshake through nginx and the tunnel is a TCP + TLS + HTTP exchange plus a channel opened
+// across the tunnel: about five round trips. With no round trip known yet, OPEN_TIMEOUT; with one
+// (the clock probes of the last connection measured it), HANDSHAKE_RTTS of it, within bounds: a
+// reconnect into a path that is still dead should not hang longer than it must.
 export const OPEN_TIMEOUT = 5000;
+export const HANDSHAKE_RTTS = 10;
+export const HANDSHAKE_BOUNDS = Object.freeze({ min: 3000, max: 10000 });
+
+/** ms to allow a handshake, from the last known round trip in seconds (null: unknown). */
+export function handshakeTimeout(rtt) {
+  if (!Number.isFinite(rtt) || rtt < 0) return OPEN_TIMEOUT;
+  const { min, max } = HANDSHAKE_BOUNDS;
+  return Math.round(Math.min(max, Math.max(min, HANDSHAKE_RTTS * rtt * 1000)));
+}
 // What an abandoned socket reports (the browser's code for "closed without a close frame").
 export const ABANDONED = 1006;
 
@@ -20,7 +31,8 @@ export class ReconnectingSocket {
   /**
    * url(): the absolute ws:// URL to open now, or null to stay closed.
    * Callbacks: onOpen(), onMessage(data), onClose({code, reason, meaning, retryAt}), onStatus().
-   * openTimeout: ms a handshake may take before it is given up (null: as long as the browser).
+   * openTimeout: ms a handshake may take before it is given up (null: as long as the browser),
+   * or a function returning that for each attempt.
    */
   constructor({ url, binaryType = 'blob', WebSocketImpl = globalThis.WebSocket, timers = globalThis,
                 backoff = new Backoff(), now = () => Date.now(), openTimeout = OPEN_TIMEOUT,
@@ -68,11 +80,13 @@ export class ReconnectingSocket {
     ws.binaryType = this.binaryType;
     this.ws = ws;
     this.setStatus('connecting');
-    if (this.openTimeout !== null) {
+    const openTimeout = typeof this.openTimeout === 'function' ? this.openTimeout()
+      : this.openTimeout;
+    if (openTimeout !== null) {
       this.openTimer = this.timers.setTimeout(() => {
         this.openTimer = null;
         if (ws === this.ws && this.status === 'connecting') this.abandon('no handshake in time');
-      }, this.openTimeout);
+      }, openTimeout);
     }
     ws.onopen = () => {
       if (ws !== this.ws) return;

@@ -8,7 +8,7 @@
 
 import { pageNow } from './clock.js';
 import { parseFrame } from './protocol.js';
-import { ReconnectingSocket } from './socket.js';
+import { handshakeTimeout, ReconnectingSocket } from './socket.js';
 import { plausibleLatency, RateMeter, RecentMedian } from './stats.js';
 
 // ms without a frame on a live stream before its socket is given up: a camera at 5 fps or more
@@ -91,6 +91,7 @@ export class VideoClient {
     this.resetCounters();
     this.socket = new ReconnectingSocket({
       url, binaryType: 'arraybuffer', now, timers, WebSocketImpl,
+      openTimeout: () => handshakeTimeout(this.clock.rtt ?? null),
       onOpen: () => {
         this.stopWatch();
         this.connectionFrames = 0;

@@ -12,8 +12,9 @@
 // A peer that played and then goes silent (its path died: ICE consent would only call it failed
 // after ~30 s) is given up after STALL_TIMEOUT without video bytes, like a closed or failed one;
 // the page then falls back to JPEG (app.js) and this tries WebRTC again with backoff, as long as
-// the control connection is up. A peer that never played is not retried (that path does not do
-// WebRTC; the fallback is for it). A lost control connection stops the peer without a retry:
+// the control connection is up. So is one that connected (ICE and DTLS) but did not play in time
+// (its first keyframe lost, say). A peer that never connected is not retried (that path does not
+// do WebRTC; the fallback is for it). A lost control connection stops the peer without a retry:
 // the next hello starts afresh.
 
 import { Backoff } from './backoff.js';
@@ -87,7 +88,7 @@ export class WebRtcVideo {
     this.channelSent = 0;      // commands that went over the data channel
     this.layer = null;
     this.pendingConfig = null;
-    this.played = false;       // a peer played since start(): failures are retried
+    this.proven = false;       // a peer connected or played since start(): failures are retried
     this.timer = null;
     this.statsTimer = null;
     this.retryTimer = null;
@@ -102,7 +103,7 @@ export class WebRtcVideo {
     this.status = status;
     this.problem = problem;
     if (status === 'playing') {
-      this.played = true;
+      this.proven = true;
       this.playingSince = this.now();
       this.progressAt = this.now();
     }
@@ -112,7 +113,7 @@ export class WebRtcVideo {
   /** Start (or restart) WebRTC for a stream name; resolves when signalling is under way. */
   start(streamName) {
     this.stop();
-    this.played = false;
+    this.proven = false;
     this.begin(streamName);
   }
 
@@ -143,12 +144,12 @@ export class WebRtcVideo {
     }, START_TIMEOUT);
   }
 
-  /** Give the peer up; if one played since start(), try again later (see the top). */
+  /** Give the peer up; if one connected or played since start(), try again later (see the top). */
   fail(problem) {
     this.cancelRetry();
     this.close();
     this.setStatus('failed', problem);
-    if (this.played && this.stream !== null) this.scheduleRetry();
+    if (this.proven && this.stream !== null) this.scheduleRetry();
   }
 
   scheduleRetry() {
@@ -269,6 +270,7 @@ export class WebRtcVideo {
     };
     pc.onconnectionstatechange = () => {
       if (generation !== this.generation) return;
+      if (pc.connectionState === 'connected') this.proven = true;   // the path does WebRTC
       if (pc.connectionState === 'failed') this.fail('WebRTC connection failed');
     };
     await pc.setRemoteDescription({ type: 'offer', sdp: offer.sdp });

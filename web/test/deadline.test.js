@@ -8,7 +8,8 @@ import { Backoff } from '../js/backoff.js';
 import { ControlClient, PROBE_PERIOD, REPLY_DEADLINE } from '../js/control.js';
 import { DriveController } from '../js/drive.js';
 import { packFrameHeader } from '../js/protocol.js';
-import { ABANDONED, OPEN_TIMEOUT, ReconnectingSocket } from '../js/socket.js';
+import { ABANDONED, HANDSHAKE_BOUNDS, handshakeTimeout, OPEN_TIMEOUT,
+         ReconnectingSocket } from '../js/socket.js';
 import { STALL_TIMEOUT as VIDEO_STALL, VideoClient } from '../js/video.js';
 import { RETRY_BACKOFF, STALL_TIMEOUT as WEBRTC_STALL, WebRtcVideo } from '../js/webrtc.js';
 import { FakeTimers, FakeWebSocket } from './helpers.js';
@@ -204,6 +205,25 @@ describe('control reply deadline', () => {
     assert.equal(FakeWebSocket.instances.length, 2, 'and tried again');
   });
 
+  it('a reconnect into a still dead path hangs only a few known round trips', () => {
+    const { timers, control } = page();
+    control.start();
+    const ws = FakeWebSocket.last();
+    ws.open();
+    ws.receiveJson(HELLO);
+    const probe = JSON.parse(ws.sent.at(-1));
+    timers.advance(40);   // a 40 ms round trip
+    ws.receiveJson({ type: 'time', t0: probe.t0, server_time: probe.t0 / 1000 });
+    timers.advance(REPLY_DEADLINE);   // the path dies: the burst's next probe goes unanswered
+    assert.equal(control.status, 'disconnected');
+    timers.advance(500);
+    assert.equal(control.status, 'connecting');   // the retry's handshake goes nowhere
+    timers.advance(HANDSHAKE_BOUNDS.min - 1);
+    assert.equal(control.status, 'connecting');
+    timers.advance(1);
+    assert.equal(control.status, 'disconnected', 'given up after the floor, not OPEN_TIMEOUT');
+  });
+
   it('while driving: the dead path ends the drive, the reconnect does not drive again', () => {
     const { timers, control, drive, closes } = page();
     control.start();
@@ -236,6 +256,16 @@ describe('control reply deadline', () => {
     drive.input('keys', FORWARD);     // ... and pressed again: that drives
     answered.answer();
     assert.ok(answered.types.includes('acquire'));
+  });
+});
+
+describe('handshakeTimeout', () => {
+  it('scales with the known round trip, within bounds', () => {
+    assert.equal(handshakeTimeout(null), OPEN_TIMEOUT);
+    assert.equal(handshakeTimeout(undefined), OPEN_TIMEOUT);
+    assert.equal(handshakeTimeout(0.005), HANDSHAKE_BOUNDS.min);
+    assert.equal(handshakeTimeout(0.5), 5000);
+    assert.equal(handshakeTimeout(30), HANDSHAKE_BOUNDS.max);
   });
 });
 
