@@ -25,6 +25,9 @@ import { plausibleLatency, RateMeter, RecentMedian } from './stats.js';
 export const WEBRTC_CODECS = ['h264', 'vp8'];
 export const CHANNEL_COMMANDS = new Set(['command', 'velocity']);
 const START_TIMEOUT = 10000;    // ms from start to the first displayed frame
+// ms from connected (ICE and DTLS done) to playing: normally a few hundred (the join keyframe);
+// a peer connected that long without video is retried, not waited out to START_TIMEOUT.
+export const CONNECTED_PLAY_TIMEOUT = 4000;
 const GATHER_TIMEOUT = 3000;    // ms to wait for this page's ICE candidates before answering
 const STAMP_TABLE = 240;        // frames remembered for the RTP -> stamp mapping (8 s)
 export const STALL_TIMEOUT = 3000;   // ms without video bytes while playing
@@ -270,7 +273,15 @@ export class WebRtcVideo {
     };
     pc.onconnectionstatechange = () => {
       if (generation !== this.generation) return;
-      if (pc.connectionState === 'connected') this.proven = true;   // the path does WebRTC
+      if (pc.connectionState === 'connected' && this.status === 'starting') {
+        this.proven = true;   // the path does WebRTC
+        this.timers.clearTimeout(this.timer);
+        this.timer = this.timers.setTimeout(() => {
+          if (generation === this.generation && this.status === 'starting') {
+            this.fail(`connected, but no video within ${CONNECTED_PLAY_TIMEOUT / 1000} s`);
+          }
+        }, CONNECTED_PLAY_TIMEOUT);
+      }
       if (pc.connectionState === 'failed') this.fail('WebRTC connection failed');
     };
     await pc.setRemoteDescription({ type: 'offer', sdp: offer.sdp });
