@@ -51,7 +51,7 @@ UPLINK_QUEUE = 0.100           # the capped uplink's buffer (tbf latency): its a
 PAGE_NOTICES = 2.0 + 2.5       # web/js/control.js: PROBE_PERIOD + REPLY_DEADLINE (s)
 # A silently dead path, from the drop to video on the page again: the tunnel's ServerAlive
 # (2 s x 3: 6-8 s) and autossh, then the page's next attempt (backoff after a handshake into the
-# dead path gave up); ~10 s measured, with margin for a loaded 2-core machine.
+# dead path gave up); 11.0-11.6 s measured, with margin for a loaded 2-core machine.
 DEAD_PATH_RECOVERY = 16.0
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--no-first-run',
                  '--disable-background-networking', '--disable-component-update',
@@ -788,7 +788,7 @@ def test_webrtc_relayed_by_coturn(world, context):
     """The operator's page forced to relay candidates: coturn relays the video, the data channel
     drives, and a 2 Mbit/s uplink still carries >= 20 fps."""
     if not world.offers_webrtc():
-        pytest.skip('this bridge offers no WebRTC (the webrtc branch is not merged here)')
+        pytest.skip('this bridge offers no WebRTC (its /api/streams lists none)')
     page = context.new_page()
     started = time.monotonic()
     page.goto(f'https://{NAME}/?token={world.token}&transport=webrtc&relay=1')
