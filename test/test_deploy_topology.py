@@ -850,6 +850,25 @@ def test_webrtc_relayed_by_coturn(world, context):
              'commands over the new data channel')
     page.keyboard.up('ArrowUp')
     figure(f'WebRTC relayed, tunnel drop (ssh killed): relayed video playing again after '
-           f'{video_back:.1f} s; a fresh press moved /cmd_vel {(moving[0] - pressed) * 1000:.0f} ms '
+           f'{video_back:.1f} s; a fresh press moved /cmd_vel '
+           f'{(moving[0] - pressed) * 1000:.0f} ms '
            f'after it, over the data channel')
     assert video_back < 15
+
+    # A page left on Auto (the default): WebRTC if it plays within the page's fallback time,
+    # else the JPEG fallback; either way video, and the figure says which.
+    page.close()
+    auto, started = open_page(context, world.token, query='')
+    auto.wait_for_function(
+        "Number(document.getElementById('stat-fps').dataset.value) > 20", timeout=30000)
+    shown = time.monotonic() - started
+    # Where Auto settles: WebRTC plays, or its start timeout (10 s) gives it up.
+    auto.wait_for_function("['playing', 'failed', 'unavailable'].includes("
+                           "window.videoBridge.webrtc.status)", timeout=30000)
+    settled = time.monotonic() - started
+    transport, problem = auto.evaluate("""() => [
+        document.getElementById('stat-transport').dataset.value,
+        window.videoBridge.webrtc.problem]""")
+    wait_live(auto)
+    figure(f'page on Auto transport: video at > 20 fps {shown:.1f} s after goto; settled on '
+           f'{transport} after {settled:.1f} s (WebRTC problem: {problem})')
