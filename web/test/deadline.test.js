@@ -11,7 +11,8 @@ import { packFrameHeader } from '../js/protocol.js';
 import { ABANDONED, HANDSHAKE_BOUNDS, handshakeTimeout, OPEN_TIMEOUT,
          ReconnectingSocket } from '../js/socket.js';
 import { STALL_TIMEOUT as VIDEO_STALL, VideoClient } from '../js/video.js';
-import { RETRY_BACKOFF, STALL_TIMEOUT as WEBRTC_STALL, WebRtcVideo } from '../js/webrtc.js';
+import { CONNECTED_PLAY_TIMEOUT, RETRY_BACKOFF, STALL_TIMEOUT as WEBRTC_STALL,
+         WebRtcVideo } from '../js/webrtc.js';
 import { FakeTimers, FakeWebSocket } from './helpers.js';
 
 const HELLO = { type: 'hello', protocol: 2, client_id: 'c1', can_drive: true,
@@ -473,5 +474,69 @@ describe('WebRTC stall watch', () => {
     t.control.status = 'disconnected';   // lost before the retry is due
     await run(t.timers, RETRY_BACKOFF.max * 2);
     assert.deepEqual(t.starts, ['camera']);
+  });
+});
+
+describe('WebRTC start: connected without video', () => {
+  it('is given up 4 s after connecting and tried again, not waited out', async () => {
+    class FakeRtcPeer {
+      constructor(config) {
+        this.config = config;
+        this.iceGatheringState = 'complete';
+        this.connectionState = 'new';
+        FakeRtcPeer.last = this;
+      }
+
+      async setRemoteDescription() {}
+
+      async createAnswer() { return { type: 'answer', sdp: 'v=0 answer' }; }
+
+      async setLocalDescription(description) { this.localDescription = description; }
+
+      addEventListener() {}
+
+      async getStats() { return new Map(); }
+
+      close() { this.closed = true; }
+    }
+    const saved = [globalThis.RTCPeerConnection, globalThis.RTCRtpReceiver];
+    globalThis.RTCPeerConnection = FakeRtcPeer;
+    globalThis.RTCRtpReceiver = { getCapabilities: () => ({ codecs: [{ mimeType: 'video/H264' }] }) };
+    try {
+      const timers = new FakeTimers();
+      const sent = [];
+      const control = { status: 'connected', send: (m) => { sent.push(m); return sent.length; } };
+      const webrtc = new WebRtcVideo({ srcObject: null }, { control, clock: { age: () => null },
+                                                           timers, now: timers.now });
+      const signal = async () => {   // the bridge's side of one start
+        const config = sent.findLast((m) => m.type === 'webrtc_config');
+        await webrtc.message({ type: 'webrtc_config', id: sent.indexOf(config) + 1,
+                               enabled: true, ice_servers: [] });
+        const start = sent.findLast((m) => m.type === 'webrtc_start');
+        await webrtc.message({ type: 'webrtc_offer', id: sent.indexOf(start) + 1, sdp: 'v=0',
+                               codec: 'h264' });
+        await flush();
+      };
+      webrtc.start('camera');
+      await signal();
+      assert.ok(sent.some((m) => m.type === 'webrtc_answer'));
+      const first = FakeRtcPeer.last;
+      first.connectionState = 'connected';
+      first.onconnectionstatechange();
+      timers.advance(CONNECTED_PLAY_TIMEOUT - 1);
+      assert.equal(webrtc.status, 'starting');
+      timers.advance(1);
+      assert.equal(webrtc.status, 'failed');
+      assert.ok(first.closed);
+      assert.notEqual(webrtc.retryAt, null);
+      const configs = sent.filter((m) => m.type === 'webrtc_config').length;
+      timers.advance(RETRY_BACKOFF.base * 1.25);
+      assert.equal(sent.filter((m) => m.type === 'webrtc_config').length, configs + 1,
+                   'a new start');
+      assert.equal(webrtc.status, 'starting');
+      webrtc.stop();
+    } finally {
+      [globalThis.RTCPeerConnection, globalThis.RTCRtpReceiver] = saved;
+    }
   });
 });
