@@ -416,6 +416,9 @@ function videoOverlayText(stats) {
   if (webrtc.status === 'starting' && video.status === 'disconnected') {
     return 'Starting WebRTC video…';
   }
+  if (webrtc.status === 'failed' && webrtc.retryAt !== null && video.status === 'disconnected') {
+    return `WebRTC video lost · trying again in ${seconds(webrtc.retryAt)} s`;
+  }
   if (video.status === 'disconnected') {
     return video.retryAt !== null ? `Video lost · reconnecting in ${seconds(video.retryAt)} s`
       : 'Video disconnected';

@@ -5,13 +5,26 @@
 // comes back with exponential backoff + jitter (`retryAt` feeds the countdown). A reconnect is
 // a new client for the bridge: whoever drove lost the lock when the socket closed, and this
 // client never asks for it again by itself (see drive.js: only a fresh user action acquires).
+//
+// A path can die without closing the socket (Wi-Fi gone, a NAT mapping dropped: no FIN, no RST),
+// and TCP then waits for minutes. So the page has a reply deadline: whenever it sent something
+// the bridge answers (the hello it waits for, a clock probe, a request with an id), it must hear
+// from the bridge within REPLY_DEADLINE, or it declares the connection dead and reconnects.
+// Anything heard counts (the bridge is there); probes every PROBE_PERIOD keep something
+// awaited, so a dead path is noticed within PROBE_PERIOD + REPLY_DEADLINE.
 
 import { ClockOffset, pageNow } from './clock.js';
 import { messages, parseControl } from './protocol.js';
-import { ReconnectingSocket } from './socket.js';
+import { handshakeTimeout, ReconnectingSocket } from './socket.js';
 
-const PROBE_BURST = 4;          // probes right after connecting, one after another
-const PROBE_PERIOD = 5000;      // ms between probes afterwards (the estimate follows drift)
+export const PROBE_BURST = 4;   // probes right after connecting, one after another
+// ms between probes afterwards: the estimate follows drift, and the reply deadline needs
+// something awaited. About 150 bytes each way per probe, so 2 s costs nothing worth counting.
+export const PROBE_PERIOD = 2000;
+// ms the page waits to hear from the bridge after sending something it answers. A bad cellular
+// round trip is 0.3-1 s (with a second of bufferbloat on top when the uplink is full); the car's
+// deadman is 0.5 s, so a path silent for this long is useless for driving anyway.
+export const REPLY_DEADLINE = 2500;
 const MAX_PENDING = 256;
 
 export class ControlClient {
@@ -26,14 +39,23 @@ export class ControlClient {
     this.nextId = 1;
     this.pending = new Map();   // id -> message sent, until its ack or error
     this.probeTimer = null;
+    this.deadlineTimer = null;  // armed while an answer is due and nothing was heard since
+    this.deadlines = 0;         // connections declared dead for want of an answer
     this.probes = 0;
     this.sent = [];             // the last messages sent, newest last (for the debug console)
     this.sentCount = 0;         // all messages sent so far
     this.wasConnected = false;  // a hello was seen once: later attempts are reconnects
     this.socket = new ReconnectingSocket({
       url, WebSocketImpl, timers, now, backoff,
-      onOpen: () => this.setStatus('connecting'),
-      onMessage: (data) => this.message(data),
+      openTimeout: () => handshakeTimeout(this.clock.rtt),
+      onOpen: () => {
+        this.setStatus('connecting');
+        this.expectAnswer();  // the hello
+      },
+      onMessage: (data) => {
+        this.heard();
+        this.message(data);
+      },
       onClose: (info) => this.closed(info),
       onStatus: (status) => {
         if (status !== 'open') this.setStatus(status);
@@ -80,6 +102,25 @@ export class ControlClient {
     this.pending.clear();
     this.timers.clearTimeout(this.probeTimer);
     this.probeTimer = null;
+    this.heard();
+  }
+
+  // --- reply deadline ----------------------------------------------------------------------
+
+  /** Something the bridge answers went out: hear from it within REPLY_DEADLINE. */
+  expectAnswer() {
+    if (this.deadlineTimer !== null) return;  // already counting from an earlier request
+    this.deadlineTimer = this.timers.setTimeout(() => {
+      this.deadlineTimer = null;
+      this.deadlines += 1;
+      this.socket.abandon(`no answer from the bridge within ${REPLY_DEADLINE / 1000} s`);
+    }, REPLY_DEADLINE);
+  }
+
+  /** A message arrived: the bridge and the path are there. */
+  heard() {
+    if (this.deadlineTimer !== null) this.timers.clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = null;
   }
 
   /**
@@ -92,6 +133,9 @@ export class ControlClient {
     const id = track ? this.nextId++ : 0;
     const text = JSON.stringify(track ? { ...message, id } : message);
     if (!(via ? via(text) : this.socket.send(text))) return null;
+    // Over the data channel (unordered, no retransmits) a command may be lost by design; the
+    // deadline is for the websocket, which delivers or is dead.
+    if (!via) this.expectAnswer();
     if (track) {
       if (this.pending.size >= MAX_PENDING) this.pending.clear();
       this.pending.set(id, message);

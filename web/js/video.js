@@ -1,11 +1,22 @@
 // The /video/<stream> websocket drawn on a canvas. The newest frame wins: while one JPEG is
 // being decoded, only the latest frame that arrived meanwhile is kept, older ones are dropped
 // (the bridge does the same on its side, so the picture is never behind by a queue).
+//
+// A stream that was live and goes silent for STALL_TIMEOUT is reconnected: its path may have died
+// without closing the socket (TCP would wait for minutes). Only once frames flowed on the socket:
+// a camera that publishes nothing gets one new socket that waits, not a reconnect loop.
 
 import { pageNow } from './clock.js';
 import { parseFrame } from './protocol.js';
-import { ReconnectingSocket } from './socket.js';
+import { handshakeTimeout, ReconnectingSocket } from './socket.js';
 import { plausibleLatency, RateMeter, RecentMedian } from './stats.js';
+
+// ms without a frame on a live stream before its socket is given up: a camera at 5 fps or more
+// sends well within it, and a bridge that drops frames to fit a slow link still sends some each
+// second (its pong window moves on every answer). A slower stream gets STALL_GAPS times its
+// usual gap between frames (a 0.2 fps camera: 15 s), so it is not reconnected on every frame.
+export const STALL_TIMEOUT = 3000;
+export const STALL_GAPS = 3;
 
 /**
  * Run `process(item)` (async) for pushed items one at a time; while it runs, keep only the
@@ -57,12 +68,19 @@ export class VideoClient {
    * url(): absolute ws:// URL of the chosen stream (token included), or null for none.
    * clock: the ClockOffset of the control connection (bridge clock for latency).
    */
-  constructor(canvas, { url, clock, now = pageNow, onStatus = () => {}, onClose = () => {},
+  constructor(canvas, { url, clock, now = pageNow, timers = globalThis, WebSocketImpl,
+                        stallTimeout = STALL_TIMEOUT, onStatus = () => {}, onClose = () => {},
                         onFirstFrame = () => {} }) {
     this.canvas = canvas;
     this.context = canvas.getContext('2d', { alpha: false });
     this.clock = clock;
     this.now = now;
+    this.timers = timers;
+    this.stallTimeout = stallTimeout;
+    this.stallTimer = null;
+    this.receivedAt = null;   // page time of the last frame received on this connection
+    this.gaps = new RecentMedian(15);  // ms between frames received, for slow streams
+    this.stalls = 0;          // sockets given up because a live stream went silent
     this.onFirstFrame = onFirstFrame;
     this.generation = 0;
     this.queue = new NewestOnly((frame) => this.draw(frame, this.generation));
@@ -72,11 +90,18 @@ export class VideoClient {
     this.bridgeLatency = new RecentMedian(30);  // bridge received -> drawn, s
     this.resetCounters();
     this.socket = new ReconnectingSocket({
-      url, binaryType: 'arraybuffer', now,
-      onOpen: () => { this.connectionFrames = 0; },
+      url, binaryType: 'arraybuffer', now, timers, WebSocketImpl,
+      openTimeout: () => handshakeTimeout(this.clock.rtt ?? null),
+      onOpen: () => {
+        this.stopWatch();
+        this.connectionFrames = 0;
+        this.receivedAt = null;
+        this.gaps.reset();
+      },
       onMessage: (data) => this.receive(data),
       onStatus: (status) => onStatus(status),
       onClose: (info) => {
+        this.stopWatch();
         this.queue.clear();
         onClose(info);
       },
@@ -108,6 +133,7 @@ export class VideoClient {
   /** Show another stream (or the same one with a new token): start afresh. */
   restart() {
     this.generation += 1;
+    this.stopWatch();
     this.queue.clear();
     this.resetCounters();
     this.frames.reset();
@@ -123,10 +149,50 @@ export class VideoClient {
 
   stop() {
     this.generation += 1;
+    this.stopWatch();
     this.socket.stop();
   }
 
+  // --- stall watch -------------------------------------------------------------------------
+
+  /**
+   * A frame arrived: (re)start the watch once the connection has shown its pace (two frames);
+   * it checks once per stall limit, not per frame.
+   */
+  watch() {
+    const now = this.now();
+    if (this.receivedAt !== null) this.gaps.add(now - this.receivedAt);
+    this.receivedAt = now;
+    if (this.stallTimer === null && this.stallTimeout !== null && this.gaps.value() !== null) {
+      this.checkStall();
+    }
+  }
+
+  /** ms of silence after which this stream counts as stalled. */
+  stallLimit() {
+    return Math.max(this.stallTimeout, STALL_GAPS * (this.gaps.value() ?? 0));
+  }
+
+  checkStall() {
+    this.stallTimer = null;
+    if (this.receivedAt === null) return;
+    const silent = this.now() - this.receivedAt;
+    const limit = this.stallLimit();
+    if (silent >= limit) {
+      this.stalls += 1;
+      this.socket.abandon(`no frame for ${(silent / 1000).toFixed(1)} s`);
+      return;
+    }
+    this.stallTimer = this.timers.setTimeout(() => this.checkStall(), limit - silent);
+  }
+
+  stopWatch() {
+    if (this.stallTimer !== null) this.timers.clearTimeout(this.stallTimer);
+    this.stallTimer = null;
+  }
+
   receive(data) {
+    this.watch();
     let frame;
     try {
       frame = parseFrame(data);

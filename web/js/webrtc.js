@@ -8,6 +8,16 @@
 // Latency: for each video frame the bridge sends {rtp, stamp} on the data channel; the frame
 // the browser displays carries its RTP timestamp in requestVideoFrameCallback's metadata, so
 // latency = now (in the bridge's clock) - stamp, exactly as for JPEG frames.
+//
+// A peer that played and then goes silent (its path died: ICE consent would only call it failed
+// after ~30 s) is given up after STALL_TIMEOUT without video bytes, like a closed or failed one;
+// the page then falls back to JPEG (app.js) and this tries WebRTC again with backoff, as long as
+// the control connection is up. So is one that connected (ICE and DTLS) but did not play in time
+// (its first keyframe lost, say). A peer that never connected is not retried (that path does not
+// do WebRTC; the fallback is for it). A lost control connection stops the peer without a retry:
+// the next hello starts afresh.
+
+import { Backoff } from './backoff.js';
 
 import { pageNow } from './clock.js';
 import { plausibleLatency, RateMeter, RecentMedian } from './stats.js';
@@ -15,8 +25,14 @@ import { plausibleLatency, RateMeter, RecentMedian } from './stats.js';
 export const WEBRTC_CODECS = ['h264', 'vp8'];
 export const CHANNEL_COMMANDS = new Set(['command', 'velocity']);
 const START_TIMEOUT = 10000;    // ms from start to the first displayed frame
+// ms from connected (ICE and DTLS done) to playing: normally a few hundred (the join keyframe);
+// a peer connected that long without video is retried, not waited out to START_TIMEOUT.
+export const CONNECTED_PLAY_TIMEOUT = 4000;
 const GATHER_TIMEOUT = 3000;    // ms to wait for this page's ICE candidates before answering
 const STAMP_TABLE = 240;        // frames remembered for the RTP -> stamp mapping (8 s)
+export const STALL_TIMEOUT = 3000;   // ms without video bytes while playing
+export const RETRY_BACKOFF = Object.freeze({ base: 2000, max: 30000 });
+const STEADY = 30000;           // ms of playing after which the retry backoff starts afresh
 
 /** Codec names (h264, vp8) this browser can decode, from RTCRtpReceiver capabilities. */
 export function decodableCodecs(capabilities) {
@@ -51,8 +67,9 @@ export class WebRtcVideo {
    * video: a <video> element; control: the ControlClient (signalling); clock: its ClockOffset.
    * relay: force TURN relay candidates (iceTransportPolicy 'relay').
    */
-  constructor(video, { control, clock, relay = false, now = pageNow, onStatus = () => {} }) {
-    Object.assign(this, { video, control, clock, relay, now, onStatus });
+  constructor(video, { control, clock, relay = false, now = pageNow, timers = globalThis,
+                       onStatus = () => {} }) {
+    Object.assign(this, { video, control, clock, relay, now, timers, onStatus });
     this.status = 'off';     // off | starting | playing | failed | unavailable
     this.problem = null;
     this.pc = null;
@@ -74,17 +91,36 @@ export class WebRtcVideo {
     this.channelSent = 0;      // commands that went over the data channel
     this.layer = null;
     this.pendingConfig = null;
+    this.proven = false;       // a peer connected or played since start(): failures are retried
+    this.timer = null;
+    this.statsTimer = null;
+    this.retryTimer = null;
+    this.retries = new Backoff(RETRY_BACKOFF);
+    this.retryAt = null;       // page time of the next attempt after a failure while playing
+    this.playingSince = null;
+    this.progressAt = null;    // page time video bytes last grew
+    this.stalls = 0;           // peers given up for silence
   }
 
   setStatus(status, problem = null) {
     this.status = status;
     this.problem = problem;
+    if (status === 'playing') {
+      this.proven = true;
+      this.playingSince = this.now();
+      this.progressAt = this.now();
+    }
     this.onStatus(status);
   }
 
   /** Start (or restart) WebRTC for a stream name; resolves when signalling is under way. */
   start(streamName) {
     this.stop();
+    this.proven = false;
+    this.begin(streamName);
+  }
+
+  begin(streamName) {
     const generation = ++this.generation;
     this.stream = streamName;
     if (typeof RTCPeerConnection === 'undefined') {
@@ -104,22 +140,52 @@ export class WebRtcVideo {
       this.setStatus('failed', 'not connected');
       return;
     }
-    this.timer = setTimeout(() => {
+    this.timer = this.timers.setTimeout(() => {
       if (generation === this.generation && this.status === 'starting') {
         this.fail('WebRTC did not start playing in time');
       }
     }, START_TIMEOUT);
   }
 
+  /** Give the peer up; if one connected or played since start(), try again later (see the top). */
   fail(problem) {
-    this.stop();
+    this.cancelRetry();
+    this.close();
     this.setStatus('failed', problem);
+    if (this.proven && this.stream !== null) this.scheduleRetry();
   }
 
+  scheduleRetry() {
+    const delay = this.retries.next();
+    const stream = this.stream;
+    this.retryAt = this.now() + delay;
+    this.retryTimer = this.timers.setTimeout(() => {
+      this.retryTimer = null;
+      this.retryAt = null;
+      if (this.status === 'failed' && this.control.status === 'connected') this.begin(stream);
+    }, delay);
+  }
+
+  cancelRetry() {
+    if (this.retryTimer !== null) this.timers.clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.retryAt = null;
+  }
+
+  /** Stop, and forget about trying again (the control connection is gone, the user chose). */
   stop() {
+    this.cancelRetry();
+    this.close();
+  }
+
+  close() {
     this.generation += 1;
-    clearTimeout(this.timer);
-    clearInterval(this.statsTimer);
+    this.timers.clearTimeout(this.timer);
+    this.timers.clearInterval(this.statsTimer);
+    this.timer = null;
+    this.statsTimer = null;
+    this.playingSince = null;
+    this.progressAt = null;
     if (this.pc) {
       if (this.control.status === 'connected') this.control.send({ type: 'webrtc_stop' });
       try { this.pc.close(); } catch { /* already closed */ }
@@ -207,20 +273,29 @@ export class WebRtcVideo {
     };
     pc.onconnectionstatechange = () => {
       if (generation !== this.generation) return;
+      if (pc.connectionState === 'connected' && this.status === 'starting') {
+        this.proven = true;   // the path does WebRTC
+        this.timers.clearTimeout(this.timer);
+        this.timer = this.timers.setTimeout(() => {
+          if (generation === this.generation && this.status === 'starting') {
+            this.fail(`connected, but no video within ${CONNECTED_PLAY_TIMEOUT / 1000} s`);
+          }
+        }, CONNECTED_PLAY_TIMEOUT);
+      }
       if (pc.connectionState === 'failed') this.fail('WebRTC connection failed');
     };
     await pc.setRemoteDescription({ type: 'offer', sdp: offer.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     await new Promise((resolve) => {
       if (pc.iceGatheringState === 'complete') { resolve(); return; }
-      const timer = setTimeout(resolve, GATHER_TIMEOUT);
+      const timer = this.timers.setTimeout(resolve, GATHER_TIMEOUT);
       pc.addEventListener('icegatheringstatechange', () => {
-        if (pc.iceGatheringState === 'complete') { clearTimeout(timer); resolve(); }
+        if (pc.iceGatheringState === 'complete') { this.timers.clearTimeout(timer); resolve(); }
       });
     });
     if (generation !== this.generation) return;
     this.answerId = this.control.send({ type: 'webrtc_answer', sdp: pc.localDescription.sdp });
-    this.statsTimer = setInterval(() => this.readStats(generation), 1000);
+    this.statsTimer = this.timers.setInterval(() => this.readStats(generation), 1000);
   }
 
   channelMessage(data) {
@@ -259,7 +334,7 @@ export class WebRtcVideo {
         if (plausibleLatency(bridgeAge)) this.bridgeLatency.add(bridgeAge);
       }
       if (this.status === 'starting' && this.displayed >= 2) {
-        clearTimeout(this.timer);
+        this.timers.clearTimeout(this.timer);
         this.setStatus('playing');
       }
       video.requestVideoFrameCallback(onFrame);
@@ -270,9 +345,13 @@ export class WebRtcVideo {
   async readStats(generation) {
     if (!this.pc || generation !== this.generation) return;
     const report = await this.pc.getStats();
+    if (generation !== this.generation) return;
     report.forEach((entry) => {
       if (entry.type === 'inbound-rtp' && entry.kind === 'video') {
         const at = entry.timestamp;
+        if (this.lastBytes && entry.bytesReceived > this.lastBytes.bytes) {
+          this.progressAt = this.now();
+        }
         if (this.lastBytes) {
           const ms = at - this.lastBytes.at;
           if (ms > 0) this.kbpsValue = (entry.bytesReceived - this.lastBytes.bytes) * 8 / ms;
@@ -287,6 +366,19 @@ export class WebRtcVideo {
         this.candidateType = local?.candidateType ?? null;
       }
     });
+    this.checkStall();
+  }
+
+  /** While playing: give the peer up after STALL_TIMEOUT without video bytes. */
+  checkStall() {
+    if (this.status !== 'playing' || this.progressAt === null) return;
+    const now = this.now();
+    if (now - this.playingSince >= STEADY) this.retries.reset();
+    const silent = now - this.progressAt;
+    if (silent >= STALL_TIMEOUT) {
+      this.stalls += 1;
+      this.fail(`no video for ${(silent / 1000).toFixed(1)} s`);
+    }
   }
 
   /** Send a driving command over the data channel; false when it is not open. */
