@@ -101,6 +101,35 @@ def test_video_and_data_channel_through_signalling():
     run(scenario())
 
 
+def test_a_peer_that_connects_late_still_starts_at_once_on_a_fresh_keyframe():
+    """
+    Through TURN relays ICE and DTLS take a second or more after the offer; by then the
+    keyframe made when the peer joined has left the hub's short history. The peer must ask for
+    a new one, not wait for the encoder's own (every 10 s), or the browser shows nothing.
+    """
+    async def scenario():
+        with host_address(), Harness() as harness:
+            try:
+                await harness.service.handle('late', None, {'type': 'webrtc_start', 'id': 1,
+                                                            'stream': 'cam'})
+                offer = harness.sent['late'][-1]
+                assert offer['type'] == 'webrtc_offer', offer
+                await asyncio.sleep(1.5)  # a slow answer, as through two relays: not sync
+                viewer = AiortcViewer()
+                answer = await viewer.answer(offer['sdp'])
+                answered = asyncio.get_running_loop().time()
+                await harness.service.handle('late', None, {'type': 'webrtc_answer', 'id': 2,
+                                                            'sdp': answer})
+                await wait_until(lambda: viewer.frames, 4, 'a first decoded frame')
+                waited = asyncio.get_running_loop().time() - answered
+                assert waited < 4, waited
+                await viewer.close()
+            finally:
+                await harness.service.stop()
+                harness.stop()
+    run(scenario())
+
+
 def test_more_peers_add_no_encoder_and_the_vp8_path_works():
     async def scenario():
         with host_address(), Harness() as harness:

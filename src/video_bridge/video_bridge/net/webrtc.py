@@ -121,6 +121,11 @@ class Peer:
                     continue
                 self.need_keyframe = False
                 self.queue.append(frame)
+        if self.need_keyframe:
+            # Waiting for a keyframe that is not coming: the one made when this peer joined has
+            # left the hub's short history while ICE and DTLS took their time (a second or more
+            # through relays). Ask now (rate-limited), not at the encoder's own interval (10 s).
+            self.request_keyframe()
         self._detach_unused()
         if self.chooser.switch_overdue(now) and self.chooser.pending in self.viewers:
             self.viewers[self.chooser.pending].request_keyframe()
