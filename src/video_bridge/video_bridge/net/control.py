@@ -365,8 +365,9 @@ class ControlService:
             deadline = self.core.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):  # no task per tick, as wait_for makes
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             effects = self.core.tick(self.clock())

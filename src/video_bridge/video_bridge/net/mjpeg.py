@@ -80,8 +80,8 @@ async def serve_mjpeg(request: web.Request, stream_name: str, variant: protocol.
                 break  # the client went away while we waited
             if interval:
                 next_time = max(next_time + interval, time.monotonic())
-            await asyncio.wait_for(response.write(frame.wire('mjpeg', mjpeg_part)),
-                                   config.send_timeout)
+            async with asyncio.timeout(config.send_timeout):  # no task per frame (wait_for)
+                await response.write(frame.wire('mjpeg', mjpeg_part))
     except asyncio.TimeoutError:
         server.log.info('MJPEG viewer %s accepted nothing for %g s; dropping it',
                         request.remote, config.send_timeout)

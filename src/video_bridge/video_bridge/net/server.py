@@ -261,8 +261,9 @@ class BridgeServer:
             if transport is None or transport.is_closing():
                 return None
             try:
-                await asyncio.wait_for(event.wait(), TRANSPORT_CHECK)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(TRANSPORT_CHECK):  # no task per frame, as wait_for
+                    await event.wait()
+            except TimeoutError:
                 pass
 
     # -- /api/streams -------------------------------------------------------------------------

@@ -46,6 +46,9 @@ class _Window:
         self.changed.set()
         return True
 
+    def full(self, window: int) -> bool:
+        return len(self.unacked) >= window
+
     async def room(self, window: int):
         while len(self.unacked) >= window:
             self.changed.clear()
@@ -105,7 +108,9 @@ async def _pump(request, ws, server, viewer, window: _Window, fps: float):
     try:
         while True:
             try:
-                await asyncio.wait_for(window.room(config.frames_in_flight), config.send_timeout)
+                if window.full(config.frames_in_flight):  # wait_for costs a task: only if needed
+                    await asyncio.wait_for(window.room(config.frames_in_flight),
+                                           config.send_timeout)
             except asyncio.TimeoutError:
                 server.log.info('video viewer %s acknowledged no frame for %g s; dropping it',
                                 request.remote, config.send_timeout)
