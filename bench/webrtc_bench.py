@@ -158,8 +158,10 @@ def viewer_stats(records, t0, t1, count) -> dict:
     for peer in records:
         inside = [r for r in peer if t0 <= r[0] <= t1]
         fps.append(len(inside) / (t1 - t0))
-        sizes = [r[2] for r in inside if not math.isnan(r[2])]
-        kbps.append(sum(sizes) * 8 / (t1 - t0) / 1000 * (len(inside) / max(len(sizes), 1)))
+        # r[2]: bytes the bridge had sent this peer by its newest `frame` message (cumulative)
+        sent = [(r[0], r[2]) for r in inside if not math.isnan(r[2])]
+        if len(sent) >= 2 and sent[-1][0] > sent[0][0]:
+            kbps.append((sent[-1][1] - sent[0][1]) * 8 / (sent[-1][0] - sent[0][0]) / 1000)
         latency += [(r[0] - r[1]) * 1000 for r in inside if not math.isnan(r[1])]
     fps += [0.0] * (count - len(records))
     return {'fps_min': min(fps) if fps else math.nan, 'kbps_per_viewer': pct(kbps, 50),

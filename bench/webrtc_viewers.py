@@ -26,6 +26,7 @@ import websockets
 async def peer(port: int, codec: str, deadline: float, records: list, errors: list):
     """One viewer: /control session, signalling, then frames until the deadline."""
     stamps = {}
+    newest = [None, math.nan, math.nan]   # rtp, stamp, bytes sent so far of the newest message
     pc = RTCPeerConnection()
     done = asyncio.Event()
 
@@ -35,7 +36,10 @@ async def peer(port: int, codec: str, deadline: float, records: list, errors: li
         def on_message(text):
             message = json.loads(text)
             if message.get('type') == 'frame':
-                stamps[message['rtp']] = (message['stamp'], message['bytes'])
+                # one on every keyframe and ~5 a second: frames between are placed from the
+                # newest (RTP timestamps are header.stamp on the 90 kHz clock)
+                stamps[message['rtp']] = message['stamp']
+                newest[:] = [message['rtp'], message['stamp'], message.get('sent', math.nan)]
                 if len(stamps) > 600:
                     stamps.pop(next(iter(stamps)))
 
@@ -58,8 +62,11 @@ async def peer(port: int, codec: str, deadline: float, records: list, errors: li
                         if count >= 15 and list(offsets.values()).count(count) == 1:
                             found.append(best)
                     rtp = (frame.pts + found[0]) & 0xFFFFFFFF if found else None
-                    stamp, size = stamps.get(rtp, (math.nan, math.nan))
-                    records.append((arrived, stamp, size))
+                    stamp = stamps.get(rtp, math.nan)
+                    if rtp is not None and math.isnan(stamp) and newest[0] is not None:
+                        delta = ((rtp - newest[0] + 2 ** 31) % 2 ** 32 - 2 ** 31) / 90000
+                        stamp = newest[1] + delta if abs(delta) <= 10 else math.nan
+                    records.append((arrived, stamp, newest[2]))
             except MediaStreamError:
                 done.set()
         asyncio.ensure_future(read())

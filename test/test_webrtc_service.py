@@ -84,6 +84,12 @@ def test_video_and_data_channel_through_signalling():
                                  'an RTP-to-stamp message')
                 stamp = json.loads([m for m in viewer.messages if '"frame"' in m][-1])
                 assert stamp['stamp'] > 1000 and 0 <= stamp['rtp'] < 2 ** 32
+                # about five a second plus keyframes, not one per frame (SCTP costs per peer)
+                await wait_until(lambda: len(viewer.frames) >= 90, 20, '90 decoded frames')
+                stamps = [json.loads(m) for m in viewer.messages if '"frame"' in m]
+                counts = (len(stamps), len(viewer.frames))
+                assert 3 <= counts[0] <= counts[1] // 3, counts
+                assert [m['sent'] for m in stamps] == sorted(m['sent'] for m in stamps)
                 viewer.channel.send(json.dumps({'type': 'velocity', 'linear': {'x': 0.2}}))
                 viewer.channel.send(json.dumps({'type': 'webrtc_start', 'stream': 'cam'}))
                 viewer.channel.send(b'\x00binary')

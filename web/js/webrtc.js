@@ -44,21 +44,43 @@ export function decodableCodecs(capabilities) {
   return WEBRTC_CODECS.filter((name) => found.has(name));
 }
 
-/** Bounded RTP timestamp -> {stamp, received} table fed by the bridge's `frame` messages. */
+const RTP_CLOCK = 90000;         // Hz: the bridge's RTP timestamps are header.stamp on this clock
+const MAX_EXTRAPOLATION = 10;    // s: further from the newest `frame` message, no estimate
+
+/**
+ * Bounded RTP timestamp -> {stamp, received} table fed by the bridge's `frame` messages.
+ *
+ * The bridge sends one on every keyframe and about five a second, not one per frame; a frame in
+ * between is placed from the newest message: its RTP timestamp is header.stamp on the 90 kHz
+ * clock, so the stamp difference is the RTP difference (signed, across the 32-bit wrap).
+ */
 export class StampTable {
   constructor(size = STAMP_TABLE) {
     this.size = size;
     this.map = new Map();
+    this.newest = null;
   }
 
   add(message) {
     if (!Number.isFinite(message?.rtp) || !Number.isFinite(message?.stamp)) return;
     this.map.set(message.rtp >>> 0, message);
+    this.newest = message;
     if (this.map.size > this.size) this.map.delete(this.map.keys().next().value);
   }
 
   get(rtp) {
     return this.map.get(rtp >>> 0) ?? null;
+  }
+
+  /** The message for `rtp`, or one estimated from the newest message (`estimated: true`). */
+  lookup(rtp) {
+    const exact = this.get(rtp);
+    if (exact || !this.newest) return exact;
+    const seconds = (((rtp >>> 0) - (this.newest.rtp >>> 0)) | 0) / RTP_CLOCK;
+    if (Math.abs(seconds) > MAX_EXTRAPOLATION) return null;
+    const received = Number.isFinite(this.newest.received) ? this.newest.received + seconds
+      : undefined;
+    return { rtp: rtp >>> 0, stamp: this.newest.stamp + seconds, received, estimated: true };
   }
 }
 
@@ -320,8 +342,8 @@ export class WebRtcVideo {
       const at = this.now();
       this.frames.add(at);
       this.displayed += 1;
-      const entry = metadata.rtpTimestamp !== undefined ? this.stamps.get(metadata.rtpTimestamp)
-        : null;
+      const entry = metadata.rtpTimestamp !== undefined
+        ? this.stamps.lookup(metadata.rtpTimestamp) : null;
       if (entry) {
         this.framesMapped += 1;
         const age = this.clock.age(entry.stamp, at);

@@ -27,6 +27,22 @@ test('StampTable maps full 32-bit RTP timestamps and forgets the oldest', () => 
   assert.equal(table.map.size, 2, 'malformed entries are ignored');
 });
 
+test('StampTable places frames between messages from the newest one, across the wrap', () => {
+  const table = new StampTable();
+  assert.equal(table.lookup(5), null, 'nothing known yet');
+  table.add({ rtp: 4294967295 - 8999, stamp: 100, received: 100.004 });
+  const exact = table.lookup(4294967295 - 8999);
+  assert.equal(exact.stamp, 100);
+  assert.equal(exact.estimated, undefined);
+  const later = table.lookup(9000);              // 0.2 s later, past the 32-bit wrap
+  assert.ok(later.estimated);
+  assert.ok(Math.abs(later.stamp - 100.2) < 1e-9, later.stamp);
+  assert.ok(Math.abs(later.received - 100.204) < 1e-9);
+  const earlier = table.lookup(4294967295 - 9000 - 8999);  // 0.1 s before it
+  assert.ok(Math.abs(earlier.stamp - 99.9) < 1e-9, earlier.stamp);
+  assert.equal(table.lookup(4294967295 - 8999 + 90000 * 11), null, 'over 10 s away: no guess');
+});
+
 test('only the repeated driving commands take the data channel', () => {
   assert.ok(CHANNEL_COMMANDS.has('velocity') && CHANNEL_COMMANDS.has('command'));
   assert.ok(!CHANNEL_COMMANDS.has('estop') && !CHANNEL_COMMANDS.has('acquire'));
