@@ -601,8 +601,9 @@ def test_runner_says_where_the_page_is_and_that_beyond_loopback_it_needs_the_tok
     env = {'VIDEO_BRIDGE_TOKEN': ''}
     port = free_port()
     shipped = run_lineup('bridge', f'port:={port}', env=env)  # shipped host 0.0.0.0, no token
-    wait_for(lambda: 'video_bridge is up' in shipped.output() or shipped.proc.poll() is not None,
-             30, 'the runner to say the bridge is up')
+    # The runner says so once the port is open; bridge_node prints its URL right after.
+    wait_for(lambda: ('video_bridge is up' in shipped.output() and '/?token=' in shipped.output())
+             or shipped.proc.poll() is not None, 30, 'the runner and bridge_node to print')
     output = shipped.output()
     assert '/?token=' in output, output  # bridge_node made a token and printed its URL
     assert f'open http://<this host>:{port}/ with the token' in output, output

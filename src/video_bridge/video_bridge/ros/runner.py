@@ -94,7 +94,7 @@ def main(argv=None):
             host = str(parameter_value(bridge[0], 'host', '127.0.0.1'))
             where = (f'open {scheme}://127.0.0.1:{port}/ in a browser' if host == '127.0.0.1'
                      else f'open {scheme}://<this host>:{port}/ with the token: your '
-                          'token_file, or the ?token= URL bridge_node printed above')
+                          'token_file, or the ?token= URL bridge_node prints')
             print(f'\n  video_bridge is up: {where}\n'
                   f'  DDS discovery range: {env["ROS_AUTOMATIC_DISCOVERY_RANGE"]}. '
                   f'Ctrl-C stops the car and the nodes.\n', flush=True)
