@@ -50,6 +50,16 @@ def test_a_missing_file_or_a_directory_is_refused_naming_the_parameter(tmp_path)
         read_secret_file(str(tmp_path), 'token_file')
 
 
+def test_an_endless_first_line_is_refused_without_reading_it_all(tmp_path):
+    path = tmp_path / 'secret'
+    path.write_text('x' * 100_000)
+    with pytest.raises(ValueError, match='longer than 4096 characters') as error:
+        read_secret_file(str(path), 'token_file')
+    assert 'xxxx' not in str(error.value)
+    with pytest.raises(ValueError, match='longer than'):
+        read_secret_file('/dev/zero', 'turn_secret_file')
+
+
 def test_binary_garbage_is_refused_without_echoing_it(tmp_path):
     path = tmp_path / 'secret'
     path.write_bytes(b'\xff\xfe\x00secret-bytes\n')

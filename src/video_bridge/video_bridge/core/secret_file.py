@@ -17,16 +17,22 @@ import os
 import stat
 from typing import Optional
 
+MAX_SECRET = 4096  # characters: a token or TURN secret is tens; /dev/zero must not be read forever
+
 
 def read_secret_file(path: str, parameter: str) -> str:
     """Return the first line of ``path``, stripped; ValueError naming ``parameter`` if unusable."""
     try:
         with open(path, encoding='utf-8') as handle:
-            secret = handle.readline().strip()
+            line = handle.readline(MAX_SECRET + 1)
     except OSError as exc:
         raise ValueError(f'cannot read {parameter} {path!r}: {exc.strerror}') from None
     except UnicodeDecodeError:
         raise ValueError(f'{parameter} {path!r} is not UTF-8 text') from None
+    if len(line) > MAX_SECRET:
+        raise ValueError(f'{parameter} {path!r}: the first line is longer than {MAX_SECRET} '
+                         'characters')
+    secret = line.strip()
     if not secret:
         raise ValueError(f'{parameter} {path!r} is empty')
     return secret
