@@ -36,3 +36,36 @@ export class Backoff {
     this.attempt = 0;
   }
 }
+
+/**
+ * One pending retry of an owner that has `timers` (setTimeout/clearTimeout) and `now()`:
+ * `at` is the page time (ms) it fires, for the countdowns the page shows; null when none waits.
+ */
+export class RetryTimer {
+  constructor(owner) {
+    this.owner = owner;
+    this.timer = null;
+    this.at = null;
+  }
+
+  get pending() {
+    return this.timer !== null;
+  }
+
+  /** Run `run` after `delay` ms, replacing a retry already waiting. */
+  schedule(delay, run) {
+    this.cancel();
+    this.at = this.owner.now() + delay;
+    this.timer = this.owner.timers.setTimeout(() => {
+      this.timer = null;
+      this.at = null;
+      run();
+    }, delay);
+  }
+
+  cancel() {
+    if (this.timer !== null) this.owner.timers.clearTimeout(this.timer);
+    this.timer = null;
+    this.at = null;
+  }
+}

@@ -7,7 +7,7 @@
 // retransmits for minutes). `openTimeout` bounds the first, and the owner, which knows what it
 // expects to hear, calls abandon() for the second; both count as a failed attempt (backoff).
 
-import { Backoff } from './backoff.js';
+import { Backoff, RetryTimer } from './backoff.js';
 import { closeMeaning } from './protocol.js';
 
 // A handshake through nginx and the tunnel is a TCP + TLS + HTTP exchange plus a channel opened
@@ -42,8 +42,7 @@ export class ReconnectingSocket {
                           onOpen, onMessage, onClose, onStatus });
     this.ws = null;
     this.status = 'disconnected';   // disconnected | connecting | open
-    this.retryAt = null;            // page time (ms) of the next attempt while waiting
-    this.retryTimer = null;
+    this.retry = new RetryTimer(this);  // the next attempt while waiting
     this.openTimer = null;
     this.stopped = true;
     this.lastClose = null;
@@ -117,20 +116,16 @@ export class ReconnectingSocket {
   }
 
   scheduleRetry() {
-    this.cancelRetry();
-    const delay = this.backoff.next();
-    this.retryAt = this.now() + delay;
-    this.retryTimer = this.timers.setTimeout(() => {
-      this.retryTimer = null;
-      this.retryAt = null;
-      this.connect();
-    }, delay);
+    this.retry.schedule(this.backoff.next(), () => this.connect());
+  }
+
+  /** Page time (ms) of the next attempt while waiting, else null. */
+  get retryAt() {
+    return this.retry.at;
   }
 
   cancelRetry() {
-    if (this.retryTimer !== null) this.timers.clearTimeout(this.retryTimer);
-    this.retryTimer = null;
-    this.retryAt = null;
+    this.retry.cancel();
   }
 
   /** The connection worked (the owner decides what that means): start backoff afresh. */
@@ -148,7 +143,7 @@ export class ReconnectingSocket {
 
   /** If waiting for a retry, try now (another socket to the same bridge just came back). */
   retrySoon() {
-    if (this.retryTimer !== null) this.connect();
+    if (this.retry.pending) this.connect();
   }
 
   /**

@@ -17,7 +17,7 @@
 // do WebRTC; the fallback is for it). A lost control connection stops the peer without a retry:
 // the next hello starts afresh.
 
-import { Backoff } from './backoff.js';
+import { Backoff, RetryTimer } from './backoff.js';
 
 import { pageNow } from './clock.js';
 import { plausibleLatency, RateMeter, RecentMedian } from './stats.js';
@@ -116,9 +116,8 @@ export class WebRtcVideo {
     this.proven = false;       // a peer connected or played since start(): failures are retried
     this.timer = null;
     this.statsTimer = null;
-    this.retryTimer = null;
     this.retries = new Backoff(RETRY_BACKOFF);
-    this.retryAt = null;       // page time of the next attempt after a failure while playing
+    this.retry = new RetryTimer(this);  // the next attempt after a failure while playing
     this.playingSince = null;
     this.progressAt = null;    // page time video bytes last grew
     this.stalls = 0;           // peers given up for silence
@@ -178,20 +177,19 @@ export class WebRtcVideo {
   }
 
   scheduleRetry() {
-    const delay = this.retries.next();
     const stream = this.stream;
-    this.retryAt = this.now() + delay;
-    this.retryTimer = this.timers.setTimeout(() => {
-      this.retryTimer = null;
-      this.retryAt = null;
+    this.retry.schedule(this.retries.next(), () => {
       if (this.status === 'failed' && this.control.status === 'connected') this.begin(stream);
-    }, delay);
+    });
+  }
+
+  /** Page time (ms) of the next attempt after a failure while playing, else null. */
+  get retryAt() {
+    return this.retry.at;
   }
 
   cancelRetry() {
-    if (this.retryTimer !== null) this.timers.clearTimeout(this.retryTimer);
-    this.retryTimer = null;
-    this.retryAt = null;
+    this.retry.cancel();
   }
 
   /** Stop, and forget about trying again (the control connection is gone, the user chose). */
