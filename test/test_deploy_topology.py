@@ -450,6 +450,20 @@ def drawn(page):
     return page.evaluate('window.videoBridge.video.drawn')
 
 
+def wait_drawn(page, count, timeout=30000):
+    """Wait until the page has drawn ``count`` more JPEG frames (time passing, observably)."""
+    before = drawn(page)
+    page.wait_for_function(f'window.videoBridge.video.drawn >= {before + count}',
+                           timeout=timeout)
+
+
+def wait_back(page, timeout):
+    """Wait until the page's /control is connected again and it draws a fresh frame."""
+    page.wait_for_function("document.getElementById('conn').dataset.state === 'connected'",
+                           timeout=timeout)
+    wait_drawn(page, 1)
+
+
 def wait_live(page, fps=20, timeout=30000):
     page.wait_for_function(
         f"Number(document.getElementById('stat-fps').dataset.value) > {fps}", timeout=timeout)
@@ -681,18 +695,14 @@ def test_tunnel_drop_stops_the_car_and_recovers(world, context):
     wait_for(lambda: world.ssh_child() not in (None, ssh), 30, 'autossh to start a new ssh')
     wait_for(world.page_reachable, 30, 'the tunnel back (the page through nginx)')
     tunnel_back = time.time() - killed
-    page.wait_for_function("document.getElementById('conn').dataset.state === 'connected'",
-                           timeout=30000)
-    before = drawn(page)
-    page.wait_for_function(f'window.videoBridge.video.drawn >= {before + 1}', timeout=30000)
+    wait_back(page, timeout=30000)
     page_back = time.time() - killed
     figure(f'tunnel drop (ssh killed): zero on /cmd_vel after {stop_delay * 1000:.0f} ms, '
            f'tunnel back after {tunnel_back:.1f} s, page driving-ready with video after '
            f'{page_back:.1f} s')
     assert stop_delay <= COMMAND_TIMEOUT
     # Still holding the key: 30 more frames (about 1 s, twice the deadman), the car stays still.
-    before = drawn(page)
-    page.wait_for_function(f'window.videoBridge.video.drawn >= {before + 30}', timeout=30000)
+    wait_drawn(page, 30, timeout=30000)
     moving = [m for m in world.cmd_vel.since(stopped[0]) if m[1] or m[2]]
     assert not moving, f'the page drove by itself after the tunnel came back: {moving[:3]}'
     page.keyboard.up('ArrowUp')
@@ -759,10 +769,7 @@ def test_dead_path_stops_the_car_and_recovers(world, context):
     deadlines = page.evaluate('window.videoBridge.control.deadlines')
     wait_for(lambda: world.ssh_child() not in (None, old_ssh), 60, 'autossh to dial a new ssh')
     tunnel_back = time.time() - dropped
-    page.wait_for_function("document.getElementById('conn').dataset.state === 'connected'",
-                           timeout=60000)
-    before = drawn(page)
-    page.wait_for_function(f'window.videoBridge.video.drawn >= {before + 1}', timeout=30000)
+    wait_back(page, timeout=60000)
     back = time.time() - dropped
     figure(f'dead path (tunnel packets dropped at the NAT): zero on /cmd_vel after '
            f'{stop_delay * 1000:.0f} ms (deadman), page noticed after {noticed:.1f} s, new ssh '
@@ -773,8 +780,7 @@ def test_dead_path_stops_the_car_and_recovers(world, context):
     assert deadlines >= 1, 'the page did not give the silent connection up itself'
     assert noticed <= PAGE_NOTICES + 1.5
     assert back <= DEAD_PATH_RECOVERY
-    before = drawn(page)
-    page.wait_for_function(f'window.videoBridge.video.drawn >= {before + 30}', timeout=30000)
+    wait_drawn(page, 30, timeout=30000)
     moving = [m for m in world.cmd_vel.since(stopped[0]) if m[1] or m[2]]
     assert not moving, f'the page drove by itself after the tunnel came back: {moving[:3]}'
     page.keyboard.up('ArrowUp')
