@@ -428,11 +428,13 @@ def test_survives_bridge_restart_without_driving_by_itself(start_bridge, camera,
 
     assert first.process.stop() == 0
     cmd_vel.wait_last(mark, 0.0, 0.0, 'zero from the stopping bridge')
-    page.wait_for_function(
-        "document.getElementById('conn').textContent.startsWith('Reconnecting in')",
-        timeout=10000)
-    assert re.fullmatch(r'Reconnecting in \d+ s', page.text_content('#conn').strip())
-    assert page.get_attribute('#conn', 'data-state') == 'reconnecting'
+    # Text and state read in the same moment: the countdown gives way to "Reconnecting…" as
+    # soon as the (500 ms) retry starts, which a second read could already see.
+    text, state = page.wait_for_function("""() => { const conn = document.getElementById('conn');
+        return conn.textContent.startsWith('Reconnecting in')
+            && [conn.textContent.trim(), conn.dataset.state]; }""", timeout=10000).json_value()
+    assert re.fullmatch(r'Reconnecting in \d+ s', text)
+    assert state == 'reconnecting'
     page.wait_for_function("document.getElementById('video-overlay').textContent"
                            ".startsWith('Video lost')", timeout=10000)
     screenshot(page, 'desktop-reconnecting-1280x800.png')
