@@ -136,7 +136,12 @@ def test_a_peer_that_connects_late_still_starts_at_once_on_a_fresh_keyframe():
     run(scenario())
 
 
-def test_more_peers_add_no_encoder_and_the_vp8_path_works():
+def test_more_peers_add_no_encoder_and_the_vp8_path_works(monkeypatch):
+    from video_bridge.net import rtp_packing
+    packetized = []
+    packetize = rtp_packing._packetize
+    monkeypatch.setattr(rtp_packing, '_packetize', lambda f: packetized.append(f) or packetize(f))
+
     async def scenario():
         with host_address(), Harness() as harness:
             viewers = []
@@ -149,13 +154,20 @@ def test_more_peers_add_no_encoder_and_the_vp8_path_works():
                                  'every peer decoding')
                 counters = harness.stream.counters()
                 assert counters.video_encoders == 2, 'one H.264 and one VP8 encoder for 4 peers'
+                peers = list(harness.service.peers.values())
+                assert all(peer.packer is not None for peer in peers), 'shared RTP payloads'
                 start = harness.stream.counters()
+                sent, packed = sum(p.sent_units for p in peers), len(packetized)
                 await wait_until(lambda: harness.stream.counters().frames_in >= start.frames_in
                                  + 30, 10, '30 more frames')
                 end = harness.stream.counters()
                 encodes = end.video_encodes - start.video_encodes
                 frames = end.frames_in - start.frames_in
                 assert encodes <= 2 * frames + 2, (encodes, frames)  # one per frame per encoder
+                # RTP packetising is shared too: once per unit, not once per unit and peer
+                sent, packed = sum(p.sent_units for p in peers) - sent, len(packetized) - packed
+                assert sent >= 100 and packed <= encodes + 2 and packed * 1.5 < sent, \
+                    (sent, packed, encodes)
                 await harness.service.handle('c0', None, {'type': 'webrtc_stop', 'id': 9})
                 assert harness.service.counters()['peers'] == 3
             finally:

@@ -6,9 +6,9 @@ A thin adapter over aiortc (ICE, DTLS, SRTP, RTP, SCTP are its job). What is our
 * **Signalling** rides the authenticated ``/control`` session (``webrtc_*`` messages, see
   ``docs/protocol.md``): the page asks with ``webrtc_start``, the bridge offers (so it picks the
   codec and creates the data channel), the page answers, ICE candidates may trickle either way.
-* **Video**: the peer's track hands aiortc ``av.Packet`` objects that the hub encoded once per
-  stream, codec and layer (:mod:`video_bridge.core.streams`); aiortc only packetises them
-  (its encoders' ``pack()``). A 2nd or 10th peer adds no encoder. The pure
+* **Video**: the peer's track hands aiortc units that the hub encoded once per stream, codec
+  and layer (:mod:`video_bridge.core.streams`), already cut into RTP payloads once for all
+  peers (:mod:`video_bridge.net.rtp_packing`). A 2nd or 10th peer adds no encoder. The pure
   :class:`~video_bridge.core.layers.LayerChooser` moves each peer between layers by its REMB /
   receiver-report figures; PLI/FIR become rate-limited keyframe requests on the shared encoder.
 * **Teleop** over the peer's data channel (unordered, no retransmits: a stale command is
@@ -19,9 +19,10 @@ A thin adapter over aiortc (ICE, DTLS, SRTP, RTP, SCTP are its job). What is our
   so the page maps a displayed frame's RTP timestamp (requestVideoFrameCallback) to the
   frame's ``header.stamp``.
 
-Two aiortc internals are used on purpose, each guarded: the sender's ``_send_keyframe`` and
+Three aiortc internals are used on purpose, each guarded: the sender's ``_send_keyframe`` and
 ``_handle_rtcp_packet`` hooks (PLI/FIR and REMB, which aiortc otherwise hands only to its own
-encoders), and its last RTP timestamp (aiortc keeps the random RTP timestamp origin private).
+encoders), its last RTP timestamp (aiortc keeps the random RTP timestamp origin private), and
+its encoder slot (a pass-through for the shared payloads; without it aiortc packs av.Packets).
 """
 
 import asyncio
@@ -36,6 +37,7 @@ from typing import Callable, Dict, Optional, Tuple
 from video_bridge.core import encoders, ice, protocol
 from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
 from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream
+from video_bridge.net import rtp_packing
 
 MAX_QUEUE = 12            # units waiting for aiortc before the peer restarts at a keyframe
 MAX_SDP = 16384
@@ -90,6 +92,7 @@ class Peer:
         self.sent_bytes = 0
         self._stamp_sent_at: Optional[float] = None
         self.sent = RateMeter(2.0)          # what this peer actually got lately
+        self.packer: Optional[rtp_packing.PeerPacker] = None   # None: aiortc packs av.Packets
         self.estimate: Optional[int] = None
         self._attach(self.chooser.current)
 
@@ -147,8 +150,7 @@ class Peer:
             viewer.request_keyframe()
 
     async def next_packet(self):
-        """Wait for the next unit and hand it to aiortc as an av.Packet."""
-        import av
+        """Wait for the next unit: its shared RTP payloads, or an av.Packet aiortc packs."""
         while not self.closed:
             if not self.queue:
                 self.wake.clear()
@@ -157,11 +159,10 @@ class Peer:
                 frame = self.queue.pop(0)
                 self._note_timestamp(frame)
                 self.sent.add(self.service.clock(), len(frame.data))
-                packet = av.Packet(frame.data)
-                packet.pts = frame.pts
-                packet.time_base = fractions.Fraction(1, encoders.CLOCK_RATE)
                 self.sent_units += 1
-                return packet
+                if self.packer is not None:
+                    return self.packer.unit(frame)
+                return _av_packet(frame)
             await self.wake.wait()
         raise _media_error()
 
@@ -210,6 +211,14 @@ class Peer:
         self.viewers.clear()
         self.queue.clear()
         self.wake.set()
+
+
+def _av_packet(frame):
+    import av
+    packet = av.Packet(frame.data)
+    packet.pts = frame.pts
+    packet.time_base = fractions.Fraction(1, encoders.CLOCK_RATE)
+    return packet
 
 
 def _media_error():
@@ -381,6 +390,8 @@ class WebRtcService:
         pc = peer.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
         transceiver = pc.addTransceiver(_packet_track(peer), direction='sendonly')
         peer.sender = transceiver.sender
+        if rtp_packing.install(peer.sender):
+            peer.packer = rtp_packing.PeerPacker(codec)
         mime = 'video/H264' if codec == encoders.H264 else 'video/VP8'
         capabilities = RTCRtpSender.getCapabilities('video').codecs
         preferred = [c for c in capabilities if c.mimeType == mime and (
