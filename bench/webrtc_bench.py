@@ -93,9 +93,19 @@ def part_encode(options) -> list:
 
 def part_viewers(options):
     """K aiortc viewers vs K websocket viewers of the real bridge: CPU, fps, kbit/s, latency."""
-    results = []
-    for count in options.viewers:
-        results.append(('WebRTC H.264', count, webrtc_case(count, options)))
+    sides = [('new', '')] + ([('old', options.old_source)] if options.old_source else [])
+    results, slopes = [], {side: [] for side, _ in sides}
+    for round_ in range(options.rounds):
+        # alternate the order, so neither side always runs on the warmer (or busier) machine
+        for side, source in sides if round_ % 2 == 0 else sides[::-1]:
+            cpu = {}
+            for count in options.viewers:
+                stats = webrtc_case(count, options, source)
+                cpu[count] = stats['cpu']
+                label = 'WebRTC H.264' + (f' {side}' if options.old_source else '')
+                results.append((label, count, stats))
+            if len(cpu) > 1:
+                slopes[side].append(float(np.polyfit(list(cpu), list(cpu.values()), 1)[0]))
     for count in options.viewers:
         results.append(('websocket JPEG', count, websocket_case(count, options)))
     rows = []
@@ -107,20 +117,22 @@ def part_viewers(options):
           'before RTP/SRTP/UDP headers; websocket: JPEG + 32-byte header)')
     print(table(['transport', 'K', 'fps min', 'kbit/s/viewer', 'latency p50 ms', 'p99',
                  'bridge CPU %', 'viewers CPU %'], rows))
-    web = {count: s for kind, count, s in results if kind.startswith('WebRTC')}
-    if len(web) > 1:
-        low, high = min(web), max(web)
-        extra = (web[high]['cpu'] - web[low]['cpu']) / (high - low)
-        print(f'each extra WebRTC viewer: {extra:.2f} % of a core (K {low} -> {high}; '
-              f'target <= 1 %)')
+    for side, values in slopes.items():
+        if values:
+            name = f'{side} bridge ({options.old_source})' if side == 'old' else 'this bridge'
+            print(f'each extra WebRTC viewer, {name}: {statistics.median(values):.2f} % of a '
+                  f'core (median over {len(values)} round(s): '
+                  f'{", ".join(f"{v:.2f}" for v in values)}; least-squares slope over K = '
+                  f'{",".join(map(str, options.viewers))}; target <= 1 %)')
     return results
 
 
-def webrtc_case(count: int, options) -> dict:
+def webrtc_case(count: int, options, source: str = '') -> dict:
     run_for = options.warmup + options.duration
     with benchlib.Rig(options.keep_logs) as rig:
         bridge, port = benchlib.start_bridge(
-            rig, benchlib.VIDEO_TOPIC, [f'webrtc_host_addresses:=["{HOST_ADDRESS}"]'])
+            rig, benchlib.VIDEO_TOPIC, [f'webrtc_host_addresses:=["{HOST_ADDRESS}"]'],
+            source=source)
         benchlib.start_publisher(rig, benchlib.VIDEO_TOPIC, run_for + 60)
         outputs, workers = [], []
         per = max(1, options.per_worker)
@@ -305,6 +317,11 @@ def main():
     parser.add_argument('--warmup', type=float, default=5.0)
     parser.add_argument('--encode-frames', type=int, default=300)
     parser.add_argument('--cap', default='2mbit')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='viewers part: runs of every K (per bridge), median slope reported')
+    parser.add_argument('--old-source', default='',
+                        help='viewers part: also measure this checkout (e.g. a git worktree of '
+                        'the commit before a change), alternating with this one')
     benchlib.add_rig_options(parser)
     options = parser.parse_args()
     options.per_worker = min(options.per_worker, 5)
