@@ -22,7 +22,9 @@ def camera():
 
 @pytest.fixture(scope='module')
 def cmd_vel(ros):
-    return CmdVel(ros)
+    recorder = CmdVel(ros)
+    yield recorder
+    recorder.close()
 
 
 class Control:
@@ -118,3 +120,68 @@ def test_watching_needs_the_token_when_the_bridge_says_so(start_bridge, camera, 
             await control.wait('webrtc_stopped', 2)
 
     asyncio.run(scenario())
+
+
+async def start_peer(control, request_id):
+    """webrtc_start and answer on one /control session; return its aiortc viewer."""
+    await control.send(type='webrtc_start', id=request_id, stream='camera', codecs=['h264'])
+    offer = await control.wait('webrtc_offer', request_id)
+    viewer = AiortcViewer()
+    await control.send(type='webrtc_answer', id=request_id + 1,
+                       sdp=await viewer.answer(offer['sdp']))
+    return viewer
+
+
+def test_a_data_channel_flood_costs_the_flooder_its_session_not_the_bridge(start_bridge, camera,
+                                                                           cmd_vel):
+    # Binary junk on the data channel never reaches the teleop core, but it is counted as the
+    # session's messages: the flooder is closed (4429) as a flood of commands would be, while
+    # another viewer keeps its video and the bridge's memory stays put.
+    from hostile_clients import rss_mb
+    bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS])
+    pid = bridge.process.proc.pid
+
+    async def scenario():
+        async with await session(bridge.ws) as watch_socket, \
+                await session(bridge.ws) as flood_socket:
+            watcher, flooder = Control(watch_socket), Control(flood_socket)
+            watching = await start_peer(watcher, 1)
+            flooding = await start_peer(flooder, 1)
+            try:
+                await wait_until(lambda: len(watching.frames) >= 10
+                                 and len(flooding.frames) >= 10, 30, 'both peers decoding')
+                await asyncio.wait_for(flooding.channel_open.wait(), 10)
+                rss_before, frames_before = rss_mb(pid), len(watching.frames)
+                closed = asyncio.ensure_future(flood_socket.wait_closed())
+                loop = asyncio.get_running_loop()
+                deadline, sent = loop.time() + 20, 0
+                while not closed.done() and sent < 20000 and loop.time() < deadline:
+                    if flooding.channel.readyState != 'open':
+                        break
+                    if flooding.channel.bufferedAmount > 64 * 1024:
+                        await asyncio.sleep(0.005)  # aiortc's SCTP still sending: pace it
+                        continue
+                    flooding.channel.send(b'\x00' * 512)
+                    sent += 1
+                    if sent % 20 == 0:
+                        await asyncio.sleep(0)
+                await asyncio.wait_for(closed, 10)
+                assert flood_socket.close_code == 4429, (flood_socket.close_code, sent)
+                assert sent < 5000, f'closed only after {sent} junk messages'
+                during = len(watching.frames) - frames_before
+                await wait_until(lambda: len(watching.frames) >= frames_before + during + 30,
+                                 10, 'the watcher still decoding after the flood')
+                assert rss_mb(pid) - rss_before < 30, (rss_before, rss_mb(pid))
+                doc = json.loads(await asyncio.to_thread(_streams, bridge))
+                assert doc['webrtc']['peers'] == 1, 'the flooder\'s peer went with its session'
+            finally:
+                await watching.close()
+                await flooding.close()
+
+    asyncio.run(scenario())
+
+
+def _streams(bridge):
+    import urllib.request
+    with urllib.request.urlopen(bridge.http + '/api/streams', timeout=5) as response:
+        return response.read()

@@ -11,6 +11,8 @@ from video_bridge.core import encoders, ice
 from video_bridge.core.streams import StreamHub, StreamSettings
 from webrtc_support import AiortcViewer, host_address, wait_until
 
+CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
+
 pytest.importorskip('aiortc')
 
 
@@ -102,6 +104,39 @@ def test_video_and_data_channel_through_signalling():
                 await wait_until(lambda: len(harness.delivered) == 2, 10, 'a stop')
                 assert json.loads(harness.delivered[1][1]) == {'type': 'command', 'name': 'stop'}
             finally:
+                await harness.service.stop()
+                harness.stop()
+    run(scenario())
+
+
+def test_a_peer_that_never_finishes_its_channel_messages_is_closed():
+    # aiortc holds every SCTP fragment until its message completes and sets no limit: a peer
+    # sending only middle fragments (no message ever ends) would grow the bridge without end.
+    from aiortc.rtcsctptransport import DataChunk, tsn_plus_one
+    from video_bridge.net.webrtc import MAX_CHANNEL_BUFFER
+
+    async def scenario():
+        with host_address(), Harness() as harness:
+            try:
+                _, viewer = await harness.connect('c1', ['h264'])
+                await asyncio.wait_for(viewer.channel_open.wait(), 15)
+                sctp, sent = viewer.pc.sctp, 0
+                while harness.service.peers and sent < 4 * MAX_CHANNEL_BUFFER // 1000:
+                    chunk = DataChunk(flags=0)   # neither first nor last fragment
+                    chunk.tsn, sctp._local_tsn = sctp._local_tsn, tsn_plus_one(sctp._local_tsn)
+                    chunk.stream_id, chunk.protocol = viewer.channel.id, 53
+                    chunk.user_data = b'x' * 1000
+                    await sctp._send_chunk(chunk)
+                    sent += 1
+                    await asyncio.sleep(0.001)  # pace it: the bridge reads as it comes
+                await wait_until(lambda: not harness.service.peers, 10, 'the peer closed')
+                assert MAX_CHANNEL_BUFFER // 1000 <= sent <= MAX_CHANNEL_BUFFER // 1000 + 20
+                stopped = [m for m in harness.sent['c1'] if m['type'] == 'webrtc_stopped']
+                assert stopped and 'unfinished' in stopped[0]['reason'], harness.sent['c1']
+                await wait_until(lambda: ('c1', CHANNEL_STOP) in harness.delivered, 5,
+                                 'the car stopped with the channel')
+            finally:
+                await viewer.close()
                 await harness.service.stop()
                 harness.stop()
     run(scenario())

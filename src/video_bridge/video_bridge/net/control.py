@@ -172,11 +172,8 @@ class ControlService:
             request_id, decoded = getattr(exc, 'request_id', None), exc
         # Stopping the car is never rate-limited: a flood must not drop an e-stop.
         stop = isinstance(decoded, protocol.EmergencyStop) and decoded.engage
-        verdict = Verdict.ACCEPT if stop else session.limiter.admit(now)
+        verdict = Verdict.ACCEPT if stop else self._admit(session, now)
         if verdict is Verdict.DISCONNECT:
-            self.log.warning('control client %s kept exceeding %g commands/s; '
-                             'disconnecting it', client_id, self.commands_per_second)
-            self._close(session, protocol.CLOSE_RATE_LIMITED, 'too many messages')
             return
         if verdict is Verdict.REJECT:
             self.apply(self.core.refuse(
@@ -188,6 +185,26 @@ class ControlService:
             self._signal(session, obj)
         else:
             self.apply(self.core.receive(client_id, request_id, decoded, now))
+
+    def charge(self, client_id: str) -> bool:
+        """
+        Count a message that never reaches the core against its session's rate limit.
+
+        The data channel drops binary, oversized and non-teleop messages itself; a flood of
+        those must cost the flooder its session as a flood of commands does. True: answer it.
+        """
+        session = self._sessions.get(client_id)
+        if session is None or session.closed:
+            return False
+        return self._admit(session, self.clock()) is Verdict.ACCEPT
+
+    def _admit(self, session: _Session, now: float) -> Verdict:
+        verdict = session.limiter.admit(now)
+        if verdict is Verdict.DISCONNECT:
+            self.log.warning('control client %s kept exceeding %g commands/s; '
+                             'disconnecting it', session.client_id, self.commands_per_second)
+            self._close(session, protocol.CLOSE_RATE_LIMITED, 'too many messages')
+        return verdict
 
     def send(self, client_id: str, message):
         """Queue a message (a dict is JSON-encoded) to one client, e.g. a signalling answer."""

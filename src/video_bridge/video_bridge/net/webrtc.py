@@ -19,10 +19,11 @@ A thin adapter over aiortc (ICE, DTLS, SRTP, RTP, SCTP are its job). What is our
   so the page maps a displayed frame's RTP timestamp (requestVideoFrameCallback) to the
   frame's ``header.stamp``.
 
-Three aiortc internals are used on purpose, each guarded: the sender's ``_send_keyframe`` and
+Four aiortc internals are used on purpose, each guarded: the sender's ``_send_keyframe`` and
 ``_handle_rtcp_packet`` hooks (PLI/FIR and REMB, which aiortc otherwise hands only to its own
-encoders), its last RTP timestamp (aiortc keeps the random RTP timestamp origin private), and
-its encoder slot (a pass-through for the shared payloads; without it aiortc packs av.Packets).
+encoders), its last RTP timestamp (aiortc keeps the random RTP timestamp origin private),
+its encoder slot (a pass-through for the shared payloads; without it aiortc packs av.Packets),
+and its SCTP receive window (to bound what a peer's unfinished messages hold).
 """
 
 import asyncio
@@ -52,6 +53,8 @@ CLOSE_TIMEOUT = 2.0
 # extrapolates the frames in between (RTP timestamps are header.stamp on the 90 kHz clock).
 # One message per frame cost each peer ~0.4 % of a core in aiortc's Python SCTP.
 STAMP_PERIOD = 0.2
+# bytes of unfinished data-channel messages aiortc may hold for one peer (it sets no limit)
+MAX_CHANNEL_BUFFER = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,7 @@ class WebRtcService:
     def __init__(self, hub: StreamHub, ice_settings: ice.IceSettings, config: WebRtcConfig,
                  send: Callable[[str, dict], None], deliver: Callable[[str, str], None],
                  resolve_stream: Optional[Callable[[str], object]] = None,
+                 charge: Callable[[str], bool] = lambda client_id: True,
                  logger: Optional[logging.Logger] = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time):
@@ -254,6 +258,7 @@ class WebRtcService:
         self.send = send          # (client_id, message dict) -> queued on the control session
         self.deliver = deliver    # (client_id, text) -> a control message of that session
         self.resolve_stream = resolve_stream
+        self.charge = charge      # (client_id) -> counted against its rate limit; True: answer
         self.log = logger or logging.getLogger('video_bridge.net.webrtc')
         self.clock = clock
         self.wall_clock = wall_clock
@@ -402,6 +407,7 @@ class WebRtcService:
         channel = peer.channel = pc.createDataChannel(CHANNEL_LABEL, ordered=False,
                                                       maxRetransmits=0)
         self._wire_channel(peer, channel)
+        self._bound_channel_buffer(peer)
 
         @pc.on('connectionstatechange')
         async def on_state():
@@ -514,6 +520,34 @@ class WebRtcService:
         sender._handle_rtcp_packet = handle_rtcp
         sender._send_keyframe = peer.request_keyframe
 
+    def _bound_channel_buffer(self, peer: Peer):
+        """
+        Close a peer that makes aiortc hold more than MAX_CHANNEL_BUFFER of unfinished messages.
+
+        aiortc keeps every received SCTP chunk until its message is complete (and, on an ordered
+        stream, until the messages before it came), with no limit of its own: a peer that
+        never finishes a message would grow the bridge's memory without end. A browser sends
+        small whole commands (max-message-size is tiny next to this bound). aiortc counts the
+        bytes it holds in its receive window; the peer is closed once they pass the bound.
+        """
+        transport = getattr(peer.pc, 'sctp', None)
+        receive = getattr(transport, '_receive_data_chunk', None)
+        window = getattr(transport, '_advertised_rwnd', None)
+        if receive is None or not isinstance(window, int):
+            return
+
+        async def receive_data_chunk(chunk):
+            await receive(chunk)
+            held = window - transport._advertised_rwnd
+            if held > MAX_CHANNEL_BUFFER and self.peers.get(peer.client_id) is peer:
+                self.log.warning('webrtc peer %s: %d bytes of unfinished data-channel messages; '
+                                 'closing it', peer.client_id, held)
+                self._spawn(self._close(peer.client_id))
+                self.send(peer.client_id, {'type': 'webrtc_stopped', 'id': None,
+                                           'reason': 'data channel: too much unfinished data'})
+
+        transport._receive_data_chunk = receive_data_chunk
+
     def _wire_channel(self, peer: Peer, channel):
         limit = self.config.max_message_size
 
@@ -521,13 +555,18 @@ class WebRtcService:
         def on_message(data):
             if self.peers.get(peer.client_id) is not peer:
                 return
+            # Junk is dropped here, but counted like any message: a flood of it ends the
+            # session (4429) as a flood of commands does.
             if not isinstance(data, str) or len(data) > limit:
+                self.charge(peer.client_id)
                 return      # binary or oversized: not a command, and never worth an answer
             try:
                 kind = json.loads(data).get('type')
             except (ValueError, AttributeError, RecursionError):
                 kind = None
             if kind not in CHANNEL_TYPES:
+                if not self.charge(peer.client_id):
+                    return
                 self.send(peer.client_id, {
                     'type': 'webrtc_error', 'id': None, 'code': 'bad_channel_message',
                     'message': 'the data channel carries teleop commands only'})

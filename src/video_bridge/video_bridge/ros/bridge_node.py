@@ -210,7 +210,8 @@ class BridgeNode(Node):
                          max_message_size=self.p.max_message_size),
             send=lambda client_id, message: self.control.send(client_id, message),
             deliver=lambda client_id, text: self.control.deliver(client_id, text),
-            resolve_stream=self._topic_stream, logger=self.log)
+            resolve_stream=self._topic_stream,
+            charge=lambda client_id: self.control.charge(client_id), logger=self.log)
         missing = [c for c in codecs if c not in service.codecs]
         if missing:
             self.get_logger().warning(f'WebRTC codecs not available here: {missing}')
