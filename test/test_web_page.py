@@ -53,7 +53,7 @@ class CmdVel:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         self.messages = []
         self.ros = ros
-        ros.node.create_subscription(
+        self.subscription = ros.node.create_subscription(
             Twist, '/cmd_vel',
             lambda m: self.messages.append((time.monotonic(), m.linear.x, m.linear.y,
                                             m.angular.z)),
@@ -86,10 +86,16 @@ class CmdVel:
         wait_for(lambda: self.ros.node.count_publishers('/cmd_vel') > 0, 15,
                  'a /cmd_vel publisher (the bridge)')
 
+    def close(self):
+        """Drop the subscription: a later test may want /cmd_vel as TwistStamped."""
+        self.ros.node.destroy_subscription(self.subscription)
+
 
 @pytest.fixture(scope='module')
 def cmd_vel(ros):
-    return CmdVel(ros)
+    recorder = CmdVel(ros)
+    yield recorder
+    recorder.close()
 
 
 @pytest.fixture

@@ -41,7 +41,9 @@ def browser():
 
 @pytest.fixture(scope='module')
 def cmd_vel(ros):
-    return CmdVel(ros)
+    recorder = CmdVel(ros)
+    yield recorder
+    recorder.close()
 
 
 @pytest.fixture
