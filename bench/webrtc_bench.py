@@ -10,7 +10,9 @@ robot CPU per viewer. Four parts, each printed as a table (choose with --parts):
 * ``viewers``: the installed bridge_node, the camera stand-in (640x480 bgr8 at 30 fps) and K
   aiortc viewers (bench/webrtc_viewers.py, own processes, signalled over /control) for K in
   --viewers; per viewer fps, kbit/s (encoded payload) and latency, bridge CPU; beside it the same
-  K as websocket JPEG viewers. Target: each extra WebRTC viewer <= 1 % of a core.
+  K as websocket JPEG viewers. Target: each extra WebRTC viewer <= 1 % of a core: the
+  least-squares slope of bridge CPU over K, median over --rounds; --old-source DIR measures
+  another checkout (say, the commit before a change) in the same run, alternating order.
 * ``browser``: headless Chromium showing the page, forced to WebRTC and then to websocket JPEG:
   glass-to-glass latency (camera header.stamp to the frame shown, per frame) and fps, on
   loopback. Target: WebRTC p50 <= 60 ms.
