@@ -4,6 +4,7 @@ into the same teleop core (limits, driver lock, stop when the channel closes).""
 
 import asyncio
 import json
+import re
 
 from conftest import camera_node
 import pytest
@@ -185,3 +186,70 @@ def _streams(bridge):
     import urllib.request
     with urllib.request.urlopen(bridge.http + '/api/streams', timeout=5) as response:
         return response.read()
+
+
+@pytest.fixture
+def coturn_tls():
+    from webrtc_support import Coturn
+    server = Coturn(tls=True)   # set up before the bridge, so it is stopped after it
+    yield server
+    server.stop()
+
+
+def test_turn_over_tls_when_the_robot_may_only_speak_tls(coturn_tls, start_bridge, camera,
+                                                         cmd_vel):
+    # A robot on a network that lets only TLS out: its one ICE server is turns: (TCP + TLS),
+    # and it offers no host candidate; video and the data channel still work through the relay.
+    coturn = coturn_tls
+    bridge = start_bridge(webrtc_host_addresses=['203.0.113.77'], ice_servers=[coturn.tls_url],
+                          turn_secret_file=coturn.secret_file,
+                          env={'SSL_CERT_FILE': coturn.cert})   # trust the test's certificate
+    cmd_vel.wait_publisher()
+
+    async def scenario():
+        async with await session(bridge.ws) as socket:
+            control = Control(socket)
+            await control.send(type='webrtc_start', id=1, stream='camera', codecs=['h264'])
+            offer = await control.wait('webrtc_offer', 1, timeout=20)
+            candidates = [line for line in offer['sdp'].splitlines()
+                          if line.startswith('a=candidate')]
+            assert candidates and all(' typ relay' in line for line in candidates), candidates
+            viewer = AiortcViewer()
+            try:
+                await control.send(type='webrtc_answer', id=2,
+                                   sdp=await viewer.answer(offer['sdp']))
+                await wait_until(lambda: len(viewer.frames) >= 30, 30,
+                                 '30 frames relayed over TURN/TLS')
+                await asyncio.wait_for(viewer.channel_open.wait(), 10)
+                mark = cmd_vel.mark()
+                viewer.channel.send(json.dumps({'type': 'acquire', 'id': 'a'}))
+                await control.wait('ack', 'a')
+                viewer.channel.send(json.dumps({'type': 'command', 'name': 'stop', 'id': 's'}))
+                await control.wait('ack', 's')
+                await wait_until(lambda: cmd_vel.since(mark), 5, 'a Twist from the channel')
+            finally:
+                await viewer.close()
+
+    asyncio.run(scenario())
+    log = coturn.output()   # the bridge's own allocation, over TLS
+    assert re.search(r'username=<\d+:bridge-c\d+>.*method=TLSv1\.[23]', log), log[-3000:]
+    assert coturn.allocations() >= 1, log[-3000:]
+
+
+def test_an_untrusted_turn_certificate_is_named_not_hidden(coturn_tls, start_bridge, camera):
+    # The same robot without the certificate in its trust store: TLS to the relay fails. aioice
+    # drops the reason; the bridge says which server gave no relay candidate, and the page
+    # gets a refusal it can fall back on (websocket JPEG) instead of a silent wait.
+    bridge = start_bridge(webrtc_host_addresses=['203.0.113.77'],
+                          ice_servers=[coturn_tls.tls_url],
+                          turn_secret_file=coturn_tls.secret_file)
+
+    async def scenario():
+        async with await session(bridge.ws) as socket:
+            control = Control(socket)
+            await control.send(type='webrtc_start', id=1, stream='camera', codecs=['h264'])
+            return await control.wait('webrtc_error', 1, timeout=20)
+
+    error = asyncio.run(scenario())
+    assert error['code'] == 'webrtc_unavailable' and 'TURN' in error['message'], error
+    bridge.process.wait_output(f'no relay candidate from {coturn_tls.tls_url}')

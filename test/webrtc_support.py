@@ -38,13 +38,26 @@ def host_address():
 
 
 class Coturn:
-    """A real coturn (Debian's turnserver) on 127.0.0.1 with a REST API shared secret."""
+    """
+    A real coturn (Debian's turnserver) on 127.0.0.1 with a REST API shared secret.
 
-    def __init__(self):
+    ``tls``: also TURN over TLS (``turns:``, for networks that let only TLS out) on
+    ``tls_port``, with a self-signed certificate for 127.0.0.1 at ``cert`` (the client must trust
+    it, e.g. through ``SSL_CERT_FILE``).
+    """
+
+    def __init__(self, tls: bool = False):
         if TURNSERVER is None:
             pytest.skip('turnserver (Debian coturn) is not installed: scripts/bootstrap installs it')
         self.dir = tempfile.mkdtemp(prefix='coturn-')
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
+        tls_lines = ['no-tls']
+        if tls:
+            from hostile_clients import self_signed_cert
+            self.cert, key = self_signed_cert(self.dir)
+            tls_lines = [f'tls-listening-port={self.tls_port}', f'cert={self.cert}',
+                         f'pkey={key}']
         self.secret = secrets.token_hex(16)
         self.secret_file = os.path.join(self.dir, 'secret')
         with open(self.secret_file, 'w') as handle:
@@ -56,9 +69,9 @@ class Coturn:
                 'listening-ip=127.0.0.1', f'listening-port={self.port}', 'relay-ip=127.0.0.1',
                 f'min-port={low}', f'max-port={low + 99}', 'use-auth-secret',
                 f'static-auth-secret={self.secret}', 'realm=video-bridge.test',
-                'fingerprint', 'allow-loopback-peers', 'no-cli', 'no-tls', 'no-dtls',
+                'fingerprint', 'allow-loopback-peers', 'no-cli', *tls_lines, 'no-dtls',
                 'no-tcp-relay', 'simple-log', f'pidfile={self.dir}/turnserver.pid',
-                'log-file=stdout', 'no-stdout-log' if False else 'verbose', '']))
+                'log-file=stdout', 'verbose', '']))
         os.makedirs(OUTPUT_DIR, exist_ok=True)
         self.log_path = os.path.join(OUTPUT_DIR, f'coturn-{os.getpid()}-{self.port}.log')
         self._log = open(self.log_path, 'w')
@@ -69,12 +82,22 @@ class Coturn:
     def _listening(self):
         if self.proc.poll() is not None:
             pytest.fail(f'turnserver exited ({self.proc.returncode}): {self.output()[-2000:]}')
-        with open(f'/proc/net/udp') as table:
-            return f':{self.port:04X} ' in table.read()
+        with open('/proc/net/udp') as table:
+            if f':{self.port:04X} ' not in table.read():
+                return False
+        if self.tls_port is None:
+            return True
+        with open('/proc/net/tcp') as table:     # local address, remote, state 0A = LISTEN
+            return any(f':{self.tls_port:04X} ' in line and line.split()[3] == '0A'
+                       for line in table)
 
     @property
     def url(self) -> str:
         return f'turn:127.0.0.1:{self.port}?transport=udp'
+
+    @property
+    def tls_url(self) -> str:
+        return f'turns:127.0.0.1:{self.tls_port}?transport=tcp'
 
     def output(self) -> str:
         with open(self.log_path) as log:

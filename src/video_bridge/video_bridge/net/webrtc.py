@@ -422,10 +422,17 @@ class WebRtcService:
             await pc.setLocalDescription(await pc.createOffer())
         self._restrict_host_candidates(pc)
         sdp = ice.filter_candidates(pc.localDescription.sdp, self.ice)
+        relay_failed = bool(self.ice.turn_urls) and ' typ relay' not in sdp
+        if relay_failed:   # aioice drops the reason: name what to check
+            self.log.warning('webrtc peer %s: no relay candidate from %s (server unreachable, '
+                             'credentials refused, or a turns: certificate this machine does '
+                             'not trust)', client_id, ', '.join(self.ice.turn_urls))
         if 'a=candidate:' not in sdp:   # nothing the browser could reach: say so at once
             await self._close(client_id)
             raise _signal_error('webrtc_unavailable', 'the bridge has no ICE candidates (no '
-                                'address but loopback, or all filtered) and no TURN server')
+                                'address but loopback, or all filtered) and ' + (
+                                    'its TURN server gave no relay candidate' if relay_failed
+                                    else 'no TURN server'))
         self.offers += 1
         self.log.info('webrtc peer %s: offering %s of stream %r', client_id, codec, stream.name)
         return {'type': 'webrtc_offer', 'sdp': sdp,
