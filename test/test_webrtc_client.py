@@ -253,3 +253,26 @@ def test_an_untrusted_turn_certificate_is_named_not_hidden(coturn_tls, start_bri
     error = asyncio.run(scenario())
     assert error['code'] == 'webrtc_unavailable' and 'TURN' in error['message'], error
     bridge.process.wait_output(f'no relay candidate from {coturn_tls.tls_url}')
+
+
+def test_a_compressed_jpeg_topic_feeds_webrtc_too(ros, start_bridge, camera):
+    # A camera that publishes only sensor_msgs/CompressedImage (JPEG): the bridge decodes it
+    # once per frame for the shared H.264 encoder, and the peer decodes the camera's picture.
+    from test_bridge_http import JpegPublisher
+    bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS],
+                          **{'streams.camera.topic': '/wc/image/compressed',
+                             'streams.camera.type': 'compressed'})
+
+    async def scenario():
+        async with await session(bridge.ws) as socket:
+            viewer = await start_peer(Control(socket), 1)
+            try:
+                await wait_until(lambda: len(viewer.frames) >= 30, 30, '30 decoded frames')
+                return viewer.frames[-1]
+            finally:
+                await viewer.close()
+
+    with JpegPublisher(ros.node, '/wc/image/compressed') as publisher:
+        frame = asyncio.run(scenario())
+        assert publisher.count >= 30
+    assert (frame.width, frame.height) == (320, 240), 'the JPEG topic\'s own picture'
