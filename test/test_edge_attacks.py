@@ -152,7 +152,8 @@ def start_viewer(live, path='/video/camera', ssl_context=None, duration=90.0):
     viewer = hc.Viewer(live.ws + path, ssl_context=ssl_context, duration=duration)
     viewer.start()
     wait_for(lambda: len(viewer.frames) >= 20 or viewer.error, 15, 'the viewer to get frames')
-    assert viewer.error is None, f'the normal viewer failed: {viewer.error!r}'
+    assert viewer.error is None, (f'the normal viewer failed: {viewer.error!r} (cause: '
+                                  f'{viewer.error.__cause__!r}); bridge log:\n{live.log()[-2000:]}')
     return viewer
 
 

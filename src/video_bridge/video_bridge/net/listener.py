@@ -117,6 +117,9 @@ class Listener:
         self._emfile_logged = -EMFILE_LOG_PERIOD
         self._emfile_count = 0
         self._refusal_logged = -EMFILE_LOG_PERIOD
+        self.dropped = 0           # connections closed for sending no request (or handshake)
+        self._dropped_unlogged = 0
+        self._dropped_logged = -EMFILE_LOG_PERIOD
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -219,6 +222,7 @@ class Listener:
             if self._silent:
                 _, evict = self._silent.popitem(last=False)
                 evict()
+                self._dropped('?', 'evicted: the connection cap was reached')
                 return ''
             return f'too many connections to this bridge ({self.max_connections})'
         return ''
@@ -273,10 +277,12 @@ class Listener:
                 kwargs = {'ssl': self.ssl_context, 'ssl_handshake_timeout': remaining}
             tracked.inner = self.protocol_factory()
             await loop.connect_accepted_socket(lambda: tracked, conn, **kwargs)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, EOFError):
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, EOFError) as exc:
             conn.close()
             if tracked.transport is None:
                 self._count(peer, -1)
+            if isinstance(exc, asyncio.TimeoutError):
+                self._dropped(peer, f'no TLS handshake within {self.handshake_timeout:g} s')
         except asyncio.CancelledError:
             conn.close()
             if tracked.transport is None:
@@ -302,6 +308,19 @@ class Listener:
         tracked.timer = None
         if not tracked.requested and tracked.transport is not None:
             tracked.transport.abort()
+            self._dropped(tracked.peer, f'no request within {self.handshake_timeout:g} s')
+
+    def _dropped(self, peer: str, why: str):
+        # Said at most every EMFILE_LOG_PERIOD: a slowloris must not flood the log, but a
+        # user whose client is cut off can see why.
+        self.dropped += 1
+        self._dropped_unlogged += 1
+        now = time.monotonic()
+        if now - self._dropped_logged >= EMFILE_LOG_PERIOD:
+            self._dropped_logged = now
+            self.log.info('closed %d connection(s) that sent no request in time (latest from '
+                          '%s: %s)', self._dropped_unlogged, peer, why)
+            self._dropped_unlogged = 0
 
     def _closed(self, tracked: _Tracked):
         self._silent.pop(tracked.transport, None)
