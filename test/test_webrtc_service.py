@@ -142,6 +142,41 @@ def test_a_peer_that_never_finishes_its_channel_messages_is_closed():
     run(scenario())
 
 
+def test_a_peer_that_acknowledges_nothing_on_its_channel_gets_no_growing_backlog():
+    # A stalled peer: its SCTP never acknowledges. The channel is unordered with no
+    # retransmits, so aiortc abandons what it sent instead of queueing the bridge's stamp
+    # messages behind it (a reliable channel would queue them without limit). The stalled
+    # peer's video and a normal peer's video keep going.
+    async def no_sack():
+        return None
+
+    async def scenario():
+        with host_address(), Harness() as harness:
+            viewers = []
+            try:
+                _, stalled = await harness.connect('stalled', ['h264'])
+                _, normal = await harness.connect('normal', ['h264'])
+                viewers = [stalled, normal]
+                await asyncio.wait_for(stalled.channel_open.wait(), 15)
+                stalled.pc.sctp._send_sack = no_sack
+                peer = harness.service.peers['stalled']
+                seen, start = [], (len(stalled.frames), len(normal.frames), peer.sent_units)
+
+                def watched():   # the queue and what is in flight, over 8 s of video
+                    seen.append(peer.channel.bufferedAmount + peer.pc.sctp._flight_size)
+                    return len(normal.frames) >= start[1] + 240
+                await wait_until(watched, 20, '240 more frames for the normal peer')
+                assert peer.sent_units >= start[2] + 200, 'stamps kept going with the video'
+                assert max(seen) <= 4096, max(seen)
+                assert len(stalled.frames) >= start[0] + 200, 'its video is not held up'
+            finally:
+                for viewer in viewers:
+                    await viewer.close()
+                await harness.service.stop()
+                harness.stop()
+    run(scenario())
+
+
 def test_a_peer_that_connects_late_still_starts_at_once_on_a_fresh_keyframe():
     """
     Through TURN relays ICE and DTLS take a second or more after the offer; by then the
