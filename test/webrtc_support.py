@@ -77,7 +77,11 @@ class Coturn:
         self._log = open(self.log_path, 'w')
         self.proc = subprocess.Popen([TURNSERVER, '-c', config], stdout=self._log,
                                      stderr=subprocess.STDOUT)
-        wait_for(self._listening, 10, 'coturn to listen')
+        try:
+            wait_for(self._listening, 10, 'coturn to listen')
+        except BaseException:   # the fixture never gets it: stop it here, not leave it running
+            self.stop()
+            raise
 
     def _listening(self):
         if self.proc.poll() is not None:
