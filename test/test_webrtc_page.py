@@ -89,6 +89,30 @@ def wait_displayed(page, count=HOLD_FRAMES, timeout=15000):
                            timeout=timeout)
 
 
+DECODE_RATE = """async (windowMs) => {
+    const read = async () => {
+        const report = await window.videoBridge.webrtc.pc.getStats();
+        for (const entry of report.values()) {
+            if (entry.type === 'inbound-rtp' && entry.kind === 'video') return entry;
+        }
+        return null;
+    };
+    const first = await read();
+    await new Promise((resolve) => setTimeout(resolve, windowMs));
+    const last = await read();
+    return (last.framesDecoded - first.framesDecoded) * 1000 / (last.timestamp - first.timestamp);
+}"""
+
+
+def decode_rate(page, seconds=4.0) -> float:
+    """Frames per second Chromium's decoder produced over ``seconds``, from two getStats reports.
+
+    The decoder's own count over a few seconds, not the page's 2 s display-rate meter: on a busy
+    machine the compositor drops some frames from display while every one is still decoded.
+    """
+    return page.evaluate(DECODE_RATE, int(seconds * 1000))
+
+
 def stream_counters(bridge) -> dict:
     import urllib.request
     with urllib.request.urlopen(bridge.http + '/api/streams', timeout=5) as response:
@@ -149,10 +173,8 @@ def test_vp8_plays_in_chromium(start_bridge, camera, cmd_vel, pages):
     wait_webrtc(page)
     assert page.evaluate('window.videoBridge.webrtc.stats().codec') == 'vp8'
     page.wait_for_function('window.videoBridge.webrtc.framesDecoded > 30', timeout=10000)
-    start_count = page.evaluate('window.videoBridge.webrtc.framesDecoded')
-    page.wait_for_function(f'window.videoBridge.webrtc.framesDecoded > {start_count + 90}',
-                           timeout=10000)
-    assert page.evaluate('window.videoBridge.webrtc.stats().fps') > 25
+    rate = decode_rate(page)
+    assert rate > 25, f'Chromium decoded {rate:.1f} VP8 frames per second (the camera sends 30)'
 
 
 def test_second_and_third_viewer_add_no_encoder(start_bridge, camera, cmd_vel, pages):
@@ -168,8 +190,8 @@ def test_second_and_third_viewer_add_no_encoder(start_bridge, camera, cmd_vel, p
     doc = stream_counters(bridge)
     assert doc['webrtc']['peers'] == 3
     assert doc['streams'][0]['video_encoders'] == encoders, 'more peers, same encoders'
-    for page in [first] + others:
-        assert page.evaluate('window.videoBridge.webrtc.stats().fps') > 5
+    for page in [first] + others:   # each still decodes (three decoders share two cores)
+        assert decode_rate(page, 2.0) > 5
 
 
 @pytest.fixture
