@@ -440,15 +440,38 @@ class WebRtcService:
                 'layers': list(stream.settings.video_bitrates)}
 
     def _restrict_host_candidates(self, pc):
+        """
+        Offer host candidates only on allowed addresses, and use no other host socket either.
+
+        aioice pairs the peer's candidates with every socket it gathered on, offered or not: a
+        hidden host address would still send connectivity checks (and then media) from that
+        interface, and the peer would learn it as a peer-reflexive candidate. So the sockets
+        of disallowed addresses are closed too, unless they carry a kept server-reflexive
+        candidate (STUN's mapping is found through its host socket).
+        """
         if not self.ice.host_addresses:
             return
         for transceiver in pc.getTransceivers():
             gatherer = transceiver.sender.transport.transport.iceGatherer
             connection = getattr(gatherer, '_connection', None)
             candidates = getattr(connection, '_local_candidates', None)
-            if candidates is not None:
-                candidates[:] = [c for c in candidates if c.type != 'host'
-                                 or self.ice.host_address_allowed(c.host)]
+            protocols = getattr(connection, '_protocols', None)
+            if candidates is None:
+                continue
+            candidates[:] = [c for c in candidates if c.type != 'host'
+                             or self.ice.host_address_allowed(c.host)]
+            if protocols is None:
+                continue
+            bases = {(c.related_address, c.related_port) for c in candidates
+                     if c.type == 'srflx'}
+            for stun in list(protocols):
+                local = getattr(stun, 'local_candidate', None)
+                if local is None or local.type != 'host' or \
+                        self.ice.host_address_allowed(local.host) or \
+                        (local.host, local.port) in bases:
+                    continue
+                protocols.remove(stun)
+                stun.transport.close()
 
     async def _answer(self, client_id: str, message: dict):
         from aiortc import RTCSessionDescription

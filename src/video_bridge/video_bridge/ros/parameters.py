@@ -116,8 +116,9 @@ BRIDGE_PARAMETERS = {
                          'short-lived credential.', None),
     'turn_credential_ttl': (3600.0, 'Seconds a minted TURN credential stays valid.',
                             (60.0, 604800.0)),
-    'webrtc_host_addresses': ([''], 'Local addresses or networks (CIDR) offered as WebRTC host '
-                              'candidates; empty: every interface.', None),
+    'webrtc_host_addresses': ([''], 'Local addresses or networks (CIDR) WebRTC may use as host '
+                              'candidates (no other interface is offered or sends); empty: '
+                              'every interface.', None),
 }
 
 # streams.<name>.<field>: (default, description, range)
