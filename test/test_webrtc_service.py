@@ -5,11 +5,12 @@ import asyncio
 import json
 import threading
 
+import numpy as np
 import pytest
 from test_encoders import raw
 from video_bridge.core import encoders, ice
-from video_bridge.core.streams import StreamHub, StreamSettings
-from webrtc_support import AiortcViewer, host_address, wait_until
+from video_bridge.core.streams import SourceImage, StreamHub, StreamSettings
+from webrtc_support import AiortcViewer, Coturn, host_address, SlowUplink, wait_until
 
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
 
@@ -19,7 +20,7 @@ pytest.importorskip('aiortc')
 class Harness:
     """A hub fed at 30 fps from a thread, the WebRTC service, and its control-side effects."""
 
-    def __init__(self, ice_settings=None, codecs=(encoders.H264, encoders.VP8)):
+    def __init__(self, ice_settings=None, codecs=(encoders.H264, encoders.VP8), picture=raw):
         from video_bridge.net.webrtc import WebRtcConfig, WebRtcService
         self.hub = StreamHub()
         self.stream = self.hub.add(StreamSettings('cam', 'image_raw'))
@@ -31,6 +32,7 @@ class Harness:
             send=lambda cid, message: self.sent.setdefault(cid, []).append(message),
             deliver=lambda cid, text: self.delivered.append((cid, text)))
         self.hub.on_frame = self.service.notify_frame
+        self.picture = picture      # frame index -> SourceImage
         self._stop = threading.Event()
 
     def __enter__(self):
@@ -45,7 +47,7 @@ class Harness:
     def _feed(self):
         index = 0
         while not self._stop.wait(1 / 30):
-            self.stream.publish(raw(index))
+            self.stream.publish(self.picture(index))
             index += 1
 
     async def connect(self, client_id, codecs=None, viewer=None):
@@ -337,3 +339,67 @@ def test_a_start_flood_costs_one_peer_a_second_and_the_newest_wins():
             finally:
                 await harness.service.stop()
     run(scenario())
+
+
+def noise(index):
+    """A 320x240 picture of noise: every layer's encoder spends its whole bitrate on it."""
+    data = np.random.default_rng(index).integers(0, 256, 320 * 240 * 3, dtype=np.uint8)
+    return SourceImage(stamp_sec=1000, stamp_nanosec=index * 33_333_333, data=data.tobytes(),
+                       encoding='bgr8', width=320, height=240, step=320 * 3,
+                       received_time=2000.0 + index / 30)
+
+
+def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
+    # The robot reaches its viewer only through TURN over TCP, on an uplink (SlowUplink,
+    # 128 kbit/s) slower than even the lowest layer (300 kbit/s). asyncio queues what the socket
+    # will not take, without limit, and aioice ignores its pause signal: the picture would fall
+    # further behind every second (measured without the bound: 13 s behind after 15 s, 730 KB
+    # unsent after 20 s) and the bridge's memory grow. The peer skips to keyframes instead while
+    # more than SEND_BACKLOG_HIGH waits unsent, so the picture stays as fresh as the link allows.
+    from video_bridge.net.webrtc import SEND_BACKLOG_HIGH
+    coturn = Coturn()
+    watch, rate = 15.0, 16_000
+
+    async def scenario():
+        uplink = SlowUplink(coturn.port, rate)
+        port = await uplink.start()
+        settings = ice.IceSettings(turn_urls=(f'turn:127.0.0.1:{port}?transport=tcp',),
+                                   turn_secret=coturn.secret, host_addresses=('203.0.113.77',))
+        with host_address(), Harness(settings, (encoders.H264,), noise) as harness:
+            viewer = None
+            try:
+                _, viewer = await harness.connect('c1', ['h264'])
+                peer = harness.service.peers['c1']
+                await wait_until(lambda: len(viewer.frames) >= 1, 30, 'a first frame')
+                connection = peer.sender.transport.transport._connection
+                assert connection._nominated[1].local_candidate.type == 'relay'
+                assert all(p.local_candidate.type != 'host' for p in connection._protocols), \
+                    'no socket on an address not offered (it would send checks and media)'
+                loop = asyncio.get_running_loop()
+                start, frames, seen = loop.time(), len(viewer.frames), []
+
+                def watched():
+                    seen.append(peer.backlog.size())
+                    return loop.time() - start > watch
+                await wait_until(watched, watch + 5, f'{watch} s of video')
+                assert uplink.carried > rate * watch * 0.7, 'the media went over the uplink'
+                assert max(seen + [peer.backlog.peak]) <= SEND_BACKLOG_HIGH + 16 * 1024, \
+                    (max(seen), peer.backlog.peak)
+                assert len(viewer.frames) - frames >= 2 * watch, 'keyframes still get through'
+                # How far each frame is behind the first one's schedule: bounded, not growing.
+                first, first_at = viewer.frames[0].pts, viewer.arrivals[0]
+                lags = [at - first_at - (frame.pts - first) / 90000
+                        for frame, at in zip(viewer.frames, viewer.arrivals)
+                        if at > first_at + watch / 2]
+                assert lags and max(lags) < 6.0, f'{max(lags):.1f} s behind'
+                assert peer.congestion_skips > 0
+            finally:
+                if viewer is not None:
+                    await viewer.close()
+                await harness.service.stop()
+                harness.stop()
+                await uplink.close()
+    try:
+        run(scenario())
+    finally:
+        coturn.stop()

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 
 from conftest import free_port, only_loopback, OUTPUT_DIR, wait_for
 import pytest
@@ -123,6 +124,63 @@ class Coturn:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class SlowUplink:
+    """
+    A TCP relay to ``target_port`` on 127.0.0.1 that passes the client's bytes on at ``rate``
+    bytes/s and the server's at once: a robot's slow uplink to its TURN server, in userspace.
+
+    It reads only as fast as the link would carry, into small buffers (its socket's receive
+    buffer and a 1 KiB stream limit), so TCP's window closes and the client's own socket backs
+    up, as behind a real slow link. Runs on the test's event loop.
+    """
+
+    def __init__(self, target_port: int, rate: int):
+        self.target_port = target_port
+        self.rate = rate
+        self.carried = 0
+        self._server = None
+        self._tasks = set()
+
+    async def start(self) -> int:
+        import socket
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)   # the accepted inherit
+        listener.bind(('127.0.0.1', 0))
+        self._server = await asyncio.start_server(self._relay, sock=listener, limit=1024)
+        return listener.getsockname()[1]
+
+    async def _relay(self, client_reader, client_writer):
+        server_reader, server_writer = await asyncio.open_connection('127.0.0.1',
+                                                                     self.target_port)
+        up = asyncio.ensure_future(self._pipe(client_reader, server_writer, self.rate))
+        down = asyncio.ensure_future(self._pipe(server_reader, client_writer, None))
+        self._tasks.update((up, down))
+        await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
+        for task in (up, down):
+            task.cancel()
+        for writer in (client_writer, server_writer):
+            writer.close()
+
+    async def _pipe(self, reader, writer, rate):
+        tick = 0.02
+        while True:
+            data = await reader.read(int(rate * tick) if rate else 65536)
+            if not data:
+                return
+            writer.write(data)
+            await writer.drain()
+            if rate:
+                self.carried += len(data)
+                await asyncio.sleep(len(data) / rate)   # the link's pace, not a synchronisation
+
+    async def close(self):
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 class AiortcViewer:
     """The browser's half of the protocol in aiortc: answers the bridge's offer, counts frames."""
 
@@ -135,6 +193,7 @@ class AiortcViewer:
             iceServers=servers or None, iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay
             else RTCIceTransportPolicy.ALL))
         self.frames = []
+        self.arrivals = []      # time.monotonic() when each of ``frames`` was decoded
         self.messages = []
         self.channel = None
         self.channel_open = asyncio.Event()
@@ -156,6 +215,7 @@ class AiortcViewer:
         try:
             while True:
                 self.frames.append(await track.recv())
+                self.arrivals.append(time.monotonic())
         except MediaStreamError:
             pass
 

@@ -19,11 +19,12 @@ A thin adapter over aiortc (ICE, DTLS, SRTP, RTP, SCTP are its job). What is our
   so the page maps a displayed frame's RTP timestamp (requestVideoFrameCallback) to the
   frame's ``header.stamp``.
 
-Four aiortc internals are used on purpose, each guarded: the sender's ``_send_keyframe`` and
+Five aiortc internals are used on purpose, each guarded: the sender's ``_send_keyframe`` and
 ``_handle_rtcp_packet`` hooks (PLI/FIR and REMB, which aiortc otherwise hands only to its own
 encoders), its last RTP timestamp (aiortc keeps the random RTP timestamp origin private),
 its encoder slot (a pass-through for the shared payloads; without it aiortc packs av.Packets),
-and its SCTP receive window (to bound what a peer's unfinished messages hold).
+its SCTP receive window (to bound what a peer's unfinished messages hold), and the selected
+ICE pair's transport (to skip video while the uplink is behind: :mod:`.send_backlog`).
 """
 
 import asyncio
@@ -39,6 +40,7 @@ from video_bridge.core import encoders, ice, protocol
 from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
 from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream
 from video_bridge.net import rtp_packing
+from video_bridge.net.send_backlog import SendBacklog
 
 MAX_QUEUE = 12            # units waiting for aiortc before the peer restarts at a keyframe
 MAX_SDP = 16384
@@ -55,6 +57,10 @@ CLOSE_TIMEOUT = 2.0
 STAMP_PERIOD = 0.2
 # bytes of unfinished data-channel messages aiortc may hold for one peer (it sets no limit)
 MAX_CHANNEL_BUFFER = 64 * 1024
+# bytes of a peer's media unsent in the bridge (asyncio's buffers) before it skips to a
+# keyframe, and what they must drain to first: about 0.25 s of the top layer
+SEND_BACKLOG_HIGH = 32 * 1024
+SEND_BACKLOG_LOW = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class Peer:
         self.pc = None
         self.channel = None
         self.sender = None
+        self.backlog: Optional[SendBacklog] = None   # with the sender
+        self.congestion_skips = 0           # units not sent because the uplink was behind
         now = service.clock()
         self.chooser = LayerChooser(stream.settings.video_bitrates, now, service.config.policy)
         self.viewers: Dict[int, object] = {}
@@ -146,6 +154,19 @@ class Peer:
             self.need_keyframe = True
             self.request_keyframe()
 
+    def skip_congested(self):
+        """Drop what waits (new units too) while the uplink is behind; restart at a keyframe."""
+        skipped = len(self.queue)
+        self.queue.clear()
+        for viewer in self.viewers.values():
+            skipped += len(viewer.take_all())
+        if skipped and not self.congestion_skips:
+            self.service.log.warning(
+                'webrtc peer %s: its uplink is slower than its video (%d bytes unsent); '
+                'skipping to keyframes', self.client_id, self.backlog.peak)
+        self.congestion_skips += skipped
+        self.need_keyframe = True
+
     def request_keyframe(self):
         """PLI/FIR from the browser, a gap, or a stall: ask the current layer's encoder."""
         viewer = self.viewers.get(self.chooser.current)
@@ -155,7 +176,11 @@ class Peer:
     async def next_packet(self):
         """Wait for the next unit: its shared RTP payloads, or an av.Packet aiortc packs."""
         while not self.closed:
-            if not self.queue:
+            congested = self.backlog is not None and self.backlog.congested()
+            if congested:
+                self.wake.clear()           # look again when the next unit comes
+                self.skip_congested()
+            elif not self.queue:
                 self.wake.clear()
                 self.pull()
             if self.queue:
@@ -395,6 +420,7 @@ class WebRtcService:
         pc = peer.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
         transceiver = pc.addTransceiver(_packet_track(peer), direction='sendonly')
         peer.sender = transceiver.sender
+        peer.backlog = SendBacklog(peer.sender, SEND_BACKLOG_HIGH, SEND_BACKLOG_LOW)
         if rtp_packing.install(peer.sender):
             peer.packer = rtp_packing.PeerPacker(codec)
         mime = 'video/H264' if codec == encoders.H264 else 'video/VP8'
@@ -631,4 +657,7 @@ class WebRtcService:
         """Figures for /api/streams and the tests: peers, offers, layer per peer."""
         return {'peers': len(self.peers), 'offers': self.offers,
                 'codecs': list(self.codecs),
-                'layers': {cid: p.chooser.current for cid, p in self.peers.items()}}
+                'layers': {cid: p.chooser.current for cid, p in self.peers.items()},
+                'congestion_skips': {cid: p.congestion_skips for cid, p in self.peers.items()},
+                'send_backlog_peak': {cid: p.backlog.peak if p.backlog else 0
+                                      for cid, p in self.peers.items()}}
