@@ -3,6 +3,7 @@ signalling, shared encoders, keyframes, layers, the teleop data channel and its 
 
 import asyncio
 import json
+import socket
 import threading
 
 import numpy as np
@@ -356,6 +357,7 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
     # further behind every second (measured without the bound: 13 s behind after 15 s, 730 KB
     # unsent after 20 s) and the bridge's memory grow. The peer skips to keyframes instead while
     # more than SEND_BACKLOG_HIGH waits unsent, so the picture stays as fresh as the link allows.
+    from video_bridge.net import send_backlog
     from video_bridge.net.webrtc import SEND_BACKLOG_HIGH
     coturn = Coturn()
     watch, rate = 15.0, 16_000
@@ -375,6 +377,9 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
                 assert connection._nominated[1].local_candidate.type == 'relay'
                 assert all(p.local_candidate.type != 'host' for p in connection._protocols), \
                     'no socket on an address not offered (it would send checks and media)'
+                turn = send_backlog._selected_transport(peer.sender).get_extra_info('socket')
+                lowat = turn.getsockopt(socket.IPPROTO_TCP, send_backlog._NOTSENT_LOWAT_OPTION)
+                assert lowat == send_backlog.TCP_NOTSENT_LOWAT, 'the kernel holds little unsent'
                 loop = asyncio.get_running_loop()
                 start, frames, seen = loop.time(), len(viewer.frames), []
 
