@@ -43,16 +43,16 @@ class Coturn:
     A real coturn (Debian's turnserver) on 127.0.0.1 with a REST API shared secret.
 
     ``tls``: also TURN over TLS (``turns:``, for networks that let only TLS out) on
-    ``tls_port``, with a self-signed certificate for 127.0.0.1 at ``cert`` (the client must trust
-    it, e.g. through ``SSL_CERT_FILE``).
+    ``tls_port`` (default: a free one), with a self-signed certificate for 127.0.0.1 at
+    ``cert`` (the client must trust it, e.g. through ``SSL_CERT_FILE``).
     """
 
-    def __init__(self, tls: bool = False):
+    def __init__(self, tls: bool = False, tls_port: int = 0):
         if TURNSERVER is None:
             pytest.skip('turnserver (Debian coturn) is not installed: scripts/bootstrap installs it')
         self.dir = tempfile.mkdtemp(prefix='coturn-')
         self.port = free_port()
-        self.tls_port = free_port() if tls else None
+        self.tls_port = (tls_port or free_port()) if tls else None
         tls_lines = ['no-tls']
         if tls:
             from hostile_clients import self_signed_cert
