@@ -209,6 +209,11 @@ def test_relay_through_coturn_plays_and_drives(coturn, start_bridge, camera, cmd
     page.wait_for_function('window.videoBridge.webrtc.candidateType === "relay"',
                            timeout=10000)
     assert coturn.allocations() >= 1, coturn.output()[-2000:]
+    drive_through_relay(page, cmd_vel)
+
+
+def drive_through_relay(page, cmd_vel):
+    """Hold the up key: /cmd_vel moves, over the relayed data channel; release: zero."""
     mark = cmd_vel.mark()
     page.keyboard.down('ArrowUp')
     cmd_vel.wait_last(mark, 0.25, 0.0, 'forward through the relay')

@@ -12,9 +12,10 @@ with --ignore-certificate-errors, as the bridge trusts it through SSL_CERT_FILE.
 import os
 import re
 
-from conftest import CHROMIUM, chromium, wait_for, WEBRTC_CHROMIUM_ARGS
+from conftest import CHROMIUM, chromium, WEBRTC_CHROMIUM_ARGS
 import pytest
-from test_webrtc_page import address, camera, cmd_vel, pages, wait_webrtc  # noqa: F401
+from test_webrtc_page import (address, camera, cmd_vel, drive_through_relay,  # noqa: F401
+                              pages, wait_webrtc)
 from webrtc_support import Coturn
 
 pytest.importorskip('playwright.sync_api')
@@ -57,11 +58,5 @@ def test_plays_and_drives_when_both_ends_have_only_turn_over_tls(coturn_443, sta
     log = coturn_443.output()
     for user in ('bridge-c1', 'c1'):   # the robot's allocation and the page's, both over TLS
         assert re.search(rf'username=<\d+:{user}>.*method=TLSv1\.[23]', log), log[-3000:]
-    mark = cmd_vel.mark()
-    page.keyboard.down('ArrowUp')
-    cmd_vel.wait_last(mark, 0.25, 0.0, 'forward through the TLS relay')
-    wait_for(lambda: page.evaluate('window.videoBridge.webrtc.channelSent') > 5, 10,
-             'commands over the relayed data channel')
-    page.keyboard.up('ArrowUp')
-    cmd_vel.wait_last(mark, 0.0, 0.0, 'zero on release')
+    drive_through_relay(page, cmd_vel)
     assert not page.errors, page.errors
