@@ -408,3 +408,35 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
         run(scenario())
     finally:
         coturn.stop()
+
+
+def test_a_host_socket_not_offered_stays_only_for_its_server_reflexive_candidate():
+    # webrtc_host_addresses allows no local address, but STUN (a real coturn) maps the host
+    # socket to a server-reflexive candidate, which is kept: its socket (its base) stays open
+    # and carries the media, while the host candidate itself is never offered.
+    coturn = Coturn()
+
+    async def scenario():
+        settings = ice.IceSettings(stun_urls=(f'stun:127.0.0.1:{coturn.port}',),
+                                   host_addresses=('203.0.113.77',))
+        with host_address(), Harness(settings, (encoders.H264,)) as harness:
+            viewer = None
+            try:
+                offer, viewer = await harness.connect('c1', ['h264'])
+                candidates = [line.split()[7] for line in offer['sdp'].splitlines()
+                              if line.startswith('a=candidate')]
+                assert candidates and set(candidates) == {'srflx'}, candidates
+                await wait_until(lambda: len(viewer.frames) >= 10, 20, '10 frames')
+                peer = harness.service.peers['c1']
+                connection = peer.sender.transport.transport._connection
+                kept = [p.local_candidate for p in connection._protocols]
+                assert [(c.type, c.host) for c in kept] == [('host', '198.51.100.1')], kept
+            finally:
+                if viewer is not None:
+                    await viewer.close()
+                await harness.service.stop()
+                harness.stop()
+    try:
+        run(scenario())
+    finally:
+        coturn.stop()
