@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional, Set
 from video_bridge.net.auth import normalise_address
 
 FD_RESERVE = 128           # descriptors kept for DDS, files and logs beyond connections
-EMFILE_LOG_PERIOD = 5.0    # s between "out of file descriptors" warnings
+EMFILE_LOG_PERIOD = 5.0    # s between "out of file descriptors" warnings (and the like)
 EMFILE_RETRY = 0.1         # s before accepting again after EMFILE
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 REFUSAL = ('HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n'
@@ -90,6 +90,28 @@ class _Tracked(asyncio.Protocol):
             self.listener._closed(self)
 
 
+class _LogThrottle:
+    """At most one log line per ``period``, with how many events it stands for."""
+
+    def __init__(self, period: float = EMFILE_LOG_PERIOD):
+        self.period = period
+        self._last = -period
+        self.pending = 0          # events since the last line, this one included
+
+    def due(self) -> bool:
+        """Count an event, and tell whether a line may be written now (then call ``said``)."""
+        self.pending += 1
+        now = time.monotonic()
+        if now - self._last < self.period:
+            return False
+        self._last = now
+        return True
+
+    def said(self):
+        """Start counting afresh: the line was written."""
+        self.pending = 0
+
+
 class Listener:
     """Accept connections on the bound sockets, within the caps, and hand them to aiohttp."""
 
@@ -114,12 +136,10 @@ class Listener:
         self._silent: collections.OrderedDict = collections.OrderedDict()
         self._tasks: Set[asyncio.Task] = set()
         self._accepting: list = []
-        self._emfile_logged = -EMFILE_LOG_PERIOD
-        self._emfile_count = 0
-        self._refusal_logged = -EMFILE_LOG_PERIOD
+        self._emfile_log = _LogThrottle()
+        self._refusal_log = _LogThrottle()
         self.dropped = 0           # connections closed for sending no request (or handshake)
-        self._dropped_unlogged = 0
-        self._dropped_logged = -EMFILE_LOG_PERIOD
+        self._dropped_log = _LogThrottle()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -241,21 +261,17 @@ class Listener:
             pass
         finally:
             conn.close()
-        now = time.monotonic()
-        if now - self._refusal_logged >= EMFILE_LOG_PERIOD:
-            self._refusal_logged = now
+        if self._refusal_log.due():
+            self._refusal_log.said()
             self.log.warning('refusing connections from %s: %s (%d refused so far)',
                              peer, reason, self.refused)
 
     def _out_of_descriptors(self, exc: OSError):
-        self._emfile_count += 1
-        now = time.monotonic()
-        if now - self._emfile_logged >= EMFILE_LOG_PERIOD:
-            self._emfile_logged = now
+        if self._emfile_log.due():
             self.log.warning('cannot accept connections: %s (%d times since the last warning);'
                              ' lower max_connections or raise the file limit',
-                             exc.strerror, self._emfile_count)
-            self._emfile_count = 0
+                             exc.strerror, self._emfile_log.pending)
+            self._emfile_log.said()
 
     async def _open(self, conn: socket.socket, peer: str):
         loop = asyncio.get_running_loop()
@@ -314,13 +330,10 @@ class Listener:
         # Said at most every EMFILE_LOG_PERIOD: a slowloris must not flood the log, but a
         # user whose client is cut off can see why.
         self.dropped += 1
-        self._dropped_unlogged += 1
-        now = time.monotonic()
-        if now - self._dropped_logged >= EMFILE_LOG_PERIOD:
-            self._dropped_logged = now
+        if self._dropped_log.due():
             self.log.info('closed %d connection(s) that sent no request in time (latest from '
-                          '%s: %s)', self._dropped_unlogged, peer, why)
-            self._dropped_unlogged = 0
+                          '%s: %s)', self._dropped_log.pending, peer, why)
+            self._dropped_log.said()
 
     def _closed(self, tracked: _Tracked):
         self._silent.pop(tracked.transport, None)
