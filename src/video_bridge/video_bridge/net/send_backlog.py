@@ -56,7 +56,7 @@ class SendBacklog:
         self.low = low                # ... until it drains to this
         self.backing_off = False
         self.peak = 0                 # the most seen, for the counters
-        self._tuned = None            # the TCP socket given TCP_NOTSENT_LOWAT
+        self._tuned = None            # the transport whose socket was looked at
 
     def size(self) -> int:
         """Bytes waiting in the selected pair's transport now (0 when it cannot be read)."""
@@ -81,8 +81,9 @@ class SendBacklog:
         return self.backing_off
 
     def _tune(self, transport):
-        raw = transport.get_extra_info('socket')
-        if raw is None or raw is self._tuned or raw.type != socket.SOCK_STREAM:
+        if transport is self._tuned:  # once per transport, not on every unit
             return
-        self._tuned = raw
-        raw.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT_OPTION, TCP_NOTSENT_LOWAT)
+        self._tuned = transport
+        raw = transport.get_extra_info('socket')
+        if raw is not None and raw.type == socket.SOCK_STREAM:
+            raw.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT_OPTION, TCP_NOTSENT_LOWAT)
