@@ -34,6 +34,7 @@ class Harness:
             deliver=lambda cid, text: self.delivered.append((cid, text)))
         self.hub.on_frame = self.service.notify_frame
         self.picture = picture      # frame index -> SourceImage
+        self.viewers = []           # every viewer connect() answered with, closed by close()
         self._stop = threading.Event()
 
     def __enter__(self):
@@ -59,6 +60,7 @@ class Harness:
         offer = self.sent[client_id][-1]
         assert offer['type'] == 'webrtc_offer', offer
         viewer = viewer or AiortcViewer()
+        self.viewers.append(viewer)
         answer = await viewer.answer(offer['sdp'])
         await self.service.handle(client_id, None, {'type': 'webrtc_answer', 'id': 2,
                                                     'sdp': answer})
@@ -68,6 +70,13 @@ class Harness:
         self._stop.set()
         if getattr(self, 'thread', None) is not None:
             self.thread.join(5)
+
+    async def close(self):
+        """End a scenario: its viewers, then the service's peers, then the feed."""
+        for viewer in self.viewers:
+            await viewer.close()
+        await self.service.stop()
+        self.stop()
 
 
 def run(coroutine):
@@ -107,8 +116,7 @@ def test_video_and_data_channel_through_signalling():
                 await wait_until(lambda: len(harness.delivered) == 2, 10, 'a stop')
                 assert json.loads(harness.delivered[1][1]) == {'type': 'command', 'name': 'stop'}
             finally:
-                await harness.service.stop()
-                harness.stop()
+                await harness.close()
     run(scenario())
 
 
@@ -139,9 +147,7 @@ def test_a_peer_that_never_finishes_its_channel_messages_is_closed():
                 await wait_until(lambda: ('c1', CHANNEL_STOP) in harness.delivered, 5,
                                  'the car stopped with the channel')
             finally:
-                await viewer.close()
-                await harness.service.stop()
-                harness.stop()
+                await harness.close()
     run(scenario())
 
 
@@ -155,11 +161,9 @@ def test_a_peer_that_acknowledges_nothing_on_its_channel_gets_no_growing_backlog
 
     async def scenario():
         with host_address(), Harness() as harness:
-            viewers = []
             try:
                 _, stalled = await harness.connect('stalled', ['h264'])
                 _, normal = await harness.connect('normal', ['h264'])
-                viewers = [stalled, normal]
                 await asyncio.wait_for(stalled.channel_open.wait(), 15)
                 stalled.pc.sctp._send_sack = no_sack
                 peer = harness.service.peers['stalled']
@@ -173,10 +177,7 @@ def test_a_peer_that_acknowledges_nothing_on_its_channel_gets_no_growing_backlog
                 assert max(seen) <= 4096, max(seen)
                 assert len(stalled.frames) >= start[0] + 200, 'its video is not held up'
             finally:
-                for viewer in viewers:
-                    await viewer.close()
-                await harness.service.stop()
-                harness.stop()
+                await harness.close()
     run(scenario())
 
 
@@ -204,8 +205,7 @@ def test_a_peer_that_connects_late_still_starts_at_once_on_a_fresh_keyframe():
                 assert waited < 4, waited
                 await viewer.close()
             finally:
-                await harness.service.stop()
-                harness.stop()
+                await harness.close()
     run(scenario())
 
 
@@ -217,11 +217,9 @@ def test_more_peers_add_no_encoder_and_the_vp8_path_works(monkeypatch):
 
     async def scenario():
         with host_address(), Harness() as harness:
-            viewers = []
             try:
-                for index in range(3):
-                    _, viewer = await harness.connect(f'c{index}', ['h264'])
-                    viewers.append(viewer)
+                viewers = [(await harness.connect(f'c{index}', ['h264']))[1]
+                           for index in range(3)]
                 _, vp8 = await harness.connect('v1', ['vp8'])
                 await wait_until(lambda: all(len(v.frames) >= 20 for v in viewers + [vp8]), 30,
                                  'every peer decoding')
@@ -244,10 +242,7 @@ def test_more_peers_add_no_encoder_and_the_vp8_path_works(monkeypatch):
                 await harness.service.handle('c0', None, {'type': 'webrtc_stop', 'id': 9})
                 assert harness.service.counters()['peers'] == 3
             finally:
-                for viewer in viewers + [vp8]:
-                    await viewer.close()
-                await harness.service.stop()
-                harness.stop()
+                await harness.close()
             assert harness.stream.counters().video_encoders == 0, 'last peer gone: no encoder'
     run(scenario())
 
@@ -273,9 +268,7 @@ def test_pli_and_a_low_estimate_reach_the_shared_encoder():
                 await wait_until(lambda: len(viewer.frames) >= count + 10, 10,
                                  'frames of the new layer')
             finally:
-                await viewer.close()
-                await harness.service.stop()
-                harness.stop()
+                await harness.close()
     run(scenario())
 
 
@@ -368,7 +361,6 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
         settings = ice.IceSettings(turn_urls=(f'turn:127.0.0.1:{port}?transport=tcp',),
                                    turn_secret=coturn.secret, host_addresses=('203.0.113.77',))
         with host_address(), Harness(settings, (encoders.H264,), noise) as harness:
-            viewer = None
             try:
                 _, viewer = await harness.connect('c1', ['h264'])
                 peer = harness.service.peers['c1']
@@ -399,10 +391,7 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
                 assert lags and max(lags) < 6.0, f'{max(lags):.1f} s behind'
                 assert peer.congestion_skips > 0
             finally:
-                if viewer is not None:
-                    await viewer.close()
-                await harness.service.stop()
-                harness.stop()
+                await harness.close()
                 await uplink.close()
     try:
         run(scenario())
@@ -420,7 +409,6 @@ def test_a_host_socket_not_offered_stays_only_for_its_server_reflexive_candidate
         settings = ice.IceSettings(stun_urls=(f'stun:127.0.0.1:{coturn.port}',),
                                    host_addresses=('203.0.113.77',))
         with host_address(), Harness(settings, (encoders.H264,)) as harness:
-            viewer = None
             try:
                 offer, viewer = await harness.connect('c1', ['h264'])
                 candidates = [line.split()[7] for line in offer['sdp'].splitlines()
@@ -432,10 +420,7 @@ def test_a_host_socket_not_offered_stays_only_for_its_server_reflexive_candidate
                 kept = [p.local_candidate for p in connection._protocols]
                 assert [(c.type, c.host) for c in kept] == [('host', '198.51.100.1')], kept
             finally:
-                if viewer is not None:
-                    await viewer.close()
-                await harness.service.stop()
-                harness.stop()
+                await harness.close()
     try:
         run(scenario())
     finally:
