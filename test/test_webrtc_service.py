@@ -350,13 +350,14 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
     # further behind every second (measured without the bound: 13 s behind after 15 s, 730 KB
     # unsent after 20 s) and the bridge's memory grow. The peer skips to keyframes instead while
     # more than SEND_BACKLOG_HIGH waits unsent, so the picture stays as fresh as the link allows.
+    # A second peer, whose link to the relay is fast, keeps its full frame rate meanwhile.
     from video_bridge.net import send_backlog
     from video_bridge.net.webrtc import SEND_BACKLOG_HIGH
     coturn = Coturn()
     watch, rate = 15.0, 16_000
 
     async def scenario():
-        uplink = SlowUplink(coturn.port, rate)
+        uplink = SlowUplink(coturn.port, rate, slow_connections=1)   # the first peer's
         port = await uplink.start()
         settings = ice.IceSettings(turn_urls=(f'turn:127.0.0.1:{port}?transport=tcp',),
                                    turn_secret=coturn.secret, host_addresses=('203.0.113.77',))
@@ -372,8 +373,11 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
                 turn = send_backlog._selected_transport(peer.sender).get_extra_info('socket')
                 lowat = turn.getsockopt(socket.IPPROTO_TCP, send_backlog._NOTSENT_LOWAT_OPTION)
                 assert lowat == send_backlog.TCP_NOTSENT_LOWAT, 'the kernel holds little unsent'
+                _, normal = await harness.connect('normal', ['h264'])
+                await wait_until(lambda: len(normal.frames) >= 1, 30, 'the normal peer playing')
                 loop = asyncio.get_running_loop()
                 start, frames, seen = loop.time(), len(viewer.frames), []
+                normal_frames = len(normal.frames)
 
                 def watched():
                     seen.append(peer.backlog.size())
@@ -390,6 +394,9 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
                         if at > first_at + watch / 2]
                 assert lags and max(lags) < 6.0, f'{max(lags):.1f} s behind'
                 assert peer.congestion_skips > 0
+                played = (len(normal.frames) - normal_frames) / watch
+                assert played >= 20, f'the normal peer: {played:.1f} fps'
+                assert harness.service.peers['normal'].congestion_skips == 0
             finally:
                 await harness.close()
                 await uplink.close()

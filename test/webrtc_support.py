@@ -131,13 +131,16 @@ class SlowUplink:
 
     It reads only as fast as the link would carry, into small buffers (its socket's receive
     buffer and a 1 KiB stream limit), so TCP's window closes and the client's own socket backs
-    up, as behind a real slow link. Runs on the test's event loop.
+    up, as behind a real slow link. Runs on the test's event loop. ``slow_connections``: only
+    that many connections (the first ones) are slowed; later ones pass at once.
     """
 
-    def __init__(self, target_port: int, rate: int):
+    def __init__(self, target_port: int, rate: int, slow_connections: int = 1 << 30):
         self.target_port = target_port
         self.rate = rate
-        self.carried = 0
+        self.slow_connections = slow_connections
+        self.connections = 0
+        self.carried = 0      # bytes the slowed connections carried up
         self._server = None
         self._tasks = set()
 
@@ -152,7 +155,9 @@ class SlowUplink:
     async def _relay(self, client_reader, client_writer):
         server_reader, server_writer = await asyncio.open_connection('127.0.0.1',
                                                                      self.target_port)
-        up = asyncio.ensure_future(self._pipe(client_reader, server_writer, self.rate))
+        self.connections += 1
+        rate = self.rate if self.connections <= self.slow_connections else None
+        up = asyncio.ensure_future(self._pipe(client_reader, server_writer, rate))
         down = asyncio.ensure_future(self._pipe(server_reader, client_writer, None))
         self._tasks.update((up, down))
         await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
