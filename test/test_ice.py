@@ -99,3 +99,34 @@ def test_turn_without_credentials_names_the_file_parameters():
     with pytest.raises(ValueError, match='turn_secret_file, or turn_username and '
                                          'turn_password_file'):
         ice.IceSettings(turn_urls=('turn:192.0.2.1:3478',), turn_username='car')
+
+BUNDLED_ANSWER = [
+    'v=0', 'a=group:BUNDLE 0 1',
+    'm=video 9 UDP/TLS/RTP/SAVPF 96', 'a=mid:0',
+    'a=candidate:1 1 udp 41885439 203.0.113.9 5000 typ relay raddr 0.0.0.0 rport 0',
+    'a=end-of-candidates', 'a=sendonly',
+    'm=application 9 UDP/DTLS/SCTP webrtc-datachannel', 'a=mid:1', 'a=sctp-port:5000',
+    '']
+
+
+def test_bundled_sections_get_the_first_sections_candidates():
+    # Browsers list a bundle's candidates under its first section only; aiortc reads them from
+    # the last one. Repeating them there is what lets an answer with candidates connect.
+    shared = ice.share_bundle_candidates('\r\n'.join(BUNDLED_ANSWER))
+    sections = shared.split('m=')
+    assert 'a=candidate:1 1 udp' in sections[2] and 'a=end-of-candidates' in sections[2]
+    assert sections[1] == 'm='.join('\r\n'.join(BUNDLED_ANSWER).split('m=')[1:2])
+    assert shared.endswith('a=end-of-candidates\r\n') and shared.count('\r\n\r\n') == 0
+    assert ice.share_bundle_candidates(shared) == shared          # already shared: as it is
+    unix = ice.share_bundle_candidates('\n'.join(BUNDLED_ANSWER))
+    assert unix == shared.replace('\r\n', '\n')
+
+
+@pytest.mark.parametrize('sdp', [
+    '\r\n'.join(BUNDLED_ANSWER[:1] + BUNDLED_ANSWER[2:]),                 # no BUNDLE group
+    '\r\n'.join(BUNDLED_ANSWER).replace('BUNDLE 0 1', 'BUNDLE 7 1'),       # no such first mid
+    '\r\n'.join(BUNDLED_ANSWER).replace('BUNDLE 0 1', 'BUNDLE 0'),         # nothing bundled
+    '\r\n'.join(BUNDLED_ANSWER).replace('a=mid:1', 'a=mid:2'),             # 2 is not bundled
+    'garbage', ''])
+def test_unbundled_or_odd_sdp_passes_unchanged(sdp):
+    assert ice.share_bundle_candidates(sdp) == sdp

@@ -5,6 +5,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -383,6 +384,9 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
                     seen.append(peer.backlog.size())
                     return loop.time() - start > watch
                 await wait_until(watched, watch + 5, f'{watch} s of video')
+                # max-bundle: each peer gathered once, so c1's allocation was the first (the
+                # slowed) connection and its only one
+                assert uplink.connections == 2, f'{uplink.connections} TURN connections'
                 assert uplink.carried > rate * watch * 0.7, 'the media went over the uplink'
                 assert max(seen + [peer.backlog.peak]) <= SEND_BACKLOG_HIGH + 16 * 1024, \
                     (max(seen), peer.backlog.peak)
@@ -426,6 +430,61 @@ def test_a_host_socket_not_offered_stays_only_for_its_server_reflexive_candidate
                 connection = peer.sender.transport.transport._connection
                 kept = [p.local_candidate for p in connection._protocols]
                 assert [(c.type, c.host) for c in kept] == [('host', '198.51.100.1')], kept
+            finally:
+                await harness.close()
+    try:
+        run(scenario())
+    finally:
+        coturn.stop()
+
+
+def _without_candidates(section: str) -> str:
+    return '\r\n'.join(line for line in section.split('\r\n')
+                       if not line.startswith('a=candidate:') and line != 'a=end-of-candidates')
+
+
+@pytest.mark.parametrize('shape', ['under the first section', 'trickled for the data section'])
+def test_relay_to_relay_finds_the_answers_candidates_wherever_the_page_puts_them(shape):
+    # Both ends only relay, so nothing reaches the bridge until it knows the page's relay
+    # candidate (its TURN server drops what it has no permission for). Video and data channel
+    # share one transport (max-bundle: one TURN allocation per peer), and a browser lists that
+    # transport's candidates once, under the first section, or trickles them naming any section.
+    coturn = Coturn()
+
+    async def scenario():
+        settings = ice.IceSettings(turn_urls=(coturn.url,), turn_secret=coturn.secret,
+                                   host_addresses=('203.0.113.77',))
+        with host_address(), Harness(settings, (encoders.H264,)) as harness:
+            try:
+                await harness.service.handle('c1', None, {'type': 'webrtc_start', 'id': 1,
+                                                          'stream': 'cam', 'codecs': ['h264']})
+                offer = harness.sent['c1'][-1]
+                username, credential = ice.rest_credential(coturn.secret, 'page', time.time(),
+                                                           600)
+                viewer = AiortcViewer([{'urls': [coturn.url], 'username': username,
+                                        'credential': credential}], relay=True)
+                harness.viewers.append(viewer)
+                head, first, second = (await viewer.answer(offer['sdp'])).split('m=')
+                candidates = [line[2:] for line in first.split('\r\n')
+                              if line.startswith('a=candidate:')]
+                assert candidates and all(' typ relay' in c for c in candidates), candidates
+                trickled = shape.startswith('trickled')
+                answer = 'm='.join([head, _without_candidates(first) if trickled else first,
+                                    _without_candidates(second)])
+                await harness.service.handle('c1', None, {'type': 'webrtc_answer', 'id': 2,
+                                                          'sdp': answer})
+                for candidate in candidates if trickled else ():
+                    await harness.service.handle('c1', None, {
+                        'type': 'webrtc_ice', 'candidate': candidate, 'sdpMid': '1',
+                        'sdpMLineIndex': 1})
+                assert not [m for m in harness.sent['c1'] if m['type'] == 'webrtc_error']
+                await wait_until(lambda: len(viewer.frames) >= 10, 20, '10 frames, relay to relay')
+                await viewer.channel_open.wait()
+                connection = harness.service.peers['c1'].sender.transport.transport._connection
+                assert connection._nominated[1].local_candidate.type == 'relay'
+                allocations = [line for line in coturn.output().splitlines()
+                               if 'ALLOCATE processed, success' in line and ':bridge-c1>' in line]
+                assert len(allocations) == 1, 'one allocation for video and data channel'
             finally:
                 await harness.close()
     try:

@@ -180,3 +180,43 @@ def filter_candidates(sdp: str, settings: IceSettings) -> str:
                 continue
         kept.append(line)
     return '\r\n'.join(kept)
+
+
+def share_bundle_candidates(sdp: str) -> str:
+    """
+    Repeat the candidates of an SDP's first BUNDLE section in its other bundled sections.
+
+    A bundle has one transport, and browsers list its candidates once, under the first section
+    (JSEP: under the BUNDLE-tag). aiortc with ``max-bundle`` takes the shared transport's remote
+    candidates from the last bundled section instead, so an answer that carries its candidates
+    (rather than trickling them) would connect through none of them. Sections that already
+    list candidates are left as they are.
+    """
+    newline = '\r\n' if '\r\n' in sdp else '\n'
+    lines = sdp.split(newline)
+    group = next((line.split()[1:] for line in lines if line.startswith('a=group:BUNDLE ')), [])
+    starts = [i for i, line in enumerate(lines) if line.startswith('m=')]
+    if len(group) < 2 or not starts:
+        return sdp
+    sections = [lines[start:end] for start, end in zip(starts, starts[1:] + [len(lines)])]
+    if sections[-1] and sections[-1][-1] == '':   # the terminating newline stays at the end
+        sections[-1] = sections[-1][:-1]
+        tail = ['']
+    else:
+        tail = []
+
+    def mid(section):
+        return next((line[len('a=mid:'):] for line in section if line.startswith('a=mid:')),
+                    None)
+
+    by_mid = {mid(section): section for section in sections}
+    first = by_mid.get(group[0])
+    if first is None:
+        return sdp
+    shared = [line for line in first
+              if line.startswith('a=candidate:') or line == 'a=end-of-candidates']
+    for section in sections:
+        if section is not first and mid(section) in group[1:] and \
+                not any(line.startswith('a=candidate:') for line in section):
+            section[:] = [line for line in section if line != 'a=end-of-candidates'] + shared
+    return newline.join(lines[:starts[0]] + [line for s in sections for line in s] + tail)

@@ -394,7 +394,8 @@ class WebRtcService:
                             f'{", ".join(wanted)[:100] or "none"}')
 
     async def _start(self, client_id: str, message: dict) -> dict:
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
+        from aiortc import (RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection,
+                            RTCRtpSender)
         # At most one start per MIN_START_INTERVAL per session; a newer one supersedes a
         # waiting one (the page only cares about its latest), so a flood costs one peer a second.
         turn = self._start_turn[client_id] = self._start_turn.get(client_id, 0) + 1
@@ -417,7 +418,11 @@ class WebRtcService:
         servers = [RTCIceServer(urls=list(s.urls), username=s.username or None,
                                 credential=s.credential or None)
                    for s in self.ice.servers(f'bridge-{client_id}', self.wall_clock())]
-        pc = peer.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
+        # max-bundle: video and the data channel share one ICE transport from the start, so a
+        # peer gathers once (one TURN allocation, one set of sockets), not once per m-line
+        # until the answer bundles them and drops the second.
+        pc = peer.pc = RTCPeerConnection(RTCConfiguration(
+            iceServers=servers or None, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         transceiver = pc.addTransceiver(_packet_track(peer), direction='sendonly')
         peer.sender = transceiver.sender
         peer.backlog = SendBacklog(peer.sender, SEND_BACKLOG_HIGH, SEND_BACKLOG_LOW)
@@ -507,7 +512,8 @@ class WebRtcService:
             raise _signal_error('bad_message', "'sdp' must be an SDP answer")
         if peer.pc.signalingState != 'have-local-offer':
             raise _signal_error('bad_state', 'no offer is waiting for an answer')
-        await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type='answer'))
+        await peer.pc.setRemoteDescription(RTCSessionDescription(
+            sdp=ice.share_bundle_candidates(sdp), type='answer'))
         return None
 
     async def _candidate(self, client_id: str, message: dict):
@@ -523,9 +529,9 @@ class WebRtcService:
                                         if candidate.startswith('candidate:') else candidate)
         except (ValueError, IndexError):
             raise _signal_error('bad_message', 'not an ICE candidate') from None
-        parsed.sdpMid = message.get('sdpMid') if isinstance(message.get('sdpMid'), str) else None
-        index = message.get('sdpMLineIndex')
-        parsed.sdpMLineIndex = index if isinstance(index, int) and 0 <= index < 8 else 0
+        # max-bundle: every section shares the first one's transport, so that is where any
+        # candidate goes, whichever section the page named
+        parsed.sdpMid, parsed.sdpMLineIndex = peer.pc.getTransceivers()[0].mid, 0
         await peer.pc.addIceCandidate(parsed)
         return None
 
