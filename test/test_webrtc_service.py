@@ -84,6 +84,19 @@ def run(coroutine):
     asyncio.run(asyncio.wait_for(coroutine, 60))
 
 
+def run_then_stop(coturn, coroutine):
+    """Run a scenario that uses ``coturn``, and stop the server however the scenario ends."""
+    try:
+        run(coroutine)
+    finally:
+        coturn.stop()
+
+
+def ice_connection(peer):
+    """The aioice connection under a bridge peer's (bundled) transport."""
+    return peer.sender.transport.transport._connection
+
+
 def test_video_and_data_channel_through_signalling():
     async def scenario():
         with host_address(), Harness() as harness:
@@ -367,7 +380,7 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
                 _, viewer = await harness.connect('c1', ['h264'])
                 peer = harness.service.peers['c1']
                 await wait_until(lambda: len(viewer.frames) >= 1, 30, 'a first frame')
-                connection = peer.sender.transport.transport._connection
+                connection = ice_connection(peer)
                 assert connection._nominated[1].local_candidate.type == 'relay'
                 assert all(p.local_candidate.type != 'host' for p in connection._protocols), \
                     'no socket on an address not offered (it would send checks and media)'
@@ -404,10 +417,7 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
             finally:
                 await harness.close()
                 await uplink.close()
-    try:
-        run(scenario())
-    finally:
-        coturn.stop()
+    run_then_stop(coturn, scenario())
 
 
 def test_a_host_socket_not_offered_stays_only_for_its_server_reflexive_candidate():
@@ -427,15 +437,12 @@ def test_a_host_socket_not_offered_stays_only_for_its_server_reflexive_candidate
                 assert candidates and set(candidates) == {'srflx'}, candidates
                 await wait_until(lambda: len(viewer.frames) >= 10, 20, '10 frames')
                 peer = harness.service.peers['c1']
-                connection = peer.sender.transport.transport._connection
+                connection = ice_connection(peer)
                 kept = [p.local_candidate for p in connection._protocols]
                 assert [(c.type, c.host) for c in kept] == [('host', '198.51.100.1')], kept
             finally:
                 await harness.close()
-    try:
-        run(scenario())
-    finally:
-        coturn.stop()
+    run_then_stop(coturn, scenario())
 
 
 def _without_candidates(section: str) -> str:
@@ -480,14 +487,11 @@ def test_relay_to_relay_finds_the_answers_candidates_wherever_the_page_puts_them
                 assert not [m for m in harness.sent['c1'] if m['type'] == 'webrtc_error']
                 await wait_until(lambda: len(viewer.frames) >= 10, 20, '10 frames, relay to relay')
                 await viewer.channel_open.wait()
-                connection = harness.service.peers['c1'].sender.transport.transport._connection
+                connection = ice_connection(harness.service.peers['c1'])
                 assert connection._nominated[1].local_candidate.type == 'relay'
                 allocations = [line for line in coturn.output().splitlines()
                                if 'ALLOCATE processed, success' in line and ':bridge-c1>' in line]
                 assert len(allocations) == 1, 'one allocation for video and data channel'
             finally:
                 await harness.close()
-    try:
-        run(scenario())
-    finally:
-        coturn.stop()
+    run_then_stop(coturn, scenario())
