@@ -443,6 +443,7 @@ class Viewer(threading.Thread):
         self.source = source
         self.frames: List[Tuple[float, int, float]] = []
         self.error: Optional[BaseException] = None
+        self.started = self.failed = None  # monotonic times, to tell a deadline from a refusal
         self._stop_event = threading.Event()
 
     def run(self):
@@ -454,6 +455,7 @@ class Viewer(threading.Thread):
             kwargs['ssl'] = self.ssl_context
         if self.source:
             kwargs['source_address'] = (self.source, 0)
+        self.started = time.monotonic()
         try:
             with ws_connect(self.url, **kwargs) as ws:
                 while not self._stop_event.is_set() and time.monotonic() < deadline:
@@ -465,6 +467,7 @@ class Viewer(threading.Thread):
                     self.frames.append((time.monotonic(), header.seq,
                                         header.stamp_sec + header.stamp_nanosec * 1e-9))
         except BaseException as exc:  # reported by the test, not swallowed
+            self.failed = time.monotonic()
             self.error = exc
 
     def stop(self):
