@@ -199,6 +199,15 @@ def ros():
 
 
 @pytest.fixture
+def coturn():
+    """A real coturn on 127.0.0.1 for one test, stopped however the test ends."""
+    from webrtc_support import Coturn
+    server = Coturn()   # set up before a bridge fixture, so it is stopped after it
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def launch_node():
     """Start package executables for one test and stop them (cleanly) afterwards."""
     require_isolated_ros()

@@ -14,7 +14,7 @@ import time
 from conftest import camera_node, CHROMIUM, chromium, wait_for, WEBRTC_CHROMIUM_ARGS
 import pytest
 from test_web_page import CmdVel, HOLD_FRAMES
-from webrtc_support import Coturn, host_address, HOST_ADDRESS
+from webrtc_support import host_address, HOST_ADDRESS
 
 playwright_api = pytest.importorskip('playwright.sync_api')
 pytest.importorskip('aiortc')
@@ -192,13 +192,6 @@ def test_second_and_third_viewer_add_no_encoder(start_bridge, camera, cmd_vel, p
     assert doc['streams'][0]['video_encoders'] == encoders, 'more peers, same encoders'
     for page in [first] + others:   # each still decodes (three decoders share two cores)
         assert decode_rate(page, 2.0) > 5
-
-
-@pytest.fixture
-def coturn():
-    server = Coturn()   # set up before the bridge, so it is stopped after it
-    yield server
-    server.stop()
 
 
 def test_relay_through_coturn_plays_and_drives(coturn, start_bridge, camera, cmd_vel, pages):

@@ -12,7 +12,7 @@ import pytest
 from test_encoders import raw
 from video_bridge.core import encoders, ice
 from video_bridge.core.streams import SourceImage, StreamHub, StreamSettings
-from webrtc_support import AiortcViewer, Coturn, host_address, SlowUplink, wait_until
+from webrtc_support import AiortcViewer, host_address, SlowUplink, wait_until
 
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
 
@@ -82,14 +82,6 @@ class Harness:
 
 def run(coroutine):
     asyncio.run(asyncio.wait_for(coroutine, 60))
-
-
-def run_then_stop(coturn, coroutine):
-    """Run a scenario that uses ``coturn``, and stop the server however the scenario ends."""
-    try:
-        run(coroutine)
-    finally:
-        coturn.stop()
 
 
 def ice_connection(peer):
@@ -357,7 +349,7 @@ def noise(index):
                        received_time=2000.0 + index / 30)
 
 
-def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
+def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog(coturn):
     # The robot reaches its viewer only through TURN over TCP, on an uplink (SlowUplink,
     # 128 kbit/s) slower than even the lowest layer (300 kbit/s). asyncio queues what the socket
     # will not take, without limit, and aioice ignores its pause signal: the picture would fall
@@ -367,7 +359,6 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
     # A second peer, whose link to the relay is fast, keeps its full frame rate meanwhile.
     from video_bridge.net import send_backlog
     from video_bridge.net.webrtc import SEND_BACKLOG_HIGH
-    coturn = Coturn()
     watch, rate = 15.0, 16_000
 
     async def scenario():
@@ -417,14 +408,13 @@ def test_an_uplink_slower_than_its_video_gets_keyframes_not_a_growing_backlog():
             finally:
                 await harness.close()
                 await uplink.close()
-    run_then_stop(coturn, scenario())
+    run(scenario())
 
 
-def test_a_host_socket_not_offered_stays_only_for_its_server_reflexive_candidate():
+def test_a_host_socket_not_offered_stays_only_for_its_server_reflexive_candidate(coturn):
     # webrtc_host_addresses allows no local address, but STUN (a real coturn) maps the host
     # socket to a server-reflexive candidate, which is kept: its socket (its base) stays open
     # and carries the media, while the host candidate itself is never offered.
-    coturn = Coturn()
 
     async def scenario():
         settings = ice.IceSettings(stun_urls=(f'stun:127.0.0.1:{coturn.port}',),
@@ -442,7 +432,7 @@ def test_a_host_socket_not_offered_stays_only_for_its_server_reflexive_candidate
                 assert [(c.type, c.host) for c in kept] == [('host', '198.51.100.1')], kept
             finally:
                 await harness.close()
-    run_then_stop(coturn, scenario())
+    run(scenario())
 
 
 def _without_candidates(section: str) -> str:
@@ -451,12 +441,11 @@ def _without_candidates(section: str) -> str:
 
 
 @pytest.mark.parametrize('shape', ['under the first section', 'trickled for the data section'])
-def test_relay_to_relay_finds_the_answers_candidates_wherever_the_page_puts_them(shape):
+def test_relay_to_relay_finds_the_answers_candidates_wherever_the_page_puts_them(shape, coturn):
     # Both ends only relay, so nothing reaches the bridge until it knows the page's relay
     # candidate (its TURN server drops what it has no permission for). Video and data channel
     # share one transport (max-bundle: one TURN allocation per peer), and a browser lists that
     # transport's candidates once, under the first section, or trickles them naming any section.
-    coturn = Coturn()
 
     async def scenario():
         settings = ice.IceSettings(turn_urls=(coturn.url,), turn_secret=coturn.secret,
@@ -494,4 +483,4 @@ def test_relay_to_relay_finds_the_answers_candidates_wherever_the_page_puts_them
                 assert len(allocations) == 1, 'one allocation for video and data channel'
             finally:
                 await harness.close()
-    run_then_stop(coturn, scenario())
+    run(scenario())
