@@ -53,7 +53,7 @@ class Harness:
             self.stream.publish(self.picture(index))
             index += 1
 
-    async def connect(self, client_id, codecs=None, viewer=None):
+    async def connect(self, client_id, codecs=None, viewer=None, edit_answer=None):
         message = {'type': 'webrtc_start', 'id': 1, 'stream': 'cam'}
         if codecs is not None:
             message['codecs'] = codecs
@@ -63,6 +63,8 @@ class Harness:
         viewer = viewer or AiortcViewer()
         self.viewers.append(viewer)
         answer = await viewer.answer(offer['sdp'])
+        if edit_answer is not None:
+            answer = edit_answer(answer)
         await self.service.handle(client_id, None, {'type': 'webrtc_answer', 'id': 2,
                                                     'sdp': answer})
         return offer, viewer
@@ -338,6 +340,49 @@ def test_a_start_flood_costs_one_peer_a_second_and_the_newest_wins():
                 assert harness.service.offers == 2 and harness.service.counters()['peers'] == 1
             finally:
                 await harness.service.stop()
+    run(scenario())
+
+
+def test_a_candidate_flood_is_capped_and_no_viewer_notices():
+    # A hostile session trickles 1000 distinct candidates (the control socket would let 50 a
+    # second through). Each one aioice keeps costs a check pair per local candidate for the
+    # peer's life (and an mDNS query for a .local name): the bridge takes 64 and refuses the
+    # rest, while that peer and a normal viewer's peer keep playing at full rate.
+    from video_bridge.net.webrtc import MAX_TRICKLED_CANDIDATES
+    flood = 1000
+
+    async def scenario():
+        with host_address(), Harness() as harness:
+            try:
+                _, normal = await harness.connect('c1', ['h264'])
+                # without end-of-candidates, as a trickling client answers: aiortc takes more
+                _, hostile = await harness.connect('c2', ['h264'], edit_answer=lambda sdp: (
+                    sdp.replace('a=end-of-candidates\r\n', '')))
+                await wait_until(lambda: len(normal.frames) >= 10 and len(hostile.frames) >= 10,
+                                 20, 'both viewers to play')
+                connection = ice_connection(harness.service.peers['c2'])
+                known = len(connection._remote_candidates)
+                loop = asyncio.get_running_loop()
+                before, started = len(normal.frames), loop.time()
+                for i in range(flood):   # distinct ports on an address this test put on lo
+                    await harness.service.handle('c2', None, {
+                        'type': 'webrtc_ice', 'sdpMid': '0', 'sdpMLineIndex': 0,
+                        'candidate': f'candidate:{i} 1 udp 2122260223 198.51.100.1 '
+                                     f'{20000 + i} typ host'})
+                errors = [m['code'] for m in harness.sent['c2'] if m['type'] == 'webrtc_error']
+                assert errors == ['too_many_candidates'] * (flood - MAX_TRICKLED_CANDIDATES)
+                assert len(connection._remote_candidates) == known + MAX_TRICKLED_CANDIDATES
+                assert len(connection._check_list) <= (
+                    (known + MAX_TRICKLED_CANDIDATES) * len(connection._protocols))
+                await wait_until(lambda: len(normal.frames) >= before + 60, 10, '60 more frames')
+                fps = (len(normal.frames) - before) / (loop.time() - started)
+                assert fps >= 20, f'the normal viewer got {fps:.1f} fps during the flood'
+                shown = len(hostile.frames)
+                await wait_until(lambda: len(hostile.frames) >= shown + 10, 10,
+                                 'the flooding session to play on')
+                assert set(harness.service.peers) == {'c1', 'c2'}
+            finally:
+                await harness.close()
     run(scenario())
 
 

@@ -45,6 +45,9 @@ from video_bridge.net.send_backlog import SendBacklog
 MAX_QUEUE = 12            # units waiting for aiortc before the peer restarts at a keyframe
 MAX_SDP = 16384
 MAX_CANDIDATE = 512
+# A browser trickles a few dozen at most (host, server-reflexive and relay, per interface);
+# each one costs a check pair per local candidate, kept for the peer's life.
+MAX_TRICKLED_CANDIDATES = 64
 CHANNEL_LABEL = protocol.DATA_CHANNEL_LABEL
 CHANNEL_TYPES = protocol.DATA_CHANNEL_COMMANDS
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
@@ -93,6 +96,7 @@ class Peer:
         now = service.clock()
         self.chooser = LayerChooser(stream.settings.video_bitrates, now, service.config.policy)
         self.viewers: Dict[int, object] = {}
+        self.trickled = 0                   # remote candidates taken from webrtc_ice
         self.queue = []
         self.need_keyframe = True
         self.wake = asyncio.Event()
@@ -524,6 +528,9 @@ class WebRtcService:
             return None               # end of candidates: aiortc needs no marker
         if not isinstance(candidate, str) or len(candidate) > MAX_CANDIDATE:
             raise _signal_error('bad_message', "'candidate' must be an ICE candidate line")
+        if peer.trickled >= MAX_TRICKLED_CANDIDATES:
+            raise _signal_error('too_many_candidates', f'at most {MAX_TRICKLED_CANDIDATES} '
+                                'trickled candidates per WebRTC session')
         try:
             parsed = candidate_from_sdp(candidate.split(':', 1)[1]
                                         if candidate.startswith('candidate:') else candidate)
@@ -533,6 +540,7 @@ class WebRtcService:
         # candidate goes, whichever section the page named
         parsed.sdpMid, parsed.sdpMLineIndex = peer.pc.getTransceivers()[0].mid, 0
         await peer.pc.addIceCandidate(parsed)
+        peer.trickled += 1
         return None
 
     def _peer(self, client_id: str) -> Peer:
