@@ -189,10 +189,12 @@ def test_topic_info_shows_a_reliable_camera_and_a_best_effort_bridge(ros, launch
             def both_listed():
                 text = ros2('topic', 'info', '-v', '--no-daemon', '--spin-time', '3',
                             '/camera/image_raw', check=False)  # 'Unknown' until discovered
-                # the endpoint can be listed before its node's name is known
-                known = 'Subscription count: 1' in text and '_NODE_NAME_UNKNOWN_' not in text
+                # either endpoint can be discovered first, and listed before its node's name
+                known = ('Publisher count: 1' in text and 'Subscription count: 1' in text
+                         and '_NODE_NAME_UNKNOWN_' not in text)
                 return text if known else None
-            return await asyncio.to_thread(wait_for, both_listed, 60, 'the bridge subscriber')
+            return await asyncio.to_thread(wait_for, both_listed, 60,
+                                           'the camera publisher and the bridge subscriber')
     info = asyncio.run(while_watching())
     publisher, subscriber = info.split('Subscription count')
     assert 'Node name: camera_node' in publisher
