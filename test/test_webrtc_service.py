@@ -563,3 +563,40 @@ def test_an_aiortc_task_failure_is_logged_once_per_kind_and_no_traceback(monkeyp
     assert len(lines) == 1 and 'AssertionError' in lines[0], lines
     assert not [r for r in caplog.records if 'never retrieved' in r.getMessage()
                 or r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+def test_a_session_that_ends_takes_its_peer_along_even_one_still_being_made():
+    # Issue 16 row 1 from the inside: the control session ends (disconnect) before its start
+    # ran, and while its peer is still gathering (a TURN server that never answers keeps
+    # gathering going for seconds). Neither leaves a peer or a viewer slot behind, and the
+    # second is closed at once, not when gathering gives up.
+    from conftest import free_port
+    from video_bridge.net.webrtc import GATHER_TIMEOUT
+    start = {'type': 'webrtc_start', 'id': 1, 'stream': 'cam', 'codecs': ['h264']}
+    silent = free_port()   # nothing listens there
+
+    async def scenario():
+        settings = ice.IceSettings(turn_urls=(f'turn:127.0.0.1:{silent}?transport=udp',),
+                                   turn_secret='s', host_addresses=('198.51.100.1',))
+        with host_address(), Harness(settings) as harness:
+            service = harness.service
+            try:
+                early = asyncio.ensure_future(service.handle('a', None, start))
+                service.disconnect('a')             # in the same loop turn: before it ran
+                await early
+                assert not service.peers and harness.stream.counters().viewers == 0
+                making = asyncio.ensure_future(service.handle('b', None, start))
+                await wait_until(lambda: 'b' in service.peers, 5, 'the peer being made')
+                loop = asyncio.get_running_loop()
+                ended = loop.time()
+                service.disconnect('b')
+                await wait_until(lambda: not service.peers
+                                 and harness.stream.counters().viewers == 0, 3,
+                                 'the peer closed with its session')
+                assert loop.time() - ended < GATHER_TIMEOUT / 2, 'not by the gather timeout'
+                await asyncio.wait_for(making, GATHER_TIMEOUT + 5)   # it ends, offering nothing
+                assert not service.peers and service.offers == 0
+                assert not [m for m in harness.sent.get('b', []) if m['type'] == 'webrtc_offer']
+            finally:
+                await harness.close()
+    run(scenario())

@@ -6,6 +6,11 @@ A thin adapter over aiortc (ICE, DTLS, SRTP, RTP, SCTP are its job). What is our
 * **Signalling** rides the authenticated ``/control`` session (``webrtc_*`` messages, see
   ``docs/protocol.md``): the page asks with ``webrtc_start``, the bridge offers (so it picks the
   codec and creates the data channel), the page answers, ICE candidates may trickle either way.
+  A peer lives only while its control session does, and must be connected within
+  ``connect_timeout`` of its offer. The page's candidates are checked
+  (:mod:`video_bridge.core.ice`) before aioice may send to them; the library's error texts
+  stay in the log, throttled, and exceptions of aiortc's own tasks are caught through the
+  loop's exception handler.
 * **Video**: the peer's track hands aiortc units that the hub encoded once per stream, codec
   and layer (:mod:`video_bridge.core.streams`), already cut into RTP payloads once for all
   peers (:mod:`video_bridge.net.rtp_packing`). A 2nd or 10th peer adds no encoder. The pure
@@ -431,13 +436,16 @@ class WebRtcService:
         code = getattr(coro, 'cr_code', None)
         if code is not None:
             files.append(code.co_filename)
-        files += [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
+        frames = traceback.extract_tb(exc.__traceback__)
+        files += [frame.filename for frame in frames]
         if not any(f.startswith(self._library_dirs) for f in files):
             return False
         where = getattr(code, 'co_qualname', None) or getattr(coro, '__qualname__', '?')
+        raised = f'{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}' if frames \
+            else '?'
         self.library_task_errors += 1
         self._quiet.warning(f'task:{where}:{type(exc).__name__}',
-                            'webrtc: an aiortc task (%s) failed: %s: %s', where,
+                            'webrtc: an aiortc task (%s) failed at %s: %s: %s', where, raised,
                             type(exc).__name__, str(exc)[:200])
         return True
 
