@@ -130,3 +130,84 @@ def test_bundled_sections_get_the_first_sections_candidates():
     'garbage', ''])
 def test_unbundled_or_odd_sdp_passes_unchanged(sdp):
     assert ice.share_bundle_candidates(sdp) == sdp
+
+
+OFFERED = ('198.51.100.1', '203.0.113.9')
+
+
+@pytest.mark.parametrize('host,port,transport,why', [
+    ('robot-3f2a.local', 5000, 'udp', 'mDNS'),
+    ('turn.example.org', 5000, 'udp', 'names'),
+    ('127.0.0.1', 5000, 'udp', 'loopback'),
+    ('::1', 5000, 'udp', 'loopback'),
+    ('169.254.7.7', 5000, 'udp', 'link-local'),
+    ('fe80::1', 5000, 'udp', 'link-local'),
+    ('224.0.0.251', 5353, 'udp', 'unicast'),
+    ('ff02::fb', 5353, 'udp', 'unicast'),
+    ('255.255.255.255', 5000, 'udp', 'unicast'),
+    ('0.0.0.0', 5000, 'udp', 'unicast'),
+    ('240.0.0.1', 5000, 'udp', 'unicast'),
+    ('::ffff:192.0.2.1', 5000, 'udp', 'IPv4-mapped'),
+    ('2001:db8::1', 5000, 'udp', 'IPv6'),
+    ('192.0.2.1', 0, 'udp', 'port'),
+    ('192.0.2.1', 9, 'tcp', 'UDP'),
+])
+def test_remote_candidates_the_bridge_would_not_reach_are_refused(host, port, transport, why):
+    problem = ice.remote_candidate_problem(host, port, transport, OFFERED)
+    assert problem is not None and why in problem, problem
+
+
+@pytest.mark.parametrize('host,offered', [
+    ('192.0.2.1', OFFERED), ('10.1.2.3', OFFERED), ('100.64.0.9', OFFERED),
+    ('127.0.0.1', ('127.0.0.1',)), ('169.254.7.7', ('169.254.1.1',)),
+    ('2001:db8::1', OFFERED + ('2001:db8::2',)),
+])
+def test_remote_candidates_on_reachable_unicast_addresses_are_taken(host, offered):
+    assert ice.remote_candidate_problem(host, 40000, 'UDP', offered) is None
+
+
+OFFER = ('v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n'
+         'm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n'
+         'a=candidate:1 1 udp 2130706431 198.51.100.1 40000 typ host\r\n'
+         'a=candidate:2 1 udp 1694498815 203.0.113.9 40001 typ srflx raddr 198.51.100.1 '
+         'rport 40000\r\n'
+         'm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n')
+
+
+def test_offered_addresses_are_those_of_the_offers_candidates():
+    assert ice.offered_addresses(OFFER) == OFFERED
+
+
+ANSWER = ('v=0\r\no=- 2 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n'
+          'a=fingerprint:sha-256 AA:BB\r\n'
+          'm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=ice-ufrag:abcd\r\n'
+          'a=ice-pwd:0123456789abcdef012345\r\n'
+          'a=candidate:1 1 udp 2130706431 192.0.2.7 50000 typ host\r\n'
+          'a=candidate:2 1 udp 2130706431 robot.local 50001 typ host\r\n'
+          'a=candidate:3 1 udp 2130706431 127.0.0.1 50002 typ host\r\n'
+          'a=candidate:4 1 udp\r\n'
+          'm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n'
+          'a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef012345\r\n'
+          'a=candidate:1 1 udp 2130706431 192.0.2.7 50000 typ host\r\n')
+
+
+def test_an_answers_candidates_pass_the_same_checks():
+    sdp, refused, count = ice.filter_remote_candidates(ANSWER, OFFERED)
+    kept = [line for line in sdp.split('\r\n') if line.startswith('a=candidate:')]
+    assert kept == ['a=candidate:1 1 udp 2130706431 192.0.2.7 50000 typ host'] * 2
+    assert count == 1, 'one transport address, listed under both sections'
+    assert len(refused) == 3 and 'mDNS' in refused[0] and 'loopback' in refused[1]
+    assert 'a=mid:1' in sdp and sdp.count('a=ice-pwd:') == 2, 'the rest is untouched'
+
+
+def test_an_incomplete_answer_is_named():
+    assert ice.answer_problem(ANSWER) is None
+    assert 'fingerprint' in ice.answer_problem(ANSWER.replace('a=fingerprint:sha-256 AA:BB\r\n',
+                                                              ''))
+    assert 'fingerprint' in ice.answer_problem(ANSWER.replace('sha-256', 'md5'))
+    assert 'ice-pwd' in ice.answer_problem(ANSWER.replace('a=ice-pwd:', 'a=x-pwd:'))
+    assert 'ice-ufrag' in ice.answer_problem(ANSWER.replace('a=ice-ufrag:', 'a=x-ufrag:'))
+    assert 'no media' in ice.answer_problem('v=0\r\n')
+    rejected = ANSWER.replace('m=application 9', 'm=application 0').split(
+        'm=application')[0] + 'm=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\n'
+    assert ice.answer_problem(rejected) is None, 'a rejected section needs nothing'

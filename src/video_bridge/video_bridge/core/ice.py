@@ -220,3 +220,119 @@ def share_bundle_candidates(sdp: str) -> str:
                 not any(line.startswith('a=candidate:') for line in section):
             section[:] = [line for line in section if line != 'a=end-of-candidates'] + shared
     return newline.join(lines[:starts[0]] + [line for s in sections for line in s] + tail)
+
+
+# -- what a page may make the bridge do --------------------------------------------------------
+
+# The digests aiortc checks a DTLS certificate against (RFC 8122 names)
+FINGERPRINT_ALGORITHMS = ('sha-256', 'sha-384', 'sha-512')
+
+
+def answer_problem(sdp: str):
+    """
+    Say what an SDP answer lacks for the bridge to connect it, or None if it is complete.
+
+    Every media section needs ICE credentials and a DTLS fingerprint the bridge can check (in
+    the section or at session level). aiortc takes an answer without them and fails later in
+    a task of its own, where nobody hears of it; the page gets told now instead.
+    """
+    lines = sdp.replace('\r\n', '\n').split('\n')
+    starts = [i for i, line in enumerate(lines) if line.startswith('m=')]
+    if not starts:
+        return 'it has no media section'
+    session = lines[:starts[0]]
+    sections = [lines[start:end] for start, end in zip(starts, starts[1:] + [len(lines)])]
+    needs = (('a=ice-ufrag:', 'an ICE user fragment (a=ice-ufrag)'),
+             ('a=ice-pwd:', 'an ICE password (a=ice-pwd)'))
+    for section in sections:
+        if section[0].split(' ', 2)[1:2] == ['0']:
+            continue   # a rejected section (port 0) carries nothing
+        for prefix, what in needs:
+            if not any(line.startswith(prefix) for line in session + section):
+                return f'a media section has no {what}'
+        fingerprints = [line[len('a=fingerprint:'):].split(' ', 1)[0].lower()
+                        for line in session + section if line.startswith('a=fingerprint:')]
+        if not any(name in FINGERPRINT_ALGORITHMS for name in fingerprints):
+            return ('a media section has no DTLS fingerprint (a=fingerprint: with '
+                    f'{", ".join(FINGERPRINT_ALGORITHMS)})')
+    return None
+
+
+def offered_addresses(sdp: str) -> Tuple[str, ...]:
+    """Return the addresses of the ``a=candidate`` lines of an SDP (the bridge's offer)."""
+    addresses = []
+    for line in sdp.replace('\r\n', '\n').split('\n'):
+        fields = line.split()
+        if line.startswith('a=candidate:') and len(fields) > 5 and fields[4] not in addresses:
+            addresses.append(fields[4])
+    return tuple(addresses)
+
+
+def remote_candidate_problem(host: str, port: int, transport: str,
+                             offered: Iterable[str]):
+    """
+    Say why the bridge will not send to a page's candidate, or None if it may.
+
+    A remote candidate makes the bridge send STUN checks to its address. Only addresses a
+    peer can really have on the other end of the bridge's own candidates (``offered``) are
+    taken: a unicast IP address (never a name: aioice would resolve it, ``.local`` through
+    mDNS), of a family the bridge offered, on loopback or link-local only if the bridge
+    offered such an address itself, over UDP (all aioice checks).
+    """
+    if transport.lower() != 'udp':
+        return 'only UDP candidates are used'
+    if not 0 < port < 65536:
+        return f'port {port} is not a port to send to'
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if host.lower().rstrip('.').endswith('.local'):
+            return 'mDNS names (.local) are not resolved; the page is found by its checks'
+        return 'names are not resolved; a candidate needs an IP address'
+    mine = []
+    for address in offered:
+        try:
+            mine.append(ipaddress.ip_address(address.split('%')[0]))
+        except ValueError:
+            continue
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return 'IPv4-mapped IPv6 addresses are not used'
+    if ip.is_loopback:
+        if not any(m.is_loopback for m in mine):
+            return 'loopback: the bridge offered no loopback address'
+    elif ip.is_link_local:
+        if not any(m.is_link_local and m.version == ip.version for m in mine):
+            return 'link-local: the bridge offered no link-local address'
+    elif ip.is_unspecified or ip.is_multicast or ip.is_reserved or \
+            ip == ipaddress.IPv4Address('255.255.255.255'):
+        return 'not a unicast address'
+    if not any(m.version == ip.version for m in mine):
+        return f'the bridge offered no IPv{ip.version} candidate'
+    return None
+
+
+def filter_remote_candidates(sdp: str, offered: Iterable[str]) -> Tuple[str, List[str], int]:
+    """
+    Drop the candidates of a page's SDP the bridge will not send to.
+
+    Return the SDP, why each dropped line was dropped, and how many distinct transport
+    addresses the kept lines name (a browser may list one under every bundled section).
+    """
+    offered = tuple(offered)
+    newline = '\r\n' if '\r\n' in sdp else '\n'
+    kept, refused, addresses = [], [], set()
+    for line in sdp.split(newline):
+        if line.startswith('a=candidate:'):
+            fields = line.split()
+            try:
+                host, port, transport = fields[4], int(fields[5]), fields[2]
+            except (IndexError, ValueError):
+                refused.append('not an ICE candidate')
+                continue
+            problem = remote_candidate_problem(host, port, transport, offered)
+            if problem is not None:
+                refused.append(f'{host}: {problem}')
+                continue
+            addresses.add((host, port))
+        kept.append(line)
+    return newline.join(kept), refused, len(addresses)

@@ -6,6 +6,11 @@ A thin adapter over aiortc (ICE, DTLS, SRTP, RTP, SCTP are its job). What is our
 * **Signalling** rides the authenticated ``/control`` session (``webrtc_*`` messages, see
   ``docs/protocol.md``): the page asks with ``webrtc_start``, the bridge offers (so it picks the
   codec and creates the data channel), the page answers, ICE candidates may trickle either way.
+  A peer lives only while its control session does, and must be connected within
+  ``connect_timeout`` of its offer. The page's candidates are checked
+  (:mod:`video_bridge.core.ice`) before aioice may send to them; the library's error texts
+  stay in the log, throttled, and exceptions of aiortc's own tasks are caught through the
+  loop's exception handler.
 * **Video**: the peer's track hands aiortc units that the hub encoded once per stream, codec
   and layer (:mod:`video_bridge.core.streams`), already cut into RTP payloads once for all
   peers (:mod:`video_bridge.net.rtp_packing`). A 2nd or 10th peer adds no encoder. The pure
@@ -33,7 +38,9 @@ import fractions
 import itertools
 import json
 import logging
+import os
 import time
+import traceback
 from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
@@ -52,6 +59,11 @@ CHANNEL_LABEL = protocol.DATA_CHANNEL_LABEL
 CHANNEL_TYPES = protocol.DATA_CHANNEL_COMMANDS
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
 GATHER_TIMEOUT = 10.0
+# s from the offer to connected (ICE and DTLS done) before a peer is closed and its slot freed:
+# an offer never answered, or a peer that finishes ICE and never starts DTLS, holds nothing
+# longer. Through two TURN relays a browser connects in 1-3 s.
+CONNECT_TIMEOUT = 15.0
+LOG_PERIOD = 5.0          # s: a failure of one kind is logged at most once per period
 MIN_START_INTERVAL = 1.0  # s between webrtc_start of one session: each one costs a peer and ICE
 CLOSE_TIMEOUT = 2.0
 # s between `frame` messages on a peer's data channel (plus one on every keyframe): the page
@@ -74,6 +86,66 @@ class WebRtcConfig:
     max_peers: int = 20
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
     policy: LayerPolicy = field(default_factory=LayerPolicy)
+    connect_timeout: float = CONNECT_TIMEOUT
+
+
+class _LogThrottle:
+    """
+    Log a warning of one kind at most once per period, with how many were held back.
+
+    What a client can provoke at will (a failing SDP, a library task's exception) must not
+    become a log flood. Kinds are few (message kind and exception type); the table is bounded
+    anyway.
+    """
+
+    MAX_KINDS = 256
+
+    def __init__(self, log, clock: Callable[[], float], period: float = LOG_PERIOD):
+        self.log = log
+        self.clock = clock
+        self.period = period
+        self._kinds: Dict[str, list] = {}   # kind -> [last logged at, held back since]
+
+    def warning(self, kind: str, message: str, *args) -> bool:
+        now = self.clock()
+        entry = self._kinds.get(kind)
+        if entry is not None and now - entry[0] < self.period:
+            entry[1] += 1
+            return False
+        held = entry[1] if entry is not None else 0
+        if entry is None and len(self._kinds) >= self.MAX_KINDS:
+            self._kinds.clear()
+        self._kinds[kind] = [now, 0]
+        if held:
+            message += ' (%d more like it in the last %g s)'
+            args += (held, self.period)
+        self.log.warning(message, *args)
+        return True
+
+
+class _SessionSignalling:
+    """
+    The WebRTC side of one control session; it exists exactly while the session does.
+
+    Made when the session sends its first ``webrtc_*`` message (the control service only hands
+    over messages of live sessions) and dropped by :meth:`WebRtcService.disconnect`. A start
+    that awaits (rate limit, the old peer's close, ICE gathering) looks at it again after each
+    await: a session that is ``gone``, or a newer start or stop (``turn``), ends it.
+    """
+
+    def __init__(self, client_id: str):
+        self.client_id = client_id
+        self.gone = False
+        self.turn = 0                       # bumped by every start and stop
+        self.last_start: Optional[float] = None
+
+
+# What a page is told when the library refuses its message (the library's words stay in the log)
+FAILED_MESSAGES = {
+    'webrtc_start': 'the bridge could not make a WebRTC offer',
+    'webrtc_answer': 'the bridge could not use this SDP answer; the peer is closed',
+    'webrtc_ice': 'the bridge could not use this ICE candidate; the peer is closed',
+}
 
 
 def _signal_error(code: str, message: str) -> protocol.ProtocolError:
@@ -96,7 +168,10 @@ class Peer:
         now = service.clock()
         self.chooser = LayerChooser(stream.settings.video_bitrates, now, service.config.policy)
         self.viewers: Dict[int, object] = {}
-        self.trickled = 0                   # remote candidates taken from webrtc_ice
+        self.trickled = 0                   # remote candidates taken (answer and webrtc_ice)
+        self.offered: Tuple[str, ...] = ()  # addresses of the bridge's own candidates
+        self.deadline: Optional[asyncio.TimerHandle] = None   # offer to connected
+        self.connected = False
         self.queue = []
         self.need_keyframe = True
         self.wake = asyncio.Event()
@@ -238,6 +313,9 @@ class Peer:
     def close(self):
         """Leave every layer; the track's recv() ends."""
         self.closed = True
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         for viewer in self.viewers.values():
             viewer.detach()
         self.viewers.clear()
@@ -301,15 +379,75 @@ class WebRtcService:
             self.codecs = ()
         self._tasks = set()
         self._ids = itertools.count(1)
-        self._last_start: Dict[str, float] = {}
-        self._start_turn: Dict[str, int] = {}
+        self._sessions: Dict[str, _SessionSignalling] = {}
+        self._quiet = _LogThrottle(self.log, clock)
+        self._library_dirs: Tuple[str, ...] = ()
+        self._previous_handler = None
         self.offers = 0
+        self.connect_timeouts = 0
+        self.library_task_errors = 0     # exceptions of aiortc's own tasks, caught
 
     # -- frames from the ROS thread ------------------------------------------------------
 
     def start(self):
-        """Bind to the running loop (frames are handed over to it)."""
+        """Bind to the running loop (frames are handed over to it); catch aiortc's task errors."""
         self.loop = asyncio.get_running_loop()
+        self._catch_library_task_errors()
+
+    def _catch_library_task_errors(self):
+        """
+        Log exceptions of aiortc's and aioice's own tasks once per kind and period.
+
+        aiortc runs parts of a connection in tasks nobody awaits (``__connect`` after the
+        answer, transports' loops): what a page provokes there surfaced as an unthrottled
+        "Task exception was never retrieved" traceback. Those go through this loop's
+        exception handler; everything else goes on to the handler that was there before.
+        """
+        dirs = []
+        for name in ('aiortc', 'aioice'):
+            try:
+                module = __import__(name)
+            except ImportError:
+                continue
+            dirs.append(os.path.dirname(os.path.abspath(module.__file__)) + os.sep)
+        self._library_dirs = tuple(dirs)
+        if not dirs:
+            return
+        previous = self._previous_handler = self.loop.get_exception_handler()
+
+        def handler(loop, context):
+            if self._library_task_error(context):
+                return
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        self.loop.set_exception_handler(handler)
+
+    def _library_task_error(self, context: dict) -> bool:
+        """Log (throttled) an aiortc/aioice task's exception; True if it was one."""
+        exc = context.get('exception')
+        future = context.get('future') or context.get('task')
+        if exc is None or not isinstance(future, asyncio.Future):
+            return False
+        files = []
+        coro = future.get_coro() if isinstance(future, asyncio.Task) else None
+        code = getattr(coro, 'cr_code', None)
+        if code is not None:
+            files.append(code.co_filename)
+        frames = traceback.extract_tb(exc.__traceback__)
+        files += [frame.filename for frame in frames]
+        if not any(f.startswith(self._library_dirs) for f in files):
+            return False
+        where = getattr(code, 'co_qualname', None) or getattr(coro, '__qualname__', '?')
+        raised = f'{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}' if frames \
+            else '?'
+        self.library_task_errors += 1
+        self._quiet.warning(f'task:{where}:{type(exc).__name__}',
+                            'webrtc: an aiortc task (%s) failed at %s: %s: %s', where, raised,
+                            type(exc).__name__, str(exc)[:200])
+        return True
 
     def notify_frame(self, stream_name: str):
         """Wake a stream's peers on the loop after a new frame (called from the ROS thread)."""
@@ -330,43 +468,67 @@ class WebRtcService:
         return {'type': 'webrtc_config', 'enabled': bool(self.codecs),
                 'codecs': list(self.codecs), 'ice_servers': servers}
 
-    async def handle(self, client_id: str, grant, message: dict):
-        """One ``webrtc_*`` message of a control session (already size- and rate-checked)."""
+    def handle(self, client_id: str, grant, message: dict):
+        """
+        One ``webrtc_*`` message of a control session (already size- and rate-checked).
+
+        Called while the session is alive (the control service delivers nothing else), so the
+        session's signalling record is made here, at once; the work is the returned coroutine.
+        """
+        session = self._sessions.get(client_id)
+        if session is None:
+            session = self._sessions[client_id] = _SessionSignalling(client_id)
+        return self._handle(session, grant, message)
+
+    async def _handle(self, session: _SessionSignalling, grant, message: dict):
+        client_id = session.client_id
         kind = message.get('type')
         request_id = message.get('id')
         if isinstance(request_id, str) and len(request_id) > protocol.MAX_REQUEST_ID:
             request_id = None
+        peer = self.peers.get(client_id)   # the peer an answer or a candidate is about
         try:
             if not getattr(grant, 'view', True):
                 raise _signal_error('unauthorized', 'watching needs a token')
             if kind == 'webrtc_config':
                 reply = self.config_message(client_id)
             elif kind == 'webrtc_start':
-                reply = await self._start(client_id, message)
+                reply = await self._start(session, message)
             elif kind == 'webrtc_answer':
                 reply = await self._answer(client_id, message)
             elif kind == 'webrtc_ice':
                 reply = await self._candidate(client_id, message)
             elif kind == 'webrtc_stop':
+                session.turn += 1                   # a start under way ends too
                 await self._close(client_id)
                 reply = {'type': 'webrtc_stopped'}
             else:
                 raise _signal_error('unknown_type', f'unknown message type {str(kind)[:64]!r}')
         except protocol.ProtocolError as exc:
             reply = {'type': 'webrtc_error', 'code': exc.code, 'message': exc.message}
-        except Exception as exc:  # aiortc refusing an SDP, say: tell the page, keep serving
-            self.log.warning('webrtc: %s from %s failed: %s', kind, client_id, exc)
-            await self._close(client_id)
-            reply = {'type': 'webrtc_error', 'code': 'webrtc_failed', 'message': str(exc)[:200]}
+        except Exception as exc:  # aiortc refusing an SDP, say: log it, keep serving
+            # The library's words stay in the log (throttled): they describe the bridge's
+            # internals, not the page's mistake, and a client could provoke them at will.
+            self._quiet.warning(f'{kind}:{type(exc).__name__}',
+                                'webrtc: %s from %s failed: %s: %s', str(kind)[:64], client_id,
+                                type(exc).__name__, str(exc)[:200])
+            if kind in ('webrtc_answer', 'webrtc_ice') and peer is not None:
+                await self._close_peer(peer)   # that peer is unusable; a newer one is not
+            reply = {'type': 'webrtc_error', 'code': 'webrtc_failed',
+                     'message': FAILED_MESSAGES.get(kind, 'the bridge could not do that')}
         if reply is not None:
             reply['id'] = request_id
             self.send(client_id, reply)
 
     def disconnect(self, client_id: str):
-        """Close the peer of a control session that ended."""
-        self._last_start.pop(client_id, None)
-        self._start_turn.pop(client_id, None)
-        self._spawn(self._close(client_id))
+        """Close the peer of a control session that ended, and any start still under way."""
+        session = self._sessions.pop(client_id, None)
+        if session is not None:
+            session.gone = True
+            session.turn += 1
+        peer = self.peers.get(client_id)
+        if peer is not None:
+            self._spawn(self._close_peer(peer))
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -397,28 +559,50 @@ class WebRtcService:
                             f'the bridge encodes {", ".join(self.codecs)}; the page decodes '
                             f'{", ".join(wanted)[:100] or "none"}')
 
-    async def _start(self, client_id: str, message: dict) -> dict:
-        from aiortc import (RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection,
-                            RTCRtpSender)
+    def _still_wanted(self, session: _SessionSignalling, turn: int,
+                      peer: Optional[Peer] = None):
+        """After an await in a start: go on only if nothing ended or replaced it meanwhile."""
+        if session.gone:
+            raise _signal_error('superseded', 'the control session ended')
+        if session.turn != turn or (peer is not None and
+                                    self.peers.get(session.client_id) is not peer):
+            raise _signal_error('superseded', 'a newer webrtc_start or webrtc_stop replaced '
+                                'this one')
+
+    async def _start(self, session: _SessionSignalling, message: dict) -> dict:
+        client_id = session.client_id
         # At most one start per MIN_START_INTERVAL per session; a newer one supersedes a
         # waiting one (the page only cares about its latest), so a flood costs one peer a second.
-        turn = self._start_turn[client_id] = self._start_turn.get(client_id, 0) + 1
-        last = self._last_start.get(client_id)
+        turn = session.turn = session.turn + 1
+        last = session.last_start
         if last is not None and self.clock() - last < MIN_START_INTERVAL:
             await asyncio.sleep(MIN_START_INTERVAL - (self.clock() - last))
-            if self._start_turn.get(client_id) != turn:
-                raise _signal_error('superseded', 'a newer webrtc_start replaced this one')
-        self._last_start[client_id] = self.clock()
+            self._still_wanted(session, turn)
+        session.last_start = self.clock()
         stream = self._find_stream(message.get('stream'))
         codec = self._pick_codec(message.get('codecs'))
         await self._close(client_id)   # one peer per control session: a new start replaces it
+        self._still_wanted(session, turn)
         if len(self.peers) >= self.config.max_peers:
             raise _signal_error('capacity', f'WebRTC peer limit reached ({self.config.max_peers})')
         try:
             peer = Peer(self, client_id, stream, codec)
         except CapacityError as exc:
             raise _signal_error('capacity', str(exc)) from None
+        # Stored before the first await of its own: the session's disconnect (or a stop, or a
+        # newer start) finds it and closes it while it is still being made.
         self.peers[client_id] = peer
+        try:
+            return await self._offer(session, turn, peer)
+        except BaseException:
+            await asyncio.shield(self._close_peer(peer))
+            raise
+
+    async def _offer(self, session: _SessionSignalling, turn: int, peer: Peer) -> dict:
+        """Make a new peer's connection and its offer; the connect deadline starts with it."""
+        from aiortc import (RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection,
+                            RTCRtpSender)
+        client_id, codec, stream = peer.client_id, peer.codec, peer.stream
         servers = [RTCIceServer(urls=list(s.urls), username=s.username or None,
                                 credential=s.credential or None)
                    for s in self.ice.servers(f'bridge-{client_id}', self.wall_clock())]
@@ -448,13 +632,17 @@ class WebRtcService:
         async def on_state():
             state = pc.connectionState
             self.log.info('webrtc peer %s: %s', client_id, state)
+            if state == 'connected':
+                peer.connected = True
+                if peer.deadline is not None:
+                    peer.deadline.cancel()
+                    peer.deadline = None
             if state in ('failed', 'closed') and self.peers.get(client_id) is peer:
-                await self._close(client_id)
-                self.send(client_id, {'type': 'webrtc_stopped', 'id': None,
-                                      'reason': f'connection {state}'})
+                await self._close_peer(peer, f'connection {state}')
 
         async with asyncio.timeout(GATHER_TIMEOUT):
             await pc.setLocalDescription(await pc.createOffer())
+        self._still_wanted(session, turn, peer)
         self._restrict_host_candidates(pc)
         sdp = ice.filter_candidates(pc.localDescription.sdp, self.ice)
         relay_failed = bool(self.ice.turn_urls) and ' typ relay' not in sdp
@@ -463,16 +651,36 @@ class WebRtcService:
                              'credentials refused, or a turns: certificate this machine does '
                              'not trust)', client_id, ', '.join(self.ice.turn_urls))
         if 'a=candidate:' not in sdp:   # nothing the browser could reach: say so at once
-            await self._close(client_id)
             raise _signal_error('webrtc_unavailable', 'the bridge has no ICE candidates (no '
                                 'address but loopback, or all filtered) and ' + (
                                     'its TURN server gave no relay candidate' if relay_failed
                                     else 'no TURN server'))
+        peer.offered = ice.offered_addresses(sdp)
+        timeout = self.config.connect_timeout
+        peer.deadline = asyncio.get_running_loop().call_later(
+            timeout, self._connect_overdue, peer)
         self.offers += 1
         self.log.info('webrtc peer %s: offering %s of stream %r', client_id, codec, stream.name)
         return {'type': 'webrtc_offer', 'sdp': sdp,
                 'codec': codec, 'stream': stream.name,
                 'layers': list(stream.settings.video_bitrates)}
+
+    def _connect_overdue(self, peer: Peer):
+        """Close a peer not connected by its deadline: its slot is free again."""
+        peer.deadline = None
+        if peer.connected or self.peers.get(peer.client_id) is not peer:
+            return
+        self.connect_timeouts += 1
+        pc = peer.pc
+        ice_state = getattr(pc, 'iceConnectionState', '?')
+        self._quiet.warning('connect_timeout', 'webrtc peer %s: not connected %g s after its '
+                            'offer (signalling %s, ICE %s, connection %s); closing it',
+                            peer.client_id, self.config.connect_timeout,
+                            getattr(pc, 'signalingState', '?'), ice_state,
+                            getattr(pc, 'connectionState', '?'))
+        self._spawn(self._close_peer(
+            peer, f'not connected within {self.config.connect_timeout:g} s of the offer',
+            code='connect_timeout'))
 
     def _restrict_host_candidates(self, pc):
         """
@@ -516,8 +724,20 @@ class WebRtcService:
             raise _signal_error('bad_message', "'sdp' must be an SDP answer")
         if peer.pc.signalingState != 'have-local-offer':
             raise _signal_error('bad_state', 'no offer is waiting for an answer')
+        problem = ice.answer_problem(sdp)
+        if problem is not None:
+            raise _signal_error('bad_answer', f'the SDP answer is incomplete: {problem}')
+        # Its candidates pass the same checks as trickled ones, and count against the same cap.
+        sdp, refused, count = ice.filter_remote_candidates(sdp, peer.offered)
+        if count > MAX_TRICKLED_CANDIDATES:
+            raise _signal_error('too_many_candidates', f'at most {MAX_TRICKLED_CANDIDATES} '
+                                'ICE candidates per WebRTC session')
+        if refused:
+            self.log.info('webrtc peer %s: %d candidates of its answer not used (%s)',
+                          client_id, len(refused), '; '.join(refused[:3])[:300])
         await peer.pc.setRemoteDescription(RTCSessionDescription(
             sdp=ice.share_bundle_candidates(sdp), type='answer'))
+        peer.trickled = count
         return None
 
     async def _candidate(self, client_id: str, message: dict):
@@ -530,12 +750,18 @@ class WebRtcService:
             raise _signal_error('bad_message', "'candidate' must be an ICE candidate line")
         if peer.trickled >= MAX_TRICKLED_CANDIDATES:
             raise _signal_error('too_many_candidates', f'at most {MAX_TRICKLED_CANDIDATES} '
-                                'trickled candidates per WebRTC session')
+                                'ICE candidates per WebRTC session')
         try:
             parsed = candidate_from_sdp(candidate.split(':', 1)[1]
                                         if candidate.startswith('candidate:') else candidate)
         except (ValueError, IndexError):
             raise _signal_error('bad_message', 'not an ICE candidate') from None
+        # Nothing the bridge would not reach anyway: no names (aioice resolves them, mDNS
+        # too), no broadcast or multicast, no loopback or link-local it did not offer.
+        problem = ice.remote_candidate_problem(parsed.ip, parsed.port, parsed.protocol,
+                                               peer.offered)
+        if problem is not None:
+            raise _signal_error('candidate_refused', f'candidate not used: {problem}'[:200])
         # max-bundle: every section shares the first one's transport, so that is where any
         # candidate goes, whichever section the page named
         parsed.sdpMid, parsed.sdpMLineIndex = peer.pc.getTransceivers()[0].mid, 0
@@ -550,8 +776,27 @@ class WebRtcService:
         return peer
 
     async def _close(self, client_id: str):
-        peer = self.peers.pop(client_id, None)
-        if peer is None:
+        """Close a session's current peer, if it has one."""
+        peer = self.peers.get(client_id)
+        if peer is not None:
+            await self._close_peer(peer)
+
+    async def _close_peer(self, peer: Peer, reason: Optional[str] = None,
+                          code: Optional[str] = None):
+        """
+        Close one peer and give its slot back; ``reason``: tell its session (webrtc_stopped).
+
+        Only this peer: a newer peer of the same session stays. Safe to call again.
+        """
+        client_id = peer.client_id
+        if self.peers.get(client_id) is peer:
+            del self.peers[client_id]
+            if reason is not None:
+                stopped = {'type': 'webrtc_stopped', 'id': None, 'reason': reason}
+                if code is not None:
+                    stopped['code'] = code
+                self.send(client_id, stopped)
+        if peer.closed:
             return
         peer.close()
         if peer.channel is not None:
@@ -612,9 +857,7 @@ class WebRtcService:
             if held > MAX_CHANNEL_BUFFER and self.peers.get(peer.client_id) is peer:
                 self.log.warning('webrtc peer %s: %d bytes of unfinished data-channel messages; '
                                  'closing it', peer.client_id, held)
-                self._spawn(self._close(peer.client_id))
-                self.send(peer.client_id, {'type': 'webrtc_stopped', 'id': None,
-                                           'reason': 'data channel: too much unfinished data'})
+                self._spawn(self._close_peer(peer, 'data channel: too much unfinished data'))
 
         transport._receive_data_chunk = receive_data_chunk
 
@@ -663,13 +906,19 @@ class WebRtcService:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self):
-        """Close every peer (shutdown)."""
-        await asyncio.gather(*(self._close(client_id) for client_id in list(self.peers)),
+        """Close every peer (shutdown); give the loop its exception handler back."""
+        for session in self._sessions.values():   # no start under way makes a new peer
+            session.gone = True
+        await asyncio.gather(*(self._close_peer(peer) for peer in list(self.peers.values())),
                              return_exceptions=True)
+        if self._library_dirs and self.loop is not None and not self.loop.is_closed():
+            self.loop.set_exception_handler(self._previous_handler)
+            self._library_dirs = ()
 
     def counters(self) -> dict:
         """Figures for /api/streams and the tests: peers, offers, layer per peer."""
         return {'peers': len(self.peers), 'offers': self.offers,
+                'connect_timeouts': self.connect_timeouts,
                 'codecs': list(self.codecs),
                 'layers': {cid: p.chooser.current for cid, p in self.peers.items()},
                 'congestion_skips': {cid: p.congestion_skips for cid, p in self.peers.items()},

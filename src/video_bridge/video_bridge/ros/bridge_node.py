@@ -207,7 +207,8 @@ class BridgeNode(Node):
         service = WebRtcService(
             self.hub, settings,
             WebRtcConfig(codecs=codecs, max_peers=self.p.webrtc_max_peers,
-                         max_message_size=self.p.max_message_size),
+                         max_message_size=self.p.max_message_size,
+                         connect_timeout=self.p.webrtc_connect_timeout),
             send=lambda client_id, message: self.control.send(client_id, message),
             deliver=lambda client_id, text: self.control.deliver(client_id, text),
             resolve_stream=self._topic_stream,

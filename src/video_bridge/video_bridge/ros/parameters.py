@@ -103,6 +103,9 @@ BRIDGE_PARAMETERS = {
     'webrtc_layers': (3, 'WebRTC quality layers per stream and codec (full, half, quarter '
                       'bitrate); each peer moves between them by its bandwidth estimate.', (1, 3)),
     'webrtc_max_peers': (20, 'WebRTC peer connections at once.', (1, 1000)),
+    'webrtc_connect_timeout': (15.0, 'Seconds from the offer until a WebRTC peer must be '
+                               'connected (ICE and DTLS done); else it is closed and its slot '
+                               'freed.', (1.0, 120.0)),
     'ice_servers': ([''], 'STUN/TURN URLs for the page and the bridge: stun:host:3478, '
                     'turn:host:3478?transport=udp, turns:host:443?transport=tcp (TURN over TLS). '
                     'turn:/turns: entries use turn_secret_file or turn_username/'
