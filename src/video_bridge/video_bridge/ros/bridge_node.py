@@ -594,6 +594,37 @@ async def run_bridge(args=None) -> int:
             rclpy.shutdown()
 
 
+PAGE_URL_VARIABLE = 'VIDEO_BRIDGE_PAGE_URL'
+
+
+def in_own_network_namespace() -> bool:
+    """Tell whether this process runs in a network namespace other than the machine's."""
+    try:
+        return os.stat('/proc/self/ns/net').st_ino != os.stat('/proc/1/ns/net').st_ino
+    except OSError:  # no /proc, or pid 1's namespace not readable: cannot tell
+        return False
+
+
+def page_urls(server, token: str, page_url: str = '') -> tuple:
+    """
+    Return ``(urls, where)``: the page URLs with the token, and where they open.
+
+    ``page_url`` (``$VIDEO_BRIDGE_PAGE_URL``) is the page as the user reaches it from outside,
+    e.g. ``http://203.0.113.2:8080/`` for scripts/demo's namespace: then it is the only URL.
+    Otherwise the bridge's own names, which inside a network namespace open only there.
+    """
+    query = f'?token={token}'
+    if page_url:
+        return [page_url.rstrip('/') + '/' + query], ''
+    scheme = 'https' if server.config.tls_cert else 'http'
+    hosts = [socket.gethostname(), '127.0.0.1'] if server.config.host in ('0.0.0.0', '::') \
+        else [server.config.host]
+    where = (' (addresses inside the network namespace bridge_node runs in: from outside it, '
+             'use the address of its interface there, or set $VIDEO_BRIDGE_PAGE_URL to say it)'
+             if in_own_network_namespace() else '')
+    return [f'{scheme}://{host}:{server.port}/{query}' for host in hosts], where
+
+
 def print_page_url(server, token: str):
     """
     Show the page URL with the generated token on stdout (not /rosout: DDS nodes read that).
@@ -601,12 +632,10 @@ def print_page_url(server, token: str):
     Jupyter-style: open it once; the page keeps the token for the tab and drops it from the
     address bar.
     """
-    scheme = 'https' if server.config.tls_cert else 'http'
-    hosts = [socket.gethostname(), '127.0.0.1'] if server.config.host in ('0.0.0.0', '::') \
-        else [server.config.host]
-    lines = [f'    {scheme}://{host}:{server.port}/?token={token}' for host in hosts]
+    urls, where = page_urls(server, token, os.environ.get(PAGE_URL_VARIABLE, '').strip())
     print('video_bridge: no token was configured and the bridge is reachable beyond this '
-          'machine, so it made one.\nTo watch and drive, open:\n' + '\n'.join(lines) +
+          f'machine, so it made one.\nTo watch and drive, open{where}:\n'
+          + '\n'.join(f'    {url}' for url in urls) +
           '\n(set token_file or $VIDEO_BRIDGE_TOKEN to choose your own)', flush=True)
 
 
