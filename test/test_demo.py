@@ -11,7 +11,8 @@ import signal
 import subprocess
 import urllib.request
 
-from conftest import ChildProcess, REPO, require_isolated_ros, wait_for
+from conftest import (bridge_ros_args, ChildProcess, INSTALL_LIB, REPO, require_isolated_ros,
+                      wait_for)
 import pytest
 
 DEMO = os.path.join(REPO, 'scripts', 'demo')
@@ -53,9 +54,10 @@ def demo():
             pytest.fail(f'scripts/demo left namespace {leftover} behind')
 
 
-def test_demo_prints_one_url_that_opens_here_and_kill_int_cleans_up(demo):
+@pytest.mark.parametrize('stop', [signal.SIGINT, signal.SIGTERM], ids=['INT', 'TERM'])
+def test_demo_prints_one_url_that_opens_here_and_a_signal_cleans_up(demo, stop):
     process = demo(env={'VIDEO_BRIDGE_TOKEN': ''})
-    output = process.wait_output('?token=', timeout=240)
+    process.wait_output('http://203.0.113.2:8080/?token=', timeout=240)
     wait_for(lambda: 'video_bridge is up' in process.output(), 60, 'the runner to say it is up')
     output = process.output()
     urls = TOKEN_URL.findall(output)
@@ -66,9 +68,45 @@ def test_demo_prints_one_url_that_opens_here_and_kill_int_cleans_up(demo):
     namespace = f'vbdemo-{process.proc.pid}'
     assert namespace in namespaces()
 
-    os.kill(process.proc.pid, signal.SIGINT)   # kill -INT <demo pid>, not Ctrl-C's group
+    os.kill(process.proc.pid, stop)   # kill -INT/-TERM <demo pid>, not Ctrl-C's whole group
     assert process.proc.wait(timeout=30) == 0, process.output()[-3000:]
     assert namespace not in namespaces()
     links = subprocess.run(['ip', '-o', 'link'], capture_output=True, text=True).stdout
     assert f'vbd{process.proc.pid}h' not in links
     assert 'stopping the car' in process.output()
+
+
+@pytest.fixture
+def named_namespace():
+    """A network namespace made with ``ip netns add`` (loopback up), deleted afterwards."""
+    require_isolated_ros()
+    if os.geteuid() != 0:
+        pytest.skip('making a network namespace needs root')
+    name = f'vbtest-{os.getpid()}'
+    subprocess.run(['ip', 'netns', 'add', name], check=True)
+    try:
+        subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
+        yield name
+    finally:
+        subprocess.run(['ip', 'netns', 'del', name], check=False)
+
+
+def test_the_bridge_says_where_its_token_urls_open(named_namespace, start_bridge):
+    """Inside a network namespace its own names open only there; an outside URL replaces them."""
+    inside = ChildProcess(['ip', 'netns', 'exec', named_namespace,
+                           os.path.join(INSTALL_LIB, 'bridge_node'), '--ros-args',
+                           *bridge_ros_args({'host': '0.0.0.0', 'port': 8080})],
+                          'bridge_node-netns', env={'VIDEO_BRIDGE_TOKEN': ''})
+    try:
+        said = inside.wait_output('?token=', timeout=30)
+    finally:
+        assert inside.stop() == 0, inside.output()[-2000:]
+    assert f'inside network namespace {named_namespace}, valid only there' in said
+    assert 'http://127.0.0.1:8080/?token=' in said
+
+    outside = start_bridge(host='0.0.0.0',
+                           env={'VIDEO_BRIDGE_PAGE_URL': 'http://198.51.100.7:9000/'})
+    said = outside.process.wait_output('?token=')
+    urls = TOKEN_URL.findall(said)
+    assert len(urls) == 1 and urls[0].startswith('http://198.51.100.7:9000/?token='), said
+    assert 'valid only there' not in said

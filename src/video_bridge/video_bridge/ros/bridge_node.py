@@ -178,6 +178,7 @@ class BridgeNode(Node):
         self.create_timer(1.0, self._refresh_topics)
         self._status_timer = self.create_timer(self.p.status_period, self._publish_status)
         self._parameter_change = None  # (monotonic time, text) of the last run-time change
+        self._values_before = {}       # of the change being applied, for the log
         self.create_service(SetEmergencyStop, '~/set_emergency_stop', self._estop_service)
         if not self.p.subscribe_on_demand:
             for stream in self.hub.streams():
@@ -389,13 +390,16 @@ class BridgeNode(Node):
             names = ', '.join(parameter.name for parameter in parameters)
             self.get_logger().warning(f'refused a parameter change ({names}): {exc}')
             return SetParametersResult(successful=False, reason=str(exc))
+        # rclpy runs the post-set callback right after this one, with the same list.
+        self._values_before = {parameter.name: self.get_parameter(parameter.name).value
+                               for parameter in parameters}
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters):
         """Apply a validated change to the core and log it (rclpy's post-set callback)."""
         changes = []
         for parameter in parameters:
-            old = getattr(self.p, parameter.name, None)
+            old = self._values_before.get(parameter.name, getattr(self.p, parameter.name, None))
             setattr(self.p, parameter.name, parameter.value)
             changes.append(f'{parameter.name} {old!r} -> {parameter.value!r}')
         teleop, streams = self._plan(self.p)   # validated a moment ago: cannot fail now
@@ -597,12 +601,28 @@ async def run_bridge(args=None) -> int:
 PAGE_URL_VARIABLE = 'VIDEO_BRIDGE_PAGE_URL'
 
 
-def in_own_network_namespace() -> bool:
-    """Tell whether this process runs in a network namespace other than the machine's."""
+def network_namespace():
+    """
+    Name this process's network namespace when it is not the machine's own, else None.
+
+    A namespace made with ``ip netns add`` is found by name under /run/netns; another one
+    (``unshare --net``) is '' when pid 1's namespace can be read to compare, else unknown (None).
+    """
     try:
-        return os.stat('/proc/self/ns/net').st_ino != os.stat('/proc/1/ns/net').st_ino
-    except OSError:  # no /proc, or pid 1's namespace not readable: cannot tell
-        return False
+        mine = os.stat('/proc/self/ns/net')
+    except OSError:
+        return None
+    try:
+        for name in sorted(os.listdir('/run/netns')):
+            named = os.stat(os.path.join('/run/netns', name))
+            if (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
+                return name
+    except OSError:
+        pass
+    try:
+        return '' if os.stat('/proc/1/ns/net').st_ino != mine.st_ino else None
+    except OSError:  # pid 1's namespace is not ours to read: cannot tell
+        return None
 
 
 def page_urls(server, token: str, page_url: str = '') -> tuple:
@@ -619,9 +639,11 @@ def page_urls(server, token: str, page_url: str = '') -> tuple:
     scheme = 'https' if server.config.tls_cert else 'http'
     hosts = [socket.gethostname(), '127.0.0.1'] if server.config.host in ('0.0.0.0', '::') \
         else [server.config.host]
-    where = (' (addresses inside the network namespace bridge_node runs in: from outside it, '
-             'use the address of its interface there, or set $VIDEO_BRIDGE_PAGE_URL to say it)'
-             if in_own_network_namespace() else '')
+    namespace = network_namespace()
+    where = '' if namespace is None else (
+        f' (addresses inside network namespace {namespace or "of bridge_node"}, valid only '
+        'there: from outside it use the address of its interface, or set '
+        '$VIDEO_BRIDGE_PAGE_URL to print that)')
     return [f'{scheme}://{host}:{server.port}/{query}' for host in hosts], where
 
 

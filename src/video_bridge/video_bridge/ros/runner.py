@@ -73,7 +73,7 @@ def page_hint(spec, port: int, env) -> str:
     if host == '127.0.0.1':
         return f'open {page_url or f"{scheme}://127.0.0.1:{port}/"} in a browser'
     if not token_set:
-        return 'open the URL with ?token= that bridge_node prints'
+        return 'open the page URL with the token that bridge_node prints'
     return f'open {page_url or f"{scheme}://<this host>:{port}/"} with your token'
 
 
