@@ -4,7 +4,7 @@ import { pageNow } from './clock.js';
 import { ControlClient, PROBE_PERIOD } from './control.js';
 import { DriveController } from './drive.js';
 import { GamepadInput, Joystick, KeyboardInput } from './input.js';
-import { controlPath, ERROR_TEXT, streamChoices, streamsPath, videoPath,
+import { controlPath, errorNotice, streamChoices, streamsPath, videoPath,
          websocketBase } from './protocol.js';
 import { formatBitrate, formatDuration, statsTooltip, transportLabel } from './stats.js';
 import { VideoClient } from './video.js';
@@ -85,8 +85,7 @@ const control = new ControlClient({
     }
     drive.reply(message, request);
     if (message.type === 'error') {
-      showNotice(ERROR_TEXT[message.code] ? `${ERROR_TEXT[message.code]} (${message.message})`
-        : message.message || message.code, 'warn');
+      showNotice(errorNotice(message.code, message.message), 'warn');
     }
   },
   onClose(info) {

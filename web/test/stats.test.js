@@ -37,3 +37,16 @@ describe('statsTooltip', () => {
     assert.doesNotMatch(statsTooltip(PROBE_PERIOD), /5 s/);
   });
 });
+
+describe('errorNotice', () => {
+  it('does not repeat what the bridge said in other words of the same text', async () => {
+    const { errorNotice } = await import('../js/protocol.js');
+    assert.equal(errorNotice('unauthorized', 'a valid token is required to drive'),
+      'A valid token is required to drive.');
+    assert.equal(errorNotice('estop_engaged', 'the emergency stop is engaged; release it first'),
+      'The emergency stop is engaged: release it first.');
+    assert.equal(errorNotice('not_driver', 'c2 is driving'), 'You are not driving. (c2 is driving)');
+    assert.equal(errorNotice('bad_json', 'not valid JSON'), 'not valid JSON');
+    assert.equal(errorNotice('bad_json', ''), 'bad_json');
+  });
+});
