@@ -146,6 +146,17 @@ def test_health_of_teleop(status, level, message):
         ('bridge_node: teleop', level, message)
 
 
+def test_health_of_parameters_shows_values_and_the_last_run_time_change():
+    values = {'max_linear': 0.3, 'allow_takeover': False}
+    started = health.parameters_diagnostic(values, None, 5.0, 'bridge_node: ')
+    assert (started.name, started.level, started.message) == \
+        ('bridge_node: parameters', health.OK, 'run-time parameters as started')
+    assert dict(started.values) == {'max_linear': '0.3', 'allow_takeover': 'false'}
+    changed = health.parameters_diagnostic(values, (2.0, 'max_linear 0.5 -> 0.3'), 14.0)
+    assert changed.message == 'changed at run time 12 s ago: max_linear 0.5 -> 0.3'
+    assert dict(changed.values)['last change'] == 'max_linear 0.5 -> 0.3'
+
+
 # ---------------------------------------------------------------- live
 
 def by_name(arrays, name):

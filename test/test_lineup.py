@@ -13,7 +13,8 @@ from conftest import ChildProcess, INSTALL_LIB, REPO, require_isolated_ros
 import pytest
 from video_bridge.ros import camera_node, lineup, runner
 from video_bridge.ros.lineup import LAUNCH_ARGUMENTS, LINEUPS, NodeSpec, ros_arguments
-from video_bridge.ros.parameters import BRIDGE_PARAMETERS, STREAM_PARAMETERS
+from video_bridge.ros.parameters import (BRIDGE_PARAMETERS, RUNTIME_PARAMETERS,
+                                         RUNTIME_STREAM_FIELDS, STREAM_PARAMETERS)
 import yaml
 
 PACKAGE_SRC = os.path.join(REPO, 'src', 'video_bridge')
@@ -253,6 +254,20 @@ def test_bridge_yaml_holds_exactly_the_declared_bridge_parameters():
     declared = declared_bridge_parameters(values['stream_names'])
     assert sorted(set(values) - set(declared)) == [], 'undeclared parameters in bridge.yaml'
     assert sorted(set(declared) - set(values)) == [], 'parameters missing from bridge.yaml'
+
+
+def test_bridge_yaml_names_exactly_the_parameters_changeable_at_run_time():
+    with open(os.path.join(REPO, 'config', 'bridge.yaml'), encoding='utf-8') as handle:
+        text = handle.read()
+    header = text[text.index('# Changeable while'):text.index('/**:')]
+    header = ' '.join(header.replace('#', ' ').split())
+    listed = header[header.index('my.yaml`):') + 10:header.index(' and streams.<name>')]
+    assert sorted(n.strip() for n in listed.split(',') if n.strip()) == \
+        sorted(RUNTIME_PARAMETERS)
+    fields = header[header.index('streams.<name>.'):header.index('. Each change')]
+    assert sorted(fields[len('streams.<name>.'):].replace(' ', '').split('/')) == \
+        sorted(RUNTIME_STREAM_FIELDS)
+    assert set(RUNTIME_PARAMETERS) <= set(BRIDGE_PARAMETERS)
 
 
 def test_bridge_yaml_configures_exactly_the_streams_it_names():
@@ -606,7 +621,9 @@ def test_runner_says_where_the_page_is_and_that_beyond_loopback_it_needs_the_tok
              or shipped.proc.poll() is not None, 30, 'the runner and bridge_node to print')
     output = shipped.output()
     assert '/?token=' in output, output  # bridge_node made a token and printed its URL
-    assert f'open http://<this host>:{port}/ with the token' in output, output
+    assert 'open the page URL with the token that bridge_node prints' in output, output
+    up = next(line for line in output.splitlines() if 'video_bridge is up' in line)
+    assert 'http' not in up, up  # the runner names no URL beside the one with the token
     loopback_port = free_port()
     loopback = run_lineup('bridge', f'port:={loopback_port}', 'host:=127.0.0.1', env=env)
     wait_for(lambda: 'video_bridge is up' in loopback.output() or loopback.proc.poll() is not None,

@@ -18,12 +18,13 @@ import urllib.request
 
 from conftest import (ChildProcess, free_port, FramePublisher, require_isolated_ros,
                       wait_for)
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Twist
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from video_bridge.core.protocol import unpack_frame
 from video_bridge.ros import camera_node
-from video_bridge.ros.parameters import BRIDGE_PARAMETERS
+from video_bridge.ros.parameters import BRIDGE_PARAMETERS, RUNTIME_PARAMETERS
 import websockets
 
 try:
@@ -144,11 +145,14 @@ def describe(node, names):
     return {block.split('\n', 1)[0].strip(): block for block in blocks}
 
 
-def assert_described(described, table):
+def assert_described(described, table, runtime=frozenset()):
     for name, (default, description, limits, *_) in table.items():
         block = described[name]
         assert ' '.join(description.split()[:5]) in ' '.join(block.split()), name
-        assert 'Read only: true' in block, name
+        if name in runtime:
+            assert 'Read only: true' not in block and 'at run time' in block, name
+        else:
+            assert 'Read only: true' in block, name
         if isinstance(limits, tuple) and isinstance(limits[0], (int, float)) \
                 and not isinstance(default, str):
             assert re.search(r'Min value: ' + re.escape(str(limits[0])), block), name
@@ -160,7 +164,8 @@ def test_every_parameter_is_described_with_its_range_and_the_status_and_estop_wo
     port = free_port()
     car = launch('video_bridge', 'car.launch.py', f'port:={port}', 'host:=127.0.0.1')
     car.wait_port(port)
-    assert_described(describe('/bridge_node', list(BRIDGE_PARAMETERS)), BRIDGE_PARAMETERS)
+    assert_described(describe('/bridge_node', list(BRIDGE_PARAMETERS)), BRIDGE_PARAMETERS,
+                     RUNTIME_PARAMETERS)
     assert_described(describe('/camera/camera_node', list(camera_node.PARAMETERS)),
                      camera_node.PARAMETERS)
     status = ros2('topic', 'echo', '--once', '--no-daemon', '--spin-time', '3',
@@ -245,3 +250,90 @@ def test_a_users_launch_file_remaps_cmd_vel_and_pushes_a_namespace(ros, launch, 
     asyncio.run(drive_a_bit())
     assert ros.node.count_publishers('/cmd_vel') == 0
     assert ros.node.count_publishers('/rover/cmd_vel') == 0
+
+
+def ros2_param(*args, timeout=60):
+    """One ``ros2 param`` verb against /bridge_node: its stdout and stderr together."""
+    verb, *rest = args
+    done = subprocess.run([ROS2, 'param', verb, '--no-daemon', '--timeout', '10',
+                           '/bridge_node', *rest], capture_output=True, text=True,
+                          timeout=timeout)
+    return done.stdout + done.stderr
+
+
+def diagnostic(arrays, name):
+    """The newest DiagnosticStatus called ``name`` (or None)."""
+    for array in reversed(list(arrays)):
+        for status in array.status:
+            if status.name == name:
+                return status
+    return None
+
+
+def test_param_set_and_load_change_a_running_bridge_within_its_ranges(
+        ros, start_bridge, tmp_path):
+    """max_linear shows on /cmd_vel at once; out of range, inconsistent and read-only refused."""
+    twists = ros.collect(Twist, '/cmd_vel', RELIABLE)
+    arrays = ros.collect(DiagnosticArray, '/diagnostics')
+    bridge = start_bridge(status_period=0.2)
+
+    async def drive_while_setting():
+        ws = await drive(f'{bridge.ws}/control', 1.0,
+                         lambda: any(math.isclose(t.linear.x, 0.5) for t in twists))
+
+        async def keep_driving():  # within the deadman while the CLI runs
+            while True:
+                await ws.send(json.dumps({'type': 'velocity', 'linear': {'x': 1.0}}))
+                await asyncio.sleep(0.1)  # command pacing, not synchronisation
+        driver = asyncio.create_task(keep_driving())
+        try:
+            said = await asyncio.to_thread(ros2_param, 'set', 'max_linear', '0.3')
+            await asyncio.to_thread(wait_for, lambda: math.isclose(twists[-1].linear.x, 0.3),
+                                    5, '0.3 on /cmd_vel')
+            return said
+        finally:
+            driver.cancel()
+            await ws.close()
+    said = asyncio.run(drive_while_setting())
+    assert 'Set parameter successful' in said, said
+    after = next(i for i, t in enumerate(twists) if math.isclose(t.linear.x, 0.3))
+    assert all(t.linear.x <= 0.3 + 1e-9 for t in twists[after:])
+    assert 'Double value is: 0.3' in ros2('param', 'get', '--no-daemon', '--timeout', '10',
+                                          '/bridge_node', 'max_linear')
+
+    out_of_range = ros2_param('set', 'max_linear', '500.0')
+    assert 'Setting parameter failed' in out_of_range and 'max_linear' in out_of_range
+    too_low = ros2_param('set', 'webrtc_bitrate', '100000')
+    assert 'Setting parameter failed' in too_low and 'below the encoders' in too_low, too_low
+    read_only = ros2_param('set', 'port', '9000')
+    assert 'Setting parameter failed' in read_only and 'read-only' in read_only, read_only
+    described = describe('/bridge_node', ['port', 'max_linear'])
+    assert 'a change needs a restart' in ' '.join(described['port'].split())
+    assert 'Changeable at run time' in described['max_linear']
+
+    def snapshot_size():
+        with urllib.request.urlopen(f'{bridge.http}/snapshot/camera', timeout=10) as reply:
+            return len(reply.read())
+    mine = tmp_path / 'tune.yaml'
+    mine.write_text('/**:\n  ros__parameters:\n    max_angular: 0.7\n'
+                    '    default_quality: 10\n    streams.camera.depth_min: 9.0\n')
+    with FramePublisher(ros.node, '/camera/image_raw', make=noise):
+        before = snapshot_size()
+        loaded = ros2_param('load', str(mine))
+        after = snapshot_size()
+    assert after < before * 0.7, (before, after)  # the new default quality, at once
+    assert 'Set parameter max_angular successful' in loaded, loaded
+    assert 'Set parameter default_quality successful' in loaded, loaded
+    assert 'Set parameter streams.camera.depth_min failed' in loaded, loaded
+    assert 'must exceed depth_min (9.0)' in loaded, loaded
+    wait_for(lambda: 'default_quality 80 -> 10' in getattr(
+        diagnostic(arrays, 'bridge_node: parameters'), 'message', ''), 10,
+        'the last change in /diagnostics')
+    values = {kv.key: kv.value for kv in diagnostic(arrays, 'bridge_node: parameters').values}
+    assert values['max_linear'] == '0.3' and values['max_angular'] == '0.7'
+
+
+def noise(index):
+    """A frame JPEG cannot shrink much at quality 80 and can at 10."""
+    import numpy as np
+    return np.random.default_rng(index).integers(0, 256, (240, 320, 3), dtype=np.uint8)

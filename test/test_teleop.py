@@ -1202,3 +1202,47 @@ class TeleopMachine(RuleBasedStateMachine):
 TeleopMachine.TestCase.settings = settings(
     max_examples=1500, stateful_step_count=30, deadline=None, database=None)
 test_teleop_state_machine = TeleopMachine.TestCase
+
+
+# --- limits changed at run time (ros2 param set) ------------------------------------------------
+
+
+def test_lowering_max_linear_at_run_time_brings_the_speed_down_at_once():
+    core = driving(make_core(max_linear=0.5, max_linear_accel=1.0, command_timeout=5.0))
+    send(core, forward(0.5), 0.0)
+    tick_through(core, 1.0)
+    assert core.state().velocity.linear_x == 0.5
+    effects = core.update_limits(TeleopConfig(max_linear=0.2, max_linear_accel=1.0,
+                                              command_timeout=5.0), 1.01)
+    assert effects.publish == Velocity(linear_x=0.2)  # at once: slowing down is never ramped
+    assert any('max_linear 0.5 -> 0.2' in event for event in effects.events)
+    # Republishes hold the new limit; the driver's next command is clamped to it.
+    assert all(e.publish.linear_x == 0.2 for _, e in tick_through(core, 1.3) if e.publish)
+    ack = only_reply(send(core, forward(0.5), 1.35))
+    assert ack.clamped and ack.applied.linear_x == 0.2
+
+
+def test_raising_max_linear_moves_nothing_until_the_driver_asks():
+    core = driving(make_core(max_linear=0.2))
+    send(core, forward(0.5), 0.0)
+    effects = core.update_limits(TeleopConfig(max_linear=0.6), 0.05)
+    assert effects.publish is None and core.state().velocity.linear_x == 0.2
+    assert only_reply(send(core, forward(0.5), 0.1)).applied.linear_x == 0.5
+
+
+def test_a_shorter_command_timeout_at_run_time_moves_the_deadman_deadline():
+    core = driving(make_core(command_timeout=2.0, republish_rate=0.0))
+    send(core, forward(0.3), 0.0)
+    assert core.next_deadline() == pytest.approx(2.0)
+    assert core.update_limits(TeleopConfig(command_timeout=0.5, republish_rate=0.0),
+                              0.1).publish is None
+    assert core.next_deadline() == pytest.approx(0.5)
+    assert core.tick(0.5).publish == ZERO
+
+
+def test_update_limits_takes_only_a_validated_config():
+    core = make_core()
+    with pytest.raises(TypeError):
+        core.update_limits({'max_linear': 0.3}, 0.0)
+    with pytest.raises(ValueError):
+        TeleopConfig(max_linear=-1.0)  # what the node builds first; the core never sees it

@@ -230,8 +230,31 @@ def test_phone_layouts(bridge, pages, viewport, name):
         assert box['y'] >= 0 and box['y'] + box['height'] <= viewport['height'] + 0.5, selector
     estop = page.locator('#estop').bounding_box()
     assert estop['height'] >= 60 and estop['width'] >= 120, 'the e-stop is a big target'
+    assert_stats_on_one_line(page)
+    assert_selects_labelled(page)
     screenshot(page, name)
     assert_no_page_errors(page)
+
+
+def assert_stats_on_one_line(page):
+    """Every figure of the stats overlay sits on one line, inside the picture."""
+    boxes = page.evaluate("""() => [...document.querySelectorAll('#stats > div')]
+        .map(item => { const b = item.getBoundingClientRect();
+                       return [b.top, b.height, b.right]; })""")
+    pane = page.locator('.video-pane').bounding_box()
+    line = page.evaluate("parseFloat(getComputedStyle(document.getElementById('stats'))"
+                         ".lineHeight) || 16")
+    assert len({round(top) for top, _, _ in boxes}) == 1, f'figures on several lines: {boxes}'
+    assert all(height < 1.5 * line for _, height, _ in boxes), f'a figure wraps: {boxes}'
+    assert max(right for _, _, right in boxes) <= pane['x'] + pane['width'], boxes
+
+
+def assert_selects_labelled(page):
+    """Both selects have an accessible name and a label one can see."""
+    for select, name in (('#transport', 'Video'), ('#stream', 'Stream')):
+        assert page.get_by_role('combobox', name=re.compile(name, re.I)).count() >= 1, select
+        label = page.locator(f'label:has({select}) .label-text')
+        assert label.is_visible() and label.text_content().strip() == name, select
 
 
 def test_keyboard_drives_and_stops(bridge, pages, cmd_vel):
@@ -467,4 +490,49 @@ def test_survives_bridge_restart_without_driving_by_itself(start_bridge, camera,
     cmd_vel.wait_last(restart, 0.25, 0.0, 'driving after a fresh key press')
     page.keyboard.up('ArrowUp')
     cmd_vel.wait_last(restart, 0.0, 0.0, 'zero after release')
+    assert_no_page_errors(page)
+
+
+TOKEN_FORM_VIEWPORTS = [({'width': 360, 'height': 640}, True),
+                        ({'width': 768, 'height': 1024}, True), (DESKTOP, False)]
+MUST_SHOW = ('#estop', '#release', '#token-input', '#token-form button[type=submit]', '#speed',
+             '#speed-value')
+
+
+def shown_unclipped(page, selector) -> bool:
+    """The whole element is on screen: its centre and all four corners hit-test to it."""
+    return page.evaluate("""selector => {
+        const element = document.querySelector(selector);
+        const box = element.getBoundingClientRect();
+        if (box.width <= 4 || box.height <= 4) return false;
+        const points = [[box.left + box.width / 2, box.top + box.height / 2],
+                        [box.left + 2, box.top + 2], [box.right - 2, box.top + 2],
+                        [box.left + 2, box.bottom - 2], [box.right - 2, box.bottom - 2]];
+        return points.every(([x, y]) => {
+            if (x < 0 || y < 0 || x > innerWidth || y > innerHeight) return false;
+            const hit = document.elementFromPoint(x, y);
+            return hit !== null && (hit === element || element.contains(hit)
+                                    || hit.contains(element));
+        });
+    }""", selector)
+
+
+@pytest.mark.parametrize('viewport,mobile', TOKEN_FORM_VIEWPORTS,
+                         ids=[f"{v['width']}x{v['height']}" for v, _ in TOKEN_FORM_VIEWPORTS])
+def test_token_form_fits_the_viewport(start_bridge, camera, cmd_vel, pages, viewport, mobile):
+    """Opened without the token: STOP, Release, the token box and the speed stay usable."""
+    bridge = start_bridge(token='s3cret-token')
+    page = pages(bridge, viewport, mobile=mobile, live=False)
+    page.locator('#token-form').wait_for(state='visible')
+    width = page.evaluate('document.documentElement.scrollWidth')
+    assert width <= viewport['width'], f'page is {width}px wide'
+    for selector in MUST_SHOW:
+        if viewport['width'] < 700:   # a phone may scroll the page to reach a control
+            page.locator(selector).scroll_into_view_if_needed()
+        assert shown_unclipped(page, selector), f'{selector} is clipped or off screen'
+    page.evaluate('window.scrollTo(0, 0)')
+    if mobile:
+        assert_stats_on_one_line(page)
+        assert_selects_labelled(page)
+    screenshot(page, f"token-form-{viewport['width']}x{viewport['height']}.png")
     assert_no_page_errors(page)

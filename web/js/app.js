@@ -1,12 +1,12 @@
 // Wiring of the teleop page: sockets, inputs and what the user sees.
 
 import { pageNow } from './clock.js';
-import { ControlClient } from './control.js';
+import { ControlClient, PROBE_PERIOD } from './control.js';
 import { DriveController } from './drive.js';
 import { GamepadInput, Joystick, KeyboardInput } from './input.js';
-import { controlPath, ERROR_TEXT, streamChoices, streamsPath, videoPath,
+import { controlPath, errorNotice, streamChoices, streamsPath, videoPath,
          websocketBase } from './protocol.js';
-import { formatBitrate, formatDuration } from './stats.js';
+import { formatBitrate, formatDuration, statsTooltip, transportLabel } from './stats.js';
 import { VideoClient } from './video.js';
 import { CHANNEL_COMMANDS, WebRtcVideo } from './webrtc.js';
 
@@ -85,8 +85,7 @@ const control = new ControlClient({
     }
     drive.reply(message, request);
     if (message.type === 'error') {
-      showNotice(ERROR_TEXT[message.code] ? `${ERROR_TEXT[message.code]} (${message.message})`
-        : message.message || message.code, 'warn');
+      showNotice(errorNotice(message.code, message.message), 'warn');
     }
   },
   onClose(info) {
@@ -508,11 +507,11 @@ function renderVideo() {
   const viaWebRtc = webrtc.status === 'playing';
   const stats = viaWebRtc ? webrtc.stats() : video.stats();
   const transport = $('stat-transport');
-  const transportText = viaWebRtc
-    ? `WebRTC ${(stats.codec ?? '').toUpperCase()}${stats.candidateType === 'relay' ? ' relay' : ''}`
-    : 'WebSocket JPEG';
+  const [transportText, transportValue] = transportLabel({
+    webrtc: webrtc.status, websocket: video.status, codec: stats.codec ?? '',
+    candidateType: stats.candidateType ?? '' });
   setText(transport, transportText);
-  setAttr(transport, 'data-value', viaWebRtc ? 'webrtc' : 'websocket');
+  setAttr(transport, 'data-value', transportValue);
   transport.title = webrtc.problem ? `WebRTC: ${webrtc.problem}` : '';
   const overlay = $('video-overlay');
   const text = videoOverlayText(stats);
@@ -533,6 +532,7 @@ function renderVideo() {
   $('stats').dataset.size = stats.width ? `${stats.width}×${stats.height}` : '';
 }
 
+$('stats').title = statsTooltip(PROBE_PERIOD);
 setInterval(render, 250);
 
 // Devtools and tests read the live objects here; nothing on the page depends on it.

@@ -259,3 +259,15 @@ export const ERROR_TEXT = Object.freeze({
   unknown_command: 'The bridge does not know this command.',
   shutting_down: 'The bridge is stopping.',
 });
+
+/**
+ * The notice for an `error` reply: the page's text for its code, with the bridge's message
+ * after it unless that only says the same again ("A valid token is required to drive." and
+ * "a valid token is required to drive").
+ */
+export function errorNotice(code, message) {
+  const text = ERROR_TEXT[code];
+  if (!text) return message || code;
+  const plain = (value) => String(value ?? '').toLowerCase().replace(/[^a-z0-9]+/g, ' ').trim();
+  return !message || plain(text).includes(plain(message)) ? text : `${text} (${message})`;
+}

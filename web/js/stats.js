@@ -98,3 +98,30 @@ export function formatBitrate(kbps) {
 export function plausibleLatency(seconds) {
   return seconds !== null && Number.isFinite(seconds) && seconds > -0.5 && seconds < 60;
 }
+
+/**
+ * What the "via" figure says: the transport that draws the picture now, never one that is only
+ * being tried. `webrtc` is the WebRTC status (off | starting | playing | failed | unavailable),
+ * `websocket` the video socket's (disconnected | connecting | open).
+ * Returns [text, data-value].
+ */
+export function transportLabel({ webrtc, websocket, codec = '', candidateType = '' }) {
+  if (webrtc === 'playing') {
+    return [`WebRTC ${codec.toUpperCase()}${candidateType === 'relay' ? ' relay' : ''}`.trim(),
+      'webrtc'];
+  }
+  if (websocket === 'open') return ['WebSocket JPEG', 'websocket'];
+  if (webrtc === 'starting') return ['WebRTC…', 'webrtc-starting'];
+  if (websocket === 'connecting') return ['WebSocket…', 'websocket-connecting'];
+  return ['–', ''];
+}
+
+/** The stats tooltip; `probePeriodMs` is how often the page probes the bridge clock. */
+export function statsTooltip(probePeriodMs) {
+  const every = probePeriodMs % 1000 ? `${probePeriodMs} ms` : `${probePeriodMs / 1000} s`;
+  return 'fps: frames drawn per second. latency: camera stamp (header.stamp) to drawn on this '
+    + "screen, in the bridge's clock: the page estimates the bridge clock offset from 'time' "
+    + `probes (smallest round trip wins, one probe every ${every}) and assumes the camera `
+    + "stamps with the bridge's clock (same machine, or NTP/chrony-synced). kbit/s: video "
+    + 'received.';
+}

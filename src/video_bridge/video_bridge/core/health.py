@@ -168,3 +168,23 @@ def overall(diagnostics) -> Optional[int]:
     """Return the worst level among ``diagnostics`` (None for none)."""
     levels = [d.level for d in diagnostics]
     return max(levels) if levels else None
+
+
+def parameters_diagnostic(values: dict, last_change: Optional[tuple], now: float,
+                          prefix: str = '') -> Diagnostic:
+    """
+    Show the parameters a running bridge takes, and its last change at run time.
+
+    ``values``: run-time parameter name -> current value; ``last_change``: ``(monotonic time,
+    'name old -> new, ...')`` of the last accepted ``ros2 param set``/``load``, or None.
+    """
+    if last_change is None:
+        message = 'run-time parameters as started'
+        extra = ()
+    else:
+        when, text = last_change
+        message = f'changed at run time {max(now - when, 0.0):.0f} s ago: {text}'
+        extra = (('last change', text),)
+    shown = tuple((name, str(value).lower() if isinstance(value, bool) else str(value))
+                  for name, value in values.items())
+    return Diagnostic(f'{prefix}parameters', OK, message, extra + shown)

@@ -218,6 +218,29 @@ class Stream:
         """Stream name, as in /video/<name>."""
         return self.settings.name
 
+    def reconfigure(self, settings: StreamSettings):
+        """
+        Take new settings at run time (``ros2 param set``): frames from now on use them.
+
+        Viewers that join later resolve their quality with the new default; viewers already
+        watching keep the variant they joined with. Video layers whose bitrate changed get a
+        fresh encoder (it starts with a keyframe). Name, topic, kind and the number of layers
+        are fixed for a stream's life: ValueError.
+        """
+        old = self.settings
+        fixed = ('name', 'topic', 'kind')
+        if any(getattr(settings, f) != getattr(old, f) for f in fixed) or \
+                len(settings.video_bitrates) != len(old.video_bitrates):
+            raise ValueError(f'stream {self.name!r}: name, topic, kind and layer count are '
+                             'fixed at start')
+        with self._lock:
+            self.settings = settings
+            if settings.video_bitrates != old.video_bitrates:
+                for variant, slot in self._slots.items():
+                    if slot.encoder is not None:
+                        slot.encoder = self._video_encoder(variant)
+                        slot.keyframes.request()
+
     # -- viewers (network side) -----------------------------------------------------------
 
     def attach(self, variant: Variant) -> Viewer:

@@ -33,6 +33,10 @@ NAME_PATTERN = re.compile(r'[A-Za-z0-9_-]{1,64}')
 VOCABULARY_FIELDS = ('linear_x', 'angular_z', 'linear_y')
 REQUIRED_FIELDS = ('linear_x', 'angular_z')
 MAX_RAMP_STEP = 0.1  # s; the acceleration ramp advances at least this often, whatever the rate
+# TeleopConfig fields a running bridge may change (update_limits logs each change).
+LIMIT_FIELDS = ('max_linear', 'max_angular', 'max_linear_accel', 'max_angular_accel',
+                'command_timeout', 'republish_rate', 'holonomic', 'allow_takeover',
+                'default_speed')
 # A deadline within this of ``now`` counts as reached, so float noise in ``last + period``
 # cannot make a timer that fires exactly at next_deadline() find nothing to do.
 TIME_TOLERANCE = 1e-6  # s
@@ -245,11 +249,8 @@ class TeleopCore:
 
     def __init__(self, config: TeleopConfig, wall_clock: Callable[[], float] = time.time):
         """Start idle: nobody drives, e-stop released, nothing published yet."""
-        self.config = config
         self._wall_clock = wall_clock  # only for TimeReply.server_time
-        rate = config.republish_rate
-        self._republish_period = 1.0 / rate if rate > 0 else None
-        self._ramp_step = min(self._republish_period or MAX_RAMP_STEP, MAX_RAMP_STEP)
+        self._use_config(config)
         self._clients: dict = {}
         self._driver: Optional[str] = None
         self._estop = False
@@ -264,7 +265,39 @@ class TeleopCore:
             EmergencyStop: self._on_estop, TimeSync: self._on_time,
         }
 
+    def _use_config(self, config: TeleopConfig):
+        self.config = config
+        rate = config.republish_rate
+        self._republish_period = 1.0 / rate if rate > 0 else None
+        self._ramp_step = min(self._republish_period or MAX_RAMP_STEP, MAX_RAMP_STEP)
+
     # --- public API ---
+
+    def update_limits(self, config: TeleopConfig, now: float) -> Effects:
+        """
+        Take new limits and policy at run time (``ros2 param set``); they hold from now on.
+
+        A velocity above the new limits is brought within them at once (slowing down is never
+        ramped, so a lowered ``max_linear`` shows on cmd_vel in this call); a raised limit moves
+        nothing by itself: the driver's next command may use it. The deadman counts the new
+        ``command_timeout`` from the driver's last command. Clients see the new limits in the
+        ``hello`` of their next connection, and in ``clamped`` acks meanwhile.
+        """
+        if not isinstance(config, TeleopConfig):
+            raise TypeError(f'expected a TeleopConfig, got {type(config).__name__}')
+        old = self.config
+        self._use_config(config)
+        effects = Effects()
+        changes = [f'{name} {getattr(old, name)!r} -> {getattr(config, name)!r}'
+                   for name in LIMIT_FIELDS if getattr(old, name) != getattr(config, name)]
+        if changes:
+            effects.events.append('teleop limits changed: ' + ', '.join(changes))
+        self._target = self._clamp(self._target)[0]
+        limited = self._clamp(self._published)[0]
+        if limited != self._published:
+            self._publish(effects, limited, now)
+            effects.events.append(f'velocity brought within the new limits: {limited}')
+        return effects
 
     def connect(self, client_id: str, can_drive: bool, token_required: bool,
                 now: float) -> Effects:

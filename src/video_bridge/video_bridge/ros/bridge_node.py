@@ -17,12 +17,14 @@ cmd_vel is reliable, depth 10 (a stop must arrive); status is reliable, depth 1.
 import asyncio
 import concurrent.futures
 import ctypes
+import dataclasses
 import os
 import signal
 import socket
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -39,6 +41,7 @@ from std_msgs.msg import Bool
 from video_bridge.core import health
 from video_bridge.core import ice
 from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token
+from video_bridge.core.encoders import MIN_BITRATE
 from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
 from video_bridge.core.layers import layer_bitrates
 from video_bridge.core.secret_file import exposure_warning, read_secret_file
@@ -49,7 +52,9 @@ from video_bridge.net.auth import machine_names
 from video_bridge.net.control import ControlService
 from video_bridge.net.server import BridgeServer, ServerConfig
 from video_bridge.net.webrtc import WebRtcConfig, WebRtcService
-from video_bridge.ros.parameters import BRIDGE_PARAMETERS, declare, unknown_parameters
+from video_bridge.ros.parameters import (BRIDGE_PARAMETERS, declare, described,
+                                         RUNTIME_PARAMETERS, RUNTIME_STREAM_FIELDS,
+                                         STREAM_PARAMETERS, unknown_parameters)
 from video_bridge.ros.usage import handle_help
 from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
 from video_bridge_msgs.srv import SetEmergencyStop
@@ -171,7 +176,9 @@ class BridgeNode(Node):
         self._reconcile_now = self.create_guard_condition(self._reconcile)
         self.create_timer(0.5, self._reconcile)
         self.create_timer(1.0, self._refresh_topics)
-        self.create_timer(self.p.status_period, self._publish_status)
+        self._status_timer = self.create_timer(self.p.status_period, self._publish_status)
+        self._parameter_change = None  # (monotonic time, text) of the last run-time change
+        self._values_before = {}       # of the change being applied, for the log
         self.create_service(SetEmergencyStop, '~/set_emergency_stop', self._estop_service)
         if not self.p.subscribe_on_demand:
             for stream in self.hub.streams():
@@ -179,6 +186,9 @@ class BridgeNode(Node):
         for name in unknown_parameters(self):
             self.get_logger().warning(f'parameter {name!r} is not a bridge_node parameter and '
                                       'is ignored (misspelt, or from an older version?)')
+        # Registered last: declaring parameters runs these callbacks too.
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
 
     def _secret(self, path: str, parameter: str) -> str:
         """Read a secret file a parameter names ('' when none); warn if others may read it."""
@@ -220,18 +230,33 @@ class BridgeNode(Node):
 
     # -- streams -----------------------------------------------------------------------
 
-    def _stream_settings(self, name: str, topic: str = '', kind: str = '') -> StreamSettings:
-        # Configured streams have streams.<name>.* parameters; topic streams use the defaults.
-        per = self.p.stream(name) if not topic else self.p.stream_defaults()
+    def _stream_settings(self, name: str, topic: str = '', kind: str = '',
+                         values=None) -> StreamSettings:
+        """
+        Build a stream's settings from the parameters, or from ``values`` (a proposed change).
+
+        Configured streams have streams.<name>.* parameters; topic streams use the defaults.
+        ValueError when the values cannot make a stream (depth_max <= depth_min, ...).
+        """
+        values = values or self.p
+        if topic:
+            per = self.p.stream_defaults()
+        else:
+            self.p.stream(name)  # declared (once) and checked
+            per = SimpleNamespace(**{field: getattr(values, f'streams.{name}.{field}', None)
+                                     for field in STREAM_PARAMETERS})
+            for field in STREAM_PARAMETERS:
+                if getattr(per, field) is None:
+                    setattr(per, field, self.get_parameter(f'streams.{name}.{field}').value)
         display = DisplaySettings(depth_min=per.depth_min, depth_max=per.depth_max,
                                   colormap=per.colormap)
         # Resolved now (namespace, remapping): /api/streams and web_video_server URLs name the
         # topic as `ros2 topic list` does.
         resolved = topic or self.resolve_topic_name(per.topic)
         return StreamSettings(name=name, topic=resolved, kind=kind or per.type,
-                              quality=per.quality or self.p.default_quality,
-                              max_variants=self.p.max_variants, display=display,
-                              video_bitrates=layer_bitrates(self.p.webrtc_bitrate,
+                              quality=per.quality or values.default_quality,
+                              max_variants=values.max_variants, display=display,
+                              video_bitrates=layer_bitrates(values.webrtc_bitrate,
                                                             self.p.webrtc_layers))
 
     def _topic_stream(self, name: str):
@@ -319,6 +344,82 @@ class BridgeNode(Node):
                                    'kind': IMAGE_TYPES[type_name]})
         self._image_topics = topics
 
+    # -- run-time parameters (ros2 param set / load) -------------------------------------
+
+    def _proposed(self, parameters) -> SimpleNamespace:
+        """Every run-time value as it would be after ``parameters`` (streams.* by full name)."""
+        values = {name: getattr(self.p, name) for name in RUNTIME_PARAMETERS}
+        values.update((parameter.name, parameter.value) for parameter in parameters)
+        return SimpleNamespace(**values)
+
+    def _plan(self, values: SimpleNamespace) -> tuple:
+        """Build what ``values`` would apply: (TeleopConfig, {stream: settings}); ValueError."""
+        teleop = dataclasses.replace(self.teleop.config, **{
+            name: getattr(values, name) for name in (
+                'max_linear', 'max_angular', 'max_linear_accel', 'max_angular_accel',
+                'command_timeout', 'republish_rate', 'allow_takeover', 'default_speed')})
+        bitrates = layer_bitrates(values.webrtc_bitrate, self.p.webrtc_layers)
+        if bitrates[-1] < MIN_BITRATE:
+            raise ValueError(f'webrtc_bitrate {values.webrtc_bitrate} gives layer '
+                             f'{len(bitrates) - 1} {bitrates[-1]} bit/s, below the encoders '
+                             f'lowest {MIN_BITRATE} (webrtc_layers is {self.p.webrtc_layers})')
+        streams = {}
+        for stream in self.hub.streams():
+            settings = stream.settings
+            topic = settings.name if settings.name.startswith('/') else ''
+            streams[stream] = self._stream_settings(settings.name, topic, settings.kind, values)
+        return teleop, streams
+
+    def _validate_parameters(self, parameters):
+        """
+        Accept a whole change or none of it, with the reason (rclpy's on-set callback).
+
+        rclpy has already checked types, ranges and read-only; this checks what a range cannot
+        (a field a stream does not take at run time, depth_max above depth_min, a layer below
+        the encoders' lowest bit rate) by building everything the change would apply.
+        """
+        from rcl_interfaces.msg import SetParametersResult
+        for parameter in parameters:
+            field = parameter.name.rpartition('.')[2]
+            if parameter.name not in RUNTIME_PARAMETERS and not (
+                    parameter.name.startswith('streams.') and field in RUNTIME_STREAM_FIELDS):
+                return SetParametersResult(successful=False, reason=(
+                    f'{parameter.name} is read once at start: a change needs a restart'))
+        try:
+            self._plan(self._proposed(parameters))
+        except (ValueError, TypeError) as exc:
+            names = ', '.join(parameter.name for parameter in parameters)
+            self.get_logger().warning(f'refused a parameter change ({names}): {exc}')
+            return SetParametersResult(successful=False, reason=str(exc))
+        # rclpy runs the post-set callback right after this one, with the same list.
+        self._values_before = {parameter.name: self.get_parameter(parameter.name).value
+                               for parameter in parameters}
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, parameters):
+        """Apply a validated change to the core and log it (rclpy's post-set callback)."""
+        changes = []
+        for parameter in parameters:
+            old = self._values_before.get(parameter.name, getattr(self.p, parameter.name, None))
+            setattr(self.p, parameter.name, parameter.value)
+            changes.append(f'{parameter.name} {old!r} -> {parameter.value!r}')
+        teleop, streams = self._plan(self.p)   # validated a moment ago: cannot fail now
+        self.hub.max_viewers = self.p.max_viewers
+        for stream, settings in streams.items():
+            stream.reconfigure(settings)
+        if any(parameter.name == 'status_period' for parameter in parameters):
+            self.destroy_timer(self._status_timer)
+            self._status_timer = self.create_timer(self.p.status_period, self._publish_status)
+        try:
+            self.on_loop(lambda: self.control.apply(
+                self.teleop.update_limits(teleop, self.control.clock())))
+        except (concurrent.futures.TimeoutError, RuntimeError) as exc:
+            self.get_logger().error(f'teleop limits not applied: bridge loop not answering: '
+                                    f'{exc}')
+        text = ', '.join(changes)
+        self._parameter_change = (time.monotonic(), text)
+        self.get_logger().info(f'parameters changed at run time: {text}')
+
     # -- teleop ------------------------------------------------------------------------
 
     def publish_velocity(self, velocity):
@@ -396,6 +497,9 @@ class BridgeNode(Node):
         except (concurrent.futures.TimeoutError, RuntimeError):
             teleop = None
         diagnostics.append(health.teleop_diagnostic(teleop, self.p.command_timeout, prefix))
+        diagnostics.append(health.parameters_diagnostic(
+            {name: getattr(self.p, name) for name in sorted(RUNTIME_PARAMETERS)},
+            self._parameter_change, now, prefix))
         self._publish_diagnostics(diagnostics)
         if teleop is not None:
             msg.teleop = TeleopStatus(driver_id=teleop.driver_id or '',
@@ -495,6 +599,55 @@ async def run_bridge(args=None) -> int:
             rclpy.shutdown()
 
 
+PAGE_URL_VARIABLE = 'VIDEO_BRIDGE_PAGE_URL'
+
+
+def network_namespace():
+    """
+    Name this process's network namespace when it is not the machine's own, else None.
+
+    A namespace made with ``ip netns add`` is found by name under /run/netns; another one
+    (``unshare --net``) is '' when pid 1's namespace can be read to compare, else unknown (None).
+    """
+    try:
+        mine = os.stat('/proc/self/ns/net')
+    except OSError:
+        return None
+    try:
+        for name in sorted(os.listdir('/run/netns')):
+            named = os.stat(os.path.join('/run/netns', name))
+            if (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
+                return name
+    except OSError:
+        pass
+    try:
+        return '' if os.stat('/proc/1/ns/net').st_ino != mine.st_ino else None
+    except OSError:  # pid 1's namespace is not ours to read: cannot tell
+        return None
+
+
+def page_urls(server, token: str, page_url: str = '') -> tuple:
+    """
+    Return ``(urls, where)``: the page URLs with the token, and where they open.
+
+    ``page_url`` (``$VIDEO_BRIDGE_PAGE_URL``) is the page as the user reaches it from outside,
+    e.g. ``http://203.0.113.2:8080/`` for scripts/demo's namespace: then it is the only URL.
+    Otherwise the bridge's own names, which inside a network namespace open only there.
+    """
+    query = f'?token={token}'
+    if page_url:
+        return [page_url.rstrip('/') + '/' + query], ''
+    scheme = 'https' if server.config.tls_cert else 'http'
+    hosts = [socket.gethostname(), '127.0.0.1'] if server.config.host in ('0.0.0.0', '::') \
+        else [server.config.host]
+    namespace = network_namespace()
+    where = '' if namespace is None else (
+        f' (addresses inside network namespace {namespace or "of bridge_node"}, valid only '
+        'there: from outside it use the address of its interface, or set '
+        '$VIDEO_BRIDGE_PAGE_URL to print that)')
+    return [f'{scheme}://{host}:{server.port}/{query}' for host in hosts], where
+
+
 def print_page_url(server, token: str):
     """
     Show the page URL with the generated token on stdout (not /rosout: DDS nodes read that).
@@ -502,12 +655,10 @@ def print_page_url(server, token: str):
     Jupyter-style: open it once; the page keeps the token for the tab and drops it from the
     address bar.
     """
-    scheme = 'https' if server.config.tls_cert else 'http'
-    hosts = [socket.gethostname(), '127.0.0.1'] if server.config.host in ('0.0.0.0', '::') \
-        else [server.config.host]
-    lines = [f'    {scheme}://{host}:{server.port}/?token={token}' for host in hosts]
+    urls, where = page_urls(server, token, os.environ.get(PAGE_URL_VARIABLE, '').strip())
     print('video_bridge: no token was configured and the bridge is reachable beyond this '
-          'machine, so it made one.\nTo watch and drive, open:\n' + '\n'.join(lines) +
+          f'machine, so it made one.\nTo watch and drive, open{where}:\n'
+          + '\n'.join(f'    {url}' for url in urls) +
           '\n(set token_file or $VIDEO_BRIDGE_TOKEN to choose your own)', flush=True)
 
 
@@ -537,7 +688,9 @@ def keep_frame_memory():
 
 def main(args=None):
     """Entry point of ``ros2 run video_bridge bridge_node``."""
-    code = handle_help('bridge_node', __doc__, BRIDGE_PARAMETERS, args)
+    parameters = {name: (default, described(text, name in RUNTIME_PARAMETERS), *rest)
+                  for name, (default, text, *rest) in BRIDGE_PARAMETERS.items()}
+    code = handle_help('bridge_node', __doc__, parameters, args)
     if code is not None:
         sys.exit(code)
     keep_frame_memory()

@@ -3,6 +3,11 @@ bridge_node's parameters: one table with defaults, descriptions and ranges.
 
 Declared through rclpy so they show up in ``ros2 param describe`` and are validated by rclpy
 (ranges, read-only); ``config/bridge.yaml`` mirrors this table with comments.
+
+The names in RUNTIME_PARAMETERS (and the stream fields in RUNTIME_STREAM_FIELDS) take a change
+while the bridge runs (``ros2 param set``, ``ros2 param load``): bridge_node validates the whole
+change, then applies all of it (see ``BridgeNode._validate_parameters``). Every other parameter
+is read once at start and declared read-only; its description says that it needs a restart.
 """
 
 from types import SimpleNamespace
@@ -55,7 +60,8 @@ BRIDGE_PARAMETERS = {
                      '2 x ping_interval + ping_timeout.', (0.2, 600.0)),
     # streams
     'stream_names': (['camera'], 'Streams to offer; each reads streams.<name>.topic.', None),
-    'default_quality': (80, 'JPEG quality when a stream or viewer names none.', (1, 100)),
+    'default_quality': (80, 'JPEG quality when a stream or viewer names none (a change applies '
+                        'to viewers that start watching after it).', (1, 100)),
     'max_viewers': (100, 'Viewers (websocket, MJPEG, snapshot) across all streams; the next '
                     'is refused with a clear reason.', (1, 10000)),
     'frames_in_flight': (2, 'Video frames sent to a viewer and not yet acknowledged (by the '
@@ -98,10 +104,13 @@ BRIDGE_PARAMETERS = {
     'webrtc_enabled': (True, 'Offer WebRTC video and data-channel teleop on /control (the page '
                        'falls back to websocket JPEG without it).', None),
     'webrtc_codecs': (['h264', 'vp8'], 'Video codecs offered over WebRTC, preferred first.', None),
-    'webrtc_bitrate': (1200000, 'Bit/s of the full WebRTC layer; further layers at 1/2, 1/4.',
+    'webrtc_bitrate': (1200000, 'Bit/s of the full WebRTC layer; further layers at 1/2, 1/4 '
+                       '(a change restarts the encoders at the new rate with a keyframe).',
                        (50000, 20000000)),
     'webrtc_layers': (3, 'WebRTC quality layers per stream and codec (full, half, quarter '
-                      'bitrate); each peer moves between them by its bandwidth estimate.', (1, 3)),
+                      'bitrate); each peer moves between them by its bandwidth estimate '
+                      '(each peer is built on the count, so it cannot change at run time).',
+                      (1, 3)),
     'webrtc_max_peers': (20, 'WebRTC peer connections at once.', (1, 1000)),
     'webrtc_connect_timeout': (15.0, 'Seconds from the offer until a WebRTC peer must be '
                                'connected (ICE and DTLS done); else it is closed and its slot '
@@ -138,6 +147,24 @@ STREAM_PARAMETERS = {
 }
 
 
+# Parameters a running bridge_node takes (ros2 param set / load); all others need a restart.
+RUNTIME_PARAMETERS = frozenset({
+    'max_linear', 'max_angular', 'max_linear_accel', 'max_angular_accel', 'command_timeout',
+    'republish_rate', 'allow_takeover', 'default_speed',            # teleop limits and policy
+    'default_quality', 'max_variants', 'webrtc_bitrate',            # encoding
+    'max_viewers', 'subscribe_on_demand', 'unsubscribe_delay', 'allow_topic_streams',
+    'status_period', 'cmd_vel_frame_id',
+})
+RUNTIME_STREAM_FIELDS = frozenset({'quality', 'depth_min', 'depth_max', 'colormap'})
+RUNTIME_NOTE = 'Changeable at run time (ros2 param set).'
+RESTART_NOTE = 'Read-only: read once at start, a change needs a restart.'
+
+
+def described(description: str, runtime: bool) -> str:
+    """Say in a description whether a change needs a restart (``ros2 param describe``)."""
+    return f'{description} {RUNTIME_NOTE if runtime else RESTART_NOTE}'
+
+
 def default_topic(stream_name: str) -> str:
     """Relative image topic of a stream with no topic parameter: camera -> camera/image_raw."""
     return f'{stream_name}/image_raw'
@@ -154,9 +181,11 @@ def unknown_parameters(node) -> list:
     return sorted(name for name in overrides if not node.has_parameter(name))
 
 
-def _descriptor(description, limits, value):
-    # Read once at startup: read-only, so `ros2 param set` cannot pretend to change them.
-    descriptor = ParameterDescriptor(description=description, read_only=True)
+def _descriptor(description, limits, value, runtime=False):
+    # Read once at startup unless `runtime`: read-only, so `ros2 param set` cannot pretend to
+    # change them (rclpy refuses "Trying to set a read-only parameter").
+    descriptor = ParameterDescriptor(description=described(description, runtime),
+                                     read_only=not runtime)
     if limits is not None:
         low, high = limits
         if isinstance(value, float):
@@ -205,7 +234,8 @@ class BridgeParameters(_Values):
     def __init__(self, node):
         _refuse_removed_token(node)
         for name, (default, description, limits) in BRIDGE_PARAMETERS.items():
-            node.declare_parameter(name, default, _descriptor(description, limits, default))
+            node.declare_parameter(name, default, _descriptor(description, limits, default,
+                                                              name in RUNTIME_PARAMETERS))
         super().__init__(node, BRIDGE_PARAMETERS)
         self._node = node
         for name in ('allowed_origins', 'allowed_hosts', 'cors_origins', 'trusted_proxies'):
@@ -229,7 +259,8 @@ class BridgeParameters(_Values):
                 if default is None:
                     default = default_topic(name)
                 node.declare_parameter(prefix + field, default,
-                                       _descriptor(description, limits, default))
+                                       _descriptor(description, limits, default,
+                                                   field in RUNTIME_STREAM_FIELDS))
         values = _Values(node, STREAM_PARAMETERS, prefix)
         if values.type not in ('raw', 'compressed'):
             raise ValueError(f'{prefix}type must be raw or compressed, not {values.type!r}')

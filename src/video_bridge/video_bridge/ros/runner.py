@@ -59,6 +59,24 @@ def wait_for_port(port: int, processes, timeout: float = 20.0) -> bool:
     return False
 
 
+def page_hint(spec, port: int, env) -> str:
+    """
+    Say where the page opens, without a second URL beside the one bridge_node prints.
+
+    ``$VIDEO_BRIDGE_PAGE_URL`` is the page as the user reaches it (scripts/demo sets it: its
+    nodes run in a network namespace whose own names do not open from outside).
+    """
+    token_set = bool(parameter_value(spec, 'token_file', '') or env.get('VIDEO_BRIDGE_TOKEN'))
+    page_url = env.get('VIDEO_BRIDGE_PAGE_URL', '').strip()
+    scheme = 'https' if parameter_value(spec, 'tls_cert', '') else 'http'
+    host = str(parameter_value(spec, 'host', '127.0.0.1'))
+    if host == '127.0.0.1':
+        return f'open {page_url or f"{scheme}://127.0.0.1:{port}/"} in a browser'
+    if not token_set:
+        return 'open the page URL with the token that bridge_node prints'
+    return f'open {page_url or f"{scheme}://<this host>:{port}/"} with your token'
+
+
 def main(argv=None):
     """Start the lineup, print the URL, and stop everything on SIGINT/SIGTERM."""
     lineup, arguments = parse(sys.argv[1:] if argv is None else argv)
@@ -90,11 +108,7 @@ def main(argv=None):
     if bridge:
         port = int(parameter_value(bridge[0], 'port', 8080))
         if port and wait_for_port(port, processes):
-            scheme = 'https' if parameter_value(bridge[0], 'tls_cert', '') else 'http'
-            host = str(parameter_value(bridge[0], 'host', '127.0.0.1'))
-            where = (f'open {scheme}://127.0.0.1:{port}/ in a browser' if host == '127.0.0.1'
-                     else f'open {scheme}://<this host>:{port}/ with the token: your '
-                          'token_file, or the ?token= URL bridge_node prints')
+            where = page_hint(bridge[0], port, env)
             print(f'\n  video_bridge is up: {where}\n'
                   f'  DDS discovery range: {env["ROS_AUTOMATIC_DISCOVERY_RANGE"]}. '
                   f'Ctrl-C stops the car and the nodes.\n', flush=True)
