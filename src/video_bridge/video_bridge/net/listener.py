@@ -56,7 +56,8 @@ def refusal(reason: str) -> bytes:
 class _Tracked(asyncio.Protocol):
     """Forward everything to aiohttp's protocol; tell the listener when the connection ends."""
 
-    __slots__ = ('inner', 'listener', 'peer', 'transport', 'requested', 'timer')
+    __slots__ = ('inner', 'listener', 'peer', 'transport', 'requested', 'timer', 'paused',
+                 'drained')
 
     def __init__(self, inner, listener: 'Listener', peer: str):
         self.inner = inner
@@ -65,6 +66,8 @@ class _Tracked(asyncio.Protocol):
         self.transport = None
         self.requested = False
         self.timer = None
+        self.paused = False       # asyncio holds bytes this connection's socket did not take
+        self.drained = None       # future: set once it holds none again (or the connection ends)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -78,19 +81,30 @@ class _Tracked(asyncio.Protocol):
         return self.inner.eof_received()
 
     def pause_writing(self):
+        self.paused = True
         self.inner.pause_writing()
 
     def resume_writing(self):
+        self.paused = False
+        self._wake()
         self.inner.resume_writing()
 
     def connection_lost(self, exc):
+        self.paused = False
+        self._wake()
         try:
             self.inner.connection_lost(exc)
         finally:
             self.listener._closed(self)
 
+    def _wake(self):
+        if self.drained is not None:
+            if not self.drained.done():
+                self.drained.set_result(None)
+            self.drained = None
 
-class _LogThrottle:
+
+class LogThrottle:
     """At most one log line per ``period``, with how many events it stands for."""
 
     def __init__(self, period: float = EMFILE_LOG_PERIOD):
@@ -136,10 +150,10 @@ class Listener:
         self._silent: collections.OrderedDict = collections.OrderedDict()
         self._tasks: Set[asyncio.Task] = set()
         self._accepting: list = []
-        self._emfile_log = _LogThrottle()
-        self._refusal_log = _LogThrottle()
+        self._emfile_log = LogThrottle()
+        self._refusal_log = LogThrottle()
         self.dropped = 0           # connections closed for sending no request (or handshake)
-        self._dropped_log = _LogThrottle()
+        self._dropped_log = LogThrottle()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -204,6 +218,15 @@ class Listener:
             if tracked.timer is not None:
                 tracked.timer.cancel()
                 tracked.timer = None
+
+    async def drained(self, transport):
+        """Wait until asyncio holds nothing unsent for this connection (or it closed)."""
+        tracked = self._by_transport.get(transport)
+        if tracked is None or not tracked.paused:
+            return
+        if tracked.drained is None:
+            tracked.drained = asyncio.get_running_loop().create_future()
+        await asyncio.shield(tracked.drained)
 
     # -- accepting -------------------------------------------------------------------------
 
