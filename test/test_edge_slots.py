@@ -4,6 +4,7 @@ MJPEG reader skips frames instead of reading a backlog, caps tell a crowd from a
 TLS handshakes are bounded, refusals are logged sparingly."""
 
 import fcntl
+import json
 import re
 import socket
 import struct
@@ -49,8 +50,14 @@ class MjpegReader(threading.Thread):
         return head
 
     def _more(self, sock, size):
-        sock.settimeout(max(0.1, self._end - time.monotonic()))
-        data = sock.recv(size)
+        while True:
+            assert not self._halt.is_set() and time.monotonic() < self._end, 'stopped'
+            sock.settimeout(0.2)
+            try:
+                data = sock.recv(size)
+                break
+            except socket.timeout:
+                continue
         assert data, 'the bridge closed the stream'
         self._buffer += data
 
@@ -83,7 +90,8 @@ class MjpegReader(threading.Thread):
                         sock, termios.FIONREAD, b'\0\0\0\0'))[0])
                     self._halt.wait(self.period)  # this client is slow on purpose
         except BaseException as exc:
-            self.error = exc
+            if not self._halt.is_set():
+                self.error = exc
 
 
 def test_a_slow_mjpeg_reader_skips_frames_and_is_not_dropped(ros, start_bridge):
@@ -104,3 +112,50 @@ def test_a_slow_mjpeg_reader_skips_frames_and_is_not_dropped(ros, start_bridge):
         f'{reader.error!r}; ages {ages}'
     assert len(ages) == 40
     assert max(ages[2:]) <= MJPEG_AGE_BOUND, ages
+
+
+def streams_viewers(port) -> int:
+    response = hc.get(port, '/api/streams')
+    return json.loads(response.body)['streams'][0]['viewers'] if response else -1
+
+
+def test_fps_has_a_floor_and_a_viewer_that_takes_no_frame_is_dropped(ros, start_bridge):
+    """
+    Row 2: ``?fps=0.0001`` made the bridge sleep for hours between frames while the client held
+    its viewer slot. Proves a websocket and an MJPEG viewer asking fps=0.0001 get >= 1 frame/s
+    (the floor), and that MJPEG viewers asking it which read 400 B/s (less than a part per
+    send_timeout) are dropped and their slots freed within send_timeout + 10 s.
+    """
+    live = start_bridge(send_timeout=2.0, **{'streams.camera.topic': '/s2/image'})
+    with FramePublisher(ros.node, '/s2/image'):
+        video = hc.Viewer(live.ws + '/video/camera?fps=0.0001', duration=30)
+        mjpeg = MjpegReader(live.port, '/mjpeg/camera?fps=0.0001', parts=100, period=0.0)
+        video.start()
+        mjpeg.start()
+        try:
+            wait_for(lambda: video.frames or video.error, 10, 'the first video frame')
+            first = time.monotonic()
+            wait_for(lambda: time.monotonic() - first > 4 or video.error, 6, '4 s of frames')
+            video_rate = video.fps(first, first + 4)
+            mjpeg_parts = len(mjpeg.ages)
+        finally:
+            video.stop()
+            mjpeg.stop()
+            mjpeg.join(10)
+        assert video.error is None, repr(video.error)
+        assert mjpeg.error is None, repr(mjpeg.error)
+        wait_for(lambda: streams_viewers(live.port) == 0, 10, 'the viewers to go')
+        trickle = [hc.TrickleReader(live.port, '/mjpeg/camera?fps=0.0001', 400)
+                   for _ in range(3)]
+        try:
+            wait_for(lambda: all(t.received for t in trickle), 10, 'the trickle readers in')
+            started = time.monotonic()
+            freed = wait_for(lambda: streams_viewers(live.port) == 0 and time.monotonic(),
+                             2.0 + 12, 'the trickle readers to be dropped') - started
+        finally:
+            for reader in trickle:
+                reader.close()
+    print(f'row 2: video at fps=0.0001 got {video_rate:.1f} frames/s, MJPEG '
+          f'{mjpeg_parts} parts; 400 B/s readers dropped after {freed:.1f} s')
+    assert video_rate >= 0.75, video_rate
+    assert mjpeg_parts >= 3, mjpeg_parts
