@@ -6,6 +6,7 @@ TLS handshakes are bounded, refusals are logged sparingly."""
 import fcntl
 import json
 import re
+import shutil
 import socket
 import struct
 import termios
@@ -159,3 +160,60 @@ def test_fps_has_a_floor_and_a_viewer_that_takes_no_frame_is_dropped(ros, start_
           f'{mjpeg_parts} parts; 400 B/s readers dropped after {freed:.1f} s')
     assert video_rate >= 0.75, video_rate
     assert mjpeg_parts >= 3, mjpeg_parts
+
+
+def test_tls_handshakes_under_way_are_bounded(ros, start_bridge, tmp_path):
+    """
+    Row 9: 1000 sockets that send the first 3 bytes of a ClientHello and nothing more, from 20
+    addresses, on a TLS bridge (handshake_timeout 20 s, so they all wait at once). Each pending
+    handshake cost 248 KB (RSS +248 MB). Proves the bridge's RSS grows less than 40 MB
+    (at most MAX_HANDSHAKES = 64 handshakes of 256 KB under way), and that a fresh wss viewer
+    from another address gets frames meanwhile.
+    """
+    if shutil.which('openssl') is None:
+        pytest.skip('the openssl command is needed to make a test certificate')
+    cert, key = hc.self_signed_cert(str(tmp_path))
+    live = start_bridge(tls_cert=cert, tls_key=key, handshake_timeout=20.0,
+                        **{'streams.camera.topic': '/s9/image'})
+    pid = live.process.proc.pid
+    sources = [f'127.0.1.{2 + i}' for i in range(20)]
+    with FramePublisher(ros.node, '/s9/image'):
+        viewer = hc.Viewer(f'wss://127.0.0.1:{live.port}/video/camera',
+                           ssl_context=hc.insecure_client_context(), duration=60)
+        viewer.start()
+        try:
+            wait_for(lambda: len(viewer.frames) >= 10 or viewer.error, 15, 'a first viewer')
+            base = hc.rss_mb(pid)
+            peak = [base]
+
+            def sampled(condition):
+                peak[0] = max(peak[0], hc.rss_mb(pid))
+                return condition()
+            fds = hc.open_fds(pid)
+            with hc.IdleSockets(live.port, 1000, sources=sources, payload=b'\x16\x03\x01',
+                                time_limit=20) as squatters:
+                # every socket either held by the bridge or closed by it (evicted)
+                wait_for(lambda: sampled(lambda: hc.open_fds(pid) - fds +
+                                         squatters.closed_by_peer() >= 950), 20,
+                         'the bridge to take the 1000 sockets')
+                fresh = hc.Viewer(f'wss://127.0.0.1:{live.port}/video/camera',
+                                  ssl_context=hc.insecure_client_context(), duration=30,
+                                  source='127.0.2.2')
+                fresh.start()
+                try:
+                    wait_for(lambda: sampled(lambda: len(fresh.frames) >= 10 or fresh.error),
+                             15, 'a fresh viewer')
+                finally:
+                    fresh.stop()
+                opened = len(squatters.sockets)
+                end = hc.rss_mb(pid)
+        finally:
+            viewer.stop()
+    growth = max(peak[0], end) - base
+    print(f'row 9: {opened} sockets with 3 bytes of ClientHello; RSS {base:.0f} -> peak '
+          f'{peak[0]:.0f} / {end:.0f} MB; fresh viewer {len(fresh.frames)} frames '
+          f'({fresh.error!r})')
+    assert opened >= 950, opened
+    assert fresh.error is None and len(fresh.frames) >= 10, \
+        f'{fresh.error!r}; bridge log: {live.process.output()[-2000:]}'
+    assert growth < 40, f'RSS grew {growth:.0f} MB'

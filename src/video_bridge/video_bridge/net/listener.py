@@ -16,11 +16,14 @@ dropped (slowloris, idle sockets); running out of file descriptors is logged at 
 import asyncio
 import collections
 import errno
+import functools
+import ipaddress
 import logging
 import resource
 import socket
 import ssl
 import time
+import traceback
 from typing import Callable, Dict, Optional, Set
 
 from video_bridge.net.auth import normalise_address
@@ -28,6 +31,13 @@ from video_bridge.net.auth import normalise_address
 FD_RESERVE = 128           # descriptors kept for DDS, files and logs beyond connections
 EMFILE_LOG_PERIOD = 5.0    # s between "out of file descriptors" warnings (and the like)
 EMFILE_RETRY = 0.1         # s before accepting again after EMFILE
+# TLS handshakes under way at once: asyncio's TLS layer holds a 256 KB buffer for each, so
+# 64 of them are 16 MB. Full: the newcomer takes the slot of the oldest handshake of the
+# client that has the most (a client with more than its share takes its own oldest's).
+MAX_HANDSHAKES = 64
+MAX_HANDSHAKES_PER_CLIENT = 16
+HANDSHAKE_GRACE = 1.0      # s a handshake may take before a waiting connection may evict it
+IPV6_CLIENT_PREFIX = 64    # one IPv6 client is its /64: a host gets a whole one to pick from
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 REFUSAL = ('HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n'
            'Content-Length: {length}\r\nConnection: close\r\nRetry-After: 5\r\n'
@@ -45,6 +55,21 @@ def raise_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def client_key(address: str) -> str:
+    """
+    Name the client an address belongs to, for per-client counts: the address itself, or
+    for IPv6 its /64 (one host can use any address of its /64, so counting addresses is moot).
+    """
+    if ':' not in address:
+        return address
+    try:
+        network = ipaddress.ip_network(f'{address.split("%")[0]}/{IPV6_CLIENT_PREFIX}',
+                                       strict=False)
+    except ValueError:
+        return address
+    return f'{network.network_address}/{IPV6_CLIENT_PREFIX}'
 
 
 def refusal(reason: str) -> bytes:
@@ -154,6 +179,15 @@ class Listener:
         self._refusal_log = LogThrottle()
         self.dropped = 0           # connections closed for sending no request (or handshake)
         self._dropped_log = LogThrottle()
+        # TLS handshakes under way, per client key, oldest first: socket -> when it began
+        self._handshakes: Dict[str, collections.OrderedDict] = {}
+        self._evicted: Set[socket.socket] = set()   # shut down, not yet ended
+        self._waiting: collections.OrderedDict = collections.OrderedDict()  # key -> deque
+        self.handshaking = 0       # granted slots: under way or evicted and not yet ended
+        self.evicting = 0
+        self.waiting = 0
+        self._evict_timer = None
+        self.peak_handshaking = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -244,6 +278,7 @@ class Listener:
                     continue
                 raise
             peer = normalise_address(address[0]) if isinstance(address, tuple) else '?'
+            peer = peer if peer in self.exempt else client_key(peer)
             reason = self._refusal_reason(peer)
             if reason:
                 self._refuse(conn, peer, reason)
@@ -309,15 +344,20 @@ class Listener:
                 # asyncio's TLS layer allocates 256 KB per connection up front: create it only
                 # once the client has sent something (its ClientHello), within the deadline.
                 started = loop.time()
+                # Evictable at the connection cap (see _refusal_reason) until its request.
                 self._silent[conn] = task.cancel
                 await asyncio.wait_for(_readable(loop, conn), self.handshake_timeout)
-                self._silent.pop(conn, None)
+                await asyncio.wait_for(self._handshake_slot(peer, conn),
+                                       max(0.1, self.handshake_timeout
+                                           - (loop.time() - started)))
+                self._silent[conn] = functools.partial(_shut_down, conn)
                 remaining = max(0.1, self.handshake_timeout - (loop.time() - started))
                 kwargs = {'ssl': self.ssl_context, 'ssl_handshake_timeout': remaining}
             tracked.inner = self.protocol_factory()
             await loop.connect_accepted_socket(lambda: tracked, conn, **kwargs)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, EOFError) as exc:
             conn.close()
+            _release_frames(exc)
             if tracked.transport is None:
                 self._count(peer, -1)
             if isinstance(exc, asyncio.TimeoutError):
@@ -328,6 +368,102 @@ class Listener:
                 self._count(peer, -1)
         finally:
             self._silent.pop(conn, None)
+            self._handshake_ends(peer, conn)
+
+    async def _handshake_slot(self, peer: str, conn: socket.socket):
+        """
+        Take a TLS handshake slot; when they are all taken, evict one and wait for a free one.
+
+        An evicted handshake's socket is shut down: asyncio sees the connection end and frees
+        its TLS buffers. A slot is handed on only once that happened, so at most
+        ``MAX_HANDSHAKES`` TLS layers exist at any moment, however many sockets arrive at once.
+        Each waiting connection has one handshake evicted for it (the oldest of the client with
+        the most, or its own client's oldest if that client has more than its share), and
+        waiting clients are served round robin: a client with one connection is not stuck
+        behind another client's hundreds.
+        """
+        mine = self._handshakes.get(peer)
+        crowded = mine is not None and len(mine) >= MAX_HANDSHAKES_PER_CLIENT
+        if not crowded and self.handshaking < MAX_HANDSHAKES and not self.waiting:
+            self._handshake_granted(peer, conn)
+            return
+        entry = (conn, asyncio.get_running_loop().create_future())
+        self._waiting.setdefault(peer, collections.deque()).append(entry)
+        self.waiting += 1
+        if crowded:
+            self._evict_handshake(peer)
+        if self._evict_timer is None:
+            self._evict_for_waiters()
+        try:
+            await entry[1]
+        except asyncio.CancelledError:
+            if entry[1].done() and not entry[1].cancelled():
+                self._handshake_ends(peer, conn)  # granted, and then the deadline passed
+            else:
+                queue = self._waiting.get(peer)
+                if queue is not None and entry in queue:
+                    queue.remove(entry)
+                    self.waiting -= 1
+                    if not queue:
+                        del self._waiting[peer]
+            raise
+
+    def _evict_for_waiters(self):
+        """Evict one handshake per waiting connection, among those under way long enough."""
+        self._evict_timer = None
+        now = time.monotonic()
+        while self.evicting < self.waiting:
+            eligible = [key for key, mine in self._handshakes.items()
+                        if now - next(iter(mine.values())) >= HANDSHAKE_GRACE]
+            if not eligible:
+                break
+            self._evict_handshake(max(eligible, key=lambda key: len(self._handshakes[key])))
+        if self.evicting < self.waiting and self._handshakes and self._evict_timer is None:
+            oldest = min(next(iter(mine.values())) for mine in self._handshakes.values())
+            self._evict_timer = asyncio.get_running_loop().call_later(
+                max(0.01, oldest + HANDSHAKE_GRACE - now), self._evict_for_waiters)
+
+    def _evict_handshake(self, peer: str):
+        """Shut down the oldest handshake under way of ``peer``."""
+        mine = self._handshakes[peer]
+        oldest = next(iter(mine))
+        del mine[oldest]
+        if not mine:
+            del self._handshakes[peer]
+        self._evicted.add(oldest)
+        self.evicting += 1
+        _shut_down(oldest)
+        self._dropped(peer, 'evicted: too many TLS handshakes at once')
+
+    def _handshake_granted(self, peer: str, conn: socket.socket):
+        self._handshakes.setdefault(peer, collections.OrderedDict())[conn] = time.monotonic()
+        self.handshaking += 1
+        self.peak_handshaking = max(self.peak_handshaking, self.handshaking)
+
+    def _handshake_ends(self, peer: str, conn: socket.socket):
+        mine = self._handshakes.get(peer)
+        if mine is not None and conn in mine:
+            del mine[conn]
+            if not mine:
+                del self._handshakes[peer]
+        elif conn in self._evicted:
+            self._evicted.discard(conn)
+            self.evicting -= 1
+        else:
+            return
+        self.handshaking -= 1
+        while self._waiting and self.handshaking < MAX_HANDSHAKES:
+            waiter_peer, queue = next(iter(self._waiting.items()))
+            waiter, granted = queue.popleft()
+            self.waiting -= 1
+            del self._waiting[waiter_peer]
+            if queue:  # round robin: this client's next waiter goes to the back
+                self._waiting[waiter_peer] = queue
+            if not granted.done():
+                self._handshake_granted(waiter_peer, waiter)
+                granted.set_result(None)
+        if self._evict_timer is None:
+            self._evict_for_waiters()
 
     def _count(self, peer: str, delta: int):
         self.total += delta
@@ -365,6 +501,29 @@ class Listener:
             tracked.timer = None
         if self._by_transport.pop(tracked.transport, None) is not None:
             self._count(tracked.peer, -1)
+
+
+def _shut_down(conn: socket.socket):
+    """End a connection asyncio may be using: it sees EOF and closes it itself."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _release_frames(exc: BaseException):
+    """
+    Clear the finished frames a failed handshake's exceptions hold.
+
+    asyncio's TLS layer raises from frames whose locals hold the connection (and its 256 KB
+    buffer); exception, traceback and frame form a cycle that only the full garbage collection
+    frees, minutes later. 1000 failed handshakes then hold 250 MB.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__context__ or exc.__cause__
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket):
