@@ -3,6 +3,7 @@ issue 18 item 3): every slot is held only by a client that takes frames at a rea
 MJPEG reader skips frames instead of reading a backlog, caps tell a crowd from an attacker,
 TLS handshakes are bounded, refusals are logged sparingly."""
 
+import asyncio
 import fcntl
 import json
 import re
@@ -217,3 +218,210 @@ def test_tls_handshakes_under_way_are_bounded(ros, start_bridge, tmp_path):
     assert fresh.error is None and len(fresh.frames) >= 10, \
         f'{fresh.error!r}; bridge log: {live.process.output()[-2000:]}'
     assert growth < 40, f'RSS grew {growth:.0f} MB'
+
+
+# -- caps that tell a crowd from an attacker ----------------------------------------------------
+
+IDLE_EVICTABLE = 10.0   # net/listener.py: idle this long, a connection makes room when full
+
+
+def hold_control_sockets(port, count, sources, headers=None):
+    """``count`` /control websockets spread over ``sources``; they never send a message."""
+    held = []
+    for index in range(count):
+        ws = hc.RawWebSocket(port, '/control', source=sources[index % len(sources)],
+                             headers=headers)
+        if not ws.accepted:
+            ws.close()
+            break
+        held.append(ws)
+    return held
+
+
+def test_idle_control_sockets_from_many_addresses_make_room_when_full(ros, start_bridge):
+    """
+    Row 4: a full bridge (max_connections=120) held by idle /control websockets from 24
+    addresses (5 each, far under the per-address cap) that never send a message (pings
+    are not due: ping_interval 60 s). Proves that once they have been idle IDLE_EVICTABLE s a
+    new viewer from another address, the page and /api/streams get in (the idlest socket
+    makes room), while before that a fresh full bridge refuses clearly.
+    """
+    live = start_bridge(max_connections=120, ping_interval=60.0, ping_timeout=60.0,
+                        **{'streams.camera.topic': '/s4/image'})
+    sources = [f'127.0.3.{2 + i}' for i in range(24)]
+    held = hold_control_sockets(live.port, 120, sources)
+    try:
+        assert len(held) == 120, f'only {len(held)} control sockets were accepted'
+        full = hc.get(live.port, '/api/streams', source='127.0.4.2')
+        opened = time.monotonic()
+        with FramePublisher(ros.node, '/s4/image'):
+            wait_for(lambda: time.monotonic() - opened > IDLE_EVICTABLE + 0.5,
+                     IDLE_EVICTABLE + 2, 'the control sockets to be idle long enough')
+            page = hc.get(live.port, '/', source='127.0.4.3')
+            api = hc.get(live.port, '/api/streams', source='127.0.4.4')
+            viewer = hc.Viewer(live.ws + '/video/camera', duration=10, source='127.0.4.5')
+            viewer.start()
+            try:
+                wait_for(lambda: len(viewer.frames) >= 10 or viewer.error, 10, 'a viewer')
+            finally:
+                viewer.stop()
+        evicted = sum(1 for ws in held if ws.wait_closed(0.01) is not None)
+    finally:
+        for ws in held:
+            ws.close()
+    print(f'row 4: full bridge answered {full and full.status}; after {IDLE_EVICTABLE:g} s: '
+          f'page {page and page.status}, api {api and api.status}, viewer '
+          f'{len(viewer.frames)} frames; {evicted} idle sockets evicted')
+    assert full is not None and full.status == 503 and full.body, repr(full)
+    assert page is not None and page.status == 200, repr(page)
+    assert api is not None and api.status == 200, repr(api)
+    assert viewer.error is None and len(viewer.frames) >= 10, repr(viewer.error)
+    assert 1 <= evicted <= 10, evicted
+
+
+def test_a_token_holder_gets_in_when_anonymous_clients_filled_the_bridge(ros, start_bridge):
+    """
+    Row 4 (reservation): a bridge with a token and max_connections=100; anonymous clients
+    (no token) fill it with fresh /control websockets from 20 addresses. Proves only
+    100 - 10 % of them are let in (the rest get a clear 503), and that a viewer with the
+    token then gets frames at once.
+    """
+    live = start_bridge(max_connections=100, token='s3cret', ping_interval=60.0,
+                        ping_timeout=60.0, **{'streams.camera.topic': '/s5/image'})
+    sources = [f'127.0.5.{2 + i}' for i in range(20)]
+    held = []
+    try:
+        for index in range(100):
+            ws = hc.RawWebSocket(live.port, '/control', source=sources[index % 20])
+            if ws.accepted:
+                held.append(ws)
+            else:
+                refusal = ws.response
+                ws.close()
+                break
+        with FramePublisher(ros.node, '/s5/image'):
+            viewer = hc.Viewer(live.ws + '/video/camera?token=s3cret', duration=10,
+                               source='127.0.6.2')
+            viewer.start()
+            try:
+                wait_for(lambda: len(viewer.frames) >= 10 or viewer.error, 10, 'a viewer')
+            finally:
+                viewer.stop()
+    finally:
+        for ws in held:
+            ws.close()
+    print(f'reservation: {len(held)} anonymous sockets in, then {refusal!r}; token viewer '
+          f'{len(viewer.frames)} frames ({viewer.error!r})')
+    assert len(held) == 90, len(held)
+    assert refusal is not None and refusal.status == 503 and b'token' in refusal.body
+    assert viewer.error is None and len(viewer.frames) >= 10, repr(viewer.error)
+
+
+def test_a_hundred_websocket_viewers_from_one_address_all_watch(ros, start_bridge):
+    """
+    Row 5: 100 honest /video viewers from one address (one NAT: ~25 browsers) for 5 s at
+    15 fps of 320x240. Proves all 100 are let in (the per-address cap was 64) and each gets
+    at least 80 % of the frames published meanwhile.
+    """
+    live = start_bridge(**{'streams.camera.topic': '/s6/image'})
+
+    async def watch(count, seconds):
+        import websockets
+        sockets = []
+        refused = 0
+        for _ in range(count):
+            try:
+                sockets.append(await websockets.connect(f'{live.ws}/video/camera',
+                                                        max_size=None, open_timeout=10))
+            except Exception:
+                refused += 1
+        frames = [0] * len(sockets)
+
+        async def read(index, ws):
+            try:
+                while True:
+                    await ws.recv()
+                    frames[index] += 1
+            except Exception:
+                pass
+        readers = [asyncio.ensure_future(read(i, ws)) for i, ws in enumerate(sockets)]
+        await asyncio.sleep(1.0)  # the first frames: not counted (the stream is warming)
+        start = list(frames)
+        await asyncio.sleep(seconds)  # the measured period, not synchronisation
+        got = [now - before for now, before in zip(frames, start)]
+        for reader in readers:
+            reader.cancel()
+        for ws in sockets:
+            await ws.close()
+        return refused, got
+
+    with FramePublisher(ros.node, '/s6/image', width=320, height=240, rate=15) as publisher:
+        wait_for(lambda: publisher.count > 5, 5, 'the publisher')
+        published = publisher.count
+        refused, got = asyncio.run(watch(100, 5.0))
+        published = (publisher.count - published)
+    print(f'row 5: {100 - refused} of 100 viewers in; frames each in 5 s: min {min(got or [0])}'
+          f', max {max(got or [0])} (about {published * 5 / 7:.0f} published)')
+    assert refused == 0, f'{refused} of 100 viewers from one address were refused'
+    assert min(got) >= 0.8 * 15 * 5, got
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_cap(start_bridge):
+    """
+    Row 10: the per-client cap applies per forwarded client behind trusted_proxies (as the
+    docs say), not to the proxy's address. Proves with max_connections_per_client=5 that a 6th
+    control websocket forwarded for one browser gets a clear 503, while another browser
+    behind the same proxy is served.
+    """
+    live = start_bridge(max_connections_per_client=5, trusted_proxies=['127.0.0.1'],
+                        ping_interval=60.0, ping_timeout=60.0)
+    one = {'X-Forwarded-For': '203.0.113.7'}
+    held = hold_control_sockets(live.port, 5, ['127.0.0.1'], headers=one)
+    try:
+        assert len(held) == 5
+        sixth = hc.RawWebSocket(live.port, '/control', headers=one)
+        other = hc.RawWebSocket(live.port, '/control',
+                                headers={'X-Forwarded-For': '203.0.113.8'})
+        sixth.close()
+        other.close()
+    finally:
+        for ws in held:
+            ws.close()
+    print(f'proxy: 6th for one browser {sixth.response!r}; another {other.response!r}')
+    assert sixth.response.status == 503 and b'too many connections' in sixth.response.body
+    assert other.accepted, other.response
+
+
+def test_ipv6_clients_are_counted_per_64():
+    """Row 4: one host picks any address of its /64: they count as one client."""
+    from video_bridge.net.listener import client_key
+    assert client_key('2001:db8:1:2::1') == client_key('2001:db8:1:2:ffff::9') \
+        == '2001:db8:1:2::/64'
+    assert client_key('2001:db8:1:3::1') != client_key('2001:db8:1:2::1')
+    assert client_key('192.0.2.7') == '192.0.2.7'
+
+
+def test_refusals_are_logged_at_most_once_per_few_seconds(start_bridge):
+    """
+    Row 10: every refused request wrote a WARN line. Proves 300 refusals of each of three kinds
+    (bad Host, wrong token on /video, wrong token on /control) in a few seconds leave at most
+    a few lines per kind, each saying how many it stands for.
+    """
+    live = start_bridge(token='s3cret', view_requires_token=True)
+    started = time.monotonic()
+    for _ in range(300):
+        hc.http_exchange(live.port, b'GET /api/streams HTTP/1.1\r\nHost: evil.example\r\n'
+                         b'Connection: close\r\n\r\n')
+        ws = hc.RawWebSocket(live.port, '/video/camera?token=wrong')
+        ws.close()
+        ws = hc.RawWebSocket(live.port, '/control?token=wrong')
+        ws.close()
+    took = time.monotonic() - started
+    log = live.process.output()
+    lines = {kind: len(re.findall(pattern, log)) for kind, pattern in (
+        ('host', r'refused .*host not allowed'),
+        ('video', r'refused camera to .*invalid token'),
+        ('control', r'refused control connection from .*invalid token'))}
+    print(f'refusal log lines for 300 of each in {took:.1f} s: {lines}')
+    for kind, count in lines.items():
+        assert 1 <= count <= took / 5 + 2, (kind, count)

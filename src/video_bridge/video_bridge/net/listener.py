@@ -37,6 +37,12 @@ EMFILE_RETRY = 0.1         # s before accepting again after EMFILE
 MAX_HANDSHAKES = 64
 MAX_HANDSHAKES_PER_CLIENT = 16
 HANDSHAKE_GRACE = 1.0      # s a handshake may take before a waiting connection may evict it
+# A connection that did nothing useful for this long (no request, no control message, no frame
+# taken) is idle: when the bridge, or its client's share, is full, the newcomer takes the slot
+# of the connection idle the longest. A page's control socket sends a clock probe every 2 s.
+IDLE_EVICTABLE = 10.0
+RESERVED_SHARE = 0.1       # of max_connections, kept for clients holding the token
+HOLDER_MEMORY = 300.0      # s a client that showed the token counts as holding it
 IPV6_CLIENT_PREFIX = 64    # one IPv6 client is its /64: a host gets a whole one to pick from
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 REFUSAL = ('HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n'
@@ -82,7 +88,7 @@ class _Tracked(asyncio.Protocol):
     """Forward everything to aiohttp's protocol; tell the listener when the connection ends."""
 
     __slots__ = ('inner', 'listener', 'peer', 'transport', 'requested', 'timer', 'paused',
-                 'drained')
+                 'drained', 'active', 'holder')
 
     def __init__(self, inner, listener: 'Listener', peer: str):
         self.inner = inner
@@ -92,6 +98,8 @@ class _Tracked(asyncio.Protocol):
         self.requested = False
         self.timer = None
         self.paused = False       # asyncio holds bytes this connection's socket did not take
+        self.active = 0.0         # monotonic time it last did something useful
+        self.holder = None        # once it sent a request: whether its client holds the token
         self.drained = None       # future: set once it holds none again (or the connection ends)
 
     def connection_made(self, transport):
@@ -163,6 +171,11 @@ class Listener:
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.max_per_client = max_per_client
+        # the connections only clients holding the token may take
+        self.reserved = max(1, int(max_connections * RESERVED_SHARE))
+        self.anonymous = 0         # connections that sent a request without holding the token
+        self._holders: Dict[str, float] = {}   # client key -> until when it counts as holder
+        self.evicted_idle = 0
         self.exempt = {normalise_address(address) for address in exempt}
         self.handshake_timeout = handshake_timeout
         self.log = logger or logging.getLogger('video_bridge.net.listener')
@@ -173,6 +186,7 @@ class Listener:
         self._by_transport: Dict[object, _Tracked] = {}
         # connections that have not sent a request head yet, oldest first: key -> abort()
         self._silent: collections.OrderedDict = collections.OrderedDict()
+        self._silent_peers: Dict[socket.socket, str] = {}   # of those not opened yet
         self._tasks: Set[asyncio.Task] = set()
         self._accepting: list = []
         self._emfile_log = LogThrottle()
@@ -243,6 +257,73 @@ class Listener:
         """Every open connection's transport."""
         return list(self._by_transport)
 
+    def active(self, transport):
+        """Note that this connection did something useful (a control message, a frame taken)."""
+        tracked = self._by_transport.get(transport)
+        if tracked is not None:
+            tracked.active = time.monotonic()
+
+    def admit(self, transport, key: str, holder: bool) -> str:
+        """
+        Count a request of client ``key`` on this connection; return why it is refused, or ''.
+
+        ``key`` is the forwarded client behind a trusted proxy (the connection is then counted
+        for it from now on, under ``max_per_client``). A connection whose client does not hold
+        the token may not take the last ``reserved`` connections: when they are all that is
+        left, an idle connection of such a client makes room, else the request is refused.
+        """
+        tracked = self._by_transport.get(transport)
+        if tracked is None:
+            return ''
+        now = time.monotonic()
+        tracked.active = now
+        if holder:
+            if len(self._holders) >= self.max_connections:
+                self._holders = {k: t for k, t in self._holders.items() if t > now}
+            self._holders[key] = now + HOLDER_MEMORY
+        else:
+            holder = self._holders.get(key, 0.0) > now
+        if key != tracked.peer and tracked.peer in self.exempt and key not in self.exempt:
+            if self.per_client.get(key, 0) >= self.max_per_client and \
+                    not self._evict_idle(lambda other: other.peer == key, tracked):
+                return f'too many connections from your address ({self.max_per_client})'
+            self._move(tracked, key)
+        if holder and tracked.holder is False:
+            self.anonymous -= 1
+        elif not holder and not tracked.holder:
+            if tracked.holder is None:
+                limit = self.max_connections - self.reserved
+                if self.anonymous >= limit and not self._evict_idle(
+                        lambda other: other.holder is False, tracked):
+                    return (f'this bridge is full ({limit} connections for clients without '
+                            f'the token; the rest is kept for those with it)')
+                self.anonymous += 1
+            holder = False
+        tracked.holder = holder
+        return ''
+
+    def _move(self, tracked: _Tracked, key: str):
+        self._count(tracked.peer, -1)
+        self._count(key, +1)
+        tracked.peer = key
+
+    def _evict_idle(self, which, keep=None) -> bool:
+        """Abort the connection idle the longest (at least IDLE_EVICTABLE) among ``which``."""
+        cutoff = time.monotonic() - IDLE_EVICTABLE
+        oldest = None
+        for tracked in self._by_transport.values():
+            if tracked.active <= cutoff and tracked is not keep and tracked.requested and \
+                    which(tracked) and (oldest is None or tracked.active < oldest.active):
+                oldest = tracked
+        if oldest is None:
+            return False
+        self.evicted_idle += 1
+        self._closed(oldest)       # its slot is free now, whenever asyncio reports the end
+        oldest.transport.abort()
+        self._dropped(oldest.peer, f'evicted: idle for {IDLE_EVICTABLE:g} s while the bridge '
+                      'was full')
+        return True
+
     def mark_request(self, transport):
         """Note that a request head arrived on this connection: it is no longer silent."""
         tracked = self._by_transport.get(transport)
@@ -287,23 +368,46 @@ class Listener:
             # Evictable until it sent a request: the accept loop can drain a whole backlog
             # before any of these tasks runs.
             self._silent[conn] = conn.close
+            self._silent_peers[conn] = peer
             task = loop.create_task(self._open(conn, peer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     def _refusal_reason(self, peer: str) -> str:
         if peer not in self.exempt and self.per_client.get(peer, 0) >= self.max_per_client:
-            return f'too many connections from your address ({self.max_per_client})'
+            # Its own share is full: its own silent or idle connection makes room, if any.
+            if not self._evict_silent(peer) and \
+                    not self._evict_idle(lambda tracked: tracked.peer == peer):
+                return f'too many connections from your address ({self.max_per_client})'
         if self.total >= self.max_connections:
             # Full: a socket that never sent a request (a squatter, e.g. a slowloris spread over
-            # many addresses) makes room for the newcomer; only working connections refuse it.
-            if self._silent:
-                _, evict = self._silent.popitem(last=False)
-                evict()
-                self._dropped('?', 'evicted: the connection cap was reached')
-                return ''
-            return f'too many connections to this bridge ({self.max_connections})'
+            # many addresses), else the connection idle the longest, makes room for the
+            # newcomer; only working connections refuse it.
+            if not self._evict_silent() and not self._evict_idle(lambda tracked: True):
+                return f'too many connections to this bridge ({self.max_connections})'
         return ''
+
+    def _evict_silent(self, peer: Optional[str] = None) -> bool:
+        """Close the oldest connection that sent no request yet (of ``peer``, if given)."""
+        if peer is None:
+            if not self._silent:
+                return False
+            _, evict = self._silent.popitem(last=False)
+        else:
+            found = next((key for key in self._silent
+                          if self._silent_peer(key) == peer), None)
+            if found is None:
+                return False
+            evict = self._silent.pop(found)
+        evict()
+        self._dropped('?' if peer is None else peer, 'evicted: the connection cap was reached')
+        return True
+
+    def _silent_peer(self, key) -> Optional[str]:
+        tracked = self._by_transport.get(key)
+        if tracked is not None:
+            return tracked.peer
+        return self._silent_peers.get(key)
 
     def _refuse(self, conn: socket.socket, peer: str, reason: str):
         self.refused += 1
@@ -368,6 +472,7 @@ class Listener:
                 self._count(peer, -1)
         finally:
             self._silent.pop(conn, None)
+            self._silent_peers.pop(conn, None)
             self._handshake_ends(peer, conn)
 
     async def _handshake_slot(self, peer: str, conn: socket.socket):
@@ -501,6 +606,8 @@ class Listener:
             tracked.timer = None
         if self._by_transport.pop(tracked.transport, None) is not None:
             self._count(tracked.peer, -1)
+            if tracked.holder is False:
+                self.anonymous -= 1
 
 
 def _shut_down(conn: socket.socket):

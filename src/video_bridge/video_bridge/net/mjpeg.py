@@ -110,6 +110,7 @@ async def serve_mjpeg(request: web.Request, stream_name: str, variant: protocol.
                 await server.listener.drained(transport)
                 if client is not None:  # the next part only once the client read this one
                     await client.caught_up(max(MJPEG_UNSENT, len(part)))
+            server.listener.active(transport)  # takes frames: not idle
     except asyncio.TimeoutError:
         server.log_throttled('mjpeg_stalled', 'MJPEG viewer %s took no frame for %g s; '
                              'dropping it', request.remote, config.send_timeout)

@@ -52,7 +52,7 @@ class ServerConfig:
     frames_in_flight: int = 2
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
     max_connections: int = 1000
-    max_connections_per_client: int = 64
+    max_connections_per_client: int = 256
     trusted_proxies: Tuple[str, ...] = ()
 
 
@@ -247,7 +247,8 @@ class BridgeServer:
                        request=None) -> Viewer:
         """Check the grant, find the stream and attach a viewer; ProtocolError if not."""
         if grant.problem:
-            self.log.warning('refused %s to %s: %s', stream_name, grant.client, grant.problem)
+            self.log_throttled('refused_viewer', 'refused %s to %s: %s', stream_name,
+                               grant.client, grant.problem, level=logging.WARNING)
             raise protocol.ProtocolError('unauthorized', grant.problem)
         try:
             stream = self._find_stream(stream_name)

@@ -126,6 +126,7 @@ async def _pump(request, ws, server, viewer, window: _Window, fps: float):
                 next_time = max(next_time + interval, time.monotonic())
             window.sent(frame.seq)
             _send(request, ws, frame)
+            server.listener.active(request.transport)  # takes frames: not idle
     except (asyncio.TimeoutError, ConnectionError, RuntimeError):
         pass
     websocket.abort(request)
