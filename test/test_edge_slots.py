@@ -425,3 +425,47 @@ def test_refusals_are_logged_at_most_once_per_few_seconds(start_bridge):
     print(f'refusal log lines for 300 of each in {took:.1f} s: {lines}')
     for kind, count in lines.items():
         assert 1 <= count <= took / 5 + 2, (kind, count)
+
+
+def test_the_control_rate_limit_counts_per_client_not_per_connection(start_bridge):
+    """
+    Row 10: the message rate limit was per connection, so 10 connections bought 10 budgets.
+    Proves that 10 control sockets from one address, each sending a burst of 20 clock probes
+    (one connection's burst), together get at most CLIENT_SHARE (4) bursts accepted and the
+    rest answered rate_limited, while a client on another address is not affected.
+    """
+    import websockets
+    live = start_bridge(commands_per_second=50.0, command_burst=20)
+
+    async def burst(count, source):
+        sockets = [await websockets.connect(f'{live.ws}/control', open_timeout=10,
+                                            host='127.0.0.1', port=live.port,
+                                            local_addr=(source, 0))
+                   for _ in range(count)]
+        codes = []
+        for ws in sockets:
+            for index in range(20):
+                await ws.send(json.dumps({'type': 'time', 't0': 1.0, 'id': index}))
+
+        async def replies(ws):
+            got = []
+            async with asyncio.timeout(10):
+                while len(got) < 20:
+                    message = json.loads(await ws.recv())
+                    if message.get('id') is not None:
+                        got.append(message.get('code', 'ok'))
+            return got
+        for found in await asyncio.gather(*(replies(ws) for ws in sockets)):
+            codes += found
+        for ws in sockets:
+            await ws.close()
+        return codes
+
+    crowd = asyncio.run(burst(10, '127.0.7.2'))
+    alone = asyncio.run(burst(1, '127.0.7.3'))
+    limited = crowd.count('rate_limited')
+    print(f'control rate per client: 10 connections x 20 probes: {len(crowd) - limited} '
+          f'accepted, {limited} rate_limited; another address: {alone.count("ok")} of 20')
+    assert len(crowd) == 200
+    assert len(crowd) - limited <= 4 * 20 + 20, crowd   # 4 bursts, plus what refilled
+    assert alone.count('rate_limited') == 0, alone

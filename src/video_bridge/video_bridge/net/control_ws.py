@@ -71,7 +71,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     keepalive = websocket.Keepalive(request, ws, config.ping_interval, config.ping_timeout)
     sender = WebSocketSender(request, ws)
     server.track(request, ws, sender.close)
-    client_id = service.open_session(grant, sender)
+    client_id = service.open_session(grant, sender,
+                                     client_key=request.get('video_bridge.client'))
     keepalive.on_dead = lambda: server.log.info(
         'control client %s did not answer a ping within %g s; dropping it', client_id,
         config.ping_timeout)
