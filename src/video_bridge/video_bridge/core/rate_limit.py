@@ -57,14 +57,20 @@ class RateLimiter:
         self._strikes = deque()
         self._disconnected = False
 
-    def admit(self, now: float) -> Verdict:
-        """Take one token (and one of the client's) for a message at ``now``, or strike."""
+    def admit(self, now: float, shared: bool = True) -> Verdict:
+        """
+        Take one token (and one of the client's) for a message at ``now``, or strike.
+
+        ``shared=False``: charge only this connection (the driver's session: a flood from the
+        same address must not slow the car's commands).
+        """
         if self._disconnected:
             return Verdict.DISCONNECT
-        if self.own.available(now) and (self.shared is None or self.shared.available(now)):
+        client = self.shared if shared else None
+        if self.own.available(now) and (client is None or client.available(now)):
             self.own.take()
-            if self.shared is not None:
-                self.shared.take()
+            if client is not None:
+                client.take()
             return Verdict.ACCEPT
         while self._strikes and now - self._strikes[0] >= self.strike_window:
             self._strikes.popleft()

@@ -211,7 +211,8 @@ class ControlService:
         return self._admit(session, self.clock()) is Verdict.ACCEPT
 
     def _admit(self, session: _Session, now: float) -> Verdict:
-        verdict = session.limiter.admit(now)
+        verdict = session.limiter.admit(
+            now, shared=session.client_id != self.core.state().driver)
         if verdict is Verdict.DISCONNECT:
             self.log.warning('control client %s kept exceeding %g commands/s; '
                              'disconnecting it', session.client_id, self.commands_per_second)
