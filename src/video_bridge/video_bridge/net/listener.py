@@ -3,10 +3,15 @@ The listening socket: connection caps decided before a connection costs anything
 
 aiohttp serves each connection; this module only decides which connections it gets. It accepts
 sockets itself (``loop.sock_accept``) so that a connection over ``max_connections`` in total or
-``max_connections_per_client`` from one address is refused *before* asyncio allocates a
-transport, a 256 KB TLS buffer or an aiohttp request handler: a plain one gets a canned
-``503`` and is closed, a TLS one is closed. Accepted sockets are handed to asyncio with
-``loop.connect_accepted_socket`` (TLS handshake bounded by ``handshake_timeout``).
+``max_connections_per_client`` from one client (an address, an IPv6 /64) is refused *before*
+asyncio allocates a transport, a 256 KB TLS buffer or an aiohttp request handler: a plain one
+gets a canned ``503`` and is closed, a TLS one is closed. Before refusing, a connection that
+sent no request yet, else one idle for ``IDLE_EVICTABLE`` s, makes room (oldest first). Accepted
+sockets are handed to asyncio with ``loop.connect_accepted_socket`` (TLS handshake bounded by
+``handshake_timeout``, at most ``MAX_HANDSHAKES`` under way at once).
+
+Per request, :meth:`Listener.admit` counts a connection behind a trusted proxy for its forwarded
+client, and keeps ``RESERVED_SHARE`` of the connections for clients holding the token.
 
 Also here: a connection that has not completed a request head within ``handshake_timeout`` is
 dropped (slowloris, idle sockets); running out of file descriptors is logged at most once per
@@ -250,6 +255,9 @@ class Listener:
         await asyncio.gather(*self._accepting, return_exceptions=True)
         for sock in self.sockets:
             sock.close()
+        if self._evict_timer is not None:
+            self._evict_timer.cancel()
+            self._evict_timer = None
         for task in list(self._tasks):
             task.cancel()
 

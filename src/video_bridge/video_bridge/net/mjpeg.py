@@ -6,15 +6,13 @@ Reusable by other route modules (web_video_server-compatible routes):
 ``await serve_snapshot(request, stream_name, variant)``; both authenticate the request
 themselves and return the response.
 
-What a slow MJPEG reader gets: plain HTTP has no acknowledgements, so the bridge sends a part only
-once the previous one has left its buffers, and then the newest frame: frames that came in
-meanwhile are skipped. What waits for the client is bounded on the bridge's side: nothing in
-asyncio's buffer once a part is out (its write-buffer limit is 0), at most ``MJPEG_UNSENT``
-bytes not yet sent in the kernel (``TCP_NOTSENT_LOWAT``), within a ``MJPEG_SEND_BUFFER`` send
-buffer. Beyond that only the client's own receive buffer holds older parts. So a part is never
-older, when read, than one frame interval plus (the client's receive buffer + ``MJPEG_UNSENT``
-+ one part) at the client's reading rate; for a default Linux client reading 2 parts/s that
-is about a second (docs/notes-slots.md).
+What a slow MJPEG reader gets: plain HTTP has no acknowledgements, so the bridge sends the next
+part only once the last one has left its own buffers (nothing in asyncio's, whose write-buffer
+limit is 0; at most ``MJPEG_UNSENT`` bytes unsent in the kernel, ``TCP_NOTSENT_LOWAT``) *and*
+the client has read it (:class:`ClientBacklog`, from the window its TCP advertises), and then it
+sends the newest frame: frames that came in meanwhile are skipped. A part is therefore at most
+one frame interval plus (``MJPEG_UNSENT`` + two parts) at the reader's rate, plus up to
+``KEEPALIVE_IDLE`` s, old when read (docs/notes-slots.md).
 
 A viewer slot is held only by a client that takes frames at a real rate: a part that does not
 leave the bridge's buffers within ``send_timeout`` (while frames exist) gets the client dropped
