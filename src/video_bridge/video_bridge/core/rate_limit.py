@@ -126,7 +126,7 @@ class ClientBuckets:
         self._users: Dict[str, int] = {}
 
     def acquire(self, key: str, now: float) -> Bucket:
-        """The bucket of client ``key`` (one more connection of it)."""
+        """Return the bucket of client ``key`` (one more connection of it)."""
         self._forget_full(now)
         bucket = self._buckets.get(key)
         if bucket is None:

@@ -31,8 +31,10 @@ ERROR_LOG_PERIOD = 5.0  # s between logged handler errors
 
 def client_key(request: web.BaseRequest) -> str:
     """
-    Name the client of a request for per-client counts: its address (IPv6: its /64), or the
-    forwarded one (X-Forwarded-For's last entry) when a trusted proxy sent it.
+    Name the client of a request for per-client counts.
+
+    That is its address (IPv6: its /64), or the forwarded one (X-Forwarded-For's last entry)
+    when a trusted proxy sent it.
     """
     peer = auth.peer_host(request)
     if peer in request.app.get(auth.TRUSTED_KEY, ()):

@@ -70,8 +70,10 @@ def raise_file_limit() -> int:
 
 def client_key(address: str) -> str:
     """
-    Name the client an address belongs to, for per-client counts: the address itself, or
-    for IPv6 its /64 (one host can use any address of its /64, so counting addresses is moot).
+    Name the client an address belongs to, for per-client counts.
+
+    That is the address itself, or for IPv6 its /64 (one host can use any address of its /64,
+    so counting addresses is moot).
     """
     if ':' not in address:
         return address

@@ -142,7 +142,7 @@ class ClientBacklog:
             pass
 
     def unread(self) -> Optional[int]:
-        """Bytes the client holds unread (an estimate), or None if the kernel cannot say."""
+        """Estimate the bytes the client holds unread; None if the kernel cannot say."""
         try:
             info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LENGTH)
         except (OSError, AttributeError):
