@@ -73,7 +73,9 @@ async def edge_middleware(request: web.Request, handler):
     if refused:
         server.log_throttled('refused_full', 'refused %s from %s: %s', target.path[:80],
                              grant.client, refused, level=logging.WARNING)
-        return _text(503, refused, {'Retry-After': '5', 'Connection': 'close'})
+        response = _text(503, refused, {'Retry-After': '5'})
+        response.force_close()  # the connection's slot is what it was refused
+        return response
     try:
         return await handler(request)
     except web.HTTPException:
