@@ -432,6 +432,43 @@ class RawWebSocket:
             pass
 
 
+class TrickleReader:
+    """An HTTP GET whose response this client reads at ``rate`` bytes/s (a thread of its own)."""
+
+    def __init__(self, port: int, path: str, rate: float, source: Optional[str] = None,
+                 duration: float = 60.0):
+        self.sock = connect(port, source=source, timeout=5.0)
+        self.sock.sendall(f'GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n'.encode())
+        self.rate, self.duration = rate, duration
+        self.received = 0
+        self.closed_by_peer = False
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        chunk = max(1, int(self.rate / 10))
+        deadline = time.monotonic() + self.duration
+        while not self._halt.is_set() and time.monotonic() < deadline:
+            try:
+                self.sock.settimeout(0.1)
+                data = self.sock.recv(chunk)
+            except socket.timeout:
+                data = None
+            except OSError:
+                data = b''
+            if data == b'':
+                self.closed_by_peer = True
+                return
+            self.received += len(data or b'')
+            self._halt.wait(0.1)  # the pace of this slow client, not synchronisation
+
+    def close(self):
+        self._halt.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
 # -- well-behaved measuring clients (the websockets library) ------------------------------------
 
 class Viewer(threading.Thread):

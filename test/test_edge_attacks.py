@@ -466,18 +466,23 @@ def test_row03_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridg
 def test_row03_connection_caps_refuse_clearly(bridge):
     """
     Row 3 (caps): max_connections_per_client=5 and max_connections=16. Proves the 6th
-    connection from one address gets a clear refusal (HTTP 503/429 with a reason) while
+    connection from one address holding 5 control websockets (fresh, so not idle) gets a clear
+    refusal (HTTP 503/429 with a reason) while
     another address is served, and that with 16 active connections (control websockets from
     8 addresses, which may not be evicted like a socket that sent nothing) the 17th overall
     is refused clearly too.
     """
     live = bridge(max_connections_per_client=5, max_connections=16)
     base = hc.open_fds(live.pid)
-    with hc.IdleSockets(live.port, 5, sources=(ATTACKER,)):
-        wait_for(lambda: hc.open_fds(live.pid) >= base + 5, 5, 'the bridge to accept 5')
+    working = [hc.RawWebSocket(live.port, '/control', source=ATTACKER) for _ in range(5)]
+    try:
+        assert all(ws.accepted for ws in working)
         sixth = hc.get(live.port, '/api/streams', source=ATTACKER)
         other = hc.get(live.port, '/api/streams', source='127.0.0.3')
-    wait_for(lambda: hc.open_fds(live.pid) <= base + 1, 5, 'the idle sockets to go')
+    finally:
+        for ws in working:
+            ws.close()
+    wait_for(lambda: hc.open_fds(live.pid) <= base + 1, 5, 'the sockets to go')
     active = []
     try:
         for index in range(16):

@@ -159,6 +159,19 @@ def test_connection_caps_refuse_clearly_and_trusted_proxies_are_exempt(start_bri
     bridge = start_bridge(max_connections_per_client=3)
     held = [socket.create_connection(('127.0.0.1', bridge.port)) for _ in range(3)]
     try:
+        # the address's own silent connection makes room ...
+        assert request(bridge.port, path='/api/streams')[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+    # ... working ones do not
+    held = []
+    try:
+        for _ in range(3):
+            connection = http.client.HTTPConnection('127.0.0.1', bridge.port, timeout=5)
+            connection.request('GET', '/api/streams')
+            assert connection.getresponse().read()
+            held.append(connection)
         refused = raw_exchange(bridge.port, b'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
         assert refused.startswith(b'HTTP/1.1 503') and b'too many connections' in refused
         # another address is not affected
@@ -167,8 +180,8 @@ def test_connection_caps_refuse_clearly_and_trusted_proxies_are_exempt(start_bri
             other.sendall(b'GET /api/streams HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
             assert other.recv(100).startswith(b'HTTP/1.1 200')
     finally:
-        for sock in held:
-            sock.close()
+        for connection in held:
+            connection.close()
     proxied = start_bridge(max_connections_per_client=3, trusted_proxies=['127.0.0.1'])
     held = [socket.create_connection(('127.0.0.1', proxied.port)) for _ in range(5)]
     try:

@@ -134,3 +134,33 @@ def test_disconnect_only_after_enough_recent_rejections(strikes, window, gaps):
             return
         if verdict is REJECT:
             rejected.append(now)
+
+
+def test_connections_of_one_client_share_its_budget_and_the_driver_only_its_own():
+    """Ten connections of one client get CLIENT_SHARE bursts together; shared=False is exempt."""
+    from video_bridge.core.rate_limit import CLIENT_SHARE, ClientBuckets
+    buckets = ClientBuckets(rate=10, burst=5)
+    limiters = [RateLimiter(10, 5, shared=buckets.acquire('a', 0.0)) for _ in range(10)]
+    accepted = sum(limiter.admit(0.0) is ACCEPT for limiter in limiters for _ in range(5))
+    assert accepted == CLIENT_SHARE * 5
+    other = RateLimiter(10, 5, shared=buckets.acquire('b', 0.0))
+    assert admit_many(other, 5, 0.0) == [ACCEPT] * 5
+    driver = RateLimiter(10, 5, shared=buckets.acquire('a', 0.0))
+    assert driver.admit(0.0) is REJECT                 # the client's budget is spent ...
+    assert driver.admit(0.0, shared=False) is ACCEPT   # ... the driver's session has its own
+
+
+def test_client_buckets_stay_bounded_and_reconnecting_does_not_refill():
+    """A client reconnecting finds its spent bucket; 1000 passing clients leave few behind."""
+    from video_bridge.core.rate_limit import ClientBuckets
+    buckets = ClientBuckets(rate=10, burst=5, share=1)
+    first = RateLimiter(10, 5, shared=buckets.acquire('a', 0.0))
+    assert admit_many(first, 5, 0.0) == [ACCEPT] * 5
+    buckets.release('a')
+    again = RateLimiter(10, 5, shared=buckets.acquire('a', 0.0))
+    assert again.admit(0.0) is REJECT
+    buckets.release('a')
+    for index in range(1000):  # each connects and leaves; their buckets are full again
+        buckets.acquire(str(index), 100.0)
+        buckets.release(str(index))
+    assert len(buckets) <= 64 + 2

@@ -15,10 +15,11 @@ import time
 
 from aiohttp import hdrs, web
 from video_bridge.core import protocol
-from video_bridge.net import auth, control_ws, mjpeg, static, video_ws
+from video_bridge.net import auth, control_ws, listener, mjpeg, static, video_ws
 
 SERVER_KEY = 'video_bridge.server'
 TARGET_KEY = 'video_bridge.target'
+CLIENT_KEY = 'video_bridge.client'   # who the request counts for (see client_key)
 SECURITY_HEADERS = {
     'X-Content-Type-Options': 'nosniff',
     'Referrer-Policy': 'no-referrer',
@@ -26,6 +27,22 @@ SECURITY_HEADERS = {
 }
 CORS_PREFIXES = (protocol.STREAMS_PATH, protocol.SNAPSHOT_PREFIX)
 ERROR_LOG_PERIOD = 5.0  # s between logged handler errors
+
+
+def client_key(request: web.BaseRequest) -> str:
+    """
+    Name the client of a request for per-client counts.
+
+    That is its address (IPv6: its /64), or the forwarded one (X-Forwarded-For's last entry)
+    when a trusted proxy sent it.
+    """
+    peer = auth.peer_host(request)
+    if peer in request.app.get(auth.TRUSTED_KEY, ()):
+        forwarded = request.headers.get('X-Forwarded-For', '').split(',')[-1].strip()
+        if forwarded:
+            return listener.client_key(auth.normalise_address(forwarded[:64]))
+        return peer
+    return listener.client_key(peer)
 
 
 def _text(status: int, text: str, headers=None) -> web.Response:
@@ -45,9 +62,20 @@ async def edge_middleware(request: web.Request, handler):
     problem = auth.host_origin_problem(request)
     if problem is not None:
         status, reason = problem
-        server.log.warning('refused %s from %s: %s', target.path[:80], auth.client_name(request),
-                           reason)
+        server.log_throttled(f'refused_{status}', 'refused %s from %s: %s', target.path[:80],
+                             auth.client_name(request), reason, level=logging.WARNING)
         return _text(status, reason)
+    key = client_key(request)
+    request[CLIENT_KEY] = key
+    grant = auth.authenticate(request)
+    refused = server.listener.admit(request.transport, key,
+                                    grant.problem is None and grant.drive)
+    if refused:
+        server.log_throttled('refused_full', 'refused %s from %s: %s', target.path[:80],
+                             grant.client, refused, level=logging.WARNING)
+        response = _text(503, refused, {'Retry-After': '5'})
+        response.force_close()  # the connection's slot is what it was refused
+        return response
     try:
         return await handler(request)
     except web.HTTPException:

@@ -32,7 +32,7 @@ from typing import Callable, Dict, Optional
 
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
-from video_bridge.core.rate_limit import RateLimiter, Verdict
+from video_bridge.core.rate_limit import ClientBuckets, RateLimiter, Verdict
 from video_bridge.core.teleop import Effects, TeleopCore
 
 MAX_UNSENT_BYTES = 256 * 1024
@@ -85,6 +85,7 @@ class ControlService:
         self.log = logger or logging.getLogger('video_bridge.net.control')
         self.clock = clock
         self.signalling = None
+        self._client_buckets = ClientBuckets(commands_per_second, command_burst)
         self._sessions: Dict[str, _Session] = {}
         self._ids = itertools.count(1)
         self._wake: Optional[asyncio.Event] = None
@@ -129,11 +130,21 @@ class ControlService:
 
     # -- sessions -------------------------------------------------------------------------
 
-    def open_session(self, grant, sender, client_id: Optional[str] = None) -> str:
-        """Register a client (hello and state are queued to it); return its id."""
+    def open_session(self, grant, sender, client_id: Optional[str] = None,
+                     client_key: Optional[str] = None) -> str:
+        """
+        Register a client (hello and state are queued to it); return its id.
+
+        ``client_key`` names who it counts for in the per-client rate limit (default: the
+        grant's client): all sessions of one client share one budget.
+        """
         client_id = client_id or f'c{next(self._ids)}'
+        key = client_key or grant.client
+        shared = self._client_buckets.acquire(key, self.clock())
         session = _Session(client_id, grant, sender,
-                           RateLimiter(self.commands_per_second, self.command_burst))
+                           RateLimiter(self.commands_per_second, self.command_burst,
+                                       shared=shared))
+        session.client_key = key
         self._sessions[client_id] = session
         session.writer = asyncio.get_running_loop().create_task(self._write(session))
         self.log.info('control client %s connected from %s (%s)', client_id, grant.client,
@@ -147,6 +158,7 @@ class ControlService:
         session = self._sessions.pop(client_id, None)
         if session is None:
             return
+        self._client_buckets.release(session.client_key)
         session.closed = True
         session.wake.set()
         self.apply(self.core.disconnect(client_id, self.clock()))
@@ -199,7 +211,8 @@ class ControlService:
         return self._admit(session, self.clock()) is Verdict.ACCEPT
 
     def _admit(self, session: _Session, now: float) -> Verdict:
-        verdict = session.limiter.admit(now)
+        verdict = session.limiter.admit(
+            now, shared=session.client_id != self.core.state().driver)
         if verdict is Verdict.DISCONNECT:
             self.log.warning('control client %s kept exceeding %g commands/s; '
                              'disconnecting it', session.client_id, self.commands_per_second)

@@ -8,6 +8,7 @@ goes.
 """
 
 import asyncio
+import logging
 
 from aiohttp import web, WSMsgType
 from video_bridge.core import protocol
@@ -63,14 +64,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     websocket.limit_send_buffer(request, CONTROL_SEND_BUFFER)
     if grant.problem:
-        server.log.warning('refused control connection from %s: %s', grant.client,
-                           grant.problem)
+        server.log_throttled('refused_control', 'refused control connection from %s: %s',
+                             grant.client, grant.problem, level=logging.WARNING)
         await websocket.close(request, ws, protocol.CLOSE_UNAUTHORIZED, grant.problem)
         return ws
     keepalive = websocket.Keepalive(request, ws, config.ping_interval, config.ping_timeout)
     sender = WebSocketSender(request, ws)
     server.track(request, ws, sender.close)
-    client_id = service.open_session(grant, sender)
+    client_id = service.open_session(grant, sender,
+                                     client_key=request.get('video_bridge.client'))
     keepalive.on_dead = lambda: server.log.info(
         'control client %s did not answer a ping within %g s; dropping it', client_id,
         config.ping_timeout)
@@ -87,6 +89,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             message = receive.result()
             keepalive.heard()
             if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
+                server.listener.active(request.transport)  # not idle: not evictable
                 service.deliver(client_id, message.data)
             elif message.type is WSMsgType.PING:
                 if not await websocket.answer_ping(request, ws, message.data,

@@ -28,7 +28,7 @@ from video_bridge.core.access import AccessPolicy
 from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream, Viewer
 from video_bridge.net import websocket
 from video_bridge.net.app import build_app, quiet_aiohttp_logs
-from video_bridge.net.listener import FD_RESERVE, Listener, raise_file_limit
+from video_bridge.net.listener import FD_RESERVE, Listener, LogThrottle, raise_file_limit
 
 AIOHTTP_VERSION = tuple(int(part) for part in re.findall(r'\d+', aiohttp.__version__)[:2])
 KEEPALIVE_TIMEOUT = 15.0   # s an idle keep-alive HTTP connection stays open
@@ -52,7 +52,7 @@ class ServerConfig:
     frames_in_flight: int = 2
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
     max_connections: int = 1000
-    max_connections_per_client: int = 64
+    max_connections_per_client: int = 256
     trusted_proxies: Tuple[str, ...] = ()
 
 
@@ -97,6 +97,7 @@ class BridgeServer:
         self._frame_events: dict = {}
         self.websockets: dict = {}
         self._error_logged = -60.0
+        self._log_throttles: dict = {}
         self.port = config.port
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -209,6 +210,22 @@ class BridgeServer:
             self._error_logged = now
             self.log.exception(message, *args)
 
+    def log_throttled(self, kind: str, message: str, *args, level: int = logging.INFO):
+        """
+        Log at most one line per ``EMFILE_LOG_PERIOD`` s for each ``kind`` of event, with a count.
+
+        Refusals and dropped clients come in floods when someone attacks; the log must not.
+        """
+        throttle = self._log_throttles.get(kind)
+        if throttle is None:
+            throttle = self._log_throttles[kind] = LogThrottle()
+        if throttle.due():
+            if throttle.pending > 1:
+                message += f' ({throttle.pending - 1} more like it since the last line)'
+            throttle.said()
+            say = self.log.warning if level >= logging.WARNING else self.log.info
+            say(message, *args)
+
     # -- viewers ----------------------------------------------------------------------------
 
     def _find_stream(self, name: str):
@@ -230,7 +247,8 @@ class BridgeServer:
                        request=None) -> Viewer:
         """Check the grant, find the stream and attach a viewer; ProtocolError if not."""
         if grant.problem:
-            self.log.warning('refused %s to %s: %s', stream_name, grant.client, grant.problem)
+            self.log_throttled('refused_viewer', 'refused %s to %s: %s', stream_name,
+                               grant.client, grant.problem, level=logging.WARNING)
             raise protocol.ProtocolError('unauthorized', grant.problem)
         try:
             stream = self._find_stream(stream_name)

@@ -6,7 +6,8 @@ After each frame the bridge sends a ping whose payload is ``b'f'`` + the frame's
 matching pong (every websocket client answers pings by itself). So the kernel's socket buffers
 never hold a stale backlog for a client that stalls; when it is ready it gets the newest frame.
 Every send has a deadline (``send_timeout``): a client that acknowledges nothing for that long
-is dropped and its viewer slot freed.
+is dropped and its viewer slot freed. ``?fps`` below ``MIN_FPS`` is served at ``MIN_FPS``, so a
+viewer slot is only ever held by a client that takes frames at a real rate.
 """
 
 import asyncio
@@ -18,6 +19,7 @@ from aiohttp import web, WSMsgType
 from video_bridge.core import protocol
 from video_bridge.net import websocket
 from video_bridge.net.auth import authenticate
+from video_bridge.net.mjpeg import effective_fps
 
 FRAME_MARK = struct.Struct('!cQ')  # b'f' + frame sequence number, the payload of frame pings
 CLOSE_CODES = {'unauthorized': protocol.CLOSE_UNAUTHORIZED,
@@ -64,7 +66,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     try:
         grant = authenticate(request)
-        fps = protocol.parse_fps(target.query)
+        fps = effective_fps(protocol.parse_fps(target.query))
         viewer = server.attach(grant, target, request)
     except protocol.ProtocolError as exc:
         await websocket.close(request, ws, CLOSE_CODES.get(exc.code, protocol.CLOSE_BAD_REQUEST),
@@ -112,8 +114,8 @@ async def _pump(request, ws, server, viewer, window: _Window, fps: float):
                     await asyncio.wait_for(window.room(config.frames_in_flight),
                                            config.send_timeout)
             except asyncio.TimeoutError:
-                server.log.info('video viewer %s acknowledged no frame for %g s; dropping it',
-                                request.remote, config.send_timeout)
+                server.log_throttled('video_stalled', 'video viewer %s acknowledged no frame for '
+                                     '%g s; dropping it', request.remote, config.send_timeout)
                 break
             if interval:
                 delay = next_time - time.monotonic()
@@ -124,6 +126,7 @@ async def _pump(request, ws, server, viewer, window: _Window, fps: float):
                 next_time = max(next_time + interval, time.monotonic())
             window.sent(frame.seq)
             _send(request, ws, frame)
+            server.listener.active(request.transport)  # takes frames: not idle
     except (asyncio.TimeoutError, ConnectionError, RuntimeError):
         pass
     websocket.abort(request)

@@ -17,6 +17,7 @@ MAX_UNSENT_BYTES = 256 * 1024  # per connection: written, not yet taken by the k
 CLOSE_TIMEOUT = 2.0            # s to wait for the client's close frame after ours
 MAX_CLOSE_REASON = 123         # bytes (RFC 6455 5.5: control payloads <= 125 incl. the code)
 KEEPALIVE_PING = b'k'
+TCP_NOTSENT_LOWAT = getattr(socket, 'TCP_NOTSENT_LOWAT', 25)   # Linux's value
 
 
 def response(max_msg_size: int) -> web.WebSocketResponse:
@@ -39,13 +40,20 @@ def unsent_bytes(request: web.BaseRequest) -> int:
     return transport.get_write_buffer_size() if transport is not None else 0
 
 
-def limit_send_buffer(request: web.BaseRequest, size: int):
-    """Cap the kernel's send buffer of this connection (it autotunes to megabytes otherwise)."""
+def limit_send_buffer(request: web.BaseRequest, size: int, unsent: int = 0):
+    """
+    Cap the kernel's send buffer of this connection (it autotunes to megabytes otherwise).
+
+    ``unsent``: also keep at most about that many bytes unsent in the kernel
+    (``TCP_NOTSENT_LOWAT``): the socket takes more only once they are on the wire.
+    """
     transport = request.transport
     sock = transport.get_extra_info('socket') if transport is not None else None
     if sock is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            if unsent and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, unsent)
         except OSError:
             pass
 

@@ -47,9 +47,10 @@ BRIDGE_PARAMETERS = {
                         'X-Forwarded-For / -Proto are believed.', None),
     'max_connections': (1000, 'Open TCP connections in total (kept below the file limit); '
                         'the next gets a 503 and is closed.', (16, 1000000)),
-    'max_connections_per_client': (64, 'Open TCP connections from one address '
-                                   '(trusted_proxies exempt); the next gets a 503.',
-                                   (1, 1000000)),
+    'max_connections_per_client': (256, 'Open TCP connections from one client (an address, '
+                                   'an IPv6 /64, or behind trusted_proxies the forwarded '
+                                   'client); when full, its own idle connection makes room, '
+                                   'else the next gets a 503.', (1, 1000000)),
     'handshake_timeout': (5.0, 'Seconds a new connection has to finish its TLS handshake and '
                           'send a request head, else it is dropped.', (0.5, 300.0)),
     'send_timeout': (5.0, 'Seconds any send may take (a stalled video, MJPEG or control '
