@@ -211,7 +211,7 @@ def test_a_probe_sees_the_profiles_delay_jitter_and_loss(name):
             assert probe.mean_burst() >= 1.8, f'{direction}: losses are not in bursts'
 
 
-# --- rate ------------------------------------------------------------------------------------------
+# --- rate -------------------------------------------------------------------------------------
 
 
 def test_the_uplink_rate_is_capped_with_a_bounded_queue():

@@ -22,7 +22,7 @@ import os
 import statistics
 import time
 
-from conftest import camera_node, OUTPUT_DIR
+from conftest import OUTPUT_DIR, camera_node
 import netlab
 import pytest
 from support.link_emulator import EDGE_ADDRESS, emulated_path

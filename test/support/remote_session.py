@@ -71,7 +71,7 @@ class Control:
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def open(cls, url: str, token: str = ''):
+    async def connect(cls, url: str, token: str = ''):
         import websockets
         socket = await websockets.connect(f'{url}/control' + (f'?token={token}' if token else ''),
                                           max_size=2 ** 20, open_timeout=10)
@@ -184,7 +184,7 @@ class Viewer:
 
 async def start_session(url: str, token: str = '', codec: str = 'h264'):
     """Open /control, start WebRTC for the camera, answer; return (control, viewer)."""
-    control = await Control.open(url, token)
+    control = await Control.connect(url, token)
     await control.wait('hello')
     await control.send(type='webrtc_start', id=1, stream='camera', codecs=[codec])
     offer = await control.wait('webrtc_offer', 1, timeout=20)
