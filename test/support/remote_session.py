@@ -19,6 +19,7 @@ import asyncio
 import collections
 import json
 import math
+import struct
 import threading
 import time
 
@@ -196,8 +197,43 @@ async def start_session(url: str, token: str = '', codec: str = 'h264'):
     return control, viewer
 
 
+class WebsocketViewer:
+    """The JPEG fallback: frames on a /video websocket, with the header's stamp."""
+
+    # magic, header_length, flags, seq, width, height, stamp_sec, stamp_nanosec, received_time
+    HEADER = struct.Struct('<4sHHIHHiId')   # docs/protocol.md
+
+    def __init__(self):
+        self.records = []        # (arrival time.time(), header.stamp)
+        self.closed_at = None
+        self._task = None
+
+    async def start(self, url: str, stream: str = 'camera'):
+        import websockets
+        socket = await websockets.connect(f'{url}/video/{stream}', max_size=None,
+                                          compression=None, open_timeout=10)
+        self._task = asyncio.ensure_future(self._read(socket))
+
+    async def _read(self, socket):
+        try:
+            async with socket:
+                async for message in socket:
+                    now = time.time()
+                    fields = self.HEADER.unpack_from(message)
+                    self.records.append((now, fields[6] + fields[7] * 1e-9))
+        except Exception:   # the socket went away: noted, the scenario decides
+            pass
+        self.closed_at = time.monotonic()
+
+    async def close(self):
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 class Driver:
-    """Holds a key: a velocity on the data channel every ``period`` s, each one distinct."""
+    """Holds a key: a velocity every ``period`` s, each one distinct, through ``channel.send``
+    (the data channel, or anything with a send(text) such as :class:`WebsocketSender`)."""
 
     def __init__(self, channel, period: float = 0.05):
         self.channel = channel
@@ -227,6 +263,10 @@ class Driver:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def held(self, after: float, before: float) -> list:
+        """Send times of the commands sent in [after, before)."""
+        return [sent for sent, _ in self.sent if after <= sent < before]
+
     def latencies(self, arrivals) -> list:
         """Seconds from each command's send to its first /cmd_vel arrival (matched by value);
         ``arrivals``: (time.monotonic(), linear.x) of /cmd_vel."""
@@ -234,3 +274,16 @@ class Driver:
         for stamp, x in arrivals:
             first.setdefault(round(x, 6), stamp)
         return [first[value] - sent for sent, value in self.sent if value in first]
+
+
+class WebsocketSender:
+    """A /control websocket as a command channel: send(text) without waiting (as a page does)."""
+
+    def __init__(self, control: Control):
+        self.control = control
+        self._pending = set()
+
+    def send(self, text: str):
+        task = asyncio.ensure_future(self.control.socket.send(text))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
