@@ -320,3 +320,92 @@ def test_stopping_a_profile_leaves_the_wire_as_it_was():
     finally:
         lab.close()
     assert netlab.leftovers() == []
+
+
+# --- on the lab's real topology --------------------------------------------------------------
+
+
+def echo(sock, seen_from: list, stop: threading.Event):
+    """Send every datagram back to where it came from; remember the senders."""
+    sock.settimeout(0.1)
+    while not stop.is_set():
+        try:
+            data, source = sock.recvfrom(2048)
+        except socket.timeout:
+            continue
+        seen_from.append(source[0])
+        sock.sendto(data, source)
+
+
+def round_trips_ms(sock, target, count: int, rate_hz: float) -> list:
+    """Send ``count`` probes to an echo; the round trips (ms) of those that came back."""
+    sock.settimeout(0.5)
+    trips = []
+    for sequence in range(count):
+        started = time.monotonic()
+        sock.sendto(HEADER.pack(sequence, 0, started), target)
+        try:
+            while True:
+                data = sock.recv(2048)
+                back, _, sent = HEADER.unpack_from(data)
+                if back == sequence:
+                    trips.append((time.monotonic() - sent) * 1000)
+                    break
+        except socket.timeout:
+            continue
+        threading.Event().wait(max(0.0, started + 1 / rate_hz - time.monotonic()))  # pacing
+    return trips
+
+
+def test_profiles_sit_on_the_robots_uplink_and_the_operators_link_behind_nat():
+    """The remote-operation lab (robot / NAT / cloud / NAT / operator) with a wire on each end
+    link: UDP from either side reaches the cloud through its NAT and sees its profile's delay."""
+    lab = netlab.Lab(LOGS)
+    stop = threading.Event()
+    try:
+        robot, rnat, cloud = lab.namespace('robot'), lab.namespace('rnat'), lab.namespace('cloud')
+        onat, operator = lab.namespace('onat'), lab.namespace('operator')
+        uplink = lab.wire(robot, '192.0.2.2/25', rnat, '192.0.2.1/25', role='uplink')
+        rnat_wan, _ = lab.link(rnat, '198.51.100.2/30', cloud, '198.51.100.1/30')
+        onat_wan, _ = lab.link(onat, '198.51.100.6/30', cloud, '198.51.100.5/30')
+        oplink = lab.wire(operator, '192.0.2.130/25', onat, '192.0.2.129/25', role='oplink')
+        lab.address(cloud, '203.0.113.10/32')
+        lab.route(robot, 'default', '192.0.2.1')
+        lab.route(rnat, 'default', '198.51.100.1')
+        lab.route(onat, 'default', '198.51.100.5')
+        lab.route(operator, 'default', '192.0.2.129')
+        lab.nat_router(rnat, lan=uplink.far_peer[1], wan=rnat_wan)
+        lab.nat_router(onat, lan=oplink.far_peer[1], wan=onat_wan)
+        with LinkEmulator(lab, uplink, 'lte', name='uplink-line'), \
+                LinkEmulator(lab, oplink, 'wifi', name='oplink-line'):
+            server = netlab.socket_in(cloud)
+            server.bind(('203.0.113.10', PORT))
+            seen_from = []
+            echoing = threading.Thread(target=echo, args=(server, seen_from, stop), daemon=True)
+            echoing.start()
+            results = {}
+
+            def measure(name, ns):
+                with netlab.socket_in(ns) as client:
+                    results[name] = round_trips_ms(client, ('203.0.113.10', PORT), 80, 100)
+            threads = [threading.Thread(target=measure, args=pair)
+                       for pair in (('robot', robot), ('operator', operator))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            stop.set()
+            echoing.join(5)
+            server.close()   # a socket would keep its namespace alive after the lab deletes it
+    finally:
+        stop.set()
+        lab.close()
+    robot_rtt, operator_rtt = sorted(results['robot']), sorted(results['operator'])
+    figure(f'robot -> cloud over lte: round trip p50 {robot_rtt[len(robot_rtt) // 2]:.1f} ms; '
+           f'operator -> cloud over wifi: p50 {operator_rtt[len(operator_rtt) // 2]:.1f} ms')
+    assert set(seen_from) == {'198.51.100.2', '198.51.100.6'}, 'both came through their NAT'
+    assert len(robot_rtt) >= 75 and len(operator_rtt) >= 75
+    assert 60 - 15 <= robot_rtt[len(robot_rtt) // 2] <= 60 + 15    # 2 x (30 +- 10) ms
+    assert robot_rtt[0] >= 60 - 2 * 10 - 1
+    assert 1 <= operator_rtt[len(operator_rtt) // 2] <= 4 + 6       # 2 x (2 +- 2) ms
+    assert netlab.leftovers() == []
