@@ -192,10 +192,11 @@ def test_a_probe_sees_the_profiles_delay_jitter_and_loss(name):
                f'p99 {p99:.1f} max {delays[-1]:.1f} ms; loss {probe.loss_percent():.2f} % '
                f'(mean burst {probe.mean_burst():.1f})')
         # Delay: never earlier than the curve allows; the median within half the jitter
-        # (+ 4 ms for the Python line on a busy machine) of the profile's delay.
+        # (+ 4 ms for the Python line on a busy machine) of the profile's delay; the tail
+        # bounded (+ 25 ms: the line is a process on a shared 2-core machine).
         assert delays[0] >= delay - jitter - 0.5, f'{direction}: a probe beat the delay'
         assert delay - jitter / 2 - 1 <= p50 <= delay + jitter / 2 + 4, direction
-        assert p99 <= delay + jitter + 12, f'{direction}: a tail beyond delay + jitter'
+        assert p99 <= delay + jitter + 25, f'{direction}: a tail beyond delay + jitter'
         # Jitter: the spread covers most of +- jitter; without jitter it stays small.
         if jitter:
             assert p95 - p5 >= 0.8 * jitter, f'{direction}: spread {p95 - p5:.1f} ms'
@@ -232,15 +233,15 @@ def test_the_uplink_rate_is_capped_with_a_bounded_queue():
 
 
 def test_a_rate_steps_on_its_schedule():
-    spec = {'delay_ms': 5, 'up': {'rate_steps_mbit': [4, 0.8], 'step_s': 1.5, 'queue_ms': 100}}
+    spec = {'delay_ms': 5, 'up': {'rate_steps_mbit': [4, 0.8], 'step_s': 2.0, 'queue_ms': 100}}
     with emulated_path(spec, LOGS) as path:
         t0 = path.link.t0
-        probe = Probe(path.edge, path.far, path.wire.far_ip, count=2500, rate_hz=700,
+        probe = Probe(path.edge, path.far, path.wire.far_ip, count=3000, rate_hz=700,
                       size=1200).run()
-    # Steps: [t0, t0 + 1.5) at 4, [t0 + 1.5, t0 + 3) at 0.8, then 4 again; measured in the
-    # middle second of each of the first two (the queue drains for up to 100 ms).
-    high = probe.received_mbit(t0 + 0.3, t0 + 1.3)
-    low = probe.received_mbit(t0 + 1.8, t0 + 2.8)
+    # Steps: [t0, t0 + 2) at 4, [t0 + 2, t0 + 4) at 0.8, then 4 again; measured over 1.2 s in
+    # each of the first two, clear of the probe's start and of the queue draining (100 ms).
+    high = probe.received_mbit(t0 + 0.6, t0 + 1.8)
+    low = probe.received_mbit(t0 + 2.4, t0 + 3.6)
     figure(f'rate steps 4 -> 0.8 Mbit/s: {high:.2f}, {low:.2f} Mbit/s')
     assert 4 * 0.85 <= high <= 4 * 1.15
     assert 0.8 * 0.85 <= low <= 0.8 * 1.15

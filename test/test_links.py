@@ -132,25 +132,30 @@ def test_a_session_rides_out_a_400_ms_blackout_without_a_reconnect(remote, cmd_v
             mark = cmd_vel.mark()
             start, end = await remote.blackout(0.4)
             end_wall = wall(end)
-            await until(lambda: viewer.frames_after(end_wall) >= 30, 10,
-                        '30 frames after the blackout')
-            first = next(arrival for arrival, _ in viewer.records if arrival >= end_wall)
+            try:
+                await until(lambda: viewer.frames_after(end_wall) >= 30, 10,
+                            '30 frames after the blackout')
+            except TimeoutError:
+                pass   # reported below with what the viewer saw
+            after = [arrival - end_wall for arrival, _ in viewer.records if arrival >= end_wall]
             await asyncio.sleep(1.0)   # watch one more second for a late drop or reconnect
             stops = [m for m in cmd_vel.since(mark) if start <= m[0] and not CmdVel.moving([m])]
-            return {'back': first - end_wall, 'states': list(viewer.states),
-                    'reconnected': viewer.reconnected(), 'control_closed': control.closed_at,
-                    'stops': len(stops)}
+            return {'back': after[0] if after else None, 'after': len(after),
+                    'last_before': end_wall - max(a for a, _ in viewer.records if a < end_wall),
+                    'states': list(viewer.states), 'reconnected': viewer.reconnected(),
+                    'control_closed': control.closed_at, 'stops': len(stops),
+                    'errors': [m for m in control.messages if 'error' in m.get('type', '')]}
         finally:
             await driver.stop()
             await viewer.close()
             await control.close()
 
     result = lab.operate(scenario, 60)
-    figure(f'lte, 400 ms blackout: video moving again {result["back"] * 1000:.0f} ms after it; '
-           f'zero Twists while the key was held: {result["stops"]}; states {result["states"]}')
+    figure(f'lte, 400 ms blackout: {result}')
     assert result['reconnected'] == [], 'the peer connection dropped or failed'
     assert result['control_closed'] is None, 'the /control websocket closed'
-    assert result['back'] <= 2.0, 'video came back (loose bound; the goal is 0.5 s)'
+    assert result['after'] >= 30 and result['back'] <= 2.0, \
+        'video moves again after the blackout (loose bound; the goal is 0.5 s)'
 
 
 def test_the_car_stops_within_command_timeout_of_a_longer_blackout(remote, cmd_vel):

@@ -167,6 +167,15 @@ class Direction:
 
 
 def run(config: dict):
+    try:   # a line made late by a busy machine adds delay no profile asked for: the lowest
+        # real-time priority keeps it ahead of ordinary work; it sleeps whenever nothing is
+        # due, and the kernel's real-time throttling bounds it even if it did not
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except OSError:   # not permitted: a higher share of the ordinary scheduler, if that
+        try:
+            os.nice(-10)
+        except OSError:
+            pass
     rng = random.Random(config.get('seed'))
     t0 = time.monotonic()
     directions = [Direction(name, spec, t0, rng) for name, spec in config['directions'].items()]
