@@ -15,6 +15,7 @@ import atexit
 import ctypes
 import fcntl
 import ipaddress
+import itertools
 import json
 import os
 import shutil
@@ -27,6 +28,10 @@ import time
 DOCUMENTATION_NETS = tuple(ipaddress.ip_network(net) for net in
                            ('192.0.2.0/24', '198.51.100.0/24', '203.0.113.0/24'))
 PREFIX = f'vbl{os.getpid()}'   # every namespace of this test process starts with it
+# veth numbers, unique in this process: a namespace that outlives a lab (one named by
+# Lab.adopt) may still hold a veth of the last lab for a moment (the kernel tears a deleted
+# namespace down in the background), so names are never reused
+_VETH_NUMBERS = itertools.count(1)
 
 
 def _documentation(address: str) -> str:
@@ -124,6 +129,7 @@ class Lab:
         os.makedirs(log_dir, exist_ok=True)
         self.names = []      # namespaces we made, in creation order
         self.adopted = []    # names we gave to namespaces we did not make (only the name goes)
+        self.adopted_links = []   # (namespace, interface): our veth ends in adopted namespaces
         self.processes = []  # processes we started, in start order
         self.started = []    # every process ever started (for the "nothing left" check)
         self._veths = 0
@@ -172,8 +178,12 @@ class Lab:
     def _veth(self, ns_a: str, ns_b: str):
         """A veth pair made inside ``ns_a`` with one end moved to ``ns_b``; no addresses."""
         self._veths += 1
-        if_a, if_b = f'va{self._veths}', f'vb{self._veths}'
+        number = next(_VETH_NUMBERS)
+        if_a, if_b = f'va{number}', f'vb{number}'
         self.ns_run(ns_a, 'ip', 'link', 'add', if_a, 'type', 'veth', 'peer', 'name', if_b)
+        for ns, interface in ((ns_a, if_a), (ns_b, if_b)):
+            if ns in self.adopted:
+                self.adopted_links.append((ns, interface))
         self.ns_run(ns_a, 'ip', 'link', 'set', if_b, 'netns', ns_b)
         return if_a, if_b
 
@@ -286,6 +296,10 @@ table inet filter {{
             names, self.names = self.names, []
         for process in reversed(processes):
             process.stop(signal.SIGTERM, timeout=10)
+        with self._lock:
+            adopted_links, self.adopted_links = self.adopted_links, []
+        for ns, interface in adopted_links:   # at once, not when the kernel gets round to it
+            run('ip', 'netns', 'exec', ns, 'ip', 'link', 'del', interface, check=False)
         for name in reversed(names):
             # A process we did not start could pin nothing here: `ip netns pids` kills stragglers
             # that belong to our namespaces only (children of what we started, e.g. ssh).

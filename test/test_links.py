@@ -22,7 +22,7 @@ import os
 import statistics
 import time
 
-from conftest import OUTPUT_DIR, camera_node
+from conftest import OUTPUT_DIR, camera_node, only_loopback
 import netlab
 import pytest
 from support.link_emulator import EDGE_ADDRESS, emulated_path
@@ -102,6 +102,7 @@ def remote(camera, cmd_vel, start_bridge):
     for context in reversed(opened):
         context.__exit__(None, None, None)
     assert netlab.leftovers() == []
+    assert only_loopback(), 'the link into this namespace is gone (later tests need only lo)'
 
 
 async def watching_and_driving(remote, cmd_vel):
