@@ -17,10 +17,17 @@ uplink carries the video), ``down`` towards it. Everything it adds lives in the 
 and goes with it; :meth:`LinkEmulator.stop` also removes it when the lab stays (another profile
 on the same wire).
 
-    with netlab_lab() ... :
-        wire = lab.wire(robot, '192.0.2.2/24', rnat, '192.0.2.1/24')
+    lab = netlab.Lab(log_dir)
+    try:
+        robot, rnat = lab.namespace('robot'), lab.namespace('rnat')
+        wire = lab.wire(robot, '192.0.2.2/25', rnat, '192.0.2.1/25')   # instead of lab.link
         with LinkEmulator(lab, wire, 'lte') as link:
-            link.blackout(0.4)
+            link.blackout(0.4)          # (start, end) on CLOCK_MONOTONIC
+    finally:
+        lab.close()
+
+:func:`emulated_path` is the short form for two namespaces over one emulated link; with
+``edge='self'`` the caller's own namespace is the edge (a bridge and rclpy run there as usual).
 """
 
 import contextlib
