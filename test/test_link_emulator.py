@@ -247,6 +247,21 @@ def test_a_rate_steps_on_its_schedule():
     assert 0.8 * 0.85 <= low <= 0.8 * 1.15
 
 
+def test_handover_and_congestion_put_their_schedules_on_the_line():
+    with emulated_path('handover', LOGS) as path:
+        link = path.link
+        starts = [(round(start - link.t0, 3), round(end - start, 3))
+                  for start, end in link.scheduled_blackouts(link.t0 + 61)]
+        assert starts == [(10, 0.4), (30, 0.4), (40, 3), (50, 0.4)]
+        assert link.line.alive()
+    with emulated_path('congestion', LOGS) as path:
+        qdiscs = {device: netlab.run('ip', 'netns', 'exec', path.wire.ns, 'tc', 'qdisc', 'show',
+                                     'dev', device).stdout
+                  for device in (path.wire.far_if, path.wire.edge_if)}
+        assert 'tbf' not in qdiscs[path.wire.far_if], 'the stepped uplink rate is the line\'s'
+        assert 'tbf' in qdiscs[path.wire.edge_if] and '20Mbit' in qdiscs[path.wire.edge_if]
+
+
 # --- blackouts ---------------------------------------------------------------------------------
 
 
