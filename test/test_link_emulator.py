@@ -258,7 +258,7 @@ def test_handover_and_congestion_put_their_schedules_on_the_line():
         qdiscs = {device: netlab.run('ip', 'netns', 'exec', path.wire.ns, 'tc', 'qdisc', 'show',
                                      'dev', device).stdout
                   for device in (path.wire.far_if, path.wire.edge_if)}
-        assert 'tbf' not in qdiscs[path.wire.far_if], 'the stepped uplink rate is the line\'s'
+        assert 'tbf' not in qdiscs[path.wire.far_if], "the stepped uplink rate is the line's"
         assert 'tbf' in qdiscs[path.wire.edge_if] and '20Mbit' in qdiscs[path.wire.edge_if]
 
 
@@ -290,7 +290,9 @@ def test_a_blackout_drops_everything_for_its_duration_and_nothing_else():
             seconds = (probe.sent[gap[-1]][1] - probe.sent[gap[0]][1])
             figure(f'blackout of {end - start:.2f} s: {direction} lost {len(gap)} probes '
                    f'over {seconds:.3f} s')
-            assert abs(seconds - (end - start)) <= 0.02
+            # The span of lost probes is the window's, up to the sender's own pauses on a busy
+            # machine (it catches up afterwards): 50 ms.
+            assert abs(seconds - (end - start)) <= 0.05
         outside = [s for s in probe.lost()
                    if not any(start - 0.02 <= probe.sent[s][1] <= end + 0.02
                               for start, end in windows)]
