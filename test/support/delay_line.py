@@ -205,6 +205,8 @@ def run(config: dict):
                     stopping.append(True)
                     break
                 pending += chunk
+                if len(pending) > 65536 and b'\n' not in pending:   # no command is this long
+                    pending = b''
                 while b'\n' in pending:
                     line, pending = pending.split(b'\n', 1)
                     command(json.loads(line), directions, blackouts)
