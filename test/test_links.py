@@ -181,8 +181,9 @@ def test_the_car_stops_within_command_timeout_of_a_longer_blackout(remote, cmd_v
     figure(f'lte, 1.5 s blackout: the car stopped {(stop[0] - start) * 1000:.0f} ms after its '
            f'start (command_timeout {COMMAND_TIMEOUT * 1000:.0f} ms)')
     # The last command before the blackout reached the bridge at most one way (<= 40 ms) after
-    # its start; the deadman then needs command_timeout; loose: + 200 ms for the machine.
-    assert stop[0] - start <= COMMAND_TIMEOUT + 0.2
+    # its start; the deadman then needs command_timeout; loose: + 300 ms for a busy machine
+    # (498 ms measured on a quiet one, 643 ms at load average 6 on 2 cores).
+    assert stop[0] - start <= COMMAND_TIMEOUT + 0.3
     assert not [m for m in twists if stop[0] < m[0] < end and CmdVel.moving([m])], \
         'the car moved again during the blackout'
 
