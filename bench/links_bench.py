@@ -1,0 +1,227 @@
+"""Links benchmark: video and teleop from the robot to an operator over emulated links.
+
+Why: every other figure of the project is from a perfect link. Here the operator sits behind a
+link emulator (test/support/link_emulator.py, profiles in test/support/link_profiles.yaml):
+this process's private namespace is the robot (bench/publisher.py as the camera, the installed
+bridge_node, an rclpy subscriber on /cmd_vel), and a lab splices a router carrying the profile
+between it and an operator namespace, where an asyncio loop (test/support/remote_session.py)
+watches and drives:
+
+* webrtc: /control signalling, an aiortc viewer (decoded frames, stamped through the bridge's
+  RTP-to-stamp messages), a held key on the data channel (a velocity every 50 ms);
+* websocket: the JPEG fallback on /video/camera, the held key on the /control websocket.
+
+Per profile and path, over --duration s after --warmup s: frames shown per second, freezes
+(> 200 ms without a new frame, per minute), glass-to-glass (arrival - header.stamp, same machine
+clock) p50/p95/p99 in excess of the profile's one-way delay, commands (send -> /cmd_vel)
+p50/p99 in excess of that delay, and false deadman stops (zero Twists on /cmd_vel while the key
+was held). --markdown FILE also writes the table with the date, commit and command.
+
+Run through bench/run (private network namespace, own ROS_DOMAIN_ID): bench/run links
+[--profiles lan,lte,lte-poor] [--paths webrtc,websocket] [--duration 20].
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import benchlib
+from benchlib import fmt, pct, table
+
+sys.path.insert(0, os.path.join(benchlib.ROOT, 'test'))
+from support import link_emulator  # noqa: E402 (test/ on sys.path first)
+from support.remote_session import (Control, Driver, run_in_namespace, start_session,  # noqa
+                                    until, WebsocketSender, WebsocketViewer)
+
+TOKEN = 'links-bench-token'
+EDGE_IP = link_emulator.EDGE_ADDRESS.split('/')[0]
+COMMAND_PERIOD = 0.05
+
+
+class CmdVelLog:
+    """(time.monotonic(), linear.x) of every /cmd_vel message, from an rclpy thread."""
+
+    def __init__(self):
+        import rclpy
+        from geometry_msgs.msg import Twist
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('links_bench', context=self.context)
+        self.arrivals = []
+        self.node.create_subscription(
+            Twist, '/cmd_vel', lambda m: self.arrivals.append((time.monotonic(), m.linear.x,
+                                                               m.angular.z)),
+            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        from rclpy.executors import ExternalShutdownException
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def close(self):
+        import rclpy
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self.thread.join(5)
+
+
+async def operate(url: str, path_kind: str, warmup: float, duration: float):
+    """One operator session: watch and drive; return records, sends, window, problems."""
+    problems = []
+    if path_kind == 'webrtc':
+        control, viewer = await start_session(url, TOKEN)
+        await until(lambda: len(viewer.records) >= 30, 30, '30 decoded frames')
+        await asyncio.wait_for(viewer.channel_open.wait(), 10)
+        channel = viewer.channel
+    else:
+        control = await Control.connect(url, TOKEN)
+        await control.wait('hello')
+        viewer = WebsocketViewer()
+        await viewer.start(url)
+        await until(lambda: len(viewer.records) >= 10, 30, '10 frames')
+        channel = WebsocketSender(control)
+    await control.send(type='acquire', id='a')
+    await control.wait('ack', 'a')
+    driver = Driver(channel, COMMAND_PERIOD)
+    driver.start()
+    await asyncio.sleep(warmup)       # the warm-up before the measured window
+    window = (time.monotonic(), time.time())
+    await asyncio.sleep(duration)     # the measured window
+    end = (time.monotonic(), time.time())
+    await driver.stop()
+    if path_kind == 'webrtc' and viewer.reconnected():
+        problems.append(f'peer connection states {viewer.states}')
+    if control.closed_at is not None:
+        problems.append('the /control websocket closed')
+    records = list(viewer.records)
+    await viewer.close()
+    await control.close()
+    return {'records': records, 'sent': list(driver.sent), 'window': (window, end),
+            'problems': problems}
+
+
+def measure(result: dict, cmd_vel: list, delay_ms: float) -> dict:
+    (t0, w0), (t1, w1) = result['window']
+    seconds = t1 - t0
+    shown = [(arrival, stamp) for arrival, stamp in result['records'] if w0 <= arrival < w1]
+    arrivals = [arrival for arrival, _ in shown]
+    gaps = [b - a for a, b in zip([w0] + arrivals, arrivals + [w1])]
+    lags = [1000 * (arrival - stamp) - delay_ms for arrival, stamp in shown
+            if not math.isnan(stamp)]
+    sent = [(at, value) for at, value in result['sent'] if t0 <= at < t1]
+    first = {}
+    for at, x, _ in cmd_vel:
+        first.setdefault(round(x, 6), at)
+    commands = [1000 * (first[value] - at) - delay_ms for at, value in sent if value in first]
+    # False stops: a zero Twist while the key was held (after the first command of the window
+    # arrived, before the last one was sent).
+    held_from = min((first[v] for _, v in sent if v in first), default=t1)
+    stops, moving = 0, True
+    for at, x, z in cmd_vel:
+        if held_from <= at < t1:
+            if moving and x == 0.0 and z == 0.0:
+                stops += 1
+            moving = x != 0.0 or z != 0.0
+    return {
+        'fps': len(shown) / seconds,
+        'freezes_per_min': sum(1 for gap in gaps if gap > 0.2) * 60 / seconds,
+        'lag': (pct(lags, 50), pct(lags, 95), pct(lags, 99)),
+        'commands': (pct(commands, 50), pct(commands, 99)),
+        'commands_lost': len(sent) - len(commands),
+        'false_stops': stops,
+        'problems': result['problems'],
+    }
+
+
+def run_profile(name: str, options, port: int, cmd_vel: CmdVelLog) -> list:
+    spec = link_emulator.profile(name)
+    delay_ms = spec.get('delay_ms', 0)
+    rows = []
+    log_dir = os.path.join(benchlib.ROOT, 'bench', 'results', 'links-lab')
+    with link_emulator.emulated_path(name, log_dir, edge='self') as path:
+        url = f'ws://{EDGE_IP}:{port}'
+        for kind in options.paths:
+            mark = len(cmd_vel.arrivals)
+            result = run_in_namespace(
+                path.far, lambda: operate(url, kind, options.warmup, options.duration),
+                options.warmup + options.duration + 90)
+            figures = measure(result, cmd_vel.arrivals[mark:], delay_ms)
+            rows.append((name, kind, figures))
+            print(f'{name} {kind}: {json.dumps(figures)}', flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--profiles', default='lan,lte,lte-poor')
+    parser.add_argument('--paths', default='webrtc,websocket')
+    parser.add_argument('--duration', type=float, default=20.0, help='measured window (s)')
+    parser.add_argument('--warmup', type=float, default=3.0)
+    parser.add_argument('--markdown', help='also write the table (markdown) to this file')
+    options = parser.parse_args()
+    options.paths = options.paths.split(',')
+    benchlib.require_loopback_only()
+    if os.geteuid() != 0:
+        sys.exit('needs root: network namespaces, TUN devices, nftables, tc')
+    benchlib.print_versions()
+    before = benchlib.shm_segments()
+    rows = []
+    with benchlib.Rig() as rig:
+        # Started while only loopback is up (the publisher checks); the lab comes after.
+        publisher, _ = benchlib.start_publisher(rig, benchlib.VIDEO_TOPIC, 3600)
+        bridge, port = benchlib.start_bridge(
+            rig, benchlib.VIDEO_TOPIC, ['host:=0.0.0.0', f'webrtc_host_addresses:=["{EDGE_IP}"]'],
+            env={'VIDEO_BRIDGE_TOKEN': TOKEN})
+        cmd_vel = CmdVelLog()
+        try:
+            for name in options.profiles.split(','):
+                rows += run_profile(name, options, port, cmd_vel)
+        finally:
+            cmd_vel.close()
+            rig.stop(bridge)
+            rig.stop(publisher)
+    headers = ['profile', 'path', 'fps shown', 'freezes/min', 'g2g p50 +ms', 'p95 +ms',
+               'p99 +ms', 'cmd p50 +ms', 'cmd p99 +ms', 'cmds lost', 'false stops', 'problems']
+    lines = [[name, kind, fmt(f['fps']), fmt(f['freezes_per_min']), *map(fmt, f['lag']),
+              *map(fmt, f['commands']), f['commands_lost'], f['false_stops'],
+              '; '.join(f['problems']) or '-'] for name, kind, f in rows]
+    print(table(headers, lines))
+    benchlib.report_shm(before)
+    if options.markdown:
+        write_markdown(options, headers, lines)
+
+
+def write_markdown(options, headers, lines):
+    commit = subprocess.run(['git', '-C', benchlib.ROOT, 'rev-parse', '--short', 'HEAD'],
+                            capture_output=True, text=True).stdout.strip()
+    command = 'bench/run links ' + ' '.join(sys.argv[1:])
+    with open(options.markdown, 'w') as out:
+        out.write(f'# Video and teleop over emulated links\n\n'
+                  f'Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC at {commit}, '
+                  f'{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}:\n\n'
+                  f'    {command}\n\n')
+        out.write('| ' + ' | '.join(headers) + ' |\n')
+        out.write('|' + '---|' * len(headers) + '\n')
+        for line in lines:
+            out.write('| ' + ' | '.join(map(str, line)) + ' |\n')
+    print(f'wrote {options.markdown}')
+
+
+if __name__ == '__main__':
+    main()
