@@ -342,6 +342,7 @@ class RawWebSocket:
         self.response = reader.response()
         self.buffer = reader.buffer
         self.accepted = self.response is not None and self.response.status == 101
+        self.eof = False   # the bridge closed the connection (seen by a read)
 
     def send(self, data: bytes, timeout: float = 5.0) -> bool:
         """Send raw bytes; False if the bridge closed the connection or did not take them."""
@@ -367,9 +368,13 @@ class RawWebSocket:
                 self.sock.settimeout(remaining)
                 try:
                     data = self.sock.recv(65536)
-                except (socket.timeout, OSError):
+                except socket.timeout:
+                    return False
+                except OSError:
+                    self.eof = True
                     return False
                 if not data:
+                    self.eof = True
                     return False
                 self.buffer += data
             return True
@@ -436,8 +441,10 @@ class TrickleReader:
     """An HTTP GET whose response this client reads at ``rate`` bytes/s (a thread of its own)."""
 
     def __init__(self, port: int, path: str, rate: float, source: Optional[str] = None,
-                 duration: float = 60.0):
+                 duration: float = 60.0, tls: Optional[ssl.SSLContext] = None):
         self.sock = connect(port, source=source, timeout=5.0)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=None)
         self.sock.sendall(f'GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n'.encode())
         self.rate, self.duration = rate, duration
         self.received = 0
