@@ -1,5 +1,4 @@
-"""Tests for video_bridge.core.access: the token, the rights it gives, the throttle on wrong
-tokens, and the browser Host and Origin rules."""
+"""Tests for video_bridge.core.access: the token, its rights and throttle, Host and Origin."""
 
 from dataclasses import replace
 import re

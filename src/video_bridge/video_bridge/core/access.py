@@ -1,5 +1,5 @@
 """
-Who may watch, drive, relay and list topics: the token, and which Host and Origin a browser may use.
+Who may watch, drive, relay and list topics (the token), and which Host and Origin browsers use.
 
 Pure. The token is compared in constant time and never appears in a log line or a message;
 callers log only the outcome and the client's address. Wrong tokens are throttled per client

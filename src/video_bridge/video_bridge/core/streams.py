@@ -284,7 +284,7 @@ class Stream:
         if not self._hub._take_variant():
             raise CapacityError(
                 f'variant limit reached across all streams ({self._hub.max_total_variants} '
-                'size/quality combinations besides the streams\' own defaults)')
+                "size/quality combinations besides the streams' own defaults)")
 
     def _detach(self, variant: Variant):
         with self._lock:

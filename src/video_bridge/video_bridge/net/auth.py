@@ -62,7 +62,7 @@ def normalise_address(host: str) -> str:
 
 
 def _forwarded(request: web.BaseRequest, peer: str) -> str:
-    """The client address a trusted proxy forwarded ('' when none or not trusted)."""
+    """Return the client address a trusted proxy forwarded ('' when none or not trusted)."""
     if peer in request.app.get(TRUSTED_KEY, ()):
         return request.headers.get('X-Forwarded-For', '').split(',')[-1].strip()[:64]
     return ''
@@ -76,7 +76,7 @@ def client_name(request: web.BaseRequest) -> str:
 
 
 def client_address(request: web.BaseRequest) -> str:
-    """The client's address as wrong tokens are counted: the forwarded one behind a proxy."""
+    """Return the client's address as wrong tokens count it: the forwarded one via a proxy."""
     peer = peer_host(request)
     return normalise_address(_forwarded(request, peer) or peer)
 

@@ -212,7 +212,6 @@ class BridgeServer:
 
     # -- viewers ----------------------------------------------------------------------------
 
-
     def attach(self, grant, target: protocol.Target, request=None) -> Viewer:
         """Attach a viewer of ``target`` (stream + variant query); ProtocolError if refused."""
         return self.attach_variant(grant, target.stream, protocol.parse_variant(target.query),

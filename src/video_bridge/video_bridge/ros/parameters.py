@@ -68,8 +68,8 @@ BRIDGE_PARAMETERS = {
                      "stream's default one included (its place is always kept for it).",
                      (1, 64)),
     'max_total_variants': (16, 'Size/quality variants encoded at once across all streams '
-                           '(topic streams included), besides each configured stream\'s '
-                           'default one, which the page uses and which is always admitted.',
+                           '(topic streams included), besides each configured stream'
+                           "'s default one, which the page uses and which is always admitted.",
                            (1, 1024)),
     'subscribe_on_demand': (True, 'Subscribe an image topic only while someone watches it.',
                             None),
