@@ -55,8 +55,8 @@ def refused_everything(bridge, token=None):
     suffix = f'?token={quote(token)}' if token else ''
     results = {path: get(f'{bridge.http}{path}{suffix}')[0]
                for path in ('/api/streams', '/snapshot/camera', '/stream_list')}
-    path = '/snapshot?topic=/r7/image'
-    results[path] = get(f'{bridge.http}{path}{suffix.replace("?", "&")}')[0]
+    for path in ('/snapshot?topic=/r7/image', '/stream_viewer?topic=/r7/image'):
+        results[path] = get(f'{bridge.http}{path}{suffix.replace("?", "&")}')[0]
     video = asyncio.run(ws_outcome(f'{bridge.ws}/video/camera{suffix}'))
     results['/video/camera'] = video[1] if video[0] == 'closed' else 200
     control = asyncio.run(control_hello(f'{bridge.ws}/control{suffix}'))
@@ -77,8 +77,8 @@ def test_row07_beyond_loopback_watching_needs_the_printed_token(ros, start_bridg
         anonymous = refused_everything(bridge)
         holder = refused_everything(bridge, token)
     assert anonymous == {'/api/streams': 401, '/snapshot/camera': 401, '/stream_list': 401,
-                         '/snapshot?topic=/r7/image': 401, '/video/camera': 4401,
-                         '/control': 4401}, anonymous
+                         '/snapshot?topic=/r7/image': 401, '/stream_viewer?topic=/r7/image': 401,
+                         '/video/camera': 4401, '/control': 4401}, anonymous
     assert set(holder.values()) == {200}, holder
     log = bridge.process.wait_output('who may do what')
     assert 'need the token' in log
@@ -93,8 +93,8 @@ def test_row07_view_requires_token_false_opens_watching_and_says_so(ros, start_b
     with FramePublisher(ros.node, '/r7/image', width=160, height=120):
         anonymous = refused_everything(bridge)
     assert anonymous == {'/api/streams': 200, '/snapshot/camera': 200, '/stream_list': 200,
-                         '/snapshot?topic=/r7/image': 200, '/video/camera': 200,
-                         '/control': 200}, anonymous
+                         '/snapshot?topic=/r7/image': 200, '/stream_viewer?topic=/r7/image': 200,
+                         '/video/camera': 200, '/control': 200}, anonymous
     hello = asyncio.run(control_hello(f'{bridge.ws}/control'))
     assert not hello['can_drive']
 
