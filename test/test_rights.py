@@ -169,12 +169,30 @@ def test_row08_topic_streams_only_for_token_holders_and_the_configured_topic_is_
         allowed = asyncio.run(ws_outcome(f'{other}?token={TOKEN}'))
         after = asyncio.run(ws_outcome(other))   # made by a holder: still not for others
         names = [s['name'] for s in json.loads(get(f'{bridge.http}/api/streams')[2])['streams']]
+        webrtc = asyncio.run(webrtc_start(bridge, '/r8/other'))
+        webrtc_holder = asyncio.run(webrtc_start(bridge, '/r8/other', TOKEN))
     assert refused[:2] == ('closed', 4401) and 'need the token' in refused[2], refused
     assert refused_wvs == 401
     assert configured == ('frames', 1) and configured_wvs == 200
     assert allowed == ('frames', 1)
     assert after[:2] == ('closed', 4401)
     assert names == ['camera', '/r8/other'], names   # no second stream of /r8/cam
+    assert (webrtc['type'], webrtc.get('code')) == ('webrtc_error', 'unauthorized'), webrtc
+    # the holder's peer gets the stream (an offer, or no candidates on this loopback-only host)
+    assert webrtc_holder['type'] == 'webrtc_offer' or \
+        webrtc_holder.get('code') == 'webrtc_unavailable', webrtc_holder
+
+
+async def webrtc_start(bridge, stream, token=None):
+    """The reply to one webrtc_start on a fresh /control session."""
+    suffix = f'?token={token}' if token else ''
+    async with websockets.connect(f'{bridge.ws}/control{suffix}') as socket:
+        await socket.send(json.dumps({'type': 'webrtc_start', 'id': 7, 'stream': stream}))
+        async with asyncio.timeout(20):
+            while True:
+                message = json.loads(await socket.recv())
+                if message.get('id') == 7:
+                    return message
 
 
 def test_row08_odd_widths_do_not_lock_the_pages_variant_out(ros, start_bridge):
