@@ -9,11 +9,11 @@ web_video_server's URLs on the bridge, so its users' links, dashboards and scrip
 
 A topic a configured stream reads is served by that stream (shared encodes); any other image
 topic in the graph becomes a topic stream (``allow_topic_streams``; token holders only when
-there is a token). Every URL needs the right to watch (listing topics too). ``width``/``height`` are
-upper bounds that keep the aspect ratio (web_video_server stretches to exactly that size when
-both are given). ``type`` other than mjpeg and ros_compressed (vp8, vp9, h264, png) is refused
-with 400 naming what is supported. Streaming, snapshots, authentication and limits are the
-MJPEG edge's (:mod:`video_bridge.net.mjpeg`); this module only translates the URLs.
+there is a token). Every URL needs the right to watch (listing topics too). ``width`` and
+``height`` are upper bounds that keep the aspect ratio (web_video_server stretches to exactly
+that size when both are given). ``type`` other than mjpeg and ros_compressed (vp8, vp9, h264,
+png) is refused with 400 naming what is supported. Streaming, snapshots, authentication and
+limits are the MJPEG edge's (:mod:`video_bridge.net.mjpeg`); this module only translates the URLs.
 
 Registered with ``BridgeServer(..., extra_routes=[wvs_compat.add_routes])``.
 """
