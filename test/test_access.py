@@ -1,11 +1,13 @@
-"""Tests for video_bridge.core.access: the token and the browser Host and Origin rules."""
+"""Tests for video_bridge.core.access: the token, its rights and throttle, Host and Origin."""
 
+from dataclasses import replace
 import re
 
 import pytest
 
-from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token, \
-    TOKEN_ENV
+from video_bridge.core.access import AccessPolicy, client_key, generate_token, is_loopback, \
+    load_token, Rights, TOKEN_ENV, TokenAttempts, tokens_equal, TOO_MANY_ATTEMPTS, \
+    WRONG_TOKEN_BURST, WRONG_TOKENS_PER_SECOND
 
 TOKEN = 's3cret-Token'
 
@@ -78,8 +80,8 @@ def test_is_loopback(host, loopback):
 # ---------------------------------------------------------------- token and view rules
 
 OPEN = AccessPolicy()
-DRIVE_TOKEN = AccessPolicy(token=TOKEN)
-VIEW_TOKEN = AccessPolicy(token=TOKEN, view_requires_token=True)
+DRIVE_TOKEN = AccessPolicy(token=TOKEN, view_requires_token=False)
+VIEW_TOKEN = AccessPolicy(token=TOKEN)
 MISSING, WRONG, RIGHT = None, 's3cret-token', TOKEN
 
 
@@ -101,6 +103,97 @@ def test_token_rules(policy, presented, token_problem, view_problem, may_drive):
     assert policy.token_problem(presented) == token_problem
     assert policy.view_problem(presented) == view_problem
     assert policy.may_drive(presented) is may_drive
+
+
+def test_watching_needs_the_token_by_default():
+    assert AccessPolicy(token=TOKEN).view_problem(None) == 'token required'
+    assert AccessPolicy().view_problem(None) is None   # no token (loopback): open to all
+
+
+NONE = Rights(view=False, drive=False, relay=False, topic_streams=False)
+
+
+@pytest.mark.parametrize('policy, presented, rights', [
+    # no token (loopback, or allow_anonymous_driving): everybody may do everything
+    (OPEN, MISSING, Rights(True, True, True, True)),
+    (OPEN, 'anything', Rights(True, True, True, True)),
+    # a token, view_requires_token true (the default): nothing without it
+    (VIEW_TOKEN, MISSING, replace(NONE, problem='token required')),
+    (VIEW_TOKEN, WRONG, replace(NONE, problem='invalid token')),
+    (VIEW_TOKEN, RIGHT, Rights(True, True, True, True)),
+    # view_requires_token false: anyone watches the configured streams, nothing more
+    (DRIVE_TOKEN, MISSING, Rights(view=True, drive=False, relay=False, topic_streams=False)),
+    (DRIVE_TOKEN, WRONG, replace(NONE, problem='invalid token')),
+    (DRIVE_TOKEN, RIGHT, Rights(True, True, True, True)),
+])
+def test_rights_relay_and_topic_streams_only_for_token_holders(policy, presented, rights):
+    assert policy.rights(presented) == rights
+
+
+def test_the_summary_says_who_may_watch_without_the_token():
+    assert 'need the token' in VIEW_TOKEN.summary(True)
+    opened = DRIVE_TOKEN.summary(True)
+    assert 'view_requires_token is false' in opened and 'may watch' in opened
+    assert 'anyone who reaches the port may watch, drive' in OPEN.summary(True)
+    assert 'anyone on this machine' in OPEN.summary(False)
+    assert all(TOKEN not in p.summary(True) for p in (OPEN, DRIVE_TOKEN, VIEW_TOKEN))
+
+
+def test_tokens_are_compared_as_digests_so_the_length_takes_no_shortcut():
+    assert tokens_equal(TOKEN, TOKEN)
+    assert not tokens_equal(TOKEN, TOKEN + 'x')
+    assert not tokens_equal('', TOKEN)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_wrong_tokens_past_the_burst_are_refused_unchecked_until_the_budget_refills():
+    clock = Clock()
+    policy = AccessPolicy(token=TOKEN, attempts=TokenAttempts(burst=3, per_second=1.0,
+                                                              clock=clock))
+    assert [policy.token_problem(WRONG, '192.0.2.1') for _ in range(3)] == ['invalid token'] * 3
+    # the budget is spent: even the right token is not looked at
+    assert policy.token_problem(RIGHT, '192.0.2.1') == TOO_MANY_ATTEMPTS
+    assert policy.rights(RIGHT, '192.0.2.1').problem == TOO_MANY_ATTEMPTS
+    assert policy.token_problem(RIGHT, '192.0.2.2') is None   # another client is not affected
+    assert policy.token_problem(None, '192.0.2.1') == 'token required'
+    clock.now += 1.0   # one try a second
+    assert policy.token_problem(WRONG, '192.0.2.1') == 'invalid token'
+    assert policy.token_problem(RIGHT, '192.0.2.1') == TOO_MANY_ATTEMPTS
+    clock.now += 1.0
+    assert policy.token_problem(RIGHT, '192.0.2.1') is None   # right tokens cost nothing
+    assert policy.token_problem(RIGHT, '192.0.2.1') is None
+
+
+def test_wrong_tokens_are_throttled_to_the_stated_rate():
+    """In 60 s of trying as fast as it can, one client gets burst + 60 x rate tokens checked."""
+    clock = Clock()
+    attempts = TokenAttempts(clock=clock)
+    policy = AccessPolicy(token=TOKEN, attempts=attempts)
+    checked = 0
+    for step in range(60 * 730):   # ~730 tries a second, the rate seen without the throttle
+        clock.now = 100.0 + step / 730
+        checked += policy.token_problem(WRONG, '198.51.100.7') == 'invalid token'
+    assert checked <= WRONG_TOKEN_BURST + 60 * WRONG_TOKENS_PER_SECOND + 1
+    assert attempts.refused >= 60 * 730 - checked
+
+
+def test_ipv6_clients_are_counted_per_64_and_memory_is_bounded():
+    clock = Clock()
+    attempts = TokenAttempts(burst=1, max_clients=8, clock=clock)
+    attempts.failed('2001:db8:1:2::1')
+    assert attempts.locked('2001:db8:1:2::ffff')     # same /64
+    assert not attempts.locked('2001:db8:1:3::1')    # another /64
+    assert client_key('::ffff:192.0.2.5') == '192.0.2.5'
+    for n in range(100):
+        attempts.failed(f'203.0.113.{n}')
+    assert len(attempts) == 8
 
 
 def test_a_non_ascii_token_is_compared_exactly():

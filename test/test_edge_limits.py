@@ -341,14 +341,14 @@ def test_beyond_loopback_without_a_token_a_random_one_is_made_and_printed(start_
 
     async def scenario():
         anonymous = await websockets.connect(f'{bridge.ws}/control')
-        hello = json.loads(await anonymous.recv())
-        await anonymous.close()
+        with pytest.raises(websockets.ConnectionClosed) as refused:
+            await anonymous.recv()   # watching needs the token too (view_requires_token)
         allowed = await websockets.connect(f'{bridge.ws}/control?token={token}')
         allowed_hello = json.loads(await allowed.recv())
         await allowed.close()
-        return hello, allowed_hello
-    hello, allowed_hello = asyncio.run(scenario())
-    assert hello['token_required'] and not hello['can_drive']
+        return refused.value.rcvd, allowed_hello
+    refused, allowed_hello = asyncio.run(scenario())
+    assert (refused.code, refused.reason) == (4401, 'token required')
     assert allowed_hello['can_drive']
     assert token not in output.replace(f'?token={token}', '')  # only in the printed URL
 

@@ -9,7 +9,7 @@ from video_bridge.core import protocol
 from video_bridge.core.image_codec import MalformedImage, UnsupportedEncoding
 from video_bridge.core.protocol import FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, Variant
 from video_bridge.core.streams import (
-    CapacityError, COMPRESSED, EncodedFrame, SourceImage, StreamHub, StreamSettings,
+    CapacityError, COMPRESSED, EncodedFrame, NotPermitted, SourceImage, StreamHub, StreamSettings,
     UnknownStream)
 
 WIDTH, HEIGHT = 64, 48
@@ -343,6 +343,75 @@ def test_the_variant_limit_is_per_stream(hub):
     assert (front.counters().variants, front.counters().viewers) == (2, 3)
 
 
+def test_odd_sizes_never_crowd_out_the_pages_default_variant(hub):
+    """Row 8: viewers with odd widths take the places beyond the default; the page still gets
+    its default JPEG variant and its video layers."""
+    stream = hub.add(StreamSettings('front', '/front', max_variants=4))
+    odd = [stream.attach(Variant(max_width=width)) for width in (101, 203, 305)]
+    with pytest.raises(CapacityError, match='variant limit'):
+        stream.attach(Variant(max_width=407))
+    page = stream.attach(Variant())
+    same = stream.attach(Variant(quality=stream.settings.quality))  # the default, by name
+    stream.publish(bgr8())
+    assert page.take().seq == 1 and same.take().seq == 1
+    assert stream.counters().variants == 4
+    assert all(viewer.take() is not None for viewer in odd)
+
+
+def test_a_topic_stream_has_no_kept_place(hub):
+    stream = hub.add(StreamSettings('/t/image', '/t/image', max_variants=2, topic_stream=True))
+    stream.attach(Variant(max_width=10))
+    stream.attach(Variant(max_width=20))
+    with pytest.raises(CapacityError, match='variant limit'):
+        stream.attach(Variant())
+    assert not stream.page_variant(Variant(quality=stream.settings.quality))
+
+
+def test_the_total_variant_limit_spans_every_stream_but_spares_the_defaults():
+    hub = StreamHub(max_total_variants=3)
+    streams = [hub.add(StreamSettings(f's{n}', f'/s{n}', max_variants=4)) for n in range(3)]
+    topic = hub.add(StreamSettings('/t', '/t', topic_stream=True))
+    admitted, refused = [], 0
+    for n in range(40):   # 4 streams x 10 sizes and qualities
+        target = (streams + [topic])[n % 4]
+        try:
+            admitted.append(target.attach(Variant(max_width=8 * (n + 1), quality=50 + n)))
+        except CapacityError as exc:
+            refused += 1
+            assert 'variant limit' in str(exc)
+    assert len(admitted) == 3 and refused == 37 and hub.variants_in_use() == 3
+    defaults = [stream.attach(Variant()) for stream in streams]   # the page's, always
+    assert hub.variants_in_use() == 3 and len(defaults) == 3
+    admitted[0].detach()
+    assert hub.variants_in_use() == 2
+    topic.attach(Variant())   # a place freed: a topic stream's default takes it
+    assert hub.variants_in_use() == 3
+
+
+def test_lookup_finds_a_configured_stream_by_its_topic_and_gates_topic_streams(hub):
+    camera = hub.add(StreamSettings('camera', '/camera/image_raw'))
+    made = []
+
+    def resolve(name):
+        if name == '/other/image':
+            made.append(hub.add(StreamSettings(name, name, topic_stream=True)))
+            return made[-1]
+        return None
+
+    assert hub.lookup('camera', resolve, topic_streams=False) is camera
+    assert hub.lookup('/camera/image_raw', resolve, topic_streams=False) is camera
+    assert made == []   # not a second stream of the same topic
+    with pytest.raises(NotPermitted, match='need the token'):
+        hub.lookup('/other/image', resolve, topic_streams=False)
+    assert made == []
+    other = hub.lookup('/other/image', resolve, topic_streams=True)
+    assert other.settings.topic_stream and made == [other]
+    with pytest.raises(NotPermitted):   # made by a token holder, still not for others
+        hub.lookup('/other/image', resolve, topic_streams=False)
+    with pytest.raises(UnknownStream):
+        hub.lookup('/nobody', resolve, topic_streams=True)
+
+
 def test_a_refused_viewer_changes_nothing():
     recorder = Recorder()
     hub = recorder.hub(max_viewers=1)
@@ -355,7 +424,7 @@ def test_a_refused_viewer_changes_nothing():
 
 
 def test_detach_is_idempotent_and_frees_the_variant(hub):
-    stream = hub.add(StreamSettings('front', '/front', max_variants=1))
+    stream = hub.add(StreamSettings('front', '/front', max_variants=2))
     viewer = stream.attach(Variant(max_width=32))
     viewer.detach()
     viewer.detach()

@@ -402,7 +402,7 @@ def test_second_page_cannot_take_control(bridge, pages, cmd_vel):
 
 
 def test_wrong_token_is_refused_visibly(start_bridge, camera, cmd_vel, pages):
-    bridge = start_bridge(token='s3cret-token')
+    bridge = start_bridge(token='s3cret-token', view_requires_token=False)
     cmd_vel.wait_publisher()
     page = pages(bridge, PORTRAIT, mobile=True)   # watching needs no token here
     sockets = []

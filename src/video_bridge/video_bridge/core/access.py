@@ -1,8 +1,16 @@
 """
-Who may watch and who may drive: the token, and which Host and Origin a browser may use.
+Who may watch, drive, relay and list topics (the token), and which Host and Origin browsers use.
 
 Pure. The token is compared in constant time and never appears in a log line or a message;
-callers log only the outcome and the client's address.
+callers log only the outcome and the client's address. Wrong tokens are throttled per client
+(:class:`TokenAttempts`): past a small burst, a client's further tokens are refused unchecked
+until its budget refills, so guessing runs at about one try per second per client.
+
+Rights (:class:`Rights`), when a token exists: watching (and listing image topics) needs it
+unless ``view_requires_token`` is false; driving, TURN credentials (relaying through the
+operator's TURN server) and topic streams (any image topic of the graph, each a stream of its
+own with encoders of its own) always need it. Without a token (loopback, or
+``allow_anonymous_driving``) everybody who reaches the port has every right.
 
 Host and Origin defend against DNS rebinding and cross-site pages: a browser tricked into
 talking to the bridge from ``evil.example`` sends ``Host: evil.example:8080``, which is not an
@@ -11,12 +19,15 @@ another origin opening a websocket sends its own ``Origin``, which must be the b
 (scheme, host and port) or one listed in ``allowed_origins``.
 """
 
-from dataclasses import dataclass
+import collections
+from dataclasses import dataclass, field
+import hashlib
 import hmac
 import ipaddress
 import os
 import secrets
-from typing import Iterable, Optional, Tuple
+import time
+from typing import Callable, Iterable, Optional, Tuple
 from urllib.parse import urlsplit
 
 from video_bridge.core.secret_file import read_secret_file
@@ -25,6 +36,10 @@ TOKEN_ENV = 'VIDEO_BRIDGE_TOKEN'
 ANY = '*'
 DEFAULT_PORTS = {'http': 80, 'https': 443, 'ws': 80, 'wss': 443}
 LOOPBACK_NAMES = frozenset({'localhost', 'localhost.localdomain', 'ip6-localhost'})
+TOO_MANY_ATTEMPTS = 'too many invalid tokens from this client; wait and retry'
+WRONG_TOKEN_BURST = 10        # wrong tokens a client may present at once ...
+WRONG_TOKENS_PER_SECOND = 1.0  # ... and then this many a second; beyond, refused unchecked
+TRACKED_CLIENTS = 4096        # clients whose wrong tokens are remembered (oldest forgotten)
 
 
 def load_token(file: str = '', env: Optional[dict] = None) -> str:
@@ -81,6 +96,96 @@ def split_host(value: str) -> Tuple[str, Optional[int]]:
     return name.rstrip('.'), port
 
 
+def client_key(address: str) -> str:
+    """
+    Group a client address as the throttle counts it: IPv4 per address, IPv6 per /64.
+
+    One IPv6 host usually owns a whole /64; counting per address would let it dodge the
+    throttle with a fresh address per try.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split('%')[0])
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f'{ip}/64', strict=False))
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+
+
+class TokenAttempts:
+    """
+    Per-client budget of wrong tokens: a burst, then a steady rate; beyond it, no check at all.
+
+    A token bucket per client key (:func:`client_key`): each wrong token takes one; an empty
+    bucket means the client's tokens are refused without being compared until it refills.
+    A right token costs nothing. At most ``max_clients`` buckets are kept (the least recently
+    used is forgotten), so memory stays bounded whatever the number of addresses. Runs on one
+    thread (the network loop).
+    """
+
+    def __init__(self, burst: int = WRONG_TOKEN_BURST, per_second: float = WRONG_TOKENS_PER_SECOND,
+                 max_clients: int = TRACKED_CLIENTS,
+                 clock: Callable[[], float] = time.monotonic):
+        self.burst = burst
+        self.per_second = per_second
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: 'collections.OrderedDict[str, Tuple[float, float]]' = \
+            collections.OrderedDict()  # key -> (tokens left, when counted)
+        self.refused = 0   # tokens refused unchecked, for figures
+
+    def _level(self, key: str, now: float) -> float:
+        entry = self._buckets.get(key)
+        if entry is None:
+            return float(self.burst)
+        tokens, then = entry
+        return min(float(self.burst), tokens + (now - then) * self.per_second)
+
+    def locked(self, client: str) -> bool:
+        """Tell whether this client's next token is to be refused without a check."""
+        key = client_key(client)
+        locked = self._level(key, self.clock()) < 1.0
+        if locked:
+            self.refused += 1
+        return locked
+
+    def failed(self, client: str):
+        """Count a wrong token from this client."""
+        key = client_key(client)
+        now = self.clock()
+        level = self._level(key, now) - 1.0
+        self._buckets[key] = (level, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+
+    def __len__(self) -> int:
+        """Count the clients whose wrong tokens are remembered."""
+        return len(self._buckets)
+
+
+def tokens_equal(presented: str, token: str) -> bool:
+    """
+    Compare two tokens in constant time, whatever their lengths.
+
+    ``hmac.compare_digest`` returns at once when the lengths differ; comparing digests of both
+    takes the same time for every guess.
+    """
+    return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(),
+                               hashlib.sha256(token.encode()).digest())
+
+
+@dataclass(frozen=True)
+class Rights:
+    """What one client may do; ``problem`` set (the reason) means it may do nothing."""
+
+    view: bool            # watch the configured streams, list image topics
+    drive: bool           # take the driver lock
+    relay: bool           # get TURN credentials (relay through the operator's TURN server)
+    topic_streams: bool   # watch any image topic of the graph as a stream of its own
+    problem: Optional[str] = None
+
+
 def _canonical_name(name: str) -> str:
     """``localhost`` and ``127.0.0.1`` (and ``::1``) are the same machine."""
     return '127.0.0.1' if is_loopback(name) else name
@@ -103,10 +208,11 @@ class AccessPolicy:
     """The bridge's access rules (see the module docstring)."""
 
     token: str = ''
-    view_requires_token: bool = False
+    view_requires_token: bool = True
     allowed_origins: Tuple[str, ...] = ()  # added to the bridge's own origin; '*': any
     allowed_hosts: Tuple[str, ...] = ()    # names accepted in Host besides IPs and localhost
     cors_origins: Tuple[str, ...] = ()     # may read /api/streams and /snapshot cross-origin
+    attempts: TokenAttempts = field(default_factory=TokenAttempts, compare=False, repr=False)
 
     def __repr__(self) -> str:
         """Describe the policy without the token."""
@@ -120,30 +226,63 @@ class AccessPolicy:
         """Tell whether driving needs a token."""
         return bool(self.token)
 
-    def token_problem(self, presented: Optional[str]) -> Optional[str]:
-        """Return why ``presented`` is refused ('token required', 'invalid token'), or None."""
+    def token_problem(self, presented: Optional[str],
+                      client: Optional[str] = None) -> Optional[str]:
+        """
+        Return why ``presented`` is refused ('token required', 'invalid token'), or None.
+
+        With ``client`` (its address), wrong tokens are counted against that client, and a
+        client past its budget gets TOO_MANY_ATTEMPTS without its token being compared.
+        """
         if not self.token:
             return None
         if not presented:
             return 'token required'
-        if not hmac.compare_digest(presented.encode(), self.token.encode()):
+        if client is not None and self.attempts.locked(client):
+            return TOO_MANY_ATTEMPTS
+        if not tokens_equal(presented, self.token):
+            if client is not None:
+                self.attempts.failed(client)
             return 'invalid token'
         return None
 
-    def view_problem(self, presented: Optional[str]) -> Optional[str]:
+    def rights(self, presented: Optional[str], client: Optional[str] = None) -> Rights:
         """
-        Return why this client may not watch, or None.
+        Decide what a client presenting ``presented`` may do (see the module docstring).
 
         A wrong token is refused even where watching needs none, so a typo is noticed.
         """
-        problem = self.token_problem(presented)
-        if problem == 'invalid token' or (problem and self.view_requires_token):
-            return problem
-        return None
+        problem = self.token_problem(presented, client)
+        if problem is None:
+            return Rights(view=True, drive=True, relay=True, topic_streams=True)
+        if problem == 'token required' and not self.view_requires_token:
+            return Rights(view=True, drive=False, relay=False, topic_streams=False)
+        return Rights(view=False, drive=False, relay=False, topic_streams=False,
+                      problem=problem)
+
+    def view_problem(self, presented: Optional[str]) -> Optional[str]:
+        """Return why this client may not watch, or None."""
+        return self.rights(presented).problem
 
     def may_drive(self, presented: Optional[str]) -> bool:
         """Tell whether this client may take the driver lock."""
         return self.token_problem(presented) is None
+
+    def summary(self, beyond_loopback: bool) -> str:
+        """
+        Say in one line who may do what, for the log at start (never the token itself).
+
+        ``beyond_loopback``: the bridge listens on more than this machine's loopback.
+        """
+        if not self.token:
+            who = 'anyone who reaches the port' if beyond_loopback else 'anyone on this machine'
+            return f'no token: {who} may watch, drive, relay (TURN) and list topics'
+        if self.view_requires_token:
+            return ('watching, driving, relaying (TURN), topic streams and listing topics '
+                    'need the token')
+        return ('view_requires_token is false: anyone who reaches the port may watch every '
+                'configured stream and list image topics without the token; driving, relaying '
+                '(TURN) and topic streams need the token')
 
     def host_allowed(self, host: Optional[str]) -> bool:
         """

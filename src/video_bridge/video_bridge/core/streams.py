@@ -16,6 +16,14 @@ asked for through the slot's :class:`layers.KeyframeGate` (joins, PLI/FIR, layer
 The network adapter learns about new frames through one ``on_frame(stream_name)`` callback per
 frame (it schedules a wake-up on its loop), and about viewers coming and going through
 ``on_viewers(stream_name, count)`` (the ROS adapter subscribes on demand).
+
+Bounded work per frame: a configured stream's *page variants* (its default JPEG variant and its
+video layers, what the bridge's own page uses) are always admitted, so other viewers' sizes and
+qualities can never lock the page out. Every other JPEG variant (another size or quality, or
+any variant of a topic stream) counts against the stream's ``max_variants`` (of which one place
+stays kept for the default variant) and against the hub's ``max_total_variants`` across all
+streams. Video variants are bounded by construction: one per codec and layer of a stream, and
+a topic stream's only by WebRTC peers (each holds one layer, two while switching).
 """
 
 import collections
@@ -42,6 +50,10 @@ class CapacityError(RuntimeError):
 
 class UnknownStream(KeyError):
     """No stream has that name (and none could be created for it)."""
+
+
+class NotPermitted(PermissionError):
+    """The client may not watch topic streams (they need the token); the message says so."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,7 @@ class StreamSettings:
     display: image_codec.DisplaySettings = image_codec.DisplaySettings()
     video_bitrates: tuple = (1_200_000, 600_000, 300_000)  # bit/s of video layers 0, 1, 2
     video_fps: int = 30               # nominal rate the video encoders' rate control assumes
+    topic_stream: bool = False        # made on request for a graph topic (no page variants)
 
 
 @dataclass(frozen=True)
@@ -253,11 +266,10 @@ class Stream:
             if slot is None:
                 if variant.codec:
                     slot = self._slots[variant] = _VariantSlot(self._video_encoder(variant))
-                elif sum(1 for v in self._slots if not v.codec) >= self.settings.max_variants:
-                    raise CapacityError(
-                        f'variant limit reached for stream {self.name!r} '
-                        f'({self.settings.max_variants} size/quality combinations in use)')
+                elif self.page_variant(variant):
+                    slot = self._slots[variant] = _VariantSlot()
                 else:
+                    self._admit_extra_variant()
                     slot = self._slots[variant] = _VariantSlot()
             slot.viewers += 1
             if slot.keyframes is not None:
@@ -268,12 +280,43 @@ class Stream:
         self._hub._viewers_changed(self.name, count)
         return Viewer(self, variant, joined_seq)
 
+    def page_variant(self, variant: Variant) -> bool:
+        """
+        Tell whether ``variant`` (resolved) is one the page itself uses: always admitted.
+
+        A configured stream's default JPEG variant and its video layers; a topic stream has
+        none (the page watches it only for a token holder, within the limits).
+        """
+        if self.settings.topic_stream:
+            return False
+        return bool(variant.codec) or variant == Variant(quality=self.settings.quality)
+
+    def _extra_variants(self) -> int:
+        return sum(1 for v in self._slots if not v.codec and not self.page_variant(v))
+
+    def _admit_extra_variant(self):
+        """Take a place for a new JPEG variant beyond the page's, or raise CapacityError."""
+        kept = 0 if self.settings.topic_stream else 1   # the default variant's place
+        if self._extra_variants() >= self.settings.max_variants - kept:
+            raise CapacityError(
+                f'variant limit reached for stream {self.name!r} '
+                f'({self.settings.max_variants} size/quality combinations, the default one '
+                f'included)' if kept else
+                f'variant limit reached for stream {self.name!r} '
+                f'({self.settings.max_variants} size/quality combinations in use)')
+        if not self._hub._take_variant():
+            raise CapacityError(
+                f'variant limit reached across all streams ({self._hub.max_total_variants} '
+                "size/quality combinations besides the streams' own defaults)")
+
     def _detach(self, variant: Variant):
         with self._lock:
             slot = self._slots[variant]
             slot.viewers -= 1
             if slot.viewers == 0:
                 del self._slots[variant]
+                if not variant.codec and not self.page_variant(variant):
+                    self._hub._release_variant()
             self._viewers -= 1
             count = self._viewers
         self._hub._viewers_changed(self.name, count)
@@ -489,8 +532,11 @@ class StreamHub:
     def __init__(self, max_viewers: int = 100,
                  on_frame: Callable[[str], None] = lambda name: None,
                  on_viewers: Callable[[str, int], None] = lambda name, count: None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 max_total_variants: int = 16):
         self.max_viewers = max_viewers
+        self.max_total_variants = max_total_variants
+        self._variants = 0   # JPEG variants beyond the page's, across all streams
         self.clock = clock
         self.on_frame = on_frame
         self.on_viewers = on_viewers
@@ -511,6 +557,49 @@ class StreamHub:
             return self._streams[name]
         except KeyError:
             raise UnknownStream(name) from None
+
+    def lookup(self, name: str, resolve: Optional[Callable[[str], Optional[Stream]]] = None,
+               topic_streams: bool = True) -> Stream:
+        """
+        Find the stream a client asks for: a configured one by its name or by its topic.
+
+        Anything else is a topic stream, made by ``resolve(name)`` (None: no such image
+        topic) and only for a client with the ``topic_streams`` right (NotPermitted
+        otherwise). Asking for a configured stream's topic (``/video/%2Fcamera%2Fimage_raw``)
+        gives that stream: the same encodes, not a second stream of the same topic.
+        """
+        with self._lock:
+            stream = self._streams.get(name)
+            if stream is None or stream.settings.topic_stream:
+                for candidate in self._streams.values():
+                    if not candidate.settings.topic_stream and candidate.settings.topic == name:
+                        return candidate
+        if stream is not None and not stream.settings.topic_stream:
+            return stream
+        if not topic_streams:
+            raise NotPermitted(f'{name[:100]!r} is not a configured stream, and topic streams '
+                               'need the token')
+        if stream is None and resolve is not None:
+            stream = resolve(name)
+        if stream is None:
+            raise UnknownStream(name)
+        return stream
+
+    def variants_in_use(self) -> int:
+        """Count the JPEG variants beyond the page's across all streams (max_total_variants)."""
+        with self._lock:
+            return self._variants
+
+    def _take_variant(self) -> bool:
+        with self._lock:
+            if self._variants >= self.max_total_variants:
+                return False
+            self._variants += 1
+            return True
+
+    def _release_variant(self):
+        with self._lock:
+            self._variants -= 1
 
     def streams(self) -> list:
         """Return every stream, in creation order."""

@@ -26,10 +26,12 @@ class Grant:
     """What one request may do; ``problem`` set means it may do nothing (the reason)."""
 
     client: str           # who, for logs: peer address (or the forwarded one via a proxy)
-    view: bool
+    view: bool            # watch the configured streams, list image topics
     drive: bool
     token_required: bool
     problem: Optional[str] = None
+    relay: bool = False          # may get TURN credentials
+    topic_streams: bool = False  # may watch graph image topics as streams of their own
 
 
 def machine_names() -> Tuple[str, ...]:
@@ -59,14 +61,24 @@ def normalise_address(host: str) -> str:
     return str(mapped or address)
 
 
+def _forwarded(request: web.BaseRequest, peer: str) -> str:
+    """Return the client address a trusted proxy forwarded ('' when none or not trusted)."""
+    if peer in request.app.get(TRUSTED_KEY, ()):
+        return request.headers.get('X-Forwarded-For', '').split(',')[-1].strip()[:64]
+    return ''
+
+
 def client_name(request: web.BaseRequest) -> str:
     """Name the client for logs: the forwarded address when a trusted proxy sent it."""
     peer = peer_host(request)
-    if peer in request.app.get(TRUSTED_KEY, ()):
-        forwarded = request.headers.get('X-Forwarded-For', '').split(',')[-1].strip()
-        if forwarded:
-            return f'{forwarded[:64]} via {peer}'
-    return peer
+    forwarded = _forwarded(request, peer)
+    return f'{forwarded} via {peer}' if forwarded else peer
+
+
+def client_address(request: web.BaseRequest) -> str:
+    """Return the client's address as wrong tokens count it: the forwarded one via a proxy."""
+    peer = peer_host(request)
+    return normalise_address(_forwarded(request, peer) or peer)
 
 
 def _single(request: web.BaseRequest, name: str) -> Tuple[Optional[str], bool]:
@@ -106,10 +118,14 @@ def presented_token(request: web.BaseRequest) -> Optional[str]:
 
 
 def authenticate(request: web.BaseRequest) -> Grant:
-    """Decide what this request may do (watch, drive), from its token and the policy."""
+    """
+    Decide what this request may do (watch, drive, relay, topic streams) from its token.
+
+    Wrong tokens count against the client (the forwarded one behind a trusted proxy); past
+    its budget its tokens are refused unchecked (:class:`~video_bridge.core.access.TokenAttempts`).
+    """
     policy: AccessPolicy = request.app[POLICY_KEY]
-    token = presented_token(request)
-    problem = policy.view_problem(token)
-    return Grant(client=client_name(request), view=problem is None,
-                 drive=problem is None and policy.may_drive(token),
-                 token_required=policy.token_required, problem=problem)
+    rights = policy.rights(presented_token(request), client_address(request))
+    return Grant(client=client_name(request), view=rights.view, drive=rights.drive,
+                 token_required=policy.token_required, problem=rights.problem,
+                 relay=rights.relay, topic_streams=rights.topic_streams)

@@ -25,7 +25,8 @@ import aiohttp
 from aiohttp import web
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
-from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream, Viewer
+from video_bridge.core.streams import (CapacityError, NotPermitted, StreamHub, UnknownStream,
+                                       Viewer)
 from video_bridge.net import websocket
 from video_bridge.net.app import build_app, quiet_aiohttp_logs
 from video_bridge.net.listener import FD_RESERVE, Listener, LogThrottle, raise_file_limit
@@ -228,16 +229,6 @@ class BridgeServer:
 
     # -- viewers ----------------------------------------------------------------------------
 
-    def _find_stream(self, name: str):
-        try:
-            return self.hub.get(name)
-        except UnknownStream:
-            if self.resolve_stream is not None:
-                stream = self.resolve_stream(name)
-                if stream is not None:
-                    return stream
-            raise
-
     def attach(self, grant, target: protocol.Target, request=None) -> Viewer:
         """Attach a viewer of ``target`` (stream + variant query); ProtocolError if refused."""
         return self.attach_variant(grant, target.stream, protocol.parse_variant(target.query),
@@ -251,7 +242,10 @@ class BridgeServer:
                                grant.client, grant.problem, level=logging.WARNING)
             raise protocol.ProtocolError('unauthorized', grant.problem)
         try:
-            stream = self._find_stream(stream_name)
+            stream = self.hub.lookup(stream_name, self.resolve_stream,
+                                     getattr(grant, 'topic_streams', False))
+        except NotPermitted as exc:
+            raise protocol.ProtocolError('unauthorized', str(exc)) from None
         except UnknownStream:
             names = ', '.join(s.name for s in self.hub.streams()) or 'none'
             raise protocol.ProtocolError(

@@ -45,7 +45,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
 from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
-from video_bridge.core.streams import CapacityError, StreamHub, UnknownStream
+from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
 from video_bridge.net import rtp_packing
 from video_bridge.net.send_backlog import SendBacklog
 
@@ -462,9 +462,15 @@ class WebRtcService:
 
     # -- the signalling hook ---------------------------------------------------------------
 
-    def config_message(self, client_id: str) -> dict:
-        """Build what the page needs to start: codecs offered, ICE servers with credentials."""
-        servers = [server.as_dict() for server in self.ice.servers(client_id, self.wall_clock())]
+    def config_message(self, client_id: str, relay: bool = True) -> dict:
+        """
+        Build what the page needs to start: codecs offered, ICE servers with credentials.
+
+        TURN servers (and their credentials) only with ``relay`` (the grant's right to relay):
+        anyone else would make the operator's TURN server their own relay.
+        """
+        servers = [server.as_dict() for server in self.ice.servers(client_id, self.wall_clock())
+                   if relay or not any(ice.is_turn(url) for url in server.urls)]
         return {'type': 'webrtc_config', 'enabled': bool(self.codecs),
                 'codecs': list(self.codecs), 'ice_servers': servers}
 
@@ -491,9 +497,10 @@ class WebRtcService:
             if not getattr(grant, 'view', True):
                 raise _signal_error('unauthorized', 'watching needs a token')
             if kind == 'webrtc_config':
-                reply = self.config_message(client_id)
+                reply = self.config_message(client_id, getattr(grant, 'relay', True))
             elif kind == 'webrtc_start':
-                reply = await self._start(session, message)
+                reply = await self._start(session, message,
+                                          getattr(grant, 'topic_streams', True))
             elif kind == 'webrtc_answer':
                 reply = await self._answer(client_id, message)
             elif kind == 'webrtc_ice':
@@ -532,16 +539,15 @@ class WebRtcService:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _find_stream(self, name):
+    def _find_stream(self, name, topic_streams: bool = True):
         if not isinstance(name, str) or not 0 < len(name) <= protocol.MAX_STREAM_NAME:
             raise _signal_error('bad_message', "'stream' must be a stream name")
         try:
-            return self.hub.get(name)
+            return self.hub.lookup(name, self.resolve_stream, topic_streams)
+        except NotPermitted as exc:
+            raise _signal_error('unauthorized', str(exc)) from None
         except UnknownStream:
-            stream = self.resolve_stream(name) if self.resolve_stream else None
-            if stream is None:
-                raise _signal_error('unknown_stream', f'unknown stream {name!r}') from None
-            return stream
+            raise _signal_error('unknown_stream', f'unknown stream {name!r}') from None
 
     def _pick_codec(self, wanted) -> str:
         if not self.codecs:
@@ -569,7 +575,8 @@ class WebRtcService:
             raise _signal_error('superseded', 'a newer webrtc_start or webrtc_stop replaced '
                                 'this one')
 
-    async def _start(self, session: _SessionSignalling, message: dict) -> dict:
+    async def _start(self, session: _SessionSignalling, message: dict,
+                     topic_streams: bool = True) -> dict:
         client_id = session.client_id
         # At most one start per MIN_START_INTERVAL per session; a newer one supersedes a
         # waiting one (the page only cares about its latest), so a flood costs one peer a second.
@@ -579,7 +586,7 @@ class WebRtcService:
             await asyncio.sleep(MIN_START_INTERVAL - (self.clock() - last))
             self._still_wanted(session, turn)
         session.last_start = self.clock()
-        stream = self._find_stream(message.get('stream'))
+        stream = self._find_stream(message.get('stream'), topic_streams)
         codec = self._pick_codec(message.get('codecs'))
         await self._close(client_id)   # one peer per control session: a new start replaces it
         self._still_wanted(session, turn)

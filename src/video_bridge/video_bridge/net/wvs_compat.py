@@ -8,11 +8,12 @@ web_video_server's URLs on the bridge, so its users' links, dashboards and scrip
     /stream_list                                           (the image topics, with links)
 
 A topic a configured stream reads is served by that stream (shared encodes); any other image
-topic in the graph becomes a topic stream (``allow_topic_streams``). ``width``/``height`` are
-upper bounds that keep the aspect ratio (web_video_server stretches to exactly that size when
-both are given). ``type`` other than mjpeg and ros_compressed (vp8, vp9, h264, png) is refused
-with 400 naming what is supported. Streaming, snapshots, authentication and limits are the
-MJPEG edge's (:mod:`video_bridge.net.mjpeg`); this module only translates the URLs.
+topic in the graph becomes a topic stream (``allow_topic_streams``; token holders only when
+there is a token). Every URL needs the right to watch (listing topics too). ``width`` and
+``height`` are upper bounds that keep the aspect ratio (web_video_server stretches to exactly
+that size when both are given). ``type`` other than mjpeg and ros_compressed (vp8, vp9, h264,
+png) is refused with 400 naming what is supported. Streaming, snapshots, authentication and
+limits are the MJPEG edge's (:mod:`video_bridge.net.mjpeg`); this module only translates the URLs.
 
 Registered with ``BridgeServer(..., extra_routes=[wvs_compat.add_routes])``.
 """
@@ -125,7 +126,10 @@ def _carry(query, *names) -> str:
 
 
 async def handle_viewer(request: web.Request) -> web.Response:
-    """``GET /stream_viewer?topic=...``: a page showing the stream."""
+    """``GET /stream_viewer?topic=...``: a page showing the stream (for those who may watch)."""
+    grant = authenticate(request)
+    if grant.problem:   # the page would tell which topics have a /compressed sibling
+        return web.Response(status=401, text=grant.problem + '\n')
     query = request['video_bridge.query']
     try:
         requested(_server(request), query)  # refuse what /stream would refuse

@@ -122,7 +122,8 @@ class BridgeNode(Node):
         self._estop_published = None
         self.monitor = health.StreamMonitor(stale_after=2.0)
         self.hub = StreamHub(self.p.max_viewers, on_frame=self._frame_ready,
-                             on_viewers=self._viewers_changed)
+                             on_viewers=self._viewers_changed,
+                             max_total_variants=self.p.max_total_variants)
         for name in self.p.stream_names:
             self.hub.add(self._stream_settings(name))
         token = load_token(self.p.token_file)
@@ -257,7 +258,8 @@ class BridgeNode(Node):
                               quality=per.quality or values.default_quality,
                               max_variants=values.max_variants, display=display,
                               video_bitrates=layer_bitrates(values.webrtc_bitrate,
-                                                            self.p.webrtc_layers))
+                                                            self.p.webrtc_layers),
+                              topic_stream=bool(topic))
 
     def _topic_stream(self, name: str):
         """Create a stream for an image topic seen in the graph (``/video/%2Fsome%2Ftopic``)."""
@@ -573,12 +575,15 @@ async def run_bridge(args=None) -> int:
             f'video_bridge serving {node.server.url}/ (streams: '
             f'{", ".join(s.name for s in node.hub.streams()) or "none"}; '
             f'control token {"required" if node.access.token_required else "not set"})')
+        beyond_loopback = not is_loopback(node.p.host)
+        rights = node.access.summary(beyond_loopback)
         if node.generated_token:
             print_page_url(node.server, node.access.token)
-        elif not is_loopback(node.p.host) and not node.access.token:
-            node.get_logger().warning('listening beyond this machine with no token and '
-                                      'allow_anonymous_driving: anyone who reaches the port '
-                                      'can drive')
+        if (beyond_loopback and not node.access.token) or (
+                node.access.token and not node.access.view_requires_token):
+            node.get_logger().warning(f'who may do what: {rights}')
+        else:
+            node.get_logger().info(f'who may do what: {rights}')
         await stop.wait()
         node.closing = True
         node.get_logger().info('shutting down: stopping the car')
@@ -656,8 +661,10 @@ def print_page_url(server, token: str):
     address bar.
     """
     urls, where = page_urls(server, token, os.environ.get(PAGE_URL_VARIABLE, '').strip())
+    what = 'watch and drive' if server.access.view_requires_token else \
+        'drive (anyone may watch: view_requires_token is false)'
     print('video_bridge: no token was configured and the bridge is reachable beyond this '
-          f'machine, so it made one.\nTo watch and drive, open{where}:\n'
+          f'machine, so it made one.\nTo {what}, open{where}:\n'
           + '\n'.join(f'    {url}' for url in urls) +
           '\n(set token_file or $VIDEO_BRIDGE_TOKEN to choose your own)', flush=True)
 

@@ -30,7 +30,10 @@ BRIDGE_PARAMETERS = {
                    'a parameter). Empty: the VIDEO_BRIDGE_TOKEN environment variable; if that '
                    'is empty too and host is beyond loopback, a random token is made at start '
                    'and the page URL with it is printed on stdout.', None),
-    'view_requires_token': (False, 'Require the token for watching video too.', None),
+    'view_requires_token': (True, 'Watching video and listing image topics need the token '
+                            'too (when there is one). false: anyone who reaches the port '
+                            'watches the configured streams (logged at start); driving, TURN '
+                            'credentials and topic streams still need the token.', None),
     'allow_anonymous_driving': (False, 'Beyond loopback with no token: let anyone who reaches '
                                 'the port drive instead of making a random token. No effect '
                                 'when a token is configured.', None),
@@ -68,13 +71,20 @@ BRIDGE_PARAMETERS = {
     'frames_in_flight': (2, 'Video frames sent to a viewer and not yet acknowledged (by the '
                          'pong to the ping after each frame); more only helps long round trips.',
                          (1, 16)),
-    'max_variants': (4, 'Distinct size/quality variants encoded per stream at once.', (1, 64)),
+    'max_variants': (4, 'Distinct size/quality variants encoded per stream at once, the '
+                     "stream's default one included (its place is always kept for it).",
+                     (1, 64)),
+    'max_total_variants': (16, 'Size/quality variants encoded at once across all streams '
+                           '(topic streams included), besides each configured stream'
+                           "'s default one, which the page uses and which is always admitted.",
+                           (1, 1024)),
     'subscribe_on_demand': (True, 'Subscribe an image topic only while someone watches it.',
                             None),
     'unsubscribe_delay': (5.0, 'Seconds after the last viewer leaves before unsubscribing.',
                           (0.0, 3600.0)),
-    'allow_topic_streams': (True, 'Let clients watch any image topic in the graph as '
-                            '/video/<url-escaped topic>.', None),
+    'allow_topic_streams': (True, 'Let clients with the token (everyone when there is none) '
+                            'watch any image topic in the graph as /video/<url-escaped '
+                            'topic>.', None),
     'image_reliable': (False, 'Subscribe images reliable instead of best effort (sensor data).',
                        None),
     'status_period': (1.0, 'Seconds between BridgeStatus messages on ~/status.', (0.05, 60.0)),

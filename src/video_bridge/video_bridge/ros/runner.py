@@ -36,11 +36,13 @@ def parse(argv):
     parser.add_argument('arguments', nargs='*', metavar='name:=value')
     options = parser.parse_args(argv)
     arguments = {}
-    for item in options.arguments:
+    for position, item in enumerate(options.arguments, 1):
         name, sep, value = item.partition(':=')
         if not sep or name not in LAUNCH_ARGUMENTS:
+            # Only the name: the value may be a secret (token:=..., an old config's habit).
+            got = f'{name[:64]!r}:=...' if sep else f'argument {position} without :='
             parser.error(f'expected name:=value with name one of {sorted(LAUNCH_ARGUMENTS)}, '
-                         f'got {item!r}')
+                         f'got {got}')
         arguments[name] = value
     return options.lineup, arguments
 
