@@ -381,7 +381,7 @@ class WebRtcService:
                 raise _signal_error('unknown_stream', f'unknown stream {name!r}') from None
             return stream
 
-    def _pick_codec(self, wanted) -> str:
+    def _pick_codec(self, wanted, source: str = '') -> str:
         if not self.codecs:
             raise _signal_error('webrtc_unavailable', 'this bridge offers no WebRTC video')
         if wanted is None:
@@ -390,7 +390,8 @@ class WebRtcService:
                 not all(isinstance(c, str) for c in wanted):
             raise _signal_error('bad_message', "'codecs' must be a list of codec names")
         wanted = [c.lower() for c in wanted]
-        for codec in self.codecs:
+        # a stream that already is H.264 offers it first: passed through, nothing encoded
+        for codec in sorted(self.codecs, key=lambda c: c != source):
             if codec in wanted:
                 return codec
         raise _signal_error('no_common_codec',
@@ -410,7 +411,7 @@ class WebRtcService:
                 raise _signal_error('superseded', 'a newer webrtc_start replaced this one')
         self._last_start[client_id] = self.clock()
         stream = self._find_stream(message.get('stream'))
-        codec = self._pick_codec(message.get('codecs'))
+        codec = self._pick_codec(message.get('codecs'), stream.settings.kind)
         await self._close(client_id)   # one peer per control session: a new start replaces it
         if len(self.peers) >= self.config.max_peers:
             raise _signal_error('capacity', f'WebRTC peer limit reached ({self.config.max_peers})')

@@ -39,10 +39,12 @@ from std_msgs.msg import Bool
 from video_bridge.core import health
 from video_bridge.core import ice
 from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token
+from video_bridge.core.encoders import choose_h264_encoder, LIBX264
 from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
 from video_bridge.core.layers import layer_bitrates
 from video_bridge.core.secret_file import exposure_warning, read_secret_file
-from video_bridge.core.streams import COMPRESSED, RAW, SourceImage, StreamHub, StreamSettings
+from video_bridge.core.streams import (COMPRESSED, H264, RAW, SourceImage, StreamHub,
+                                       StreamSettings)
 from video_bridge.core.teleop import load_vocabulary, TeleopConfig, TeleopCore
 from video_bridge.net import wvs_compat
 from video_bridge.net.auth import machine_names
@@ -55,7 +57,9 @@ from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
 from video_bridge_msgs.srv import SetEmergencyStop
 
 IMAGE_TYPES = {'sensor_msgs/msg/Image': RAW, 'sensor_msgs/msg/CompressedImage': COMPRESSED}
-MESSAGE_CLASS = {RAW: Image, COMPRESSED: CompressedImage}
+MESSAGE_CLASS = {RAW: Image, COMPRESSED: CompressedImage, H264: CompressedImage}
+MESSAGE_TYPE = {RAW: 'sensor_msgs/msg/Image', COMPRESSED: 'sensor_msgs/msg/CompressedImage',
+                H264: 'sensor_msgs/msg/CompressedImage'}
 
 
 def share_path(*parts: str) -> str:
@@ -118,6 +122,9 @@ class BridgeNode(Node):
         self.monitor = health.StreamMonitor(stale_after=2.0)
         self.hub = StreamHub(self.p.max_viewers, on_frame=self._frame_ready,
                              on_viewers=self._viewers_changed)
+        # Probed once (a tiny test encode per candidate); only WebRTC layers encode H.264.
+        self.h264_encoder = choose_h264_encoder(self.p.h264_encoder, logger=self.log)[0] \
+            if self.p.webrtc_enabled else LIBX264
         for name in self.p.stream_names:
             self.hub.add(self._stream_settings(name))
         token = load_token(self.p.token_file)
@@ -231,7 +238,8 @@ class BridgeNode(Node):
                               quality=per.quality or self.p.default_quality,
                               max_variants=self.p.max_variants, display=display,
                               video_bitrates=layer_bitrates(self.p.webrtc_bitrate,
-                                                            self.p.webrtc_layers))
+                                                            self.p.webrtc_layers),
+                              h264_encoder=self.h264_encoder)
 
     def _topic_stream(self, name: str):
         """Create a stream for an image topic seen in the graph (``/video/%2Fsome%2Ftopic``)."""
@@ -376,7 +384,7 @@ class BridgeNode(Node):
             bad = counters.malformed
             entry = StreamStatus(
                 name=stream.name, topic=topic,
-                type=[t for t, k in IMAGE_TYPES.items() if k == stream.settings.kind][0],
+                type=MESSAGE_TYPE[stream.settings.kind],
                 subscribed=subscribed, viewers=counters.viewers,
                 variants=counters.variants, frames_in=counters.frames_in,
                 frames_sent=counters.frames_sent, frames_dropped=counters.frames_dropped,

@@ -103,6 +103,10 @@ BRIDGE_PARAMETERS = {
     'webrtc_layers': (3, 'WebRTC quality layers per stream and codec (full, half, quarter '
                       'bitrate); each peer moves between them by its bandwidth estimate.', (1, 3)),
     'webrtc_max_peers': (20, 'WebRTC peer connections at once.', (1, 1000)),
+    'h264_encoder': ('auto', 'H.264 encoder of the layers the bridge encodes: auto (the first '
+                     'of h264_nvenc, h264_qsv, h264_v4l2m2m that passes a test encode at '
+                     'start, else libx264), libx264, h264_v4l2m2m, h264_nvenc or h264_qsv (one '
+                     'that fails its test encode falls back to libx264).', None),
     'ice_servers': ([''], 'STUN/TURN URLs for the page and the bridge: stun:host:3478, '
                     'turn:host:3478?transport=udp, turns:host:443?transport=tcp (TURN over TLS). '
                     'turn:/turns: entries use turn_secret_file or turn_username/'
@@ -125,8 +129,9 @@ BRIDGE_PARAMETERS = {
 STREAM_PARAMETERS = {
     'topic': (None, 'Image topic of this stream (relative names follow the node namespace and '
               'remapping); default <stream name>/image_raw.', None),
-    'type': ('raw', 'raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage, JPEG '
-             'passed through untouched).', None),
+    'type': ('raw', 'raw (sensor_msgs/Image), compressed (sensor_msgs/CompressedImage, JPEG '
+             'passed through untouched) or h264 (CompressedImage with format h264: passed '
+             'through to WebRTC undecoded).', None),
     'quality': (0, 'JPEG quality of this stream (0: default_quality).', (0, 100)),
     'depth_min': (0.0, 'Depth drawn at the near end of the colour map, metres.', (0.0, 1000.0)),
     'depth_max': (5.0, 'Depth drawn at the far end of the colour map, metres.', (0.0, 1000.0)),
@@ -228,8 +233,9 @@ class BridgeParameters(_Values):
                 node.declare_parameter(prefix + field, default,
                                        _descriptor(description, limits, default))
         values = _Values(node, STREAM_PARAMETERS, prefix)
-        if values.type not in ('raw', 'compressed'):
-            raise ValueError(f'{prefix}type must be raw or compressed, not {values.type!r}')
+        if values.type not in ('raw', 'compressed', 'h264'):
+            raise ValueError(f'{prefix}type must be raw, compressed or h264, not '
+                             f'{values.type!r}')
         return values
 
 

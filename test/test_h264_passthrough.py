@@ -1,0 +1,299 @@
+"""An H.264 source through the real bridge_node: passed to WebRTC peers undecoded.
+
+The topic carries what a robot's own encoder publishes (Isaac ROS, camera_node h264:=true):
+sensor_msgs/CompressedImage with format "h264", one Annex B access unit per message, here
+made by libx264 with a keyframe every second. What a user relies on: aiortc clients decode it
+while the bridge runs no video encoder and no decoder, however many peers watch; a snapshot
+(JPEG) of the same stream works through one decoder; a peer that joins mid-stream starts at a
+keyframe; malformed units are counted by kind and logged once, and other peers keep playing.
+"""
+
+import asyncio
+import fractions
+import json
+import threading
+import urllib.request
+
+from conftest import wait_for
+import numpy as np
+import pytest
+from video_bridge.core import h264
+from test_webrtc_client import Control, session
+from webrtc_support import AiortcViewer, host_address, HOST_ADDRESS, wait_until
+
+pytest.importorskip('aiortc')
+av = pytest.importorskip('av')
+
+TOPIC = '/robot/image_raw/h264'
+WIDTH, HEIGHT, FPS, GOP = 640, 480, 30, 30
+
+
+def encode_loop(count=2 * GOP):
+    """Units of a moving pattern (SPS/PPS on every keyframe); a whole number of GOPs, so the
+    loop repeats seamlessly (each GOP starts at an IDR)."""
+    context = av.CodecContext.create('libx264', 'w')
+    context.width, context.height, context.pix_fmt = WIDTH, HEIGHT, 'yuv420p'
+    context.time_base = fractions.Fraction(1, FPS)
+    context.bit_rate = 600_000
+    context.options = {'preset': 'ultrafast', 'tune': 'zerolatency', 'profile': 'baseline',
+                       'x264-params': f'keyint={GOP}:min-keyint={GOP}:scenecut=0:'
+                                      'repeat-headers=1'}
+    units = []
+    for index in range(count):
+        picture = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
+        picture[:, (index * 8) % WIDTH:(index * 8) % WIDTH + 24] = (40, 200, 250)
+        frame = av.VideoFrame.from_ndarray(picture, format='bgr24')
+        frame.pts = index
+        packets = context.encode(frame)
+        units.append((b''.join(bytes(p) for p in packets), any(p.is_keyframe for p in packets)))
+    return units
+
+
+class H264Publisher:
+    """Publishes the units as CompressedImage (format h264) at FPS; can slip bad ones in."""
+
+    def __init__(self, node, units):
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage
+        self.node, self.units, self._message = node, units, CompressedImage
+        self.publisher = node.create_publisher(CompressedImage, TOPIC, qos_profile_sensor_data)
+        self.keyframe_stamps = set()     # header.stamp (ns) of every keyframe published
+        self.published = 0
+        self.bad = []                    # bytes to publish next, instead of a good unit
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+        self.node.destroy_publisher(self.publisher)
+
+    def inject(self, *units):
+        with self._lock:
+            self.bad.extend(units)
+
+    def last_was_keyframe(self):
+        return self.units[(self.published - 1) % len(self.units)][1]
+
+    def _run(self):
+        import time
+        next_time = time.monotonic()
+        index = 0
+        while not self._stop.is_set():
+            with self._lock:
+                bad = self.bad.pop(0) if self.bad else None
+            msg = self._message()
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+            msg.header.frame_id = 'camera'
+            msg.format = 'h264'
+            if bad is not None:
+                msg.data = bad
+            else:
+                data, key = self.units[index % len(self.units)]
+                msg.data = data
+                if key:
+                    self.keyframe_stamps.add(msg.header.stamp.sec * 10**9
+                                             + msg.header.stamp.nanosec)
+                index += 1
+                self.published = index
+            self.publisher.publish(msg)
+            next_time += 1.0 / FPS
+            self._stop.wait(max(0.0, next_time - time.monotonic()))  # pacing, not sync
+
+
+@pytest.fixture(scope='module')
+def units():
+    return encode_loop()
+
+
+@pytest.fixture
+def source(ros, units):
+    with host_address(), H264Publisher(ros.node, units) as publisher:
+        yield publisher
+
+
+def start(start_bridge, **parameters):
+    return start_bridge(webrtc_host_addresses=[HOST_ADDRESS], **{
+        'streams.camera.type': 'h264', 'streams.camera.topic': TOPIC, **parameters})
+
+
+def api_streams(bridge):
+    with urllib.request.urlopen(bridge.http + '/api/streams', timeout=5) as response:
+        return json.loads(response.read())
+
+
+def camera_entry(bridge):
+    return next(s for s in api_streams(bridge)['streams'] if s['name'] == 'camera')
+
+
+async def start_peer(control, request_id, codecs=('h264', 'vp8')):
+    await control.send(type='webrtc_start', id=request_id, stream='camera', codecs=list(codecs))
+    offer = await control.wait('webrtc_offer', request_id)
+    viewer = AiortcViewer()
+    viewer.codec = offer['codec']
+    await control.send(type='webrtc_answer', id=request_id + 1,
+                       sdp=await viewer.answer(offer['sdp']))
+    return viewer
+
+
+def test_peers_decode_the_source_units_with_no_encoder_and_no_decoder(start_bridge, source):
+    bridge = start(start_bridge)
+
+    async def scenario():
+        sockets, viewers = [], []
+        try:
+            for count in (1, 2, 3):
+                socket = await session(bridge.ws)
+                sockets.append(socket)
+                control = Control(socket)
+                await control.wait('hello')
+                viewers.append(await start_peer(control, 1))
+                await wait_until(lambda: all(len(v.frames) >= 30 for v in viewers), 30,
+                                 f'{count} peer(s) decoding 30 frames each')
+                entry = await asyncio.to_thread(camera_entry, bridge)
+                assert entry['kind'] == 'h264'
+                assert (entry['video_encoders'], entry['video_decoders'],
+                        entry['video_encodes']) == (0, 0, 0), entry
+            assert all(v.codec == 'h264' for v in viewers), 'H.264 offered first for it'
+            last = viewers[-1].frames[-1]
+            assert (last.width, last.height) == (WIDTH, HEIGHT)
+            picture = last.to_ndarray(format='bgr24')
+            assert abs(int(picture[HEIGHT // 2, 0:WIDTH].mean()) - 60) < 60
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            for socket in sockets:
+                await socket.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_vp8_only_page_gets_vp8_from_one_decoder(start_bridge, source):
+    bridge = start(start_bridge)
+
+    async def scenario():
+        async with await session(bridge.ws) as socket:
+            control = Control(socket)
+            await control.wait('hello')
+            viewer = await start_peer(control, 1, codecs=('vp8',))
+            try:
+                assert viewer.codec == 'vp8'
+                await wait_until(lambda: len(viewer.frames) >= 20, 30, '20 VP8 frames')
+                entry = await asyncio.to_thread(camera_entry, bridge)
+                assert (entry['video_encoders'], entry['video_decoders']) == (1, 1), entry
+            finally:
+                await viewer.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshot_of_the_stream_is_a_jpeg_while_peers_keep_the_pass_through(start_bridge,
+                                                                              source):
+    import cv2
+    bridge = start(start_bridge)
+
+    async def scenario():
+        async with await session(bridge.ws) as socket:
+            control = Control(socket)
+            await control.wait('hello')
+            viewer = await start_peer(control, 1)
+            try:
+                await wait_until(lambda: len(viewer.frames) >= 10, 30, 'the peer decoding')
+                with urllib.request.urlopen(bridge.http + '/snapshot/camera',
+                                            timeout=10) as response:
+                    jpeg = response.read()
+                    assert response.headers['Content-Type'].startswith('image/jpeg')
+                shown = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                assert shown.shape == (HEIGHT, WIDTH, 3)
+                entry = await asyncio.to_thread(camera_entry, bridge)
+                assert entry['video_encoders'] == 0, 'the JPEG viewer adds no video encoder'
+                before = len(viewer.frames)
+                await wait_until(lambda: len(viewer.frames) >= before + 30, 10,
+                                 'the peer still decoding after the snapshot')
+            finally:
+                await viewer.close()
+
+    asyncio.run(scenario())
+
+
+def shown_index(frame):
+    """Which unit of the loop a decoded frame shows: the bar's position says (x = index * 8)."""
+    bright = frame.to_ndarray(format='bgr24')[:, :, 1].mean(axis=0) > 130
+    return int(np.argmax(bright)) // 8
+
+
+def test_a_peer_joining_mid_stream_starts_at_the_next_keyframe(start_bridge, source):
+    bridge = start(start_bridge)
+
+    async def scenario():
+        async with await session(bridge.ws) as first_socket, \
+                await session(bridge.ws) as second_socket:
+            first, second = Control(first_socket), Control(second_socket)
+            await first.wait('hello')
+            await second.wait('hello')
+            early = await start_peer(first, 1)
+            late = None
+            try:
+                await wait_until(lambda: len(early.frames) >= 15, 30, 'the first peer decoding')
+                await wait_until(lambda: not source.last_was_keyframe()
+                                 and source.published % GOP > GOP // 3, 5, 'mid-GOP')
+                late = await start_peer(second, 1)
+                await wait_until(lambda: len(late.frames) >= 10, 30, 'the late peer decoding')
+                keyframes = [i for i, (_, key) in enumerate(source.units) if key]
+                assert keyframes == [0, GOP]
+                assert shown_index(late.frames[0]) in keyframes, 'starts at a keyframe'
+                assert shown_index(early.frames[0]) in keyframes
+                assert [shown_index(f) for f in late.frames[:5]] == [
+                    (shown_index(late.frames[0]) + i) % len(source.units) for i in range(5)]
+            finally:
+                await early.close()
+                if late is not None:
+                    await late.close()
+
+    asyncio.run(scenario())
+
+
+def test_malformed_units_are_counted_logged_once_and_the_peers_keep_playing(start_bridge,
+                                                                            source, units):
+    bridge = start(start_bridge)
+    key = units[0][0]
+    bad = {'h264_garbage': b'\xde\xad\xbe\xef' * 256, 'h264_empty': b'',
+           'h264_truncated': b'\x00\x00\x00\x01\x65',
+           'h264_no_picture': b''.join(b'\x00\x00\x00\x01' + nal
+                                       for nal in h264.split_nal_units(key)[:2])}
+
+    async def scenario():
+        async with await session(bridge.ws) as socket_a, await session(bridge.ws) as socket_b:
+            a, b = Control(socket_a), Control(socket_b)
+            await a.wait('hello')
+            await b.wait('hello')
+            viewers = [await start_peer(a, 1), await start_peer(b, 1)]
+            try:
+                await wait_until(lambda: all(len(v.frames) >= 15 for v in viewers), 30,
+                                 'both peers decoding')
+                for _ in range(10):
+                    source.inject(*bad.values())
+                await wait_until(lambda: not source.bad, 10, 'the bad units published')
+                counts = [len(v.frames) for v in viewers]
+                await wait_until(lambda: all(len(v.frames) >= c + 45
+                                             for v, c in zip(viewers, counts)), 15,
+                                 'both peers still decoding after the bad units')
+
+                def counted():
+                    malformed = camera_entry(bridge).get('malformed', {})
+                    return all(malformed.get(kind, 0) >= 5 for kind in bad)
+                await asyncio.to_thread(wait_for, counted, 10, 'every kind counted')
+            finally:
+                for viewer in viewers:
+                    await viewer.close()
+
+    asyncio.run(scenario())
+    log = bridge.process.output()
+    assert log.count('not an Annex B H.264 access unit') == 1, 'logged once per kind'
+    assert log.count('empty access unit') == 1
+    assert 'Traceback' not in log
