@@ -297,3 +297,45 @@ def test_malformed_units_are_counted_logged_once_and_the_peers_keep_playing(star
     assert log.count('not an Annex B H.264 access unit') == 1, 'logged once per kind'
     assert log.count('empty access unit') == 1
     assert 'Traceback' not in log
+
+
+def test_camera_node_h264_plays_in_chromium_with_nothing_encoded_on_the_bridge(
+        start_bridge, launch_node):
+    # The robot encodes once, at the camera (camera_node h264:=true); the bridge passes the
+    # units on and Chromium's decoder shows them.
+    import os
+    from conftest import CHROMIUM, chromium, WEBRTC_CHROMIUM_ARGS
+    if not os.path.exists(CHROMIUM):
+        pytest.skip('chromium is not installed')
+    pytest.importorskip('playwright.sync_api')
+    from test_webrtc_page import decode_rate
+    with host_address():
+        camera = launch_node('camera_node', ros_args=[
+            '-r', '__ns:=/robot', '-r', '__node:=camera_node', '-p', 'h264:=true',
+            '-p', 'h264_encoder:=libx264', '-p', 'h264_keyframe_interval:=1.0'],
+            name='camera_node')
+        camera.wait_output('H.264 by libx264')
+        bridge = start(start_bridge)
+        with chromium(WEBRTC_CHROMIUM_ARGS) as browser:
+            context = browser.new_context(viewport={'width': 1280, 'height': 800})
+            page = context.new_page()
+            errors = []
+            page.on('pageerror', lambda error: errors.append(str(error)))
+            page.goto(f'{bridge.http}/')
+            page.wait_for_function(
+                "document.getElementById('stat-transport').dataset.value === 'webrtc' && "
+                "Number(document.getElementById('stat-fps').dataset.value) > 20",
+                timeout=45000)
+            stats = page.evaluate('window.videoBridge.webrtc.stats()')
+            assert stats['codec'] == 'h264' and (stats['width'], stats['height']) == (640, 480)
+            rate = decode_rate(page)
+            assert rate > 20, f'Chromium decoded {rate:.1f} frames per second (30 sent)'
+            entry = camera_entry(bridge)
+            assert (entry['video_encoders'], entry['video_decoders'],
+                    entry['video_encodes']) == (0, 0, 0), entry
+            page.wait_for_function(
+                "document.getElementById('stat-latency').dataset.value !== ''")
+            latency = float(page.get_attribute('#stat-latency', 'data-value'))
+            assert 0 <= latency < 0.5, f'camera stamp to shown: {latency} s'
+            assert not errors, errors
+            context.close()
