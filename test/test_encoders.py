@@ -390,3 +390,12 @@ def test_a_hardware_encoder_makes_a_decodable_stream_where_there_is_one(name):
     assert units[0].keyframe
     frames = [f for unit in units for f in decode(context, unit.data)]
     assert frames and frames[-1].width == WIDTH
+
+
+def test_h264_on_a_compressed_stream_says_which_stream_type_it_needs():
+    from video_bridge.core import image_codec
+    stream = StreamHub().add(StreamSettings('cam', 'image_raw/h264', kind=COMPRESSED))
+    stream.attach(Variant())
+    with pytest.raises(image_codec.MalformedImage, match='type h264') as caught:
+        stream.publish(h264_message(x264_source(1)[0], 0, 'H264'))
+    assert caught.value.kind == 'encoding'

@@ -498,6 +498,10 @@ class Stream:
         if unit is not None:      # H.264: None until the decoder has had a keyframe
             return (self._decoder.decode(unit) if self._decoder is not None else None), False
         if self.settings.kind == COMPRESSED:
+            if h264.is_h264_format(image.image_format):
+                raise image_codec.MalformedImage(
+                    f'format {image.image_format!r} on a stream of type compressed (JPEG/PNG): '
+                    'give the stream type h264', 'encoding')
             decoded = image_codec.decode_compressed(image.data)
             if decoded.dtype != 'uint8':  # 16-bit PNG: depth in millimetres
                 return image_codec.to_display('16UC1', decoded, self.settings.display), True
