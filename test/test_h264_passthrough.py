@@ -11,10 +11,11 @@ keyframe; malformed units are counted by kind and logged once, and other peers k
 import asyncio
 import fractions
 import json
+import os
 import threading
 import urllib.request
 
-from conftest import wait_for
+from conftest import REPO, wait_for
 import numpy as np
 import pytest
 from video_bridge.core import h264
@@ -339,3 +340,126 @@ def test_camera_node_h264_plays_in_chromium_with_nothing_encoded_on_the_bridge(
             assert 0 <= latency < 0.5, f'camera stamp to shown: {latency} s'
             assert not errors, errors
             context.close()
+
+
+# -- foxglove_msgs/CompressedVideo -----------------------------------------------------------
+# This machine's pip-based ROS has no foxglove_msgs: the tests build a TEST-ONLY copy of its
+# CompressedVideo from the published definition (test/interfaces/foxglove_msgs) with colcon,
+# into build/test-interfaces, once (kept while its sources do not change).
+
+VIDEO_TOPIC = '/robot/video'
+INTERFACES = os.path.join(REPO, 'test', 'interfaces')
+INTERFACES_BUILD = os.path.join(REPO, 'build', 'test-interfaces')
+
+
+@pytest.fixture(scope='module')
+def foxglove_env():
+    """Build the test-only foxglove_msgs (once) and return the environment that finds it."""
+    import hashlib
+    import subprocess
+    import sys
+    sources = sorted(os.path.join(d, f) for d, _, files in os.walk(INTERFACES) for f in files)
+    digest = hashlib.sha256(b''.join(open(p, 'rb').read() for p in sources)).hexdigest()
+    install = os.path.join(INTERFACES_BUILD, 'install')
+    stamp = os.path.join(INTERFACES_BUILD, 'stamp')
+    if not os.path.exists(stamp) or open(stamp).read() != digest:
+        venv = os.path.dirname(os.path.dirname(sys.executable))
+        env = {**os.environ, 'AMENT_PREFIX_PATH': venv, 'CMAKE_PREFIX_PATH': venv,
+               'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
+        built = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), 'colcon'), '--log-base',
+             os.path.join(INTERFACES_BUILD, 'log'), 'build', '--base-paths', INTERFACES,
+             '--build-base', INTERFACES_BUILD, '--install-base', install,
+             '--event-handlers', 'console_direct-', '--cmake-args', '-DBUILD_TESTING=OFF',
+             f'-DPython3_EXECUTABLE={sys.executable}'],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        if built.returncode != 0:
+            pytest.fail(f'building the test-only foxglove_msgs failed:\n{built.stdout[-3000:]}'
+                        f'\n{built.stderr[-3000:]}')
+        with open(stamp, 'w') as handle:
+            handle.write(digest)
+    prefix = os.path.join(install, 'foxglove_msgs')
+    site = os.path.join(prefix, 'lib', f'python{sys.version_info[0]}.{sys.version_info[1]}',
+                        'site-packages')
+
+    def joined(name, value):
+        return value + (os.pathsep + os.environ[name] if os.environ.get(name) else '')
+    return {'AMENT_PREFIX_PATH': joined('AMENT_PREFIX_PATH', prefix),
+            'LD_LIBRARY_PATH': joined('LD_LIBRARY_PATH', os.path.join(prefix, 'lib')),
+            'PYTHONPATH': joined('PYTHONPATH', site)}
+
+
+def publish_compressed_video(topic):
+    """Child process: publish encode_loop() as foxglove_msgs/CompressedVideo at FPS."""
+    import signal
+    import time
+    from foxglove_msgs.msg import CompressedVideo
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    units = encode_loop()
+    rclpy.init()
+    node = rclpy.create_node('compressed_video_publisher')
+    publisher = node.create_publisher(CompressedVideo, topic, qos_profile_sensor_data)
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    print('publishing', flush=True)
+    next_time, index = time.monotonic(), 0
+    while not stop:
+        msg = CompressedVideo()
+        msg.timestamp = node.get_clock().now().to_msg()
+        msg.frame_id = 'camera'
+        msg.format = 'h264'
+        msg.data = units[index % len(units)][0]
+        publisher.publish(msg)
+        index += 1
+        next_time += 1.0 / FPS
+        time.sleep(max(0.0, next_time - time.monotonic()))   # pacing, not synchronisation
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def test_foxglove_compressed_video_is_passed_through_too(start_bridge, foxglove_env):
+    import sys
+    from conftest import ChildProcess
+    with host_address():
+        publisher = ChildProcess([sys.executable, __file__, VIDEO_TOPIC], 'cv_publisher',
+                                 env=foxglove_env)
+        try:
+            publisher.wait_output('publishing', 30)
+            bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS], env=foxglove_env, **{
+                'streams.camera.type': 'compressed_video', 'streams.camera.topic': VIDEO_TOPIC})
+
+            async def scenario():
+                async with await session(bridge.ws) as socket:
+                    control = Control(socket)
+                    await control.wait('hello')
+                    viewer = await start_peer(control, 1)
+                    try:
+                        await wait_until(lambda: len(viewer.frames) >= 30, 30, '30 frames')
+                        entry = await asyncio.to_thread(camera_entry, bridge)
+                        assert entry['kind'] == 'h264'
+                        assert (entry['video_encoders'], entry['video_decoders']) == (0, 0)
+                        doc = await asyncio.to_thread(api_streams, bridge)
+                        assert {'topic': VIDEO_TOPIC, 'type': 'foxglove_msgs/msg/CompressedVideo',
+                                'kind': 'h264'} in doc['topics']
+                    finally:
+                        await viewer.close()
+            asyncio.run(scenario())
+        finally:
+            publisher.stop()
+
+
+def test_compressed_video_without_foxglove_msgs_is_a_clear_configuration_error(launch_node):
+    from conftest import bridge_ros_args, free_port
+    process = launch_node('bridge_node', ros_args=bridge_ros_args({
+        'host': '127.0.0.1', 'port': free_port(), 'streams.camera.type': 'compressed_video'}),
+        name='bridge_node')
+    wait_for(lambda: process.proc.poll() is not None, 20, 'bridge_node to exit')
+    assert process.proc.returncode == 1
+    assert 'needs foxglove_msgs (rosdep key foxglove_msgs' in process.output()
+
+
+if __name__ == '__main__':
+    import sys
+    publish_compressed_video(sys.argv[1])

@@ -40,7 +40,7 @@ RESERVED_TYPES = frozenset({0} | set(range(24, 32)))   # never in a conforming b
 EMPTY = 'h264_empty'            # no bytes, or nothing but zero bytes
 GARBAGE = 'h264_garbage'        # no Annex B start code first, invalid NAL header, bad fields
 TRUNCATED = 'h264_truncated'    # cut inside a NAL header, parameter set or slice header
-TOO_LARGE = 'h264_too_large'    # more bytes or NAL units than MAX_UNIT_BYTES / MAX_NAL_UNITS
+TOO_LARGE = 'h264_too_large'    # over MAX_UNIT_BYTES, MAX_NAL_UNITS or MAX_PICTURE_PIXELS
 NO_PICTURE = 'h264_no_picture'  # no coded slice at all (e.g. only SPS/PPS/SEI)
 NO_KEYFRAME = 'h264_no_keyframe'  # units keep coming, but no keyframe for NO_KEYFRAME_AFTER
 MALFORMED_KINDS = (EMPTY, GARBAGE, TRUNCATED, TOO_LARGE, NO_PICTURE, NO_KEYFRAME)
@@ -48,7 +48,10 @@ MALFORMED_KINDS = (EMPTY, GARBAGE, TRUNCATED, TOO_LARGE, NO_PICTURE, NO_KEYFRAME
 MAX_UNIT_BYTES = 8 << 20   # one access unit: a 4K keyframe at a high bitrate stays well below
 MAX_NAL_UNITS = 512        # per access unit (slices, SEI, parameter sets)
 MAX_PARAMETER_SET_BYTES = 4096
-MAX_PICTURE_SIDE = 16384
+MAX_PICTURE_SIDE = 8192
+# Pictures a unit may describe: a few bytes of SPS can ask the decoder (JPEG viewers, lower
+# layers) for any size, so the bridge refuses more than 4096x2304 (4K UHD fits).
+MAX_PICTURE_PIXELS = 4096 * 2304
 NO_KEYFRAME_AFTER = 10.0   # s without a keyframe before a stream is reported (once per period)
 
 # Spellings of CompressedImage.format that mean an H.264 Annex B byte stream.
@@ -220,6 +223,9 @@ def sps_size(nal: bytes) -> Tuple[int, int]:
     height = field_factor * height_units * 16 - crop_y * (crop[2] + crop[3])
     if not (0 < width <= MAX_PICTURE_SIDE and 0 < height <= MAX_PICTURE_SIDE):
         raise MalformedUnit(f'sequence parameter set says {width}x{height}', GARBAGE)
+    if width * height > MAX_PICTURE_PIXELS:
+        raise MalformedUnit(f'{width}x{height} pictures (limit {MAX_PICTURE_PIXELS} pixels)',
+                            TOO_LARGE)
     return width, height
 
 

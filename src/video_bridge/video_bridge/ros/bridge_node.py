@@ -56,10 +56,22 @@ from video_bridge.ros.usage import handle_help
 from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
 from video_bridge_msgs.srv import SetEmergencyStop
 
-IMAGE_TYPES = {'sensor_msgs/msg/Image': RAW, 'sensor_msgs/msg/CompressedImage': COMPRESSED}
+COMPRESSED_VIDEO_TYPE = 'foxglove_msgs/msg/CompressedVideo'   # H.264 in it is passed through
+IMAGE_TYPES = {'sensor_msgs/msg/Image': RAW, 'sensor_msgs/msg/CompressedImage': COMPRESSED,
+               COMPRESSED_VIDEO_TYPE: H264}
 MESSAGE_CLASS = {RAW: Image, COMPRESSED: CompressedImage, H264: CompressedImage}
 MESSAGE_TYPE = {RAW: 'sensor_msgs/msg/Image', COMPRESSED: 'sensor_msgs/msg/CompressedImage',
                 H264: 'sensor_msgs/msg/CompressedImage'}
+
+
+def compressed_video_class():
+    """Return foxglove_msgs' CompressedVideo; ValueError naming the package if it is missing."""
+    try:
+        from foxglove_msgs.msg import CompressedVideo
+    except ImportError:
+        raise ValueError('stream type compressed_video needs foxglove_msgs (rosdep key '
+                         'foxglove_msgs; apt: ros-$ROS_DISTRO-foxglove-msgs)') from None
+    return CompressedVideo
 
 
 def share_path(*parts: str) -> str:
@@ -125,6 +137,7 @@ class BridgeNode(Node):
         # Probed once (a tiny test encode per candidate); only WebRTC layers encode H.264.
         self.h264_encoder = choose_h264_encoder(self.p.h264_encoder, logger=self.log)[0] \
             if self.p.webrtc_enabled else LIBX264
+        self._message_types = {}   # stream name -> ROS message type it subscribes
         for name in self.p.stream_names:
             self.hub.add(self._stream_settings(name))
         token = load_token(self.p.token_file)
@@ -234,7 +247,13 @@ class BridgeNode(Node):
         # Resolved now (namespace, remapping): /api/streams and web_video_server URLs name the
         # topic as `ros2 topic list` does.
         resolved = topic or self.resolve_topic_name(per.topic)
-        return StreamSettings(name=name, topic=resolved, kind=kind or per.type,
+        kind = kind or per.type
+        message_type = MESSAGE_TYPE.get(kind)
+        if kind == 'compressed_video' or (topic and kind == H264):   # foxglove_msgs
+            kind, message_type = H264, COMPRESSED_VIDEO_TYPE
+            compressed_video_class()    # fails now (a clear configuration error) if missing
+        self._message_types[name] = message_type
+        return StreamSettings(name=name, topic=resolved, kind=kind,
                               quality=per.quality or self.p.default_quality,
                               max_variants=self.p.max_variants, display=display,
                               video_bitrates=layer_bitrates(self.p.webrtc_bitrate,
@@ -247,7 +266,10 @@ class BridgeNode(Node):
             return None
         for entry in self._image_topics:
             if entry['topic'] == name:
-                return self.hub.add(self._stream_settings(name, name, entry['kind']))
+                try:
+                    return self.hub.add(self._stream_settings(name, name, entry['kind']))
+                except ValueError:   # CompressedVideo without foxglove_msgs installed here
+                    return None
         return None
 
     def _frame_ready(self, name: str):
@@ -285,8 +307,11 @@ class BridgeNode(Node):
                          else ReliabilityPolicy.BEST_EFFORT)
         callback = self._raw_callback(stream) if settings.kind == RAW \
             else self._compressed_callback(stream)
+        message_class = MESSAGE_CLASS[settings.kind]
+        if self._message_types.get(stream.name) == COMPRESSED_VIDEO_TYPE:
+            message_class, callback = compressed_video_class(), self._video_callback(stream)
         self._image_subs[stream.name] = self.create_subscription(
-            MESSAGE_CLASS[settings.kind], settings.topic, callback, qos)
+            message_class, settings.topic, callback, qos)
         self.get_logger().info(f'stream {stream.name!r}: subscribed '
                                f'{self.resolve_topic_name(settings.topic)}')
 
@@ -304,6 +329,13 @@ class BridgeNode(Node):
                 msg.header.stamp.sec, msg.header.stamp.nanosec, msg.data, image_format=msg.format,
                 received_time=time.time()), msg.format)
         return on_compressed
+
+    def _video_callback(self, stream):
+        def on_video(msg):   # foxglove_msgs/CompressedVideo: no header, a timestamp
+            self._feed(stream, SourceImage(
+                msg.timestamp.sec, msg.timestamp.nanosec, msg.data, image_format=msg.format,
+                received_time=time.time()), msg.format)
+        return on_video
 
     def _feed(self, stream, image: SourceImage, encoding: str):
         try:
@@ -384,7 +416,7 @@ class BridgeNode(Node):
             bad = counters.malformed
             entry = StreamStatus(
                 name=stream.name, topic=topic,
-                type=MESSAGE_TYPE[stream.settings.kind],
+                type=self._message_types.get(stream.name, MESSAGE_TYPE[stream.settings.kind]),
                 subscribed=subscribed, viewers=counters.viewers,
                 variants=counters.variants, frames_in=counters.frames_in,
                 frames_sent=counters.frames_sent, frames_dropped=counters.frames_dropped,

@@ -130,8 +130,9 @@ STREAM_PARAMETERS = {
     'topic': (None, 'Image topic of this stream (relative names follow the node namespace and '
               'remapping); default <stream name>/image_raw.', None),
     'type': ('raw', 'raw (sensor_msgs/Image), compressed (sensor_msgs/CompressedImage, JPEG '
-             'passed through untouched) or h264 (CompressedImage with format h264: passed '
-             'through to WebRTC undecoded).', None),
+             'passed through untouched), h264 (CompressedImage with format h264: passed '
+             'through to WebRTC undecoded) or compressed_video (foxglove_msgs/CompressedVideo '
+             'with format h264, likewise).', None),
     'quality': (0, 'JPEG quality of this stream (0: default_quality).', (0, 100)),
     'depth_min': (0.0, 'Depth drawn at the near end of the colour map, metres.', (0.0, 1000.0)),
     'depth_max': (5.0, 'Depth drawn at the far end of the colour map, metres.', (0.0, 1000.0)),
@@ -233,9 +234,9 @@ class BridgeParameters(_Values):
                 node.declare_parameter(prefix + field, default,
                                        _descriptor(description, limits, default))
         values = _Values(node, STREAM_PARAMETERS, prefix)
-        if values.type not in ('raw', 'compressed', 'h264'):
-            raise ValueError(f'{prefix}type must be raw, compressed or h264, not '
-                             f'{values.type!r}')
+        if values.type not in ('raw', 'compressed', 'h264', 'compressed_video'):
+            raise ValueError(f'{prefix}type must be raw, compressed, h264 or compressed_video, '
+                             f'not {values.type!r}')
         return values
 
 
