@@ -61,6 +61,15 @@ def test_the_sps_gives_the_cropped_picture_size(width, height):
     assert h264.inspect(data[0]).size == (width, height)
 
 
+def test_a_picture_larger_than_4k_is_refused_before_anything_decodes_it():
+    data, _ = x264_units(count=1, width=4096, height=2320)
+    with pytest.raises(h264.MalformedUnit) as caught:
+        h264.inspect(data[0])
+    assert caught.value.kind == h264.TOO_LARGE
+    data, _ = x264_units(count=1, width=3840, height=2160)
+    assert h264.inspect(data[0]).size == (3840, 2160)
+
+
 def test_multi_slice_units_and_four_or_three_byte_start_codes():
     data, keys = x264_units(count=3, slices=4)
     info = h264.inspect(data[0])
