@@ -376,6 +376,16 @@ def test_the_real_probe_on_this_machine_says_why_each_hardware_encoder_is_skippe
     name, skipped = encoders.choose_h264_encoder('auto')
     assert name in (encoders.LIBX264,) + encoders.HARDWARE_H264
     assert all(reason for reason in skipped.values())
+    for hardware in encoders.HARDWARE_H264:   # a probe passes only if that encoder encodes
+        if encoders.probe_h264_encoder(hardware) is None:
+            encoder = encoders.VideoEncoder(encoders.H264, 300_000, 30, hardware,
+                                            fall_back=False)
+            encoder.encode(picture(0), 0, True)   # hardware may hold the first unit back
+            assert encoder.encoder_name == hardware
+        else:
+            with pytest.raises(Exception):
+                encoders.VideoEncoder(encoders.H264, 300_000, 30, hardware,
+                                      fall_back=False).encode(picture(0), 0, True)
 
 
 @pytest.mark.parametrize('name', encoders.HARDWARE_H264)
@@ -399,3 +409,19 @@ def test_h264_on_a_compressed_stream_says_which_stream_type_it_needs():
     with pytest.raises(image_codec.MalformedImage, match='type h264') as caught:
         stream.publish(h264_message(x264_source(1)[0], 0, 'H264'))
     assert caught.value.kind == 'encoding'
+
+
+def test_a_hardware_encoder_that_fails_after_its_probe_falls_back_to_libx264(caplog):
+    # Here no hardware encoder opens: exactly what a device that went away looks like later.
+    import logging
+    if encoders.video_available(encoders.H264):
+        pytest.skip(encoders.video_available(encoders.H264))
+    name = next((n for n in encoders.HARDWARE_H264 if encoders.probe_h264_encoder(n)), None)
+    if name is None:
+        pytest.skip('every hardware encoder works here')
+    encoder = encoders.VideoEncoder(encoders.H264, 300_000, 30, name)
+    with caplog.at_level(logging.WARNING, logger='video_bridge.core.encoders'):
+        units = [encoder.encode(picture(i), i * 3000) for i in range(3)]
+    assert encoder.encoder_name == encoders.LIBX264
+    assert units[0].keyframe and f'H.264 encoder {name} failed' in caplog.text
+    assert decode(decoder(encoders.H264), units[0].data)[0].width == WIDTH

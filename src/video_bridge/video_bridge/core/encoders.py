@@ -162,7 +162,8 @@ def _video_frame(av, i420, width: int, height: int):
 class VideoEncoder(Encoder):
     """An H.264 or VP8 encoder for one layer (one target bitrate) of one stream."""
 
-    def __init__(self, codec: str, bitrate: int, fps: int = 30, encoder_name: str = ''):
+    def __init__(self, codec: str, bitrate: int, fps: int = 30, encoder_name: str = '',
+                 fall_back: bool = True):
         if codec not in VIDEO_CODECS:
             raise ValueError(f'unknown video codec {codec!r} (known: {", ".join(VIDEO_CODECS)})')
         encoder_name = encoder_name or (LIBX264 if codec == H264 else 'libvpx')
@@ -170,6 +171,7 @@ class VideoEncoder(Encoder):
             raise ValueError(f'unknown H.264 encoder {encoder_name!r} (known: '
                              f'{", ".join((LIBX264,) + HARDWARE_H264)})')
         self.encoder_name = encoder_name
+        self.fall_back = fall_back     # hardware failing later: go on with libx264
         self._headers = None
         if not MIN_BITRATE <= bitrate <= MAX_BITRATE:
             raise ValueError(f'bitrate must be within {MIN_BITRATE}..{MAX_BITRATE} bit/s')
@@ -212,7 +214,7 @@ class VideoEncoder(Encoder):
         width, height = picture.width, picture.height
         if (width, height) != self._size:
             self.close()
-            self._open(width, height)
+            self._open_or_fall_back(width, height)
             keyframe = True
         frame = _video_frame(av, picture.i420, width, height)
         if self._context.pix_fmt != 'yuv420p':
@@ -222,7 +224,13 @@ class VideoEncoder(Encoder):
         frame.pict_type = av.video.frame.PictureType.I if keyframe \
             else av.video.frame.PictureType.NONE
         self.encodes += 1
-        packets = self._context.encode(frame)
+        try:
+            packets = self._context.encode(frame)
+        except av.error.FFmpegError as exc:
+            if self.encoder_name not in HARDWARE_H264 or not self.fall_back:
+                raise
+            self._fall_back(exc)      # the next picture opens libx264 with a keyframe
+            return None
         if not packets:
             return None
         data = b''.join(bytes(packet) for packet in packets)
@@ -236,6 +244,22 @@ class VideoEncoder(Encoder):
         if is_key:
             self.keyframes += 1
         return EncodedUnit(data, is_key, pts)
+
+    def _open_or_fall_back(self, width: int, height: int):
+        try:
+            self._open(width, height)
+        except self._av.error.FFmpegError as exc:
+            if self.encoder_name not in HARDWARE_H264 or not self.fall_back:
+                raise
+            self._fall_back(exc)
+            self._open(width, height)
+
+    def _fall_back(self, exc):
+        """Go on with libx264 after a hardware encoder that passed its probe failed later."""
+        logging.getLogger(__name__).warning('H.264 encoder %s failed (%s): using libx264 for '
+                                            'this layer', self.encoder_name, exc)
+        self.encoder_name = LIBX264
+        self.close()
 
     def close(self):
         """Drop the codec context (the next frame opens a fresh one with a keyframe)."""
@@ -341,7 +365,7 @@ def probe_h264_encoder(name: str, timeout: float = PROBE_TIMEOUT) -> Optional[st
 
     def attempt():
         try:
-            encoder = VideoEncoder(H264, 300_000, 30, name)
+            encoder = VideoEncoder(H264, 300_000, 30, name, fall_back=False)
             picture = np.zeros((PROBE_SIZE, PROBE_SIZE, 3), np.uint8)
             for index in range(8):        # hardware may hold a few frames before the first unit
                 picture[:, :, 1] = index * 30
