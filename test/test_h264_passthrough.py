@@ -132,8 +132,8 @@ def camera_entry(bridge):
     return next(s for s in api_streams(bridge)['streams'] if s['name'] == 'camera')
 
 
-async def start_peer(control, request_id, codecs=('h264', 'vp8')):
-    await control.send(type='webrtc_start', id=request_id, stream='camera', codecs=list(codecs))
+async def start_peer(control, request_id, codecs=('h264', 'vp8'), stream='camera'):
+    await control.send(type='webrtc_start', id=request_id, stream=stream, codecs=list(codecs))
     offer = await control.wait('webrtc_offer', request_id)
     viewer = AiortcViewer()
     viewer.codec = offer['codec']
@@ -450,6 +450,15 @@ def test_foxglove_compressed_video_is_passed_through_too(start_bridge, foxglove_
                         doc = await asyncio.to_thread(api_streams, bridge)
                         assert {'topic': VIDEO_TOPIC, 'type': 'foxglove_msgs/msg/CompressedVideo',
                                 'kind': 'h264'} in doc['topics']
+                        # the same topic opened ad hoc (/video/%2Frobot%2Fvideo) passes too
+                        ad_hoc = await start_peer(control, 3, stream=VIDEO_TOPIC)
+                        try:
+                            await wait_until(lambda: len(ad_hoc.frames) >= 30, 30, 'ad hoc')
+                            doc = await asyncio.to_thread(api_streams, bridge)
+                            entry = next(s for s in doc['streams'] if s['name'] == VIDEO_TOPIC)
+                            assert entry['kind'] == 'h264' and entry['video_encoders'] == 0
+                        finally:
+                            await ad_hoc.close()
                     finally:
                         await viewer.close()
             asyncio.run(scenario())

@@ -349,10 +349,20 @@ class BridgeNode(Node):
                     f'stream {stream.name!r}: cannot show a frame of '
                     f'{self.resolve_topic_name(stream.settings.topic)}: {exc}{more}')
 
+    def _compressed_video_known(self) -> bool:
+        if not hasattr(self, '_has_compressed_video'):
+            try:
+                self._has_compressed_video = bool(compressed_video_class())
+            except ValueError:
+                self._has_compressed_video = False
+        return self._has_compressed_video
+
     def _refresh_topics(self):
         topics = []
         for topic, types in self.get_topic_names_and_types():
             for type_name in types:
+                if type_name == COMPRESSED_VIDEO_TYPE and not self._compressed_video_known():
+                    continue   # cannot be subscribed here: not offered
                 if type_name in IMAGE_TYPES:
                     topics.append({'topic': topic, 'type': type_name,
                                    'kind': IMAGE_TYPES[type_name]})
