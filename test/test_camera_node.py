@@ -237,3 +237,30 @@ def test_unknown_parameter_is_named_at_start(ros, launch_node, tmp_path):
     params.write_text('/**:\n  ros__parameters:\n    resolution: 640x480\n    width: 160\n')
     node = camera(launch_node, '/unknown', '--params-file', str(params))
     node.wait_output("parameter 'resolution' is not a camera_node parameter and is ignored")
+
+
+def test_h264_is_published_as_compressed_image_with_a_keyframe_every_interval(ros, launch_node):
+    from video_bridge.core import h264
+    av = pytest.importorskip('av')
+    # reliable (as the node publishes by default): a decoder needs every unit
+    units = ros.collect(CompressedImage, '/h264cam/image_raw/h264',
+                        QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    node = camera(launch_node, '/h264cam', '-p', 'h264:=true', '-p', 'width:=320',
+                  '-p', 'height:=240', '-p', 'h264_keyframe_interval:=0.5',
+                  '-p', 'h264_encoder:=auto')
+    output = node.wait_output('H.264 by')
+    assert 'H.264 encoder: libx264' in output or 'H.264 encoder: h264_' in output
+    wait_for(lambda: len(units) >= 40, 20, '40 H.264 units')
+    messages = list(units)
+    assert all(m.format == 'h264' and m.header.frame_id == 'camera' for m in messages)
+    source = h264.H264Source()
+    fed = [source.feed(bytes(m.data), 0.0) for m in messages]
+    assert fed[0].keyframe, 'a new subscriber starts at a keyframe'
+    assert h264.inspect(bytes(messages[0].data)).self_contained
+    keys = [i for i, unit in enumerate(fed) if unit.keyframe]
+    assert 2 <= len(keys) and all(b - a == 15 for a, b in zip(keys, keys[1:])), keys
+    decoder = av.CodecContext.create('h264', 'r')
+    frames = [f for m in messages for f in decoder.decode(av.Packet(bytes(m.data)))]
+    assert len(frames) == len(messages) and (frames[-1].width, frames[-1].height) == (320, 240)
+    stamps = [stamp_ns(m) for m in messages]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)

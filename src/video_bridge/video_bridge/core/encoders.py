@@ -12,14 +12,28 @@ lookahead: one unit per input frame, ~1.4 ms at 640x480), with SPS/PPS repeated 
 keyframe so a peer can start at any of them. VP8 is libvpx in realtime mode at a fixed speed
 (12) with CBR rate control. PyAV (``av``) is imported only when a video encoder is made, so
 JPEG-only bridges do not need it.
+
+Two more kinds of entry sit behind the same seam:
+
+* **Hardware H.264 encoders** that the PyPI ``av`` wheel carries next to libx264
+  (``h264_v4l2m2m``: Raspberry Pi 4 and other V4L2 mem2mem boards, ``h264_nvenc``: NVIDIA,
+  ``h264_qsv``: Intel Quick Sync). Which one is used is chosen once at start
+  (:func:`choose_h264_encoder`): ``auto`` tries each with a tiny test encode and falls back to
+  libx264. Their units go through :class:`~video_bridge.core.h264.H264Source`, so every
+  keyframe carries SPS/PPS whatever the encoder does with headers.
+* **Pass-through** (:class:`PassthroughH264`): a stream whose source already is H.264 hands
+  each access unit to its top WebRTC layer unchanged: no decode, no encode. Pictures for JPEG
+  viewers and the lower layers come from one :class:`H264Decoder` per stream.
 """
 
 from dataclasses import dataclass
 import fractions
-from typing import Dict, Optional
+import logging
+import threading
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
-from video_bridge.core import image_codec
+from video_bridge.core import h264 as h264_units, image_codec
 
 JPEG = 'jpeg'
 H264 = 'h264'
@@ -31,6 +45,13 @@ TIME_BASE = fractions.Fraction(1, CLOCK_RATE)
 MIN_BITRATE = 50_000
 MAX_BITRATE = 20_000_000
 KEYFRAME_INTERVAL = 300  # frames between keyframes the encoder makes by itself (10 s at 30 fps)
+
+LIBX264 = 'libx264'
+# H.264 encoders of the PyPI av wheel besides libx264, in the order ``auto`` tries them.
+HARDWARE_H264 = ('h264_nvenc', 'h264_qsv', 'h264_v4l2m2m')
+H264_ENCODERS = ('auto', LIBX264) + HARDWARE_H264
+PROBE_SIZE = 64           # pixels, the side of the test picture an encoder must encode
+PROBE_TIMEOUT = 5.0       # s one probe may take (a driver that hangs is given up on)
 
 
 @dataclass(frozen=True)
@@ -141,9 +162,17 @@ def _video_frame(av, i420, width: int, height: int):
 class VideoEncoder(Encoder):
     """An H.264 or VP8 encoder for one layer (one target bitrate) of one stream."""
 
-    def __init__(self, codec: str, bitrate: int, fps: int = 30):
+    def __init__(self, codec: str, bitrate: int, fps: int = 30, encoder_name: str = '',
+                 fall_back: bool = True):
         if codec not in VIDEO_CODECS:
             raise ValueError(f'unknown video codec {codec!r} (known: {", ".join(VIDEO_CODECS)})')
+        encoder_name = encoder_name or (LIBX264 if codec == H264 else 'libvpx')
+        if codec == H264 and encoder_name not in (LIBX264,) + HARDWARE_H264:
+            raise ValueError(f'unknown H.264 encoder {encoder_name!r} (known: '
+                             f'{", ".join((LIBX264,) + HARDWARE_H264)})')
+        self.encoder_name = encoder_name
+        self.fall_back = fall_back     # hardware failing later: go on with libx264
+        self._headers = None
         if not MIN_BITRATE <= bitrate <= MAX_BITRATE:
             raise ValueError(f'bitrate must be within {MIN_BITRATE}..{MAX_BITRATE} bit/s')
         import av  # noqa: F401  (PyAV: only needed once someone watches over WebRTC)
@@ -157,9 +186,9 @@ class VideoEncoder(Encoder):
 
     def _open(self, width: int, height: int):
         av = self._av
-        context = av.CodecContext.create('libx264' if self.codec == H264 else 'libvpx', 'w')
+        context = av.CodecContext.create(self.encoder_name, 'w')
         context.width, context.height = width, height
-        context.pix_fmt = 'yuv420p'
+        context.pix_fmt = _PIXEL_FORMATS.get(self.encoder_name, 'yuv420p')
         context.time_base = TIME_BASE
         context.framerate = fractions.Fraction(self.fps, 1)
         context.bit_rate = self.bitrate
@@ -167,7 +196,13 @@ class VideoEncoder(Encoder):
         if self.codec == VP8:
             context.qmin, context.qmax = 4, 56
             context.thread_count = 1
-        context.options = _video_options(self.codec, self.bitrate, self.fps)
+        if self.encoder_name in HARDWARE_H264:
+            context.max_b_frames = 0
+            context.options = _HARDWARE_OPTIONS.get(self.encoder_name, {})
+            self._headers = h264_units.H264Source()   # keyframes with SPS/PPS, whatever it does
+        else:
+            context.options = _video_options(self.codec, self.bitrate, self.fps)
+        context.open()     # here, so a missing device fails now, not at the first encode
         self._context = context
         self._size = (width, height)
 
@@ -179,27 +214,213 @@ class VideoEncoder(Encoder):
         width, height = picture.width, picture.height
         if (width, height) != self._size:
             self.close()
-            self._open(width, height)
+            self._open_or_fall_back(width, height)
             keyframe = True
         frame = _video_frame(av, picture.i420, width, height)
+        if self._context.pix_fmt != 'yuv420p':
+            frame = frame.reformat(format=self._context.pix_fmt)
         frame.pts = pts
         frame.time_base = TIME_BASE
         frame.pict_type = av.video.frame.PictureType.I if keyframe \
             else av.video.frame.PictureType.NONE
         self.encodes += 1
-        packets = self._context.encode(frame)
+        try:
+            packets = self._context.encode(frame)
+        except av.error.FFmpegError as exc:
+            if self.encoder_name not in HARDWARE_H264 or not self.fall_back:
+                raise
+            self._fall_back(exc)      # the next picture opens libx264 with a keyframe
+            return None
         if not packets:
             return None
         data = b''.join(bytes(packet) for packet in packets)
         is_key = any(packet.is_keyframe for packet in packets)
+        if self._headers is not None:
+            try:
+                unit = self._headers.feed(data, 0.0)
+            except h264_units.MalformedUnit:   # e.g. headers only, while it warms up
+                return None
+            data, is_key = unit.data, unit.keyframe
         if is_key:
             self.keyframes += 1
         return EncodedUnit(data, is_key, pts)
+
+    def _open_or_fall_back(self, width: int, height: int):
+        try:
+            self._open(width, height)
+        except self._av.error.FFmpegError as exc:
+            if self.encoder_name not in HARDWARE_H264 or not self.fall_back:
+                raise
+            self._fall_back(exc)
+            self._open(width, height)
+
+    def _fall_back(self, exc):
+        """Go on with libx264 after a hardware encoder that passed its probe failed later."""
+        logging.getLogger(__name__).warning('H.264 encoder %s failed (%s): using libx264 for '
+                                            'this layer', self.encoder_name, exc)
+        self.encoder_name = LIBX264
+        self.close()
 
     def close(self):
         """Drop the codec context (the next frame opens a fresh one with a keyframe)."""
         self._context = None
         self._size = (0, 0)
+        self._headers = None
+
+
+# Low-latency settings of the hardware encoders: no B-frames, no lookahead, keyframes on request
+_HARDWARE_OPTIONS = {
+    'h264_nvenc': {'preset': 'p1', 'tune': 'ull', 'zerolatency': '1', 'rc': 'cbr',
+                   'delay': '0', 'forced-idr': '1', 'profile': 'baseline'},
+    'h264_qsv': {'preset': 'veryfast', 'async_depth': '1', 'look_ahead': '0',
+                 'forced_idr': '1', 'profile': 'baseline'},
+    'h264_v4l2m2m': {},
+}
+_PIXEL_FORMATS = {'h264_qsv': 'nv12'}
+_PROBE_HINTS = {'h264_nvenc': 'no usable NVIDIA GPU and driver',
+                'h264_qsv': 'no usable Intel Quick Sync (media driver)',
+                'h264_v4l2m2m': 'no V4L2 memory-to-memory H.264 encoder device',
+                LIBX264: 'libx264 cannot encode'}
+
+
+class PassthroughH264(Encoder):
+    """
+    The top layer of a stream whose source is H.264: the source's own access unit, unchanged.
+
+    ``encode`` takes an :class:`~video_bridge.core.h264.AccessUnit` (already checked and with
+    its keyframe flag), not a picture. A keyframe cannot be asked for: the request would have
+    to reach the robot's encoder, which this bridge does not control; a joining or recovering
+    peer waits for the source's next keyframe.
+    """
+
+    codec = H264
+    passthrough = True
+
+    def encode(self, unit, pts: int = 0, keyframe: bool = False) -> EncodedUnit:
+        """Hand the unit on (``keyframe`` requests are ignored: see the class docstring)."""
+        self.encodes += 1
+        return EncodedUnit(unit.data, unit.keyframe, pts)
+
+
+class H264Decoder:
+    """
+    One stream's H.264 decoder (FFmpeg's, through PyAV) for its JPEG viewers and lower layers.
+
+    Starts at a keyframe (units before the first one give no picture) and starts over at the
+    next keyframe after a decode error. One thread, no frame threading: a picture comes out
+    for the unit that went in, not a few units later.
+    """
+
+    def __init__(self):
+        import av  # noqa: F401  (only a stream with JPEG viewers or lower layers needs it)
+        self._av = av
+        self._context = None
+        self.decodes = 0
+
+    def decode(self, unit) -> Optional[object]:
+        """Decode one AccessUnit to a BGR array; None until a keyframe has come."""
+        if self._context is None:
+            if not unit.keyframe:
+                return None
+            self._context = self._av.CodecContext.create('h264', 'r')
+            self._context.thread_count = 1
+        self.decodes += 1
+        try:
+            frames = self._context.decode(self._av.Packet(unit.data))
+        except self._av.error.FFmpegError as exc:
+            self.close()
+            raise image_codec.MalformedImage(f'H.264 decoder refused the unit: {exc}',
+                                             'undecodable') from None
+        if not frames:
+            return None
+        return frames[-1].to_ndarray(format='bgr24')
+
+    def close(self):
+        """Drop the decoder state (the next keyframe starts a new one)."""
+        self._context = None
+
+
+def make_video_encoder(codec: str, layer: int, bitrate: int, fps: int, source: str = '',
+                       h264_encoder: str = LIBX264) -> Encoder:
+    """
+    Return the encoder of one video variant: the codec registry's one decision.
+
+    ``source`` is the stream's own codec when its topic is already encoded (``h264``): the
+    top layer in that codec is then the source's units passed through.
+    """
+    if source == H264 and codec == H264 and layer == 0:
+        return PassthroughH264()
+    return VideoEncoder(codec, bitrate, fps, h264_encoder if codec == H264 else '')
+
+
+def probe_h264_encoder(name: str, timeout: float = PROBE_TIMEOUT) -> Optional[str]:
+    """
+    Encode a tiny picture with H.264 encoder ``name``; return why it cannot be used, or None.
+
+    Runs on its own thread with a deadline, so a driver that hangs costs ``timeout``, not the
+    start of the bridge.
+    """
+    import numpy as np
+    outcome: List[Optional[str]] = []
+
+    def attempt():
+        try:
+            encoder = VideoEncoder(H264, 300_000, 30, name, fall_back=False)
+            picture = np.zeros((PROBE_SIZE, PROBE_SIZE, 3), np.uint8)
+            for index in range(8):        # hardware may hold a few frames before the first unit
+                picture[:, :, 1] = index * 30
+                unit = encoder.encode(picture, index * 3000, keyframe=index == 0)
+                if unit is not None:
+                    outcome.append(None if unit.keyframe else
+                                   'its first unit was not a keyframe')
+                    return
+            outcome.append('no unit came out of 8 pictures')
+        except Exception as exc:  # PyAV raises its own error types (no device, no library)
+            detail = getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__
+            outcome.append(f'{_PROBE_HINTS.get(name, "cannot open it")} ({detail[:120]})')
+    thread = threading.Thread(target=attempt, name=f'probe-{name}', daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return f'the test encode took longer than {timeout:g} s'
+    return outcome[0] if outcome else 'the test encode ended without a result'
+
+
+def choose_h264_encoder(wanted: str, probe: Callable[[str], Optional[str]] = probe_h264_encoder,
+                        logger: Optional[logging.Logger] = None) -> Tuple[str, dict]:
+    """
+    Pick the H.264 encoder to use: ``auto`` (the first hardware one that works), or a name.
+
+    Every candidate is tried with a test encode; a named encoder that fails falls back to
+    libx264 too (video with a warning rather than no video). Returns the name and, for each
+    candidate that was not used, why. Logs the choice and the reasons.
+    """
+    log = logger or logging.getLogger('video_bridge.core.encoders')
+    if wanted not in H264_ENCODERS:
+        raise ValueError(f'unknown H.264 encoder {wanted!r} (one of: {", ".join(H264_ENCODERS)})')
+    candidates = HARDWARE_H264 if wanted == 'auto' else (() if wanted == LIBX264 else (wanted,))
+    skipped = {}
+    for name in candidates:
+        reason = probe(name)
+        if reason is None:
+            log.info('H.264 encoder: %s (%s)%s', name, 'auto: first that encoded a test picture'
+                     if wanted == 'auto' else 'as configured', _skipped_text(skipped))
+            return name, skipped
+        skipped[name] = reason
+    reason = probe(LIBX264)
+    if reason is not None:
+        log.warning('H.264 encoder: libx264 failed its test encode too: %s', reason)
+    if wanted not in ('auto', LIBX264):
+        log.warning('H.264 encoder %s cannot be used (%s): using libx264', wanted,
+                    skipped[wanted])
+    else:
+        log.info('H.264 encoder: libx264 (%s)%s', 'auto: no hardware encoder works here'
+                 if wanted == 'auto' else 'as configured', _skipped_text(skipped))
+    return LIBX264, skipped
+
+
+def _skipped_text(skipped: dict) -> str:
+    return ''.join(f'; skipped {name}: {reason}' for name, reason in skipped.items())
 
 
 def video_available(codec: str) -> Optional[str]:

@@ -24,6 +24,13 @@ any variant of a topic stream) counts against the stream's ``max_variants`` (of 
 stays kept for the default variant) and against the hub's ``max_total_variants`` across all
 streams. Video variants are bounded by construction: one per codec and layer of a stream, and
 a topic stream's only by WebRTC peers (each holds one layer, two while switching).
+
+A stream of kind ``h264`` (its topic already carries H.264 access units) feeds its top H.264
+layer the source's own units through a pass-through entry of the codec registry
+(:func:`encoders.make_video_encoder`): no decode, no encode, one unit shared by every peer.
+JPEG variants and the other video layers need pictures: while any of them is watched the
+stream keeps one :class:`encoders.H264Decoder` and encodes from its pictures as for any source.
+Units are checked first (:mod:`h264`); malformed ones are counted by kind like bad images.
 """
 
 import collections
@@ -32,13 +39,15 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from video_bridge.core import encoders, image_codec
+from video_bridge.core import encoders, h264, image_codec
 from video_bridge.core.layers import KeyframeGate
 from video_bridge.core.protocol import (
     FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, FrameHeader, pack_frame_header, Variant)
 
 RAW = 'raw'
 COMPRESSED = 'compressed'
+H264 = 'h264'            # CompressedImage carrying H.264 access units (Annex B)
+KINDS = (RAW, COMPRESSED, H264)
 COLORMAPPED_ENCODINGS = frozenset({'16UC1', '32FC1', 'mono16'})
 VIDEO_HISTORY = 8        # units kept per video variant for peers a frame or two behind
 KEYFRAME_MIN_INTERVAL = 0.5  # s between requested keyframes of one video variant
@@ -122,13 +131,14 @@ class StreamSettings:
 
     name: str
     topic: str
-    kind: str = RAW                   # RAW (sensor_msgs/Image) or COMPRESSED
+    kind: str = RAW                   # RAW (sensor_msgs/Image), COMPRESSED or H264
     quality: int = 80                 # default JPEG quality
     max_variants: int = 4             # distinct size/quality combinations encoded at once
     display: image_codec.DisplaySettings = image_codec.DisplaySettings()
     video_bitrates: tuple = (1_200_000, 600_000, 300_000)  # bit/s of video layers 0, 1, 2
     video_fps: int = 30               # nominal rate the video encoders' rate control assumes
     topic_stream: bool = False        # made on request for a graph topic (no page variants)
+    h264_encoder: str = encoders.LIBX264   # what encodes H.264 layers (encoders.H264_ENCODERS)
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,7 @@ class StreamCounters:
     # Frames that could not be shown, by kind (image_codec.MALFORMED_KINDS); never counted as
     # dropped (dropped means "a newer frame replaced it").
     malformed: Dict[str, int] = field(default_factory=dict)
+    video_decoders: int = 0    # H.264 sources: decoders alive (one while pictures are needed)
 
     @property
     def frames_malformed(self) -> int:
@@ -222,6 +233,12 @@ class Stream:
         self._warned = set()
         self._frames_in = 0
         self._malformed = dict.fromkeys(image_codec.MALFORMED_KINDS, 0)
+        self._h264 = None       # H264 kind: the source's parameter sets, keyframe timing
+        self._decoder = None    # H264 kind: kept while JPEG variants or encoded layers watch
+        self._decode_error = None  # a decode error of the unit being published
+        if settings.kind == H264:
+            self._h264 = h264.H264Source()
+            self._malformed.update(dict.fromkeys(h264.MALFORMED_KINDS, 0))
         self._malformed_logged = {}  # kind -> (time of the last log line, count then)
         self._video_encodes = 0
         self._pts = 0
@@ -327,8 +344,10 @@ class Stream:
             raise CapacityError(f'unknown video codec {variant.codec!r}')
         if not 0 <= variant.layer < len(bitrates):
             raise CapacityError(f'stream {self.name!r} has layers 0..{len(bitrates) - 1}')
-        return encoders.VideoEncoder(variant.codec, bitrates[variant.layer],
-                                     self.settings.video_fps)
+        return encoders.make_video_encoder(
+            variant.codec, variant.layer, bitrates[variant.layer], self.settings.video_fps,
+            source=H264 if self.settings.kind == H264 else '',
+            h264_encoder=self.settings.h264_encoder)
 
     def _newest(self, variant: Variant) -> Optional[EncodedFrame]:
         slot = self._slots.get(variant)
@@ -366,23 +385,39 @@ class Stream:
 
         Raises image_codec.UnsupportedEncoding or MalformedImage for images it cannot show
         (the caller logs them, see :meth:`malformed_log_due`); nothing is replaced then and
-        the frame is counted by kind in ``counters().malformed``, not as dropped.
+        the frame is counted by kind in ``counters().malformed``, not as dropped. An H.264
+        source that has sent no keyframe for a long time gets its units passed on, and then
+        h264.KeyframeOverdue raised (counted and logged the same way).
         """
+        unit = None
+        try:
+            if self._h264 is not None:
+                unit = self._h264_unit(image)
+        except image_codec.MalformedImage as exc:
+            with self._lock:
+                self._frames_in += 1
+            self._count_malformed(exc.kind)
+            raise
         with self._lock:
             self._frames_in += 1
             variants = list(self._slots)
             now = self._hub.clock()
             video = {variant: (slot.encoder, slot.keyframes.take(now))
                      for variant, slot in self._slots.items() if slot.encoder is not None}
+            decode = any(not v.codec for v in variants) or any(
+                not getattr(encoder, 'passthrough', False) for encoder, _ in video.values())
             if not variants:
                 self._seq += 1
                 self._frames_skipped += 1
-                return 0
             seq = self._seq + 1  # taken only once the frame turned out showable
+        if unit is not None:
+            self._keep_decoder(decode)
+        if not variants:
+            return 0
         started = time.perf_counter()
         try:
             frames, encodes = self._encode(image, seq, [v for v in variants if not v.codec],
-                                           video)
+                                           video, unit)
         except image_codec.UnsupportedEncoding:
             self._count_malformed('encoding')
             raise
@@ -403,21 +438,56 @@ class Stream:
             self._encode_count += encodes
             self._encode_seconds += elapsed
         self._hub._frame_ready(self.name)
+        if self._decode_error is not None:
+            error, self._decode_error = self._decode_error, None
+            self._count_malformed(error.kind)
+            raise error
+        if self._h264 is not None:
+            overdue = self._h264.keyframe_overdue(now)
+            if overdue is not None:
+                self._count_malformed(h264.NO_KEYFRAME)
+                raise h264.KeyframeOverdue(overdue)
         return len(frames)
 
-    def _encode(self, image: SourceImage, seq: int, variants, video=None) -> tuple:
+    def _h264_unit(self, image: SourceImage) -> h264.AccessUnit:
+        """Check an H.264 source's unit (format, structure) and learn its parameter sets."""
+        if image.image_format and not h264.is_h264_format(image.image_format):
+            raise image_codec.MalformedImage(
+                f'format {image.image_format[:40]!r} on a stream of type h264', 'encoding')
+        return self._h264.feed(image.data, self._hub.clock())
+
+    def _keep_decoder(self, wanted: bool):
+        """Hold the stream's decoder while pictures are wanted; drop it when they are not."""
+        if wanted and self._decoder is None:
+            self._decoder = encoders.H264Decoder()
+        elif not wanted and self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+
+    def _encode(self, image: SourceImage, seq: int, variants, video=None, unit=None) -> tuple:
         """
         Convert the image once, then make one JPEG per variant (or pass the source's JPEG).
 
         ``video`` maps video variants to ``(encoder, keyframe wanted)``; each gets one unit.
-        Returns the frames by variant and how many encodes that took.
+        ``unit``: an H.264 source's checked access unit (decoded once if pictures are needed,
+        and passed through to the pass-through layer). Returns the frames by variant and how
+        many encodes that took.
         """
         picture_cache = []
 
         def picture():
             if not picture_cache:
-                picture_cache.extend(self._picture(image))
+                picture_cache.extend(self._picture(image, unit))
             return picture_cache[0]
+
+        if unit is not None and self._decoder is not None:
+            try:               # every unit reaches the decoder, whoever takes a picture now
+                picture()
+            except image_codec.MalformedImage as exc:
+                # the pass-through layer still gets the unit (a browser's decoder may cope);
+                # the error is counted and raised once the frames are in place
+                picture_cache[:] = [None, False]
+                self._decode_error = exc
 
         passthrough = None
         if self.settings.kind == COMPRESSED and image_codec.is_jpeg(image.data):
@@ -433,6 +503,8 @@ class Stream:
                 jpeg, flags, (width, height) = passthrough, FLAG_PASSTHROUGH, size
             else:
                 shown = picture()
+                if shown is None:      # an H.264 decoder still waiting for its keyframe
+                    continue
                 source_height, source_width = shown.shape[:2]
                 source_size = (source_width, source_height)
                 width, height = image_codec.scaled_size(source_width, source_height,
@@ -447,22 +519,37 @@ class Stream:
                                  image.received_time, flags)
             frames[variant] = EncodedFrame(header, jpeg)
         if video:
-            shown = picture()
-            source_height, source_width = shown.shape[:2]
-            source_size = (source_width, source_height)
             pts = self._video_pts(image)
-            flags = FLAG_COLORMAPPED if picture_cache[1] else 0
-            header = FrameHeader(seq, source_width & ~1, source_height & ~1, image.stamp_sec,
-                                 image.stamp_nanosec, image.received_time, flags)
-            prepared = encoders.VideoPicture(shown)   # one I420 conversion for every layer
-            for variant, (encoder, keyframe) in video.items():
-                unit = encoder.encode(prepared, pts, keyframe)
-                encodes += 1
-                self._video_encodes += 1
-                if unit is not None:
-                    frames[variant] = EncodedFrame(header, unit.data, variant.codec,
-                                                   unit.keyframe, unit.pts)
-        self._size = source_size
+            passed = {v: e for v, (e, _) in video.items() if getattr(e, 'passthrough', False)}
+            if passed:
+                source_size = unit.size or source_size or (0, 0)
+                header = FrameHeader(seq, source_size[0], source_size[1], image.stamp_sec,
+                                     image.stamp_nanosec, image.received_time, 0)
+                for variant, encoder in passed.items():
+                    out = encoder.encode(unit, pts)
+                    frames[variant] = EncodedFrame(header, out.data, variant.codec,
+                                                   out.keyframe, out.pts)
+            encoded = {v: job for v, job in video.items() if v not in passed}
+            shown = picture() if encoded else None
+            if shown is not None:
+                source_height, source_width = shown.shape[:2]
+                source_size = (source_width, source_height)
+                flags = FLAG_COLORMAPPED if picture_cache[1] else 0
+                header = FrameHeader(seq, source_width & ~1, source_height & ~1,
+                                     image.stamp_sec, image.stamp_nanosec, image.received_time,
+                                     flags)
+                prepared = encoders.VideoPicture(shown)   # one I420 conversion for every layer
+                for variant, (encoder, keyframe) in encoded.items():
+                    out = encoder.encode(prepared, pts, keyframe)
+                    encodes += 1
+                    self._video_encodes += 1
+                    if out is not None:
+                        frames[variant] = EncodedFrame(header, out.data, variant.codec,
+                                                       out.keyframe, out.pts)
+        if source_size is None and unit is not None:
+            source_size = unit.size
+        if source_size is not None:
+            self._size = source_size
         return frames, encodes
 
     def _video_pts(self, image: SourceImage) -> int:
@@ -472,9 +559,15 @@ class Stream:
         self._pts = pts if pts > self._pts else self._pts + 1
         return self._pts
 
-    def _picture(self, image: SourceImage) -> tuple:
+    def _picture(self, image: SourceImage, unit=None) -> tuple:
         """Decode or convert the source image once: ``(uint8 picture, colour-mapped?)``."""
+        if unit is not None:      # H.264: None until the decoder has had a keyframe
+            return (self._decoder.decode(unit) if self._decoder is not None else None), False
         if self.settings.kind == COMPRESSED:
+            if h264.is_h264_format(image.image_format):
+                raise image_codec.MalformedImage(
+                    f'format {image.image_format!r} on a stream of type compressed (JPEG/PNG): '
+                    'give the stream type h264', 'encoding')
             decoded = image_codec.decode_compressed(image.data)
             if decoded.dtype != 'uint8':  # 16-bit PNG: depth in millimetres
                 return image_codec.to_display('16UC1', decoded, self.settings.display), True
@@ -490,12 +583,14 @@ class Stream:
         """Cumulative counters; safe to call from any thread."""
         with self._lock:
             width, height = self._size
-            video_encoders = sum(1 for slot in self._slots.values() if slot.encoder)
+            video_encoders = sum(1 for slot in self._slots.values() if slot.encoder and
+                                 not getattr(slot.encoder, 'passthrough', False))
             return StreamCounters(self._viewers, len(self._slots), self._frames_in,
                                   self._frames_sent, self._frames_dropped, self._frames_skipped,
                                   self._bytes_sent, self._encode_count, self._encode_seconds,
                                   width, height, video_encoders, self._video_encodes,
-                                  dict(self._malformed))
+                                  dict(self._malformed),
+                                  video_decoders=int(self._decoder is not None))
 
     def _count_malformed(self, kind: str):
         with self._lock:

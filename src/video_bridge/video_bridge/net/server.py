@@ -294,7 +294,9 @@ class BridgeServer:
                 'video': protocol.VIDEO_PREFIX + quoted, 'mjpeg': protocol.MJPEG_PREFIX + quoted,
                 'snapshot': protocol.SNAPSHOT_PREFIX + quoted,
                 'video_encoders': counters.video_encoders,
-                'video_encodes': counters.video_encodes})
+                'video_encodes': counters.video_encodes,
+                'video_decoders': counters.video_decoders,
+                'malformed': {k: v for k, v in counters.malformed.items() if v}})
         document = {'protocol': protocol.PROTOCOL_VERSION, 'streams': streams,
                     'topics': self.list_topics(),
                     'access': {'token_required': self.access.token_required,

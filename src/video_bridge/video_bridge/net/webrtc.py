@@ -549,7 +549,7 @@ class WebRtcService:
         except UnknownStream:
             raise _signal_error('unknown_stream', f'unknown stream {name!r}') from None
 
-    def _pick_codec(self, wanted) -> str:
+    def _pick_codec(self, wanted, source: str = '') -> str:
         if not self.codecs:
             raise _signal_error('webrtc_unavailable', 'this bridge offers no WebRTC video')
         if wanted is None:
@@ -558,7 +558,8 @@ class WebRtcService:
                 not all(isinstance(c, str) for c in wanted):
             raise _signal_error('bad_message', "'codecs' must be a list of codec names")
         wanted = [c.lower() for c in wanted]
-        for codec in self.codecs:
+        # a stream that already is H.264 offers it first: passed through, nothing encoded
+        for codec in sorted(self.codecs, key=lambda c: c != source):
             if codec in wanted:
                 return codec
         raise _signal_error('no_common_codec',
@@ -587,7 +588,7 @@ class WebRtcService:
             self._still_wanted(session, turn)
         session.last_start = self.clock()
         stream = self._find_stream(message.get('stream'), topic_streams)
-        codec = self._pick_codec(message.get('codecs'))
+        codec = self._pick_codec(message.get('codecs'), stream.settings.kind)
         await self._close(client_id)   # one peer per control session: a new start replaces it
         self._still_wanted(session, turn)
         if len(self.peers) >= self.config.max_peers:

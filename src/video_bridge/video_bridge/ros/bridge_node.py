@@ -41,11 +41,12 @@ from std_msgs.msg import Bool
 from video_bridge.core import health
 from video_bridge.core import ice
 from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token
-from video_bridge.core.encoders import MIN_BITRATE
+from video_bridge.core.encoders import choose_h264_encoder, LIBX264, MIN_BITRATE
 from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
 from video_bridge.core.layers import layer_bitrates
 from video_bridge.core.secret_file import exposure_warning, read_secret_file
-from video_bridge.core.streams import COMPRESSED, RAW, SourceImage, StreamHub, StreamSettings
+from video_bridge.core.streams import (COMPRESSED, H264, RAW, SourceImage, StreamHub,
+                                       StreamSettings)
 from video_bridge.core.teleop import load_vocabulary, TeleopConfig, TeleopCore
 from video_bridge.net import wvs_compat
 from video_bridge.net.auth import machine_names
@@ -59,8 +60,22 @@ from video_bridge.ros.usage import handle_help
 from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
 from video_bridge_msgs.srv import SetEmergencyStop
 
-IMAGE_TYPES = {'sensor_msgs/msg/Image': RAW, 'sensor_msgs/msg/CompressedImage': COMPRESSED}
-MESSAGE_CLASS = {RAW: Image, COMPRESSED: CompressedImage}
+COMPRESSED_VIDEO_TYPE = 'foxglove_msgs/msg/CompressedVideo'   # H.264 in it is passed through
+IMAGE_TYPES = {'sensor_msgs/msg/Image': RAW, 'sensor_msgs/msg/CompressedImage': COMPRESSED,
+               COMPRESSED_VIDEO_TYPE: H264}
+MESSAGE_CLASS = {RAW: Image, COMPRESSED: CompressedImage, H264: CompressedImage}
+MESSAGE_TYPE = {RAW: 'sensor_msgs/msg/Image', COMPRESSED: 'sensor_msgs/msg/CompressedImage',
+                H264: 'sensor_msgs/msg/CompressedImage'}
+
+
+def compressed_video_class():
+    """Return foxglove_msgs' CompressedVideo; ValueError naming the package if it is missing."""
+    try:
+        from foxglove_msgs.msg import CompressedVideo
+    except ImportError:
+        raise ValueError('stream type compressed_video needs foxglove_msgs (rosdep key '
+                         'foxglove_msgs; apt: ros-$ROS_DISTRO-foxglove-msgs)') from None
+    return CompressedVideo
 
 
 def share_path(*parts: str) -> str:
@@ -124,6 +139,10 @@ class BridgeNode(Node):
         self.hub = StreamHub(self.p.max_viewers, on_frame=self._frame_ready,
                              on_viewers=self._viewers_changed,
                              max_total_variants=self.p.max_total_variants)
+        # Probed once (a tiny test encode per candidate); only WebRTC layers encode H.264.
+        self.h264_encoder = choose_h264_encoder(self.p.h264_encoder, logger=self.log)[0] \
+            if self.p.webrtc_enabled else LIBX264
+        self._message_types = {}   # stream name -> ROS message type it subscribes
         for name in self.p.stream_names:
             self.hub.add(self._stream_settings(name))
         token = load_token(self.p.token_file)
@@ -254,12 +273,18 @@ class BridgeNode(Node):
         # Resolved now (namespace, remapping): /api/streams and web_video_server URLs name the
         # topic as `ros2 topic list` does.
         resolved = topic or self.resolve_topic_name(per.topic)
-        return StreamSettings(name=name, topic=resolved, kind=kind or per.type,
+        kind = kind or per.type
+        message_type = MESSAGE_TYPE.get(kind)
+        if kind == 'compressed_video' or (topic and kind == H264):   # foxglove_msgs
+            kind, message_type = H264, COMPRESSED_VIDEO_TYPE
+            compressed_video_class()    # fails now (a clear configuration error) if missing
+        self._message_types[name] = message_type
+        return StreamSettings(name=name, topic=resolved, kind=kind,
                               quality=per.quality or values.default_quality,
                               max_variants=values.max_variants, display=display,
                               video_bitrates=layer_bitrates(values.webrtc_bitrate,
                                                             self.p.webrtc_layers),
-                              topic_stream=bool(topic))
+                              topic_stream=bool(topic), h264_encoder=self.h264_encoder)
 
     def _topic_stream(self, name: str):
         """Create a stream for an image topic seen in the graph (``/video/%2Fsome%2Ftopic``)."""
@@ -267,7 +292,10 @@ class BridgeNode(Node):
             return None
         for entry in self._image_topics:
             if entry['topic'] == name:
-                return self.hub.add(self._stream_settings(name, name, entry['kind']))
+                try:
+                    return self.hub.add(self._stream_settings(name, name, entry['kind']))
+                except ValueError:   # CompressedVideo without foxglove_msgs installed here
+                    return None
         return None
 
     def _frame_ready(self, name: str):
@@ -305,8 +333,11 @@ class BridgeNode(Node):
                          else ReliabilityPolicy.BEST_EFFORT)
         callback = self._raw_callback(stream) if settings.kind == RAW \
             else self._compressed_callback(stream)
+        message_class = MESSAGE_CLASS[settings.kind]
+        if self._message_types.get(stream.name) == COMPRESSED_VIDEO_TYPE:
+            message_class, callback = compressed_video_class(), self._video_callback(stream)
         self._image_subs[stream.name] = self.create_subscription(
-            MESSAGE_CLASS[settings.kind], settings.topic, callback, qos)
+            message_class, settings.topic, callback, qos)
         self.get_logger().info(f'stream {stream.name!r}: subscribed '
                                f'{self.resolve_topic_name(settings.topic)}')
 
@@ -325,6 +356,13 @@ class BridgeNode(Node):
                 received_time=time.time()), msg.format)
         return on_compressed
 
+    def _video_callback(self, stream):
+        def on_video(msg):   # foxglove_msgs/CompressedVideo: no header, a timestamp
+            self._feed(stream, SourceImage(
+                msg.timestamp.sec, msg.timestamp.nanosec, msg.data, image_format=msg.format,
+                received_time=time.time()), msg.format)
+        return on_video
+
     def _feed(self, stream, image: SourceImage, encoding: str):
         try:
             stream.publish(image)
@@ -337,10 +375,20 @@ class BridgeNode(Node):
                     f'stream {stream.name!r}: cannot show a frame of '
                     f'{self.resolve_topic_name(stream.settings.topic)}: {exc}{more}')
 
+    def _compressed_video_known(self) -> bool:
+        if not hasattr(self, '_has_compressed_video'):
+            try:
+                self._has_compressed_video = bool(compressed_video_class())
+            except ValueError:
+                self._has_compressed_video = False
+        return self._has_compressed_video
+
     def _refresh_topics(self):
         topics = []
         for topic, types in self.get_topic_names_and_types():
             for type_name in types:
+                if type_name == COMPRESSED_VIDEO_TYPE and not self._compressed_video_known():
+                    continue   # cannot be subscribed here: not offered
                 if type_name in IMAGE_TYPES:
                     topics.append({'topic': topic, 'type': type_name,
                                    'kind': IMAGE_TYPES[type_name]})
@@ -480,7 +528,7 @@ class BridgeNode(Node):
             bad = counters.malformed
             entry = StreamStatus(
                 name=stream.name, topic=topic,
-                type=[t for t, k in IMAGE_TYPES.items() if k == stream.settings.kind][0],
+                type=self._message_types.get(stream.name, MESSAGE_TYPE[stream.settings.kind]),
                 subscribed=subscribed, viewers=counters.viewers,
                 variants=counters.variants, frames_in=counters.frames_in,
                 frames_sent=counters.frames_sent, frames_dropped=counters.frames_dropped,

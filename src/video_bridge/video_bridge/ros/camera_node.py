@@ -4,8 +4,17 @@ camera_node: publish a test pattern, a video file or a V4L2 camera as sensor_msg
 A thin ROS adapter around video_bridge.core.sources (where all capture logic lives).
 
 Topics (relative, so namespaces and remaps apply): ``image_raw`` (Image, bgr8), ``camera_info``
-(CameraInfo, same stamp) and, with publish_compressed, ``image_raw/compressed``
-(CompressedImage, jpeg). The stamp is the capture time on the node's clock.
+(CameraInfo, same stamp), with publish_compressed ``image_raw/compressed`` (CompressedImage,
+jpeg) and with h264 ``image_raw/h264`` (CompressedImage, format ``h264``: one Annex B access
+unit per message, SPS/PPS on every keyframe, a keyframe every h264_keyframe_interval seconds).
+The stamp is the capture time on the node's clock.
+
+H.264 is a CompressedImage, not foxglove_msgs/CompressedVideo: sensor_msgs is on every ROS
+install (no extra package on the robot or the viewer), Isaac ROS's hardware encoder publishes
+the same, and the bridge passes it to WebRTC browsers undecoded. The encoder is chosen once at
+start like the bridge's (h264_encoder: auto tries the hardware encoders with a test encode and
+falls back to libx264); it runs only while someone subscribes, and a new subscriber starts at
+a keyframe.
 
 QoS: depth 1, KEEP_LAST, VOLATILE, RELIABLE by default, as REP 2003 asks of sensor drivers
 (SystemDefaults reliability): every subscriber matches, the reliable ones (rviz2's Image
@@ -38,7 +47,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from video_bridge.core import image_codec
+from video_bridge.core import encoders, image_codec
 from video_bridge.core.sources import (as_bgr, Backoff, DeviceSource, load_camera_info,
                                        make_source, PIXEL_FORMATS, SourceError, SOURCES)
 from video_bridge.ros.parameters import unknown_parameters
@@ -62,6 +71,15 @@ PARAMETERS = {
     'publish_compressed': (False, 'also publish image_raw/compressed (an MJPG device is '
                            'passed through undecoded)', None),
     'jpeg_quality': (80, 'JPEG quality when encoding image_raw/compressed', (1, 100)),
+    'h264': (False, 'also publish image_raw/h264 (CompressedImage, format h264), encoded '
+             'once here while someone subscribes', None),
+    'h264_encoder': ('auto', 'H.264 encoder: auto (first hardware encoder that passes a test '
+                     'encode, else libx264), libx264, h264_v4l2m2m, h264_nvenc, h264_qsv',
+                     encoders.H264_ENCODERS),
+    'h264_bitrate': (1000000, 'H.264 target bit/s',
+                     (encoders.MIN_BITRATE, encoders.MAX_BITRATE)),
+    'h264_keyframe_interval': (1.0, 'seconds between H.264 keyframes (a viewer that joins or '
+                               'loses a packet waits up to this long)', (0.1, 10.0)),
     'retry_initial': (0.5, 'first retry delay (s) after a device fails', (0.01, 60.0)),
     'retry_max': (8.0, 'longest retry delay (s) for a failed device', (0.01, 600.0)),
     'reliability': ('reliable', 'QoS reliability of every topic: reliable (REP 2003 for '
@@ -98,13 +116,53 @@ def image_message(image: np.ndarray, header) -> Image:
     return msg
 
 
-def compressed_message(jpeg, header) -> CompressedImage:
-    """Build a jpeg CompressedImage from bytes (or a uint8 array) without re-encoding."""
+def compressed_message(jpeg, header, image_format: str = 'jpeg') -> CompressedImage:
+    """Build a jpeg (or h264) CompressedImage from bytes without re-encoding."""
     msg = CompressedImage(check_fields=True)
     msg.header = header
-    msg.format = 'jpeg'
+    msg.format = image_format
     msg.data = _byte_array(jpeg)
     return msg
+
+
+class H264Publisher:
+    """Encode frames to H.264 once, while ``image_raw/h264`` has subscribers; publish the units."""
+
+    def __init__(self, publisher, encoder_name: str, bitrate: int, fps: float,
+                 keyframe_interval: float):
+        self.publisher = publisher
+        self.encoder = encoders.VideoEncoder(encoders.H264, bitrate, max(1, round(fps)),
+                                             encoder_name)
+        self.keyframe_every = max(1, round(fps * keyframe_interval))
+        self._since_keyframe = None     # None: the next unit must be a keyframe
+
+    def publish(self, image, header) -> None:
+        """Encode and publish one frame; nothing (and the encoder idle) without subscribers."""
+        if not self.publisher.get_subscription_count():
+            self._since_keyframe = None   # whoever subscribes next starts at a keyframe
+            return
+        keyframe = self._since_keyframe is None or \
+            self._since_keyframe + 1 >= self.keyframe_every
+        pts = header.stamp.sec * encoders.CLOCK_RATE + \
+            header.stamp.nanosec * encoders.CLOCK_RATE // 1_000_000_000
+        unit = self.encoder.encode(image, pts, keyframe)
+        if unit is None:
+            return
+        self._since_keyframe = 0 if unit.keyframe else (self._since_keyframe or 0) + 1
+        self.publisher.publish(compressed_message(unit.data, header, 'h264'))
+
+
+class _Log:
+    """A logging.Logger face on the node's logger (the encoder choice logs through it)."""
+
+    def __init__(self, node):
+        self._logger = node.get_logger()
+
+    def info(self, message, *args):
+        self._logger.info(message % args if args else message)
+
+    def warning(self, message, *args):
+        self._logger.warning(message % args if args else message)
 
 
 class CameraNode(Node):
@@ -172,6 +230,13 @@ class CameraNode(Node):
         self._info_pub = self.create_publisher(CameraInfo, 'camera_info', qos)
         self._jpeg_pub = (self.create_publisher(CompressedImage, 'image_raw/compressed', qos)
                           if p['publish_compressed'] else None)
+        self._h264 = None
+        if p['h264']:
+            name, _ = encoders.choose_h264_encoder(p['h264_encoder'], logger=_Log(self))
+            self._h264 = H264Publisher(self.create_publisher(CompressedImage, 'image_raw/h264',
+                                                             qos),
+                                       name, p['h264_bitrate'], p['fps'],
+                                       p['h264_keyframe_interval'])
         if isinstance(self._source, DeviceSource):
             try:
                 backoff = Backoff(p['retry_initial'], p['retry_max'])
@@ -185,10 +250,13 @@ class CameraNode(Node):
             except SourceError as err:
                 raise StartupError(str(err)) from None
             self._timer = self.create_timer(1.0 / p['fps'], self._on_timer)
+        h264_text = (f' (+ {self._h264.publisher.topic_name}, H.264 by '
+                     f'{self._h264.encoder.encoder_name})' if self._h264 else '')
         self.get_logger().info(
             f'camera_node: publishing {self._source.description} as '
             f'{self._image_pub.topic_name} at {p["width"]}x{p["height"]} {p["fps"]} fps'
             f'{" (+ " + self._jpeg_pub.topic_name + ")" if self._jpeg_pub else ""}'
+            f'{h264_text}'
             f', {p["reliability"]} QoS')
         if self._thread:
             self._thread.start()
@@ -258,11 +326,15 @@ class CameraNode(Node):
                     jpeg = image_codec.encode_jpeg(image, self._quality)
                 if jpeg is not None:
                     self._jpeg_pub.publish(compressed_message(jpeg, info.header))
-            if image is None and self._image_pub.get_subscription_count():
+            wanted = self._image_pub.get_subscription_count() or (
+                self._h264 is not None and self._h264.publisher.get_subscription_count())
+            if image is None and wanted:
                 try:
                     image = as_bgr(image_codec.decode_compressed(jpeg))
                 except image_codec.MalformedImage:  # a corrupt device frame: publish no image
                     image = None
+            if image is not None and self._h264 is not None:
+                self._h264.publish(image, info.header)
             if image is not None:
                 self._image_pub.publish(image_message(image, info.header))
             self._check_size(frame)

@@ -126,6 +126,10 @@ BRIDGE_PARAMETERS = {
     'webrtc_connect_timeout': (15.0, 'Seconds from the offer until a WebRTC peer must be '
                                'connected (ICE and DTLS done); else it is closed and its slot '
                                'freed.', (1.0, 120.0)),
+    'h264_encoder': ('auto', 'H.264 encoder of the layers the bridge encodes: auto (the first '
+                     'of h264_nvenc, h264_qsv, h264_v4l2m2m that passes a test encode at '
+                     'start, else libx264), libx264, h264_v4l2m2m, h264_nvenc or h264_qsv (one '
+                     'that fails its test encode falls back to libx264).', None),
     'ice_servers': ([''], 'STUN/TURN URLs for the page and the bridge: stun:host:3478, '
                     'turn:host:3478?transport=udp, turns:host:443?transport=tcp (TURN over TLS). '
                     'turn:/turns: entries use turn_secret_file or turn_username/'
@@ -148,8 +152,10 @@ BRIDGE_PARAMETERS = {
 STREAM_PARAMETERS = {
     'topic': (None, 'Image topic of this stream (relative names follow the node namespace and '
               'remapping); default <stream name>/image_raw.', None),
-    'type': ('raw', 'raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage, JPEG '
-             'passed through untouched).', None),
+    'type': ('raw', 'raw (sensor_msgs/Image), compressed (sensor_msgs/CompressedImage, JPEG '
+             'passed through untouched), h264 (CompressedImage with format h264: passed '
+             'through to WebRTC undecoded) or compressed_video (foxglove_msgs/CompressedVideo '
+             'with format h264, likewise).', None),
     'quality': (0, 'JPEG quality of this stream (0: default_quality).', (0, 100)),
     'depth_min': (0.0, 'Depth drawn at the near end of the colour map, metres.', (0.0, 1000.0)),
     'depth_max': (5.0, 'Depth drawn at the far end of the colour map, metres.', (0.0, 1000.0)),
@@ -273,8 +279,9 @@ class BridgeParameters(_Values):
                                        _descriptor(description, limits, default,
                                                    field in RUNTIME_STREAM_FIELDS))
         values = _Values(node, STREAM_PARAMETERS, prefix)
-        if values.type not in ('raw', 'compressed'):
-            raise ValueError(f'{prefix}type must be raw or compressed, not {values.type!r}')
+        if values.type not in ('raw', 'compressed', 'h264', 'compressed_video'):
+            raise ValueError(f'{prefix}type must be raw, compressed, h264 or compressed_video, '
+                             f'not {values.type!r}')
         return values
 
 
