@@ -469,3 +469,31 @@ def test_the_control_rate_limit_counts_per_client_not_per_connection(start_bridg
     assert len(crowd) == 200
     assert len(crowd) - limited <= 4 * 20 + 20, crowd   # 4 bursts, plus what refilled
     assert alone.count('rate_limited') == 0, alone
+
+
+def test_asyncio_tls_connections_preallocate_the_bounded_read_buffer():
+    """
+    The one reach into asyncio here (net/listener.py, checked on CPython 3.11 and 3.12): each
+    TLS connection used to preallocate 256 KB (300 idle wss sockets: 77 MB). If asyncio drops
+    or renames ``SSLProtocol.max_size``, this fails, not the bridge's memory in silence.
+    """
+    import asyncio
+    from asyncio import sslproto
+    import ssl
+    from video_bridge.net.listener import bound_tls_read_buffers, TLS_READ_BUFFER
+    assert isinstance(getattr(sslproto.SSLProtocol, 'max_size', None), int), \
+        'asyncio.sslproto.SSLProtocol.max_size is gone: update bound_tls_read_buffers'
+    before = sslproto.SSLProtocol.max_size
+    try:
+        assert bound_tls_read_buffers()
+        loop = asyncio.new_event_loop()
+        try:
+            protocol = sslproto.SSLProtocol(loop, asyncio.Protocol(),
+                                            ssl.create_default_context(), None)
+            buffer = getattr(protocol, '_ssl_buffer', None)
+            assert buffer is not None and len(buffer) == TLS_READ_BUFFER, \
+                'asyncio no longer sizes its TLS read buffer from max_size'
+        finally:
+            loop.close()
+    finally:
+        sslproto.SSLProtocol.max_size = before

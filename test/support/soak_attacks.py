@@ -252,6 +252,7 @@ class CutHellos:
                 sock = hc.connect(self.port, source=f'127.0.0.{40 + self.opened % 20}',
                                   timeout=1)
                 sock.sendall(CLIENT_HELLO_START)
+                sock.setblocking(False)   # closed() must not wait for the socket's timeout
                 self.open.append(sock)
                 self.opened += 1
             except OSError:

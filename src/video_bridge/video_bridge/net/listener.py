@@ -55,6 +55,30 @@ REFUSAL = ('HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charse
            'X-Content-Type-Options: nosniff\r\n\r\n{body}')
 
 
+# Bytes asyncio's TLS layer reads into at once, per connection. asyncio (CPython 3.11 and 3.12,
+# checked) preallocates ``SSLProtocol.max_size`` (256 KB) for every TLS connection, idle or
+# not: 300 idle wss control sockets cost 77 MB. What a client sends the bridge is small (HTTP
+# heads, commands, pongs), so two TLS records' worth is plenty; a bigger message just takes
+# more reads.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def bound_tls_read_buffers(size: int = TLS_READ_BUFFER) -> bool:
+    """
+    Make asyncio's TLS connections preallocate ``size`` bytes, not 256 KB (process-wide).
+
+    The one reach into asyncio's internals here: ``asyncio.sslproto.SSLProtocol.max_size``, a
+    class attribute its ``__init__`` reads. Returns False (and changes nothing) where it is
+    missing; test/test_edge_slots.py fails loudly then, so an upgrade that drops it is seen.
+    """
+    from asyncio import sslproto
+    protocol = getattr(sslproto, 'SSLProtocol', None)
+    if not isinstance(getattr(protocol, 'max_size', None), int):
+        return False
+    protocol.max_size = size
+    return True
+
+
 def raise_file_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

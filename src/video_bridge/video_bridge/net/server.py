@@ -29,7 +29,8 @@ from video_bridge.core.streams import (CapacityError, NotPermitted, StreamHub, U
                                        Viewer)
 from video_bridge.net import websocket
 from video_bridge.net.app import build_app, quiet_aiohttp_logs
-from video_bridge.net.listener import FD_RESERVE, Listener, LogThrottle, raise_file_limit
+from video_bridge.net.listener import (bound_tls_read_buffers, FD_RESERVE, Listener, LogThrottle,
+                                       raise_file_limit)
 
 AIOHTTP_VERSION = tuple(int(part) for part in re.findall(r'\d+', aiohttp.__version__)[:2])
 KEEPALIVE_TIMEOUT = 15.0   # s an idle keep-alive HTTP connection stays open
@@ -110,6 +111,9 @@ class BridgeServer:
         config = self.config
         context = tls_context(config.tls_cert, config.tls_key) \
             if config.tls_cert or config.tls_key else None
+        if context is not None and not bound_tls_read_buffers():
+            self.log.warning('this Python has no asyncio SSLProtocol.max_size: each TLS '
+                             'connection keeps its 256 KB read buffer')
         limit = raise_file_limit()
         max_connections = min(config.max_connections, max(limit - FD_RESERVE, 16))
         if max_connections < config.max_connections:
