@@ -450,15 +450,17 @@ def test_foxglove_compressed_video_is_passed_through_too(start_bridge, foxglove_
                         doc = await asyncio.to_thread(api_streams, bridge)
                         assert {'topic': VIDEO_TOPIC, 'type': 'foxglove_msgs/msg/CompressedVideo',
                                 'kind': 'h264'} in doc['topics']
-                        # the same topic opened ad hoc (/video/%2Frobot%2Fvideo) passes too
-                        ad_hoc = await start_peer(control, 3, stream=VIDEO_TOPIC)
+                        # the topic asked for by name (/video/%2Frobot%2Fvideo) is the
+                        # configured stream: the same pass-through, no second stream
+                        by_topic = await start_peer(control, 3, stream=VIDEO_TOPIC)
                         try:
-                            await wait_until(lambda: len(ad_hoc.frames) >= 30, 30, 'ad hoc')
+                            await wait_until(lambda: len(by_topic.frames) >= 30, 30, 'by topic')
                             doc = await asyncio.to_thread(api_streams, bridge)
-                            entry = next(s for s in doc['streams'] if s['name'] == VIDEO_TOPIC)
+                            assert [s['name'] for s in doc['streams']] == ['camera']
+                            entry = await asyncio.to_thread(camera_entry, bridge)
                             assert entry['kind'] == 'h264' and entry['video_encoders'] == 0
                         finally:
-                            await ad_hoc.close()
+                            await by_topic.close()
                     finally:
                         await viewer.close()
             asyncio.run(scenario())

@@ -103,7 +103,7 @@ def pages(browser):
     """Open the page in fresh browser contexts (own sessionStorage each); close them after."""
     contexts = []
 
-    def open_page(bridge, viewport=DESKTOP, mobile=False, live=True):
+    def open_page(bridge, viewport=DESKTOP, mobile=False, live=True, connected=True):
         context = browser.new_context(viewport=viewport, is_mobile=mobile, has_touch=mobile,
                                       device_scale_factor=1)
         contexts.append(context)
@@ -111,7 +111,8 @@ def pages(browser):
         page.errors = []
         page.on('pageerror', lambda error: page.errors.append(str(error)))
         page.goto(bridge.http + '/')
-        wait_connected(page)
+        if connected:
+            wait_connected(page)
         if live:
             wait_live(page)
         return page
@@ -520,9 +521,12 @@ def shown_unclipped(page, selector) -> bool:
 @pytest.mark.parametrize('viewport,mobile', TOKEN_FORM_VIEWPORTS,
                          ids=[f"{v['width']}x{v['height']}" for v, _ in TOKEN_FORM_VIEWPORTS])
 def test_token_form_fits_the_viewport(start_bridge, camera, cmd_vel, pages, viewport, mobile):
-    """Opened without the token: STOP, Release, the token box and the speed stay usable."""
+    """
+    Opened without the token (watching needs it, the default): the token form shows, and
+    STOP, Release, the token box and the speed stay usable.
+    """
     bridge = start_bridge(token='s3cret-token')
-    page = pages(bridge, viewport, mobile=mobile, live=False)
+    page = pages(bridge, viewport, mobile=mobile, live=False, connected=False)
     page.locator('#token-form').wait_for(state='visible')
     width = page.evaluate('document.documentElement.scrollWidth')
     assert width <= viewport['width'], f'page is {width}px wide'
