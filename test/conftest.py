@@ -369,3 +369,14 @@ def chromium(extra_args=()):
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope='module')
+def many_file_descriptors():
+    """Raise this process's RLIMIT_NOFILE (and its children's): thousands of client sockets."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 16384) if hard != resource.RLIM_INFINITY else 16384
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

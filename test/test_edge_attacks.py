@@ -43,14 +43,7 @@ TRACEBACK = 'Traceback (most recent call last)'
 LOAD_BOUND = 5.0  # s: the page, the API and a new viewer's first frame under attack (row 3)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def many_file_descriptors():
-    """This process opens thousands of sockets (rows 3, 5, 6): raise its own RLIMIT_NOFILE."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, 16384) if hard != resource.RLIM_INFINITY else 16384
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+pytestmark = pytest.mark.usefixtures('many_file_descriptors')
 
 
 class CmdVel:

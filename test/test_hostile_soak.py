@@ -14,7 +14,6 @@ slot is free again: no WebRTC peer, no viewer, the bridge's descriptors back whe
 import collections
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -44,14 +43,7 @@ COMMAND_PERIOD = 0.05      # a driver's 20 Hz
 ATTACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'support', 'soak_attacks.py')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def many_file_descriptors():
-    """The attack process inherits this limit: it holds over a thousand sockets."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, 16384) if hard != resource.RLIM_INFINITY else 16384
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+pytestmark = pytest.mark.usefixtures('many_file_descriptors')
 
 
 class Driver(threading.Thread):

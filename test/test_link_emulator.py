@@ -17,25 +17,15 @@ from conftest import OUTPUT_DIR
 import netlab
 import pytest
 from support import link_emulator
-from support.link_emulator import LinkEmulator, emulated_path
+from support.link_emulator import emulated_path, LinkEmulator, why_unavailable
 
 SO_TIMESTAMPNS = getattr(socket, 'SO_TIMESTAMPNS', 35)
 PORT = 9000
 HEADER = struct.Struct('!Iqd')   # sequence, send time (realtime ns), send time (monotonic s)
 
 
-def _why_skip():
-    if os.geteuid() != 0:
-        return 'needs root (network namespaces, TUN, nftables, tc)'
-    missing = netlab.missing_tools('ip', 'nft', 'tc')
-    if missing:
-        return f'missing tools: {", ".join(missing)}'
-    if not os.path.exists('/dev/net/tun'):
-        return 'no /dev/net/tun'
-    return None
-
-
-pytestmark = pytest.mark.skipif(_why_skip() is not None, reason=str(_why_skip()))
+pytestmark = pytest.mark.skipif(why_unavailable() is not None,
+                                reason=str(why_unavailable()))
 LOGS = os.path.join(OUTPUT_DIR, 'link-emulator')
 
 

@@ -25,7 +25,7 @@ import time
 from conftest import OUTPUT_DIR, camera_node, only_loopback
 import netlab
 import pytest
-from support.link_emulator import EDGE_ADDRESS, emulated_path
+from support.link_emulator import EDGE_ADDRESS, emulated_path, why_unavailable
 from support.remote_session import Driver, run_in_namespace, start_session, until
 from test_web_page import CmdVel
 
@@ -38,18 +38,8 @@ EDGE_IP = EDGE_ADDRESS.split('/')[0]
 LOGS = os.path.join(OUTPUT_DIR, 'links')
 
 
-def _why_skip():
-    if os.geteuid() != 0:
-        return 'needs root (network namespaces, TUN, nftables, tc)'
-    missing = netlab.missing_tools('ip', 'nft', 'tc')
-    if missing:
-        return f'missing tools: {", ".join(missing)}'
-    if not os.path.exists('/dev/net/tun'):
-        return 'no /dev/net/tun'
-    return None
-
-
-pytestmark = pytest.mark.skipif(_why_skip() is not None, reason=str(_why_skip()))
+pytestmark = pytest.mark.skipif(why_unavailable() is not None,
+                                reason=str(why_unavailable()))
 
 
 def figure(text):

@@ -51,6 +51,19 @@ DIRECTION_KEYS = ('delay_ms', 'jitter_ms', 'jitter_interval_ms', 'reorder', 'los
                   'rate_mbit', 'rate_steps_mbit', 'step_s', 'queue_ms')
 
 
+def why_unavailable():
+    """Why this machine cannot run the emulator (root, tools, TUN), or None when it can."""
+    import netlab
+    if os.geteuid() != 0:
+        return 'needs root (network namespaces, TUN, nftables, tc)'
+    missing = netlab.missing_tools('ip', 'nft', 'tc')
+    if missing:
+        return f'missing tools: {", ".join(missing)}'
+    if not os.path.exists('/dev/net/tun'):
+        return 'no /dev/net/tun'
+    return None
+
+
 def load_profiles(path: str = PROFILES) -> dict:
     """Every profile of the YAML file, with ``like:`` resolved."""
     with open(path) as handle:

@@ -213,7 +213,8 @@ class Variants:
             except (OSError, ssl.SSLError):
                 self.tally.add('row8', 'refused')
                 continue
-            self.tally.add('row8', f'{path.split("?")[0]} {ws.response.status if ws.response else 0}')
+            status = ws.response.status if ws.response else 0
+            self.tally.add('row8', f'{path.split("?")[0]} {status}')
             if ws.accepted:
                 self.viewers.append(ws)
             else:
