@@ -477,7 +477,10 @@ class Listener:
             if conn.fileno() < 0:
                 raise ConnectionAbortedError('evicted before it was opened')
             kwargs = {}
-            self._silent.pop(conn, None)
+            # Evictable while asyncio makes its transport too (an await: the accept loop may
+            # take a newcomer meanwhile): shut down, not closed, so asyncio ends it itself.
+            # Its transport takes its place once made (_opened; this entry goes in finally).
+            self._silent[conn] = functools.partial(_shut_down, conn)
             if self.ssl_context is not None:
                 # asyncio's TLS layer allocates 256 KB per connection up front: create it only
                 # once the client has sent something (its ClientHello), within the deadline.
