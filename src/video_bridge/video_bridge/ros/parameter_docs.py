@@ -93,8 +93,14 @@ def _table(rows: List[Tuple[str, str, str, str]], first: str = 'parameter') -> L
     return out
 
 
-def _rows(table: Dict[str, tuple], names=None) -> List[Tuple[str, str, str, str]]:
-    return [(name, format_default(default), format_limits(limits), description)
+def _marked(name: str, description: str, runtime=frozenset()) -> str:
+    return f'**Run time.** {description}' if name in runtime else description
+
+
+def _rows(table: Dict[str, tuple], names=None,
+          runtime=frozenset()) -> List[Tuple[str, str, str, str]]:
+    return [(name, format_default(default), format_limits(limits),
+             _marked(name, description, runtime))
             for name, (default, description, limits, *_) in table.items()
             if names is None or name in names]
 
@@ -106,9 +112,12 @@ def render() -> str:
            '     src/video_bridge/video_bridge/ros/ (parameters.py, camera_node.py, lineup.py).',
            f'     Do not edit by hand: change a table, then run {GENERATOR}. -->', '']
     out += _paragraph(
-        'Every node parameter is **read-only**: it is read once at start, and `ros2 param set` '
-        'is refused. Set it in a params file or on the command line and restart the node. '
-        '`ros2 param describe /bridge_node <name>` prints the same description and range.')
+        'Parameters marked **Run time** take `ros2 param set` and `ros2 param load` on a running '
+        'node: a change is checked whole against the ranges, applied at once (all of one call or '
+        'none), logged and shown in `/diagnostics`. Every other parameter is **read-only**: it '
+        'is read once at start, and `ros2 param set` is refused; set it in a params file or on '
+        'the command line and restart the node. `ros2 param describe /bridge_node <name>` prints '
+        'the same description and range, and says which kind it is.')
     out += _paragraph(
         'Values come in layers, lowest first: the defaults below (equal to the shipped '
         '`config/bridge.yaml` and `config/camera.yaml`; a test keeps them equal), the shipped '
@@ -131,13 +140,15 @@ def render() -> str:
     for title, names in sections.items():
         if title:
             out += [f'### {title}', '']
-        out += _table(_rows(parameters.BRIDGE_PARAMETERS, set(names))) + ['']
+        out += _table(_rows(parameters.BRIDGE_PARAMETERS, set(names),
+                            parameters.RUNTIME_PARAMETERS)) + ['']
     out += ['### Per stream: `streams.<name>.*`', '']
     out += _paragraph(
         'One set for each name in `stream_names` (for example `streams.camera.topic`). Streams '
         'a viewer opens by topic (`/video/%2Fsome%2Ftopic`) use these defaults.')
     stream_rows = [(name, format_default(default) or
-                    f'`"{parameters.default_topic("<name>")}"`', format_limits(limits), text)
+                    f'`"{parameters.default_topic("<name>")}"`', format_limits(limits),
+                    _marked(name, text, parameters.RUNTIME_STREAM_FIELDS))
                    for name, (default, text, limits) in parameters.STREAM_PARAMETERS.items()]
     out += _table(stream_rows, 'field') + ['']
     out += ['## camera_node', '']
