@@ -409,10 +409,14 @@ class Listener:
 
     def _refusal_reason(self, peer: str) -> str:
         if peer not in self.exempt and self.per_client.get(peer, 0) >= self.max_per_client:
-            # Its own share is full: its own silent or idle connection makes room, if any.
-            if not self._evict_silent(peer) and \
-                    not self._evict_idle(lambda tracked: tracked.peer == peer):
-                return f'too many connections from your address ({self.max_per_client})'
+            # Its own share is full: its own silent or idle connection makes room, if any. That
+            # room is the newcomer's in the total too: evicting a second connection for it
+            # would, over a backlog of one client's sockets, empty the evictable set while the
+            # evicted ones are still counted (they are uncounted when their tasks run).
+            if self._evict_silent(peer) or \
+                    self._evict_idle(lambda tracked: tracked.peer == peer):
+                return ''
+            return f'too many connections from your address ({self.max_per_client})'
         if self.total >= self.max_connections:
             # Full: a socket that never sent a request (a squatter, e.g. a slowloris spread over
             # many addresses), else the connection idle the longest, makes room for the
