@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -357,13 +358,25 @@ def camera_node():
 
 
 @contextlib.contextmanager
-def chromium(extra_args=()):
-    """Debian's headless Chromium driven by Playwright (skips the test if either is missing)."""
+def chromium(extra_args=(), namespace=None):
+    """Debian's headless Chromium driven by Playwright (skips the test if either is missing).
+
+    ``namespace``: a network namespace (a netlab Lab's) the browser runs in, through a wrapper
+    that execs ``ip netns exec NS chromium``; Playwright talks to it over pipes, not the network.
+    """
     playwright_api = pytest.importorskip('playwright.sync_api')
     if not os.path.exists(CHROMIUM):
         pytest.skip('chromium is not installed')
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+    with contextlib.ExitStack() as stack:
+        executable = CHROMIUM
+        if namespace is not None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix='chromium-netns-'))
+            executable = os.path.join(folder, 'chromium')
+            with open(executable, 'w') as wrapper:
+                wrapper.write(f'#!/bin/sh\nexec ip netns exec {namespace} {CHROMIUM} "$@"\n')
+            os.chmod(executable, 0o700)
+        playwright = stack.enter_context(playwright_api.sync_playwright())
+        browser = playwright.chromium.launch(executable_path=executable,
                                              args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser

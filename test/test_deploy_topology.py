@@ -31,13 +31,12 @@ import tempfile
 import threading
 import time
 
-from conftest import OUTPUT_DIR, REPO, wait_for
+from conftest import chromium, CHROMIUM, OUTPUT_DIR, REPO, wait_for
 import netlab
 import pytest
 
 TOOLS = ('ip', 'nft', 'tc', 'sshd', 'ssh', 'ssh-keygen', 'autossh', 'nginx', 'turnserver',
          'openssl', 'curl', 'ps')
-CHROMIUM = '/usr/bin/chromium'
 DEPLOY = os.path.join(REPO, 'deploy')
 RUNNER = os.path.join(REPO, 'install', 'video_bridge', 'lib', 'video_bridge', 'runner')
 ROS_ENV = os.path.join(REPO, 'scripts', 'ros-env')
@@ -53,11 +52,8 @@ PAGE_NOTICES = 2.0 + 2.5       # web/js/control.js: PROBE_PERIOD + REPLY_DEADLIN
 # (2 s x 3: 6-8 s) and autossh, then the page's next attempt (backoff after a handshake into the
 # dead path gave up); 11.0-11.6 s measured, with margin for a loaded 2-core machine.
 DEAD_PATH_RECOVERY = 16.0
-CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--no-first-run',
-                 '--disable-background-networking', '--disable-component-update',
-                 '--disable-sync', '--disable-quic',
-                 '--disable-features=WebRtcHideLocalIpsWithMdns',
-                 # Only the lab's names resolve; nothing is ever looked up outside it.
+# On top of conftest's headless flags. Only the lab's names resolve; nothing is looked up outside.
+CHROMIUM_ARGS = ['--disable-features=WebRtcHideLocalIpsWithMdns',
                  f'--host-resolver-rules=MAP {NAME} {CLOUD}, MAP * ~NOTFOUND']
 
 
@@ -397,15 +393,8 @@ def world():
 
 @pytest.fixture(scope='module')
 def browser(world):
-    from playwright.sync_api import sync_playwright
-    wrapper = write(os.path.join(world.tmp, 'chromium-in-operator'),
-                    f'#!/bin/sh\nexec ip netns exec {world.operator} {CHROMIUM} "$@"\n', 0o700)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=wrapper, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium(CHROMIUM_ARGS, namespace=world.operator) as launched:
+        yield launched
 
 
 # Wall-clock time of every websocket and data-channel message the page sends (the same clock as

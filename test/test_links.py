@@ -2,17 +2,25 @@
 
     this namespace (the robot)        wire (support.link_emulator)        operator namespace
     camera_node, bridge_node,   --  delay, jitter, loss, blackouts,  --  /control websocket +
-    /cmd_vel recorder (rclpy)       rate (profile from YAML)             aiortc viewer, driver
+    /cmd_vel recorder (rclpy)       rate (profile from YAML)             aiortc viewer and
+                                                                         driver, or Chromium
 
 The bridge and the ROS side run in the test's own private namespace (scripts/test), as in the
 other bridge tests; the lab names it (netlab Lab.adopt) and splices a router carrying the
-profile between it and an operator namespace. The operator's asyncio loop runs on a thread
-inside the operator namespace (support.remote_session), so both ends share this process's
-clocks: blackout windows, /cmd_vel arrivals and frame arrivals are compared directly.
+profile between it and an operator namespace. The aiortc operator's asyncio loop runs on a
+thread inside the operator namespace (support.remote_session); Chromium runs there through
+``ip netns exec``. Both ends share this machine's clocks: blackout windows, /cmd_vel arrivals
+and frame ages are compared directly.
 
 Checked: a WebRTC session rides out a 400 ms blackout without a reconnect and its video moves
-again; the car stops within command_timeout of a longer blackout's start; on lte-poor the lag
-of the picture does not grow over 20 s. Figures print with a 'links figure' prefix (-s).
+again; the car stops within command_timeout of a longer blackout's start; on lte-poor the page
+keeps its session for a minute, the picture's age does not grow and a held key keeps the car
+going. Figures print with a 'links figure' prefix (-s).
+
+The lte-poor check uses Chromium, the viewer users have: aiortc's receiver waits for a lost
+packet until 128 more arrive (its jitter buffer counts packets, not time), which on a test
+pattern of a few packets a frame is seconds of frozen picture: a property of aiortc, not of
+the bridge.
 """
 
 import asyncio
@@ -22,7 +30,7 @@ import os
 import statistics
 import time
 
-from conftest import OUTPUT_DIR, camera_node, only_loopback
+from conftest import camera_node, chromium, only_loopback, OUTPUT_DIR, WEBRTC_CHROMIUM_ARGS
 import netlab
 import pytest
 from support.link_emulator import EDGE_ADDRESS, emulated_path, why_unavailable
@@ -180,36 +188,65 @@ def test_the_car_stops_within_command_timeout_of_a_longer_blackout(remote, cmd_v
         'the car moved again during the blackout'
 
 
-def test_no_growing_lag_on_lte_poor(remote, cmd_vel):
+# What the page exposes for a test (window.videoBridge): the control socket's client id (a new
+# one after every reconnect), the WebRTC attempt counter and stall count, and every shown
+# frame's age (camera stamp -> drawn, through the page's clock sync with the bridge).
+PAGE_STATE = """() => { const b = window.videoBridge;
+    return {client: b.control.clientId, generation: b.webrtc.generation,
+            stalls: b.webrtc.stalls, status: b.webrtc.status, displayed: b.webrtc.displayed,
+            transport: document.getElementById('stat-transport').dataset.value}; }"""
+TAKE_AGES = """() => { const v = window.videoBridge.webrtc;
+    const ages = v.latencySamples.slice(); v.latencySamples.length = 0; return ages; }"""
+
+
+def test_the_page_holds_a_slow_live_link_on_lte_poor_without_a_growing_lag(remote, cmd_vel):
+    """Headless Chromium behind lte-poor: 60 s of WebRTC video and a held key.
+
+    The page's timers (stall watch, probe deadline, reconnect backoff) must not give up a slow
+    but live connection: the same control client, the same WebRTC attempt, no stall, the whole
+    minute. The picture's age must not grow (the bridge keeps no backlog; Chromium's jitter
+    buffer drops what it cannot show in time), and the held key keeps the car going (loose
+    bounds: the figures themselves are benchmark results).
+    """
     lab = remote('lte-poor')
-    seconds = 20.0
-
-    async def scenario(remote):
-        control, viewer = await start_session(remote.url, TOKEN)
-        try:
-            await until(lambda: any(not math.isnan(s) for _, s in viewer.records), 30,
-                        'frames with known stamps')
-            begin = time.time()
-            await asyncio.sleep(seconds)   # watching for the measured window
-            return begin, list(viewer.records), viewer.reconnected(), control.closed_at
-        finally:
-            await viewer.close()
-            await control.close()
-
-    begin, records, reconnected, closed = lab.operate(scenario, seconds + 60)
-    window = [(arrival, arrival - stamp) for arrival, stamp in records
-              if arrival >= begin and not math.isnan(stamp)]
-    early = [lag for arrival, lag in window if arrival < begin + 5]
-    late = [lag for arrival, lag in window if arrival >= begin + seconds - 5]
-    shown = [arrival for arrival, _ in records if arrival >= begin]
-    gaps = [b - a for a, b in zip(shown, shown[1:])]
-    figure(f'lte-poor over {seconds:.0f} s: {len(shown) / seconds:.1f} frames/s, '
-           f'lag median first 5 s {statistics.median(early) * 1000:.0f} ms, last 5 s '
-           f'{statistics.median(late) * 1000:.0f} ms, freezes > 200 ms: '
-           f'{sum(1 for g in gaps if g > 0.2)}')
-    assert reconnected == [] and closed is None, 'no reconnect on a slow but live link'
-    # Not frozen at the end. The frame rate itself is a benchmark figure (bench/run links):
-    # aiortc's receiver recovers from bursts of loss more slowly than a browser (one NACK per
-    # packet, a PLI only on a decoder error), so a CI bound on it tests aiortc, not the bridge.
-    assert len(late) >= 5, 'frames still arrive at the end (>= 1 a second)'
-    assert statistics.median(late) - statistics.median(early) <= 0.25, 'the lag grew'
+    url = f'http://{EDGE_IP}:{lab.bridge.port}/?token={TOKEN}'
+    with chromium(WEBRTC_CHROMIUM_ARGS, namespace=lab.path.far) as browser:
+        context = browser.new_context(viewport={'width': 1280, 'height': 800})
+        page = context.new_page()
+        errors = []
+        page.on('pageerror', lambda error: errors.append(str(error)))
+        page.goto(url)
+        page.wait_for_function("document.getElementById('stat-transport').dataset.value"
+                               " === 'webrtc' && window.videoBridge.webrtc.displayed > 30",
+                               timeout=30000)
+        before = page.evaluate(PAGE_STATE)
+        mark = cmd_vel.mark()
+        page.keyboard.down('ArrowUp')
+        cmd_vel.wait_last(mark, 0.25, 0.0, 'forward at 50 % speed', timeout=10)
+        held = cmd_vel.mark()
+        page.evaluate(TAKE_AGES)
+        ages = []
+        for _ in range(6):                      # 60 s watched, in six 10 s windows
+            page.wait_for_timeout(10000)
+            ages.append(page.evaluate(TAKE_AGES))
+            assert page.evaluate(PAGE_STATE)['status'] == 'playing'
+        twists = cmd_vel.since(held)
+        page.keyboard.up('ArrowUp')
+        after = page.evaluate(PAGE_STATE)
+        context.close()
+    medians = [statistics.median(window) if window else math.nan for window in ages]
+    shown = (after['displayed'] - before['displayed'])
+    false_stops = sum(1 for m in twists if not CmdVel.moving([m]))
+    figure(f'Chromium on lte-poor, 60 s: {shown / 60:.1f} frames/s shown, age median per 10 s '
+           f'window {[round(m * 1000) for m in medians]} ms, {len(twists)} commands on '
+           f'/cmd_vel, false stops {false_stops}')
+    assert (after['client'], after['generation'], after['stalls']) == \
+        (before['client'], before['generation'], before['stalls']), \
+        f'the page gave up a slow but live link: {before} -> {after}'
+    assert not errors, errors
+    # Frame rate and false stops are benchmark figures (bench/run links, with goals there);
+    # here only: never frozen for a window, and the held key not dropped again and again.
+    assert all(len(window) >= 20 for window in ages), f'frozen: {[len(w) for w in ages]} frames'
+    # A backlog grows without bound: the last window would be seconds behind the first.
+    assert medians[-1] - min(medians[:2]) <= 0.25, f'the age of the picture grew: {medians}'
+    assert false_stops <= 3, f'the held key kept the car going: {false_stops} false stops'
