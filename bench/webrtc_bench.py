@@ -229,12 +229,12 @@ def browser_run(url: str, options, chromium=CHROMIUM) -> list:
                     page.wait_for_function(
                         f"document.getElementById('stat-transport').dataset.value === "
                         f"'{value}' && Number(document.getElementById('stat-fps')"
-                        ".dataset.value) > 5", timeout=30000)
+                        '.dataset.value) > 5', timeout=30000)
                 except Exception:
-                    state = page.evaluate('''() => { const b = window.videoBridge;
+                    state = page.evaluate("""() => { const b = window.videoBridge;
                         return {conn: document.getElementById('conn').dataset.state,
                                 webrtc: b.webrtc.status, problem: b.webrtc.problem,
-                                video: b.video.status, fps: b.video.stats().fps}; }''')
+                                video: b.video.status, fps: b.video.stats().fps}; }""")
                     print(f'{transport} did not play: {state}')
                     rows.append((transport, {'fps': 0.0, 'p50': math.nan, 'p99': math.nan,
                                              'kbps': 0.0, 'codec': None, 'layer': None,

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/test and bench/run: give this shell a ROS_DOMAIN_ID nobody else uses.
 # Network namespaces do not separate /dev/shm, where Fast DDS also discovers, so parallel runs
 # must not share a domain. A domain is free when no run holds its lock file and no Fast DDS port
@@ -6,7 +7,8 @@
 take_ros_domain() {
   [ -z "${ROS_DOMAIN_ID:-}" ] || return 0
   local used candidate
-  used=$(ls /dev/shm 2>/dev/null | sed -n 's/^fastdds_port\([0-9]*\).*/\1/p' |
+  used=$(for path in /dev/shm/fastdds_port*; do echo "${path##*/}"; done |
+         sed -n 's/^fastdds_port\([0-9]*\).*/\1/p' |
          awk '$1 >= 7400 { print int(($1 - 7400) / 250) }' | sort -un)
   for _ in $(seq 1 200); do
     candidate=$(( RANDOM % 100 + 1 ))

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage
-from video_bridge.core.protocol import FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, unpack_frame
+from video_bridge.core.protocol import (FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED,
+                                        unpack_frame)
 from video_bridge_msgs.msg import BridgeStatus
 import websockets
 

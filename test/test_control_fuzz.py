@@ -10,7 +10,7 @@ import math
 
 from conftest import wait_for
 from geometry_msgs.msg import Twist
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, HealthCheck, settings, strategies as st
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 import websockets
 

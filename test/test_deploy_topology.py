@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 
-from conftest import chromium, CHROMIUM, OUTPUT_DIR, REPO, wait_for
+from conftest import CHROMIUM, chromium, OUTPUT_DIR, REPO, wait_for
 import netlab
 import pytest
 
@@ -836,7 +836,7 @@ def test_webrtc_relayed_by_coturn(world, context):
     os.kill(ssh, signal.SIGKILL)
     try:
         page.wait_for_function(f"{webrtc}.status === 'playing' && {webrtc}.generation > "
-                               f"{generation}", timeout=30000, polling=50)
+                               f'{generation}', timeout=30000, polling=50)
     except Exception:
         state = page.evaluate("""() => { const v = window.videoBridge;
             return [v.control.status, v.webrtc.status, v.webrtc.problem]; }""")
@@ -864,7 +864,7 @@ def test_webrtc_relayed_by_coturn(world, context):
     shown = time.monotonic() - started
     # Where Auto settles: WebRTC plays, or its start timeout (10 s) gives it up.
     auto.wait_for_function("['playing', 'failed', 'unavailable'].includes("
-                           "window.videoBridge.webrtc.status)", timeout=30000)
+                           'window.videoBridge.webrtc.status)', timeout=30000)
     settled = time.monotonic() - started
     transport, problem = auto.evaluate("""() => [
         document.getElementById('stat-transport').dataset.value,

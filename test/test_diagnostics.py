@@ -9,15 +9,14 @@ import json
 
 from conftest import FramePublisher, wait_for
 from diagnostic_msgs.msg import DiagnosticArray
-import numpy as np
 import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool
 from video_bridge.core import health
 from video_bridge.core.image_codec import MALFORMED_KINDS
-from video_bridge.core.streams import RAW, SourceImage, StreamHub, StreamSettings
 from video_bridge.core.protocol import Variant, Velocity
+from video_bridge.core.streams import RAW, SourceImage, StreamHub, StreamSettings
 from video_bridge.core.teleop import TeleopStatus
 from video_bridge_msgs.msg import BridgeStatus
 from video_bridge_msgs.srv import SetEmergencyStop

@@ -55,17 +55,17 @@ def test_static_credentials():
 
 
 @pytest.mark.parametrize('bad', [
-    dict(stun_urls=('http://example.org',)),
-    dict(stun_urls=('stun:host:99999',)),
-    dict(stun_urls=('stun:host?transport=udp',)),
-    dict(stun_urls=('turn:host',)),                       # TURN in the STUN list
-    dict(turn_urls=('stun:host',), turn_secret='s'),
-    dict(turn_urls=('turns:host:443?transport=udp',), turn_secret='s'),
-    dict(turn_urls=('turn:host',)),                       # no credentials at all
-    dict(turn_urls=('turn:host',), turn_username='only-a-name'),
-    dict(turn_urls=('turn:ho st',), turn_secret='s'),
-    dict(host_addresses=('not-an-address',)),
-    dict(turn_credential_ttl=0),
+    {'stun_urls': ('http://example.org',)},
+    {'stun_urls': ('stun:host:99999',)},
+    {'stun_urls': ('stun:host?transport=udp',)},
+    {'stun_urls': ('turn:host',)},                       # TURN in the STUN list
+    {'turn_urls': ('stun:host',), 'turn_secret': 's'},
+    {'turn_urls': ('turns:host:443?transport=udp',), 'turn_secret': 's'},
+    {'turn_urls': ('turn:host',)},                       # no credentials at all
+    {'turn_urls': ('turn:host',), 'turn_username': 'only-a-name'},
+    {'turn_urls': ('turn:ho st',), 'turn_secret': 's'},
+    {'host_addresses': ('not-an-address',)},
+    {'turn_credential_ttl': 0},
 ])
 def test_bad_settings_fail_at_startup(bad):
     with pytest.raises(ValueError):
@@ -99,6 +99,7 @@ def test_turn_without_credentials_names_the_file_parameters():
     with pytest.raises(ValueError, match='turn_secret_file, or turn_username and '
                                          'turn_password_file'):
         ice.IceSettings(turn_urls=('turn:192.0.2.1:3478',), turn_username='car')
+
 
 BUNDLED_ANSWER = [
     'v=0', 'a=group:BUNDLE 0 1',

@@ -607,7 +607,7 @@ def test_two_namespaced_car_lineups_on_one_graph_each_show_and_drive_their_own(r
     for name, speed in speeds.items():
         other = [s for n, s in speeds.items() if n != name][0]
         assert not any(math.isclose(t.linear.x, other) for t in twists[name]), \
-            f'{name} got the other page\'s command'
+            f"{name} got the other page's command"
     assert ros.node.count_publishers('/cmd_vel') == 0
 
 

@@ -1,4 +1,5 @@
-"""Tests for video_bridge.core.protocol, the wire format, and its agreement with docs/protocol.md."""
+"""Tests for video_bridge.core.protocol: the wire format, and its agreement with docs/protocol.md.
+"""
 
 import json
 import math
@@ -246,7 +247,7 @@ def test_frame_flags_match_the_documented_bits():
 
 
 @pytest.mark.parametrize('raw, fps', [('', 0.0), ('0', 0.0), ('5', 5.0), ('2.5', 2.5),
-                                       ('120', 120.0)])
+                                      ('120', 120.0)])
 def test_parse_fps_reads_a_rate(raw, fps):
     assert protocol.parse_fps({'fps': raw} if raw else {}) == fps
 

@@ -1,4 +1,4 @@
-"""Tests for video_bridge.core.rate_limit with a fake clock: bursts, refill, strikes, disconnects."""
+"""Tests for video_bridge.core.rate_limit with a fake clock: bursts, refill, strikes, closes."""
 
 from hypothesis import given, settings, strategies as st
 import pytest

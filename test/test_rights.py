@@ -218,7 +218,7 @@ def test_row08_odd_widths_do_not_lock_the_pages_variant_out(ros, start_bridge):
 
     with FramePublisher(ros.node, '/r8/odd', width=640, height=480):
         admitted, page, snapshot = asyncio.run(scenario())
-    assert admitted == 3, 'max_variants 4: three odd widths, the fourth place is the page\'s'
+    assert admitted == 3, "max_variants 4: three odd widths, the fourth place is the page's"
     assert page == ('frames', 3), page
     assert snapshot == 200
 

@@ -16,7 +16,7 @@ import subprocess
 import textwrap
 import urllib.request
 
-from conftest import (ChildProcess, free_port, FramePublisher, require_isolated_ros,
+from conftest import (ChildProcess, FramePublisher, free_port, require_isolated_ros,
                       wait_for)
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Twist
@@ -211,7 +211,7 @@ def test_topic_info_shows_a_reliable_camera_and_a_best_effort_bridge(ros, launch
 def test_a_users_launch_file_remaps_cmd_vel_and_pushes_a_namespace(ros, launch, tmp_path):
     port = free_port()
     user_launch = tmp_path / 'robot.launch.py'
-    user_launch.write_text(textwrap.dedent(f'''
+    user_launch.write_text(textwrap.dedent(f"""
         import os
         from ament_index_python.packages import get_package_share_directory
         from launch import LaunchDescription
@@ -229,7 +229,7 @@ def test_a_users_launch_file_remaps_cmd_vel_and_pushes_a_namespace(ros, launch, 
                 IncludeLaunchDescription(PythonLaunchDescriptionSource(car), launch_arguments={{
                     'port': '{port}', 'host': '127.0.0.1'}}.items()),
             ])])
-    '''))
+    """))
     twists = ros.collect(Twist, '/rover/cmd_vel_web', RELIABLE)
     robot = launch(str(user_launch))
     robot.wait_port(port)

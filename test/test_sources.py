@@ -1,4 +1,4 @@
-"""Unit tests of video_bridge.core.sources: pure Python, no ROS (frames, files, devices, backoff)."""
+"""Unit tests of video_bridge.core.sources, pure Python without ROS: frames, files, devices."""
 
 import os
 import time
@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 from video_bridge.core import sources
-from video_bridge.core.sources import (Backoff, DeviceSource, Frame, jpeg_size, load_camera_info,
-                                  make_source, SourceError, TestPatternSource, VideoFileSource)
+from video_bridge.core.sources import (Backoff, DeviceSource, Frame, jpeg_size,
+                                       load_camera_info, make_source, SourceError,
+                                       TestPatternSource, VideoFileSource)
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 EXAMPLE_CALIBRATION = os.path.join(REPO, 'config', 'calibration_example.yaml')

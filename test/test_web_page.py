@@ -244,7 +244,7 @@ def assert_stats_on_one_line(page):
                        return [b.top, b.height, b.right]; })""")
     pane = page.locator('.video-pane').bounding_box()
     line = page.evaluate("parseFloat(getComputedStyle(document.getElementById('stats'))"
-                         ".lineHeight) || 16")
+                         '.lineHeight) || 16')
     assert len({round(top) for top, _, _ in boxes}) == 1, f'figures on several lines: {boxes}'
     assert all(height < 1.5 * line for _, height, _ in boxes), f'a figure wraps: {boxes}'
     assert max(right for _, _, right in boxes) <= pane['x'] + pane['width'], boxes

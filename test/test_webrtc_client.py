@@ -9,7 +9,7 @@ import re
 from conftest import camera_node
 import pytest
 from test_web_page import CmdVel
-from webrtc_support import AiortcViewer, host_address, HOST_ADDRESS, wait_until
+from webrtc_support import AiortcViewer, HOST_ADDRESS, host_address, wait_until
 
 pytest.importorskip('aiortc')
 websockets = pytest.importorskip('websockets')
@@ -174,7 +174,7 @@ def test_a_data_channel_flood_costs_the_flooder_its_session_not_the_bridge(start
                                  10, 'the watcher still decoding after the flood')
                 assert rss_mb(pid) - rss_before < 30, (rss_before, rss_mb(pid))
                 doc = json.loads(await asyncio.to_thread(_streams, bridge))
-                assert doc['webrtc']['peers'] == 1, 'the flooder\'s peer went with its session'
+                assert doc['webrtc']['peers'] == 1, "the flooder's peer went with its session"
             finally:
                 await watching.close()
                 await flooding.close()
@@ -276,4 +276,4 @@ def test_a_compressed_jpeg_topic_feeds_webrtc_too(ros, start_bridge, camera):
     with JpegPublisher(ros.node, '/wc/image/compressed') as publisher:
         frame = asyncio.run(scenario())
         assert publisher.count >= 30
-    assert (frame.width, frame.height) == (320, 240), 'the JPEG topic\'s own picture'
+    assert (frame.width, frame.height) == (320, 240), "the JPEG topic's own picture"

@@ -14,7 +14,7 @@ import time
 from conftest import camera_node, CHROMIUM, chromium, wait_for, WEBRTC_CHROMIUM_ARGS
 import pytest
 from test_web_page import CmdVel, HOLD_FRAMES
-from webrtc_support import host_address, HOST_ADDRESS
+from webrtc_support import HOST_ADDRESS, host_address
 
 playwright_api = pytest.importorskip('playwright.sync_api')
 pytest.importorskip('aiortc')
@@ -146,7 +146,7 @@ def test_webrtc_plays_and_drives_over_the_data_channel(start_bridge, camera, cmd
         b.webrtc.sendCommand = () => true; }""")
     cmd_vel.wait_last(mark, 0.0, 0.0, 'zero after command_timeout of silence', timeout=5)
     page.keyboard.up('ArrowUp')
-    page.evaluate("() => { delete window.videoBridge.webrtc.sendCommand; }")
+    page.evaluate('() => { delete window.videoBridge.webrtc.sendCommand; }')
 
     # A closed channel while moving: zero at once, even with the websocket path gone too.
     mark = cmd_vel.mark()

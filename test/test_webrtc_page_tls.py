@@ -36,8 +36,8 @@ def coturn_443():
     server.stop()
 
 
-def test_plays_and_drives_when_both_ends_have_only_turn_over_tls(coturn_443, start_bridge,
-                                                                  camera, cmd_vel, pages):
+def test_plays_and_drives_when_both_ends_have_only_turn_over_tls(
+        coturn_443, start_bridge, camera, cmd_vel, pages):  # noqa: F811 (imported fixtures)
     url = coturn_443.tls_url
     assert url.startswith('turns:127.0.0.1:443?')
     bridge = start_bridge(webrtc_host_addresses=['203.0.113.77'], ice_servers=[url],

@@ -553,7 +553,7 @@ def test_an_aiortc_task_failure_is_logged_once_per_kind_and_no_traceback(monkeyp
                 for index in range(3):
                     await harness.connect(f'c{index}', ['h264'], edit_answer=bare)
                     await wait_until(lambda: harness.service.library_task_errors > index, 15,
-                                     'aiortc\'s connect task to fail')
+                                     "aiortc's connect task to fail")
             finally:
                 await harness.close()
 

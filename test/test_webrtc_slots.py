@@ -18,7 +18,7 @@ import urllib.request
 from conftest import camera_node, wait_for
 import hostile_clients as hc
 import pytest
-from webrtc_support import AiortcViewer, host_address, HOST_ADDRESS, wait_until
+from webrtc_support import AiortcViewer, HOST_ADDRESS, host_address, wait_until
 
 pytest.importorskip('aiortc')
 websockets = pytest.importorskip('websockets')

@@ -57,7 +57,7 @@ def test_any_image_topic_and_ros_compressed_passthrough(ros, start_bridge, tmp_p
         wait_for(listed, 15, 'the compressed topic in /stream_list')
         status, jpeg = curl(f'{bridge.http}/snapshot?topic=/w2/image_raw&type=ros_compressed')
     assert status == 200
-    assert jpeg in publisher.sent.values(), 'the camera\'s JPEG, byte for byte'
+    assert jpeg in publisher.sent.values(), "the camera's JPEG, byte for byte"
 
 
 def test_viewer_page_and_topic_list_link_to_the_stream(ros, start_bridge):

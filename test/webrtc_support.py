@@ -49,7 +49,8 @@ class Coturn:
 
     def __init__(self, tls: bool = False, tls_port: int = 0):
         if TURNSERVER is None:
-            pytest.skip('turnserver (Debian coturn) is not installed: scripts/bootstrap installs it')
+            pytest.skip('turnserver (Debian coturn) is not installed: '
+                        'scripts/bootstrap installs it')
         self.dir = tempfile.mkdtemp(prefix='coturn-')
         self.port = free_port()
         self.tls_port = (tls_port or free_port()) if tls else None
