@@ -18,6 +18,30 @@ import time
 import pytest
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
+
+# Test tiers: every module of test/ in exactly one, so `scripts/test -m unit` (or net, node,
+# page, lab, lint) runs a tier; a module missing here fails the collection (name its tier).
+#   unit  pure Python and the page's Node tests: no sockets, no ROS node, milliseconds
+#   net   the network edge in-process: real sockets, aiohttp, aiortc on both ends; no ROS
+#   node  live rclpy nodes: bridge_node / camera_node processes, ROS tools, real clients
+#   page  the page in headless Chromium against live nodes
+#   lab   network-namespace labs (netlab): NAT, tunnel, nginx, coturn, emulated links
+#   lint  flake8, ShellCheck and the page's syntax beyond the package's own linters
+TIERS = {
+    'unit': ('access', 'docs_links', 'encoders', 'h264', 'ice', 'image_codec', 'layers',
+             'parameter_docs', 'protocol', 'rate_limit', 'rtp_packing', 'sources',
+             'stream_reconfigure', 'streams', 'teleop', 'web_js'),
+    'net': ('send_backlog', 'webrtc_service'),
+    'node': ('bridge_control', 'bridge_http', 'bridge_video', 'camera_node', 'control_fuzz',
+             'demo', 'diagnostics', 'edge_attacks', 'edge_limits', 'edge_slots',
+             'hostile_soak', 'lineup', 'protocol_doc', 'rights', 'ros2_cli',
+             'runtime_parameters', 'secret_files', 'webrtc_client', 'webrtc_slots',
+             'wvs_compat'),
+    'page': ('h264_passthrough', 'web_page', 'webrtc_page', 'webrtc_page_tls'),
+    'lab': ('deploy_topology', 'link_emulator', 'links'),
+    'lint': ('lint',),
+}
+TIER_OF = {f'test_{name}': tier for tier, names in TIERS.items() for name in names}
 PACKAGE_SRC = os.path.join(REPO, 'src', 'video_bridge')
 if PACKAGE_SRC not in sys.path:
     sys.path.insert(0, PACKAGE_SRC)
@@ -393,3 +417,22 @@ def many_file_descriptors():
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test of test/ with its module's tier (TIERS); refuse an unlisted module."""
+    test_dir = os.path.join(REPO, 'test')
+    unlisted = set()
+    for item in items:
+        path = str(item.path)
+        if os.path.dirname(path) != test_dir:
+            continue          # the package's linters (src/video_bridge/test) carry 'linter'
+        module = os.path.splitext(os.path.basename(path))[0]
+        tier = TIER_OF.get(module)
+        if tier is None:
+            unlisted.add(module)
+        else:
+            item.add_marker(getattr(pytest.mark, tier))
+    if unlisted:
+        raise pytest.UsageError(f'test modules in no tier: {sorted(unlisted)}; add them to '
+                                'TIERS in test/conftest.py')

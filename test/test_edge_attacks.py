@@ -264,7 +264,7 @@ class Attack:
 # -- rows 1, 2, 6: the soaks --------------------------------------------------------------------
 
 @pytest.mark.soak
-def test_row01_empty_continuation_frames_do_not_grow_memory_or_starve_viewers(ros, bridge):
+def test_empty_continuation_frames_do_not_grow_memory_or_starve_viewers(ros, bridge):
     """
     Row 1: websocket continuation frames with empty payloads (~1.2 MB/s on /control and on
     /video) for 25 s. Proves per-connection memory is bounded whatever a client sends (bridge
@@ -289,7 +289,7 @@ def test_row01_empty_continuation_frames_do_not_grow_memory_or_starve_viewers(ro
 
 
 @pytest.mark.soak
-def test_row02_pings_without_reading_do_not_pile_up_pongs(ros, bridge):
+def test_pings_without_reading_do_not_pile_up_pongs(ros, bridge):
     """
     Row 2: clients that send 125-byte pings (~1.3 MB/s) and never read, on /control and
     /video, for 25 s. Proves unsent data per connection is bounded (the client is closed, pongs
@@ -340,7 +340,7 @@ class TlsSquatters:
 
 
 @pytest.mark.soak
-def test_row06_tls_sockets_without_client_hello_are_bounded(ros, bridge, tmp_path):
+def test_tls_sockets_without_client_hello_are_bounded(ros, bridge, tmp_path):
     """
     Row 6: TLS sockets that never send a ClientHello (50 new per second, up to 1000 open) for
     25 s. Proves the TLS handshake is bounded by handshake_timeout (one such socket is closed
@@ -402,7 +402,7 @@ def emfile_lines(log: str) -> int:
 
 
 @pytest.mark.parametrize('addresses', [4, 40])
-def test_row03_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridge, addresses):
+def test_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridge, addresses):
     """
     Row 3: 2000 idle sockets (re-opened at 100/s when closed) from 4 attacker addresses, and
     from 40 (50 each, under the per-client cap: a distributed slowloris), against a bridge
@@ -456,7 +456,7 @@ def test_row03_idle_sockets_at_the_file_limit_do_not_lock_viewers_out(ros, bridg
     no_tracebacks(live)
 
 
-def test_row03_connection_caps_refuse_clearly(bridge):
+def test_connection_caps_refuse_clearly(bridge):
     """
     Row 3 (caps): max_connections_per_client=5 and max_connections=16. Proves the 6th
     connection from one address holding 5 control websockets (fresh, so not idle) gets a clear
@@ -497,7 +497,7 @@ def test_row03_connection_caps_refuse_clearly(bridge):
 
 # -- row 4: stalled clients free their slots ----------------------------------------------------
 
-def test_row04_stalled_mjpeg_and_video_clients_free_their_slots(ros, bridge):
+def test_stalled_mjpeg_and_video_clients_free_their_slots(ros, bridge):
     """
     Row 4: max_viewers=6 held by 3 MJPEG and 3 video clients that never read (4 KB receive
     buffers, noise frames). Proves every send has a deadline: with send_timeout=2 s (and
@@ -549,7 +549,7 @@ def test_row04_stalled_mjpeg_and_video_clients_free_their_slots(ros, bridge):
 
 # -- row 5: 2000 idle control sockets and a driver -----------------------------------------------
 
-def test_row05_driver_never_waits_behind_idle_control_sockets(ros, bridge, cmd_vel):
+def test_driver_never_waits_behind_idle_control_sockets(ros, bridge, cmd_vel):
     """
     Row 5: 2000 idle /control websockets (from 20 addresses, never reading; opened after the
     driver, viewer and lazy client are in, measured once the bridge has settled) plus one
@@ -680,7 +680,7 @@ def ws_handshake(live, path='/control', host=None, origin=None):
     return ws.response.status if ws.response else None
 
 
-def test_row07_dns_rebinding_and_wrong_scheme_origins_are_refused(ros, bridge, cmd_vel):
+def test_dns_rebinding_and_wrong_scheme_origins_are_refused(ros, bridge, cmd_vel):
     """
     Row 7: Host/Origin evil.example (DNS rebinding), https:// and ftp:// origins with the
     right host:port. Proves Host alone is not trusted (evil.example refused for websockets and
@@ -726,7 +726,7 @@ def test_row07_dns_rebinding_and_wrong_scheme_origins_are_refused(ros, bridge, c
     no_tracebacks(live)
 
 
-def test_row14_allowed_origins_add_to_own_origin_and_localhost_is_127(bridge):
+def test_allowed_origins_add_to_own_origin_and_localhost_is_127(bridge):
     """
     Row 14: allowed_origins ["http://ops:8094"]. Proves the list adds to the bridge's own
     origin (the page is not locked out), the listed origin is accepted, localhost and
@@ -755,7 +755,7 @@ def test_row14_allowed_origins_add_to_own_origin_and_localhost_is_127(bridge):
 
 # -- row 8: secure by default -------------------------------------------------------------------
 
-def test_row08_shipped_config_beyond_loopback_makes_a_random_token(ros, bridge, cmd_vel):
+def test_shipped_config_beyond_loopback_makes_a_random_token(ros, bridge, cmd_vel):
     """
     Row 8: the shipped config (host 0.0.0.0, no token) reached from 192.0.2.10 (an address
     added to lo in the test's private namespace). Proves an anonymous network client cannot
@@ -817,7 +817,7 @@ def test_row08_shipped_config_beyond_loopback_makes_a_random_token(ros, bridge, 
 
 # -- row 9: e-stop flood -----------------------------------------------------------------------
 
-def test_row09_estop_flood_publishes_one_zero(ros, bridge, cmd_vel):
+def test_estop_flood_publishes_one_zero(ros, bridge, cmd_vel):
     """
     Row 9: 20,000 e-stop engages on one control socket while driving at 0.1 m/s. Proves the
     first engage gets through (a zero follows the 0.1) and engages while engaged publish
@@ -880,7 +880,7 @@ def test_row09_estop_flood_publishes_one_zero(ros, bridge, cmd_vel):
 
 # -- rows 10-13: HTTP hygiene ------------------------------------------------------------------
 
-def test_row10_malformed_requests_get_answers_not_tracebacks(ros, bridge):
+def test_malformed_requests_get_answers_not_tracebacks(ros, bridge):
     """
     Row 10: duplicate Host / Origin / Upgrade headers, '[' in a path, two pipelined requests,
     a non-ASCII stream name whose close reason passes 123 bytes. Proves each gets an answer
@@ -936,7 +936,7 @@ def test_row10_malformed_requests_get_answers_not_tracebacks(ros, bridge):
     no_tracebacks(live)
 
 
-def test_row11_methods_head_and_keep_alive(bridge):
+def test_methods_head_and_keep_alive(bridge):
     """
     Row 11: POST / DELETE / PUT / lowercase get, HEAD, keep-alive. Proves other methods get
     405 (lowercase: 400/405/501), HEAD has headers but no body (the next pipelined response
@@ -983,7 +983,7 @@ def test_row11_methods_head_and_keep_alive(bridge):
     no_tracebacks(live)
 
 
-def test_row12_only_the_pages_files_and_security_headers(ros, bridge):
+def test_only_the_pages_files_and_security_headers(ros, bridge):
     """
     Row 12: README.md, package.json, test/helpers.js live under web/. Proves they are not
     served (404/403) while the page is, and that every response (page, script, API,
@@ -1016,7 +1016,7 @@ def test_row12_only_the_pages_files_and_security_headers(ros, bridge):
     assert not wrong, wrong
 
 
-def test_row13_url_encoded_plus_in_token_is_accepted(bridge, tmp_path):
+def test_url_encoded_plus_in_token_is_accepted(bridge, tmp_path):
     """
     Row 13: a token with '+', '/' and '=' sent URL-encoded in ?token= (as the page's
     URLSearchParams sends it). Proves standard query decoding on every route that takes a
@@ -1084,7 +1084,7 @@ class SlowMjpegReader(threading.Thread):
             self.error = exc
 
 
-def test_row15_slow_mjpeg_reader_never_gets_old_frames(ros, bridge):
+def test_slow_mjpeg_reader_never_gets_old_frames(ros, bridge):
     """
     Row 15: MJPEG readers taking 2 parts/s, with ?fps=2 and without. Proves (X-Timestamp
     against the publisher's clock) that a reader asking fps=2 never gets a part older than
@@ -1148,7 +1148,7 @@ def parameters_of(ros, node_name='/bridge_node'):
         ros.node.destroy_client(getter)
 
 
-def test_row16_token_is_not_a_readable_ros_parameter(ros, bridge, tmp_path):
+def test_token_is_not_a_readable_ros_parameter(ros, bridge, tmp_path):
     """
     Row 16: a token from token_file. Proves no parameter of /bridge_node (as get_parameters
     shows any DDS node) is named token or holds its value, while the token still guards
@@ -1168,8 +1168,7 @@ def test_row16_token_is_not_a_readable_ros_parameter(ros, bridge, tmp_path):
         assert not json.loads(ws.recv(timeout=5))['can_drive']
 
 
-def test_row16_old_token_parameter_is_never_readable_nor_silently_dropped(ros, launch_node,
-                                                                          cmd_vel):
+def test_old_token_parameter_is_never_readable_nor_silently_dropped(ros, launch_node, cmd_vel):
     """
     Row 16 (old configs): ``-p token:=...`` as in older YAML files. Proves the value never
     becomes readable through get_parameters, and the bridge does not silently run open
@@ -1197,7 +1196,7 @@ def test_row16_old_token_parameter_is_never_readable_nor_silently_dropped(ros, l
 
 # -- row 17: a silent driver --------------------------------------------------------------------
 
-def test_row17_silent_driver_loses_the_lock(ros, bridge, cmd_vel):
+def test_silent_driver_loses_the_lock(ros, bridge, cmd_vel):
     """
     Row 17: the driver's link goes silent (a raw websocket client that stops reading and
     answering pings: no FIN, no RST). With ping_interval=1 s and ping_timeout=1 s, proves the

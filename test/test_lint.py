@@ -53,3 +53,22 @@ def test_shell_scripts_pass_shellcheck():
     result = subprocess.run(['shellcheck', '-x', *scripts], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_page_scripts_parse():
+    """Every page module and its Node test parses (node --check); no lint tool is installed
+    from a registry for the page, which has no build step: the Node tests cover behaviour."""
+    node = shutil.which('node')
+    if node is None:
+        pytest.skip('node is not installed (scripts/bootstrap installs it)')
+    folders = [os.path.join(REPO, 'web', 'js'), os.path.join(REPO, 'web', 'test')]
+    scripts = sorted(os.path.join(folder, name) for folder in folders
+                     for name in os.listdir(folder) if name.endswith('.js'))
+    assert len(scripts) > 10, scripts
+    failed = {}
+    for script in scripts:
+        result = subprocess.run([node, '--check', script], capture_output=True, text=True,
+                                timeout=30)
+        if result.returncode != 0:
+            failed[os.path.relpath(script, REPO)] = result.stderr.strip()
+    assert not failed, failed

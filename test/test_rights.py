@@ -66,7 +66,7 @@ def refused_everything(bridge, token=None):
 
 # ---------------------------------------------------------------- row 7: privacy by default
 
-def test_row07_beyond_loopback_watching_needs_the_printed_token(ros, start_bridge):
+def test_beyond_loopback_watching_needs_the_printed_token(ros, start_bridge):
     """The shipped config beyond loopback (no token file: a random token): nothing of the
     cameras without the token, all of it with the printed URL's token."""
     bridge = start_bridge(host='0.0.0.0', **{'streams.camera.topic': '/r7/image'})
@@ -84,7 +84,7 @@ def test_row07_beyond_loopback_watching_needs_the_printed_token(ros, start_bridg
     assert 'need the token' in log
 
 
-def test_row07_view_requires_token_false_opens_watching_and_says_so(ros, start_bridge):
+def test_view_requires_token_false_opens_watching_and_says_so(ros, start_bridge):
     bridge = start_bridge(token=TOKEN, view_requires_token=False,
                           **{'streams.camera.topic': '/r7/image'})
     log = bridge.process.wait_output('who may do what')
@@ -99,7 +99,7 @@ def test_row07_view_requires_token_false_opens_watching_and_says_so(ros, start_b
     assert not hello['can_drive']
 
 
-def test_row07_loopback_without_a_token_stays_open(ros, start_bridge):
+def test_loopback_without_a_token_stays_open(ros, start_bridge):
     bridge = start_bridge(**{'streams.camera.topic': '/r7/image'})
     with FramePublisher(ros.node, '/r7/image', width=160, height=120):
         anonymous = refused_everything(bridge)
@@ -122,7 +122,7 @@ class Control:
                     return message
 
 
-def test_row06_turn_credentials_only_for_token_holders(coturn, start_bridge):
+def test_turn_credentials_only_for_token_holders(coturn, start_bridge):
     """A viewer without the token (view_requires_token false) gets the STUN servers but no
     TURN server and no credential; the token holder's credential allocates a relay on coturn."""
     from aioice.turn import create_turn_endpoint
@@ -153,7 +153,7 @@ def test_row06_turn_credentials_only_for_token_holders(coturn, start_bridge):
 
 # ---------------------------------------------------------------- row 8: topic streams, variants
 
-def test_row08_topic_streams_only_for_token_holders_and_the_configured_topic_is_its_stream(
+def test_topic_streams_only_for_token_holders_and_the_configured_topic_is_its_stream(
         ros, start_bridge):
     bridge = start_bridge(token=TOKEN, view_requires_token=False,
                           **{'streams.camera.topic': '/r8/cam'})
@@ -195,7 +195,7 @@ async def webrtc_start(bridge, stream, token=None):
                     return message
 
 
-def test_row08_odd_widths_do_not_lock_the_pages_variant_out(ros, start_bridge):
+def test_odd_widths_do_not_lock_the_pages_variant_out(ros, start_bridge):
     bridge = start_bridge(**{'streams.camera.topic': '/r8/odd'})
 
     async def scenario():
@@ -223,7 +223,7 @@ def test_row08_odd_widths_do_not_lock_the_pages_variant_out(ros, start_bridge):
     assert snapshot == 200
 
 
-def test_row08_forty_requests_across_topics_and_qualities_keep_the_total_bounded(
+def test_forty_requests_across_topics_and_qualities_keep_the_total_bounded(
         ros, start_bridge):
     """4 image topics x the escaped and the plain (web_video_server) URL x 5 qualities, all
     held at once: at most max_total_variants (16) besides the configured stream's default,
@@ -294,7 +294,7 @@ def test_row08_forty_requests_across_topics_and_qualities_keep_the_total_bounded
 
 # ---------------------------------------------------------------- row 10: brute force, runner
 
-def test_row10_wrong_tokens_are_throttled_to_the_stated_rate(start_bridge):
+def test_wrong_tokens_are_throttled_to_the_stated_rate(start_bridge):
     """One client trying wrong tokens as fast as it can (~730/s before) gets a burst of
     WRONG_TOKEN_BURST checked, then about WRONG_TOKENS_PER_SECOND; the rest are refused
     unchecked, even the right token, until the client's budget refills."""
@@ -332,7 +332,7 @@ def test_row10_wrong_tokens_are_throttled_to_the_stated_rate(start_bridge):
     assert later == 200
 
 
-def test_row10_the_runner_never_echoes_a_refused_value(capsys):
+def test_the_runner_never_echoes_a_refused_value(capsys):
     from video_bridge.ros import runner
     with pytest.raises(SystemExit) as exited:
         runner.parse(['bridge', 'token:=hunter2-very-secret'])

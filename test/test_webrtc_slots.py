@@ -128,7 +128,7 @@ def wait_free(bridge, timeout):
         pytest.fail(f'(peers, viewer slots, encoders) stayed {seen[-1]}')
 
 
-def test_row1_a_start_and_a_clean_close_in_one_packet_leave_no_peer(start_bridge, camera):
+def test_a_start_and_a_clean_close_in_one_packet_leave_no_peer(start_bridge, camera):
     """
     Row 1: a second ``webrtc_start`` and a clean websocket close in the same packet, 20 rounds
     from one address. The start used to await the old peer's close while the session's
@@ -162,7 +162,7 @@ def test_row1_a_start_and_a_clean_close_in_one_packet_leave_no_peer(start_bridge
     assert bridge.process.proc.poll() is None
 
 
-def test_row3_offers_never_answered_give_their_slots_back(start_bridge, camera):
+def test_offers_never_answered_give_their_slots_back(start_bridge, camera):
     """
     Row 3: offers that are never answered held every WebRTC slot (and a viewer slot and the
     encoders) for ever; a real page got ``capacity``. Now each peer has a deadline from its
@@ -195,7 +195,7 @@ def test_row3_offers_never_answered_give_their_slots_back(start_bridge, camera):
     fresh_start_works(bridge)
 
 
-def test_row3_a_peer_that_finishes_ice_and_never_starts_dtls_is_closed(start_bridge, camera):
+def test_a_peer_that_finishes_ice_and_never_starts_dtls_is_closed(start_bridge, camera):
     """
     Row 3: a peer that completes ICE (a real aiortc client) but never starts DTLS kept its
     slot for ever (aiortc's DTLS server waits without a deadline). The connect deadline
@@ -286,7 +286,7 @@ REFUSED_CANDIDATES = [
 ]
 
 
-def test_row10_trickled_candidates_the_bridge_would_not_reach_are_refused(start_bridge, camera):
+def test_trickled_candidates_the_bridge_would_not_reach_are_refused(start_bridge, camera):
     """
     Row 10: every trickled candidate made the bridge send STUN to its address (64 per
     session), names included (resolved, .local through mDNS). Now names, non-unicast
@@ -326,7 +326,7 @@ def test_row10_trickled_candidates_the_bridge_would_not_reach_are_refused(start_
     asyncio.run(scenario())
 
 
-def test_row10_an_answer_without_a_fingerprint_is_refused_and_leaves_no_traceback(
+def test_an_answer_without_a_fingerprint_is_refused_and_leaves_no_traceback(
         start_bridge, camera):
     """
     Row 10: an answer without a DTLS fingerprint was taken, and aiortc's connect task then
@@ -364,7 +364,7 @@ def test_row10_an_answer_without_a_fingerprint_is_refused_and_leaves_no_tracebac
     assert UNRETRIEVED not in log and TRACEBACK not in log, log[-3000:]
 
 
-def test_row10_library_words_never_reach_a_client(start_bridge, camera):
+def test_library_words_never_reach_a_client(start_bridge, camera):
     """
     Row 10: aiortc's exception texts went back to the client. An answer aiortc refuses (one
     that does not fit the offer) now gets the bridge's own ``webrtc_failed`` text; aiortc's
