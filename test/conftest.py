@@ -16,6 +16,8 @@ import threading
 import time
 
 import pytest
+from support.cmd_vel import CmdVelRecorder
+from support.waiting import wait_for  # noqa: F401 (the tests import it from here)
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 
@@ -31,13 +33,13 @@ TIERS = {
     'unit': ('access', 'docs_links', 'encoders', 'h264', 'ice', 'image_codec', 'layers',
              'parameter_docs', 'protocol', 'rate_limit', 'rtp_packing', 'sources',
              'stream_reconfigure', 'streams', 'teleop', 'web_js'),
-    'net': ('send_backlog', 'webrtc_service'),
+    'net': ('net_edge', 'send_backlog', 'webrtc_service'),
     'node': ('bridge_control', 'bridge_http', 'bridge_video', 'camera_node', 'control_fuzz',
              'demo', 'diagnostics', 'edge_attacks', 'edge_limits', 'edge_slots',
              'hostile_soak', 'lineup', 'protocol_doc', 'rights', 'ros2_cli',
              'runtime_parameters', 'secret_files', 'webrtc_client', 'webrtc_slots',
              'wvs_compat'),
-    'page': ('h264_passthrough', 'web_page', 'webrtc_page', 'webrtc_page_tls'),
+    'page': ('h264_passthrough', 'web_page', 'webrtc_page'),
     'lab': ('deploy_topology', 'link_emulator', 'links'),
     'lint': ('lint',),
 }
@@ -69,18 +71,6 @@ def require_isolated_ros():
         pytest.fail('ROS tests must run in a private network namespace: use scripts/test')
     if os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE') != 'LOCALHOST':
         pytest.fail('ROS_AUTOMATIC_DISCOVERY_RANGE must be LOCALHOST: use scripts/test')
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = 'condition', interval: float = 0.005):
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f'timed out after {timeout:.1f} s waiting for {what}')
-        threading.Event().wait(interval)  # a poll interval, not a synchronisation sleep
 
 
 _PORT_RANGE = (20000, 32000)
@@ -223,6 +213,14 @@ def ros():
     harness.close()
 
 
+@pytest.fixture(scope='module')
+def cmd_vel(ros):
+    """The module's /cmd_vel recorder (support.cmd_vel): read with mark() and since()."""
+    recorder = CmdVelRecorder(ros.node)
+    yield recorder
+    recorder.close()
+
+
 @pytest.fixture
 def coturn():
     """A real coturn on 127.0.0.1 for one test, stopped however the test ends."""
@@ -292,13 +290,7 @@ def start_bridge(launch_node):
         port = port or free_port()
         ros_args = bridge_ros_args({'host': '127.0.0.1', 'port': port, **parameters})
         process = launch_node('bridge_node', ros_args=ros_args, name='bridge_node', env=env)
-
-        def listening():
-            if process.proc.poll() is not None:
-                pytest.fail(f'bridge_node exited ({process.proc.returncode}):\n'
-                            f'{process.output()[-3000:]}')
-            return port_open(port)
-        wait_for(listening, 20, f'bridge_node to listen on {port}')
+        process.wait_port(port, 20)
         return Bridge(process, port)
     return start
 

@@ -2,51 +2,17 @@
 
 import asyncio
 import json
-import math
 import signal
 import subprocess
 import sys
 import time
 
-from conftest import wait_for
+from conftest import CmdVelRecorder, wait_for
 from geometry_msgs.msg import Twist, TwistStamped
 import pytest
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from video_bridge_msgs.msg import BridgeStatus
 from video_bridge_msgs.srv import SetEmergencyStop
 import websockets
-
-RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-
-
-class Recorder:
-    """cmd_vel messages with their arrival time (monotonic), from a real subscription."""
-
-    def __init__(self, ros, topic='/cmd_vel', msg_type=Twist):
-        self.messages = []
-        self.subscription = ros.node.create_subscription(
-            msg_type, topic, lambda msg: self.messages.append((time.monotonic(), msg)), RELIABLE)
-        self.ros = ros
-        self.topic = topic
-
-    def wait_connected(self):
-        wait_for(lambda: self.ros.node.count_publishers(self.topic) > 0, 10, 'cmd_vel publisher')
-        wait_for(lambda: self.subscription.get_publisher_count() > 0, 10, 'cmd_vel matched')
-
-    def twist(self, index=-1):
-        msg = self.messages[index][1]
-        return msg.twist if isinstance(msg, TwistStamped) else msg
-
-    def wait_value(self, linear_x, angular_z=0.0, after=0, timeout=5.0):
-        """Wait for a message (beyond the first ``after``) with these values; its time."""
-        def match():
-            for index in range(after, len(self.messages)):
-                twist = self.twist(index)
-                if math.isclose(twist.linear.x, linear_x, abs_tol=1e-9) and \
-                        math.isclose(twist.angular.z, angular_z, abs_tol=1e-9):
-                    return self.messages[index][0]
-            return None
-        return wait_for(match, timeout, f'cmd_vel linear.x={linear_x} angular.z={angular_z}')
 
 
 class Client:
@@ -84,11 +50,11 @@ def recorder(ros):
     made = []
 
     def make(topic='/cmd_vel', msg_type=Twist):
-        made.append(Recorder(ros, topic, msg_type))
+        made.append(CmdVelRecorder(ros.node, topic, stamped=msg_type is TwistStamped))
         return made[-1]
     yield make
     for item in made:
-        ros.node.destroy_subscription(item.subscription)
+        item.close()
 
 
 def control_url(bridge, token=None):
@@ -99,7 +65,8 @@ async def driver(bridge, cmd_vel):
     """Connect, take the driver lock and wait until cmd_vel is matched: ready to drive."""
     client = await Client.connect(control_url(bridge))
     assert (await client.request(type='acquire'))['type'] == 'ack'
-    cmd_vel.wait_connected()
+    cmd_vel.wait_publisher()
+    cmd_vel.wait_matched()
     return client
 
 
@@ -125,7 +92,7 @@ def test_text_command_maps_per_vocabulary_and_velocity_is_clamped(ros, start_bri
         assert json.loads(await client.ws.recv())['code'] == 'bad_number'
         await client.ws.close()
     asyncio.run(scenario())
-    assert all(abs(cmd_vel.twist(i).linear.x) <= 0.5 for i in range(len(cmd_vel.messages)))
+    assert all(abs(sample.linear_x) <= 0.5 for sample in cmd_vel.messages)
 
 
 def test_deadman_stops_after_silence_and_at_once_when_the_socket_drops(
@@ -139,19 +106,19 @@ def test_deadman_stops_after_silence_and_at_once_when_the_socket_drops(
         await client.request(type='velocity', linear={'x': 0.3})
         sent = time.monotonic()
         before = len(cmd_vel.messages)
-        stopped = cmd_vel.wait_value(0.0, after=before, timeout=3)
+        stopped = cmd_vel.wait_value(0.0, 0.0, after=before, timeout=3)
         assert 0.5 - 0.01 <= stopped - sent <= 0.5 + 0.05, stopped - sent
         # held commands are republished in between, so controllers with a timeout keep moving
-        republished = [t for t, m in cmd_vel.messages[before:] if m.linear.x == 0.3]
+        republished = [s.at for s in cmd_vel.messages[before:] if s.linear_x == 0.3]
         assert len(republished) >= 3
         # socket drop: zero within 50 ms of the close
         await client.request(type='velocity', linear={'x': 0.2})
-        cmd_vel.wait_value(0.2)
+        cmd_vel.wait_value(0.2, 0.0)
         count = len(cmd_vel.messages)
         closed = time.monotonic()
         client.ws.transport.abort()  # no close handshake: the browser vanished
         await asyncio.sleep(0)  # let the loop actually close the socket before we block
-        stopped = cmd_vel.wait_value(0.0, after=count, timeout=3)
+        stopped = cmd_vel.wait_value(0.0, 0.0, after=count, timeout=3)
         assert stopped - closed <= 0.05, stopped - closed
     asyncio.run(scenario())
 
@@ -172,20 +139,20 @@ def test_emergency_stop_latches_from_message_and_service(ros, start_bridge, reco
         driving = await driver(bridge, cmd_vel)
         viewer = await Client.connect(control_url(bridge))
         await driving.request(type='velocity', linear={'x': 0.4})
-        cmd_vel.wait_value(0.4)
+        cmd_vel.wait_value(0.4, 0.0)
         # any control client may stop the car
         assert (await viewer.request(type='estop', engage=True))['type'] == 'ack'
-        cmd_vel.wait_value(0.0)
+        cmd_vel.wait_value(0.0, 0.0)
         reply = await driving.request(type='velocity', linear={'x': 0.4})
         assert reply['type'] == 'error' and reply['code'] == 'estop_engaged'
         wait_for(lambda: statuses and statuses[-1].teleop.estop_engaged, 5, 'status e-stop')
         await driving.request(type='estop', engage=False)
         assert (await driving.request(type='velocity', linear={'x': 0.1}))['type'] == 'ack'
-        cmd_vel.wait_value(0.1)
+        cmd_vel.wait_value(0.1, 0.0)
         # the ROS service latches too, and releases
         response = await asyncio.to_thread(call, True)
         assert response.success and 'engaged' in response.message
-        cmd_vel.wait_value(0.0, after=len(cmd_vel.messages) - 1)
+        cmd_vel.wait_value(0.0, 0.0, after=len(cmd_vel.messages) - 1)
         assert (await driving.request(type='command', name='forward'))['code'] == 'estop_engaged'
         assert (await asyncio.to_thread(call, False)).success
         assert (await driving.request(type='command', name='forward'))['type'] == 'ack'
@@ -250,7 +217,7 @@ def test_twist_stamped_when_configured(ros, start_bridge, recorder):
         cmd_vel.wait_value(0.0, 1.0)
         await client.ws.close()
     asyncio.run(scenario())
-    stamped = [m for _, m in cmd_vel.messages if m.twist.angular.z == 1.0][0]
+    stamped = [s.msg for s in cmd_vel.messages if s.angular_z == 1.0][0]
     assert stamped.header.frame_id == 'chassis' and stamped.header.stamp.sec > 0
 
 
@@ -297,10 +264,10 @@ def test_shutdown_publishes_zero_before_exit(ros, start_bridge, recorder):
     async def scenario():
         client = await driver(bridge, cmd_vel)
         await client.request(type='velocity', linear={'x': 0.3})
-        cmd_vel.wait_value(0.3)
+        cmd_vel.wait_value(0.3, 0.0)
         count = len(cmd_vel.messages)
         assert bridge.process.stop(signal.SIGTERM) == 0
-        cmd_vel.wait_value(0.0, after=count, timeout=3)
+        cmd_vel.wait_value(0.0, 0.0, after=count, timeout=3)
     asyncio.run(scenario())
 
 
@@ -387,6 +354,6 @@ def test_a_flooding_control_client_disturbs_neither_video_nor_the_driver(
         assert publisher.count > 0
     assert codes and set(codes) == {4429}, (codes, sent)  # flooded, and closed for it
     assert len(replies) >= 10 and all(reply['type'] == 'ack' for reply in replies)
-    cmd_vel.wait_value(0.2)
+    cmd_vel.wait_value(0.2, 0.0)
     span = seqs[-1] - seqs[0] + 1
     assert len(seqs) >= 0.9 * span and len(seqs) >= 40, (len(seqs), span)

@@ -5,64 +5,20 @@ import asyncio
 import json
 import subprocess
 import threading
-import urllib.error
-import urllib.request
 
 from conftest import FramePublisher
 import cv2
+from http_support import ffmpeg_frames, get, JpegPublisher
 import numpy as np
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage
 from video_bridge.core.protocol import (FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED,
                                         unpack_frame)
 from video_bridge_msgs.msg import BridgeStatus
 import websockets
 
 
-def get(url, headers=None, timeout=10):
-    """Return (status, headers, body) of a GET, including HTTP errors."""
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, error.read()
-
-
-def ffmpeg_frames(url, count, tmp_path, name):
-    """Let ffmpeg (a client nobody here wrote) read ``count`` frames from ``url`` into PNGs."""
-    pattern = str(tmp_path / f'{name}-%02d.png')
-    subprocess.run(['ffmpeg', '-hide_banner', '-loglevel', 'error', '-rw_timeout', '10000000',
-                    '-i', url, '-frames:v', str(count), '-y', pattern],
-                   check=True, timeout=60, capture_output=True)
-    return [cv2.imread(pattern % (i + 1)) for i in range(count)]
-
-
 def read_slowly(seconds):
     """Pause between reads: this client is slow on purpose (it is not synchronisation)."""
     threading.Event().wait(seconds)
-
-
-class JpegPublisher(FramePublisher):
-    """Publishes sensor_msgs/CompressedImage JPEGs (a camera that compresses by itself)."""
-
-    def __init__(self, node, topic, rate=30.0):
-        super().__init__(node, topic + '_unused', rate=rate)
-        self.compressed = node.create_publisher(CompressedImage, topic, qos_profile_sensor_data)
-        self.sent = {}
-
-    def _run(self):
-        import time
-        next_time = time.monotonic()
-        while not self._stop.is_set():
-            ok, jpeg = cv2.imencode('.jpg', self._pattern(self.count)[:240, :320])
-            msg = CompressedImage(format='jpeg', data=jpeg.tobytes())
-            msg.header.stamp = self.node.get_clock().now().to_msg()
-            self.compressed.publish(msg)
-            self.sent[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = jpeg.tobytes()
-            self.count += 1
-            next_time += self.period
-            self._stop.wait(max(0.0, next_time - time.monotonic()))
 
 
 async def first_frames(url, count=3):

@@ -617,7 +617,7 @@ def test_wrong_token_and_other_origin_refused_at_nginx(world, context):
 
     # The page itself with a wrong token: nginx's 401 shows as "token needed", no video.
     wrong, _ = open_page(context, bad)
-    wrong.wait_for_function("window.videoBridge.ui.tokenNeed === 'watch'", timeout=15000)
+    wrong.wait_for_function("window.videoBridge.tokens.need === 'watch'", timeout=15000)
     assert drawn(wrong) == 0
 
 

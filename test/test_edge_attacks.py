@@ -24,8 +24,8 @@ import threading
 import time
 from urllib.parse import quote, unquote
 
-from conftest import bridge_ros_args, FramePublisher, free_port, port_open, wait_for
-from geometry_msgs.msg import Twist
+from conftest import (bridge_ros_args, CmdVelRecorder, FramePublisher, free_port, port_open,
+                      wait_for)
 import hostile_clients as hc
 import numpy as np
 import pytest
@@ -46,40 +46,10 @@ LOAD_BOUND = 5.0  # s: the page, the API and a new viewer's first frame under at
 pytestmark = pytest.mark.usefixtures('many_file_descriptors')
 
 
-class CmdVel:
-    """Twists on /cmd_vel with their arrival time, from a real reliable subscription."""
-
-    def __init__(self, ros):
-        self.ros = ros
-        self.messages = []
-        self.subscription = ros.node.create_subscription(
-            Twist, '/cmd_vel', lambda msg: self.messages.append(
-                (time.monotonic(), msg.linear.x, msg.angular.z)), RELIABLE)
-
-    def wait_matched(self):
-        wait_for(lambda: self.subscription.get_publisher_count() > 0, 10, 'cmd_vel matched')
-
-    def first(self, linear_x, after=0):
-        """Arrival time of the first message at index >= after with this linear.x, or None."""
-        for t, x, _ in self.messages[after:]:
-            if math.isclose(x, linear_x, abs_tol=1e-9):
-                return t
-        return None
-
-    def wait_value(self, linear_x, timeout=5.0, after=0):
-        return wait_for(lambda: self.first(linear_x, after), timeout,
-                        f'cmd_vel linear.x={linear_x}')
-
-    def nonzero(self):
-        return [(t, x, z) for t, x, z in self.messages if x or z]
-
-    def close(self):
-        self.ros.node.destroy_subscription(self.subscription)
-
-
 @pytest.fixture
 def cmd_vel(ros):
-    recorder = CmdVel(ros)
+    """A recorder of this test's own (a whole-module one would mix the tests' commands)."""
+    recorder = CmdVelRecorder(ros.node)
     yield recorder
     recorder.close()
 
@@ -121,12 +91,7 @@ def bridge(launch_node):
             resource.prlimit(process.proc.pid, resource.RLIMIT_NOFILE, (nofile, nofile))
         live = LiveBridge(process, port, tls=bool(parameters.get('tls_cert')))
         if wait:
-            def listening():
-                if process.proc.poll() is not None:
-                    pytest.fail(f'bridge_node exited ({process.proc.returncode}):\n'
-                                f'{process.output()[-3000:]}')
-                return port_open(port)
-            wait_for(listening, 20, f'bridge_node to listen on {port}')
+            process.wait_port(port, 20)
         return live
     return start
 
@@ -867,7 +832,7 @@ def test_estop_flood_publishes_one_zero(ros, bridge, cmd_vel):
         ws.send(json.dumps({'type': 'velocity', 'id': 'v', 'linear': {'x': 0.2}}))
         drain(ws, {'r', 'v'})
         cmd_vel.wait_value(0.2, timeout=10)
-    xs = [x for _, x, _ in cmd_vel.messages]
+    xs = [sample.linear_x for sample in cmd_vel.messages]
     last_01 = max(i for i, x in enumerate(xs) if math.isclose(x, 0.1))
     first_02 = next(i for i, x in enumerate(xs) if math.isclose(x, 0.2))
     zeros = sum(1 for x in xs[last_01 + 1:first_02] if x == 0.0)

@@ -4,27 +4,12 @@ decoded again with FFmpeg's decoders (PyAV) to prove the units are a valid strea
 import cv2
 import numpy as np
 import pytest
+from support.pictures import HEIGHT, picture, raw, WIDTH
 from video_bridge.core import encoders
 from video_bridge.core.protocol import Variant
 from video_bridge.core.streams import COMPRESSED, SourceImage, StreamHub, StreamSettings
 
 av = pytest.importorskip('av')
-WIDTH, HEIGHT = 160, 120
-
-
-def picture(index):
-    """A moving bar on a gradient, so inter frames carry real motion."""
-    frame = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
-    frame[:, :, 1] = np.linspace(0, 255, WIDTH, dtype=np.uint8)
-    frame[:, (index * 3) % WIDTH:(index * 3) % WIDTH + 8] = (255, 255, 255)
-    return frame
-
-
-def raw(index):
-    image = picture(index)
-    return SourceImage(stamp_sec=1000, stamp_nanosec=index * 33_333_333, data=image.tobytes(),
-                       encoding='bgr8', width=WIDTH, height=HEIGHT, step=WIDTH * 3,
-                       received_time=2000.0 + index / 30)
 
 
 def decoder(codec):

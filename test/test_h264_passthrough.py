@@ -19,8 +19,8 @@ from conftest import REPO, wait_for
 import numpy as np
 import pytest
 from video_bridge.core import h264
-from test_webrtc_client import Control, session
-from webrtc_support import AiortcViewer, host_address, HOST_ADDRESS, wait_until
+from webrtc_support import (AiortcViewer, Control, HOST_ADDRESS, host_address, session,
+                            wait_until)
 
 pytest.importorskip('aiortc')
 av = pytest.importorskip('av')

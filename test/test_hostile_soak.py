@@ -24,7 +24,7 @@ from geometry_msgs.msg import Twist
 import hostile_clients as hc
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from webrtc_support import host_address, HOST_ADDRESS
+from webrtc_support import HOST_ADDRESS, host_address
 
 pytest.importorskip('aiortc')
 websockets = pytest.importorskip('websockets')

@@ -35,7 +35,6 @@ import netlab
 import pytest
 from support.link_emulator import EDGE_ADDRESS, emulated_path, why_unavailable
 from support.remote_session import Driver, run_in_namespace, start_session, until
-from test_web_page import CmdVel
 
 pytest.importorskip('aiortc')
 pytest.importorskip('websockets')
@@ -58,13 +57,6 @@ def figure(text):
 def camera():
     with camera_node() as process:
         yield process
-
-
-@pytest.fixture(scope='module')
-def cmd_vel(ros):
-    recorder = CmdVel(ros)
-    yield recorder
-    recorder.ros.node.destroy_subscription(recorder.subscription)
 
 
 class Remote:
@@ -113,7 +105,7 @@ async def watching_and_driving(remote, cmd_vel):
     driver = Driver(viewer.channel, period=0.05)
     mark = cmd_vel.mark()
     driver.start()
-    await until(lambda: CmdVel.moving(cmd_vel.since(mark)), 10, 'the car to move')
+    await until(lambda: cmd_vel.moving(cmd_vel.since(mark)), 10, 'the car to move')
     return control, viewer, driver
 
 
@@ -138,7 +130,7 @@ def test_a_session_rides_out_a_400_ms_blackout_without_a_reconnect(remote, cmd_v
                 pass   # reported below with what the viewer saw
             after = [arrival - end_wall for arrival, _ in viewer.records if arrival >= end_wall]
             await asyncio.sleep(1.0)   # watch one more second for a late drop or reconnect
-            stops = [m for m in cmd_vel.since(mark) if start <= m[0] and not CmdVel.moving([m])]
+            stops = [m for m in cmd_vel.since(mark) if start <= m[0] and not m.moving]
             return {'back': after[0] if after else None, 'after': len(after),
                     'last_before': end_wall - max(a for a, _ in viewer.records if a < end_wall),
                     'states': list(viewer.states), 'reconnected': viewer.reconnected(),
@@ -167,7 +159,7 @@ def test_the_car_stops_within_command_timeout_of_a_longer_blackout(remote, cmd_v
         try:
             mark = cmd_vel.mark()
             start, end = await remote.blackout(1.5)
-            await until(lambda: any(not CmdVel.moving([m]) and m[0] >= start
+            await until(lambda: any(not m.moving and m[0] >= start
                                     for m in cmd_vel.since(mark)), 5, 'a zero Twist')
             await until(lambda: time.monotonic() > end + 0.3, 5, 'the blackout to end')
             return start, end, cmd_vel.since(mark)
@@ -177,14 +169,14 @@ def test_the_car_stops_within_command_timeout_of_a_longer_blackout(remote, cmd_v
             await control.close()
 
     start, end, twists = lab.operate(scenario, 60)
-    stop = next(m for m in twists if m[0] >= start and not CmdVel.moving([m]))
+    stop = next(m for m in twists if m[0] >= start and not m.moving)
     figure(f'lte, 1.5 s blackout: the car stopped {(stop[0] - start) * 1000:.0f} ms after its '
            f'start (command_timeout {COMMAND_TIMEOUT * 1000:.0f} ms)')
     # The last command before the blackout reached the bridge at most one way (<= 40 ms) after
     # its start; the deadman then needs command_timeout; loose: + 300 ms for a busy machine
     # (498 ms measured on a quiet one, 643 ms at load average 6 on 2 cores).
     assert stop[0] - start <= COMMAND_TIMEOUT + 0.3
-    assert not [m for m in twists if stop[0] < m[0] < end and CmdVel.moving([m])], \
+    assert not [m for m in twists if stop[0] < m[0] < end and m.moving], \
         'the car moved again during the blackout'
 
 
@@ -236,7 +228,7 @@ def test_the_page_holds_a_slow_live_link_on_lte_poor_without_a_growing_lag(remot
         context.close()
     medians = [statistics.median(window) if window else math.nan for window in ages]
     shown = (after['displayed'] - before['displayed'])
-    false_stops = sum(1 for m in twists if not CmdVel.moving([m]))
+    false_stops = sum(1 for m in twists if not m.moving)
     figure(f'Chromium on lte-poor, 60 s: {shown / 60:.1f} frames/s shown, age median per 10 s '
            f'window {[round(m * 1000) for m in medians]} ms, {len(twists)} commands on '
            f'/cmd_vel, false stops {false_stops}')

@@ -14,7 +14,6 @@ Headless Chromium never hides a page by itself (another tab, a minimised window:
 import json
 import os
 import re
-import time
 
 from conftest import camera_node, CHROMIUM, chromium, OUTPUT_DIR, wait_for
 import pytest
@@ -43,59 +42,6 @@ def camera():
 def browser():
     with chromium() as launched:
         yield launched
-
-
-class CmdVel:
-    """Every Twist published on /cmd_vel, with the time it arrived."""
-
-    def __init__(self, ros):
-        from geometry_msgs.msg import Twist
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        self.messages = []
-        self.ros = ros
-        self.subscription = ros.node.create_subscription(
-            Twist, '/cmd_vel',
-            lambda m: self.messages.append((time.monotonic(), m.linear.x, m.linear.y,
-                                            m.angular.z)),
-            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-
-    def mark(self) -> int:
-        return len(self.messages)
-
-    def since(self, mark: int) -> list:
-        return self.messages[mark:]
-
-    def last(self, mark: int = 0):
-        got = self.since(mark)
-        return got[-1] if got else None
-
-    def wait_last(self, mark, linear_x, angular_z, what, timeout=10.0):
-        """Wait until the newest Twist since ``mark`` is (linear_x, 0, angular_z)."""
-        def matches():
-            last = self.last(mark)
-            return last is not None and abs(last[1] - linear_x) < 1e-6 and last[2] == 0 \
-                and abs(last[3] - angular_z) < 1e-6
-        wait_for(matches, timeout, what)
-        return self.last(mark)
-
-    @staticmethod
-    def moving(messages) -> list:
-        return [m for m in messages if m[1] or m[2] or m[3]]
-
-    def wait_publisher(self):
-        wait_for(lambda: self.ros.node.count_publishers('/cmd_vel') > 0, 15,
-                 'a /cmd_vel publisher (the bridge)')
-
-    def close(self):
-        """Drop the subscription: a later test may want /cmd_vel as TwistStamped."""
-        self.ros.node.destroy_subscription(self.subscription)
-
-
-@pytest.fixture(scope='module')
-def cmd_vel(ros):
-    recorder = CmdVel(ros)
-    yield recorder
-    recorder.close()
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import re
 
 from conftest import camera_node
 import pytest
-from test_web_page import CmdVel
-from webrtc_support import AiortcViewer, HOST_ADDRESS, host_address, wait_until
+from webrtc_support import (AiortcViewer, Control, HOST_ADDRESS, host_address, session,
+                            wait_until)
 
 pytest.importorskip('aiortc')
 websockets = pytest.importorskip('websockets')
@@ -19,39 +19,6 @@ websockets = pytest.importorskip('websockets')
 def camera():
     with host_address(), camera_node() as process:
         yield process
-
-
-@pytest.fixture(scope='module')
-def cmd_vel(ros):
-    recorder = CmdVel(ros)
-    yield recorder
-    recorder.close()
-
-
-class Control:
-    """One /control websocket: send JSON, wait for a reply of a type (and id)."""
-
-    def __init__(self, socket):
-        self.socket = socket
-        self.seen = []
-
-    async def send(self, **message):
-        await self.socket.send(json.dumps(message))
-
-    async def wait(self, kind, request_id=None, timeout=15):
-        async def find():
-            while True:
-                message = json.loads(await self.socket.recv())
-                self.seen.append(message)
-                if message.get('type') == kind and (request_id is None
-                                                    or message.get('id') == request_id):
-                    return message
-        return await asyncio.wait_for(find(), timeout)
-
-
-async def session(url, token=None):
-    path = f'{url}/control' + (f'?token={token}' if token else '')
-    return await websockets.connect(path, max_size=2 ** 20)
 
 
 def test_signalling_video_and_channel_teleop(start_bridge, camera, cmd_vel):

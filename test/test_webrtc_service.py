@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from test_encoders import raw
+from support.pictures import raw
 from video_bridge.core import encoders, ice
 from video_bridge.core.streams import SourceImage, StreamHub, StreamSettings
 from webrtc_support import AiortcViewer, host_address, SlowUplink, wait_until

@@ -1,4 +1,5 @@
-"""Shared pieces of the WebRTC tests: a host-candidate address, coturn, an aiortc viewer.
+"""Shared pieces of the WebRTC tests: a host-candidate address, coturn, an aiortc viewer, a
+/control client.
 
 aioice (aiortc's ICE) never offers 127.0.0.1 as a host candidate, and the test namespace has
 nothing but loopback; so the tests give loopback one RFC 5737 address of their own namespace
@@ -7,6 +8,7 @@ nothing but loopback; so the tests give loopback one RFC 5737 address of their o
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -16,6 +18,7 @@ import time
 
 from conftest import free_port, only_loopback, OUTPUT_DIR, wait_for
 import pytest
+import websockets
 
 HOST_ADDRESS = '198.51.100.1'
 TURNSERVER = shutil.which('turnserver')
@@ -242,3 +245,29 @@ async def wait_until(predicate, timeout, what):
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f'timed out after {timeout} s waiting for {what}')
         await asyncio.sleep(0.01)  # a poll interval on the loop, not a synchronisation sleep
+
+
+class Control:
+    """One /control websocket: send JSON, wait for a reply of a type (and id)."""
+
+    def __init__(self, socket):
+        self.socket = socket
+        self.seen = []
+
+    async def send(self, **message):
+        await self.socket.send(json.dumps(message))
+
+    async def wait(self, kind, request_id=None, timeout=15):
+        async def find():
+            while True:
+                message = json.loads(await self.socket.recv())
+                self.seen.append(message)
+                if message.get('type') == kind and (request_id is None
+                                                    or message.get('id') == request_id):
+                    return message
+        return await asyncio.wait_for(find(), timeout)
+
+
+async def session(url, token=None):
+    path = f'{url}/control' + (f'?token={token}' if token else '')
+    return await websockets.connect(path, max_size=2 ** 20)

@@ -4,7 +4,11 @@
   (test/netlab.py ``Lab.wire``): delay, jitter, loss, blackouts, rates;
 * delay_line: the userspace half of it, a child process on TUN devices;
 * remote_session: an operator (aiortc viewer, /control, /video, a held key) whose sockets live
-  in a lab namespace.
+  in a lab namespace;
+* cmd_vel: the one /cmd_vel recorder (every Twist or TwistStamped with its arrival time);
+* waiting: ``wait_for``, polling a condition with a deadline (the tests' only synchronisation);
+* pictures: small moving pictures as the hub receives them, for encoder and WebRTC tests;
+* soak_attacks: every hostile-client attack at once, each a bounded loop.
 
 Import as ``support.link_emulator`` with test/ on sys.path (pytest puts it there for the tests;
 bench/ scripts insert it).

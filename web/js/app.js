@@ -7,37 +7,24 @@ import { GamepadInput, Joystick, KeyboardInput } from './input.js';
 import { controlPath, errorNotice, streamChoices, streamsPath, videoPath,
          websocketBase } from './protocol.js';
 import { formatBitrate, formatDuration, statsTooltip, transportLabel } from './stats.js';
+import { safeStorage, TokenKeeper } from './token.js';
+import { TransportPolicy, transportChoice } from './transport.js';
 import { VideoClient } from './video.js';
 import { CHANNEL_COMMANDS, WebRtcVideo } from './webrtc.js';
 
 const $ = (id) => document.getElementById(id);
-const TOKEN_KEY = 'video_bridge.token';     // sessionStorage: gone when the tab closes
 const STREAM_KEY = 'video_bridge.stream';
 const SPEED_KEY = 'video_bridge.speed';
 const TRANSPORT_KEY = 'video_bridge.transport';  // auto | webrtc | websocket
 
-const session = {
-  get(key) {
-    try { return sessionStorage.getItem(key); } catch { return null; }
-  },
-  set(key, value) {
-    try {
-      if (value === null || value === '') sessionStorage.removeItem(key);
-      else sessionStorage.setItem(key, value);
-    } catch { /* storage disabled: the value lives as long as the page */ }
-  },
-};
+const session = safeStorage(window.sessionStorage);
 
 // A token in the page URL (?token=...) moves to sessionStorage and out of the address bar.
 const pageParams = new URLSearchParams(location.search);
-if (pageParams.has('token')) {
-  session.set(TOKEN_KEY, pageParams.get('token'));
-  pageParams.delete('token');
-  const rest = pageParams.toString();
-  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
-}
+const tokens = new TokenKeeper(session);
+const search = tokens.takeFromUrl(location.search);
+if (search !== null) history.replaceState(null, '', location.pathname + search + location.hash);
 
-let token = session.get(TOKEN_KEY) || '';
 // ?transport=websocket|webrtc|auto picks the video transport; ?relay=1 forces TURN relay.
 if (pageParams.has('transport')) session.set(TRANSPORT_KEY, pageParams.get('transport'));
 const relayOnly = pageParams.get('relay') === '1';
@@ -48,8 +35,6 @@ const ui = {
   choice: null,
   streamsLoaded: false,
   videoProblem: null,   // why the video is not shown and is not retried
-  tokenNeed: null,      // null | 'drive' | 'watch'
-  tokenError: null,     // a refused token: stays visible until a new one is entered
   notice: null,
   noticeLevel: 'info',
   noticeTimer: null,
@@ -59,15 +44,11 @@ const ui = {
 // --- sockets -------------------------------------------------------------------------------------
 
 const control = new ControlClient({
-  url: () => wsBase + controlPath(token),
+  url: () => wsBase + controlPath(tokens.value),
   onStatus: render,
   onHello(hello) {
     drive.setHello(hello);
-    if (hello.token_required && !hello.can_drive) {
-      ui.tokenNeed = 'drive';
-    } else if (ui.tokenNeed === 'drive' || ui.tokenNeed === 'watch') {
-      ui.tokenNeed = null;
-    }
+    tokens.hello(hello);
     video.retrySoon();
     loadStreams().then(() => {
       if (!['starting', 'playing'].includes(webrtc.status)) restartVideo();
@@ -99,7 +80,7 @@ const control = new ControlClient({
 });
 
 const video = new VideoClient($('video'), {
-  url: () => (ui.choice ? wsBase + videoPath(ui.choice.video, { token }) : null),
+  url: () => (ui.choice ? wsBase + videoPath(ui.choice.video, { token: tokens.value }) : null),
   clock: control.clock,
   onStatus: render,
   onClose(info) {
@@ -124,70 +105,60 @@ const webrtc = new WebRtcVideo($('webrtc-video'), {
   },
 });
 
+const transports = new TransportPolicy({ now: pageNow });
+
 function transportWanted() {
-  const value = session.get(TRANSPORT_KEY);
-  return ['webrtc', 'websocket'].includes(value) ? value : 'auto';
+  return transportChoice(session.get(TRANSPORT_KEY));
 }
 
 function streamName(choice) {
   return choice ? decodeURIComponent(choice.video.replace(/^\/video\//, '')) : null;
 }
 
+// What the transport policy reads (transport.js): a snapshot of the page, taken per decision.
+function transportContext() {
+  return {
+    wanted: transportWanted(),
+    protocol: control.hello ? (control.hello.protocol ?? 1) : null,
+    connected: control.status === 'connected',
+    stream: streamName(ui.choice),
+    webrtc: { status: webrtc.status, stream: webrtc.stream },
+    jpeg: { status: video.status, retryAt: video.retryAt },
+  };
+}
+
+function applyJpeg(action) {
+  if (action === 'restart') video.restart();
+  else if (action === 'stop') video.stop();
+}
+
 function startWebRtc() {
-  if (transportWanted() === 'websocket' || control.status !== 'connected' || !ui.choice
-      || (control.hello?.protocol ?? 1) < 2) {
-    webrtc.stop();
-    return;
-  }
-  const name = streamName(ui.choice);
-  if (['starting', 'playing'].includes(webrtc.status) && webrtc.stream === name) return;
-  webrtc.start(name);
+  const ctx = transportContext();
+  const action = transports.webrtc(ctx);
+  if (action === 'stop') webrtc.stop();
+  else if (action === 'start') webrtc.start(ctx.stream);
 }
 
 // While WebRTC plays, the <video> shows it and the JPEG socket is closed; otherwise the canvas.
 function showVideoTransport() {
-  const playing = webrtc.status === 'playing';
-  $('webrtc-video').hidden = !playing;
-  $('video').hidden = playing;
-  if (playing && video.status !== 'disconnected') video.stop();
-  if (!playing && ['failed', 'unavailable'].includes(webrtc.status)
-      && video.status === 'disconnected' && video.retryAt === null && ui.choice
-      && transportWanted() !== 'webrtc') {
-    video.restart();
-  }
+  const plan = transports.show(transportContext());
+  $('webrtc-video').hidden = !plan.webrtcVisible;
+  $('video').hidden = plan.webrtcVisible;
+  applyJpeg(plan.jpeg);
 }
-
-// Auto: WebRTC first (on a thin link a JPEG stream beside it would starve its start), JPEG if
-// it has not played within AUTO_FALLBACK ms or fails; a version 1 bridge gets JPEG at once.
-const AUTO_FALLBACK = 4000;
-let fallbackAt = null;   // page time at which Auto starts JPEG unless WebRTC plays by then
 
 function restartVideo() {
+  const plan = transports.restart(transportContext());
   webrtc.stop();
-  fallbackAt = null;
-  const wanted = transportWanted();
-  const v1 = control.hello && (control.hello.protocol ?? 1) < 2;
-  if (wanted === 'websocket' || v1) {
-    video.restart();
-  } else {
-    video.stop();
-    if (wanted === 'auto') fallbackAt = pageNow() + AUTO_FALLBACK;
-  }
-  startWebRtc();
+  applyJpeg(plan.jpeg);
+  if (plan.webrtc === 'start') webrtc.start(streamName(ui.choice));
 }
 
+// Auto's wait for WebRTC runs out on its own clock, not when the view happens to render.
+setInterval(() => applyJpeg(transports.tick(transportContext())), 250);
+
 function tokenRefused(info) {
-  if (info.meaning.invalidToken) {
-    ui.tokenError = 'The bridge refused this token (invalid token). Check it and try again.';
-    ui.tokenNeed = ui.tokenNeed ?? 'drive';
-    if (token) {  // both sockets report it: forget the token once, come back without one
-      token = '';
-      session.set(TOKEN_KEY, null);
-      queueMicrotask(reconnectAll);  // watching may not need a token
-    }
-  } else {
-    ui.tokenNeed = 'watch';
-  }
+  if (tokens.refused(info.meaning)) queueMicrotask(reconnectAll);  // once, not per socket
 }
 
 function reconnectAll() {
@@ -201,12 +172,12 @@ function reconnectAll() {
 async function loadStreams() {
   let response;
   try {
-    response = await fetch(streamsPath(token), { cache: 'no-store' });
+    response = await fetch(streamsPath(tokens.value), { cache: 'no-store' });
   } catch {
     return;  // the bridge is away: the control socket's reconnect will call us again
   }
   if (response.status === 401) {
-    ui.tokenNeed = 'watch';
+    tokens.watchRefused();
     render();
     return;
   }
@@ -342,17 +313,13 @@ $('token-form').addEventListener('submit', (event) => {
   event.preventDefault();
   const value = $('token-input').value.trim();
   if (!value) return;
-  token = value;
-  session.set(TOKEN_KEY, token);
+  tokens.entered(value);
   $('token-input').value = '';
-  ui.tokenError = null;
-  ui.tokenNeed = null;
   showNotice('Token saved for this tab; reconnecting…', 'info');
   reconnectAll();
 });
 $('forget-token').addEventListener('click', () => {
-  token = '';
-  session.set(TOKEN_KEY, null);
+  tokens.forget();
   showNotice('Token forgotten.', 'info');
   reconnectAll();
 });
@@ -392,7 +359,7 @@ function connectionView() {
       if (control.retryAt !== null) {
         return ['reconnecting', `Reconnecting in ${seconds(control.retryAt)} s`];
       }
-      return ['disconnected', ui.tokenNeed === 'watch' ? 'Token needed' : 'Disconnected'];
+      return ['disconnected', tokens.need === 'watch' ? 'Token needed' : 'Disconnected'];
   }
 }
 
@@ -404,7 +371,7 @@ function roleView() {
 }
 
 function videoOverlayText(stats) {
-  if (ui.tokenNeed === 'watch') return 'This bridge needs a token to show video.';
+  if (tokens.need === 'watch') return 'This bridge needs a token to show video.';
   if (ui.videoProblem) return ui.videoProblem;
   if (ui.streamsLoaded && !ui.choice) return 'This bridge offers no video stream.';
   if (!ui.choice) return 'Looking for video streams…';
@@ -479,13 +446,13 @@ function render() {
   $('velocity').classList.toggle('moving', Boolean(v && (v.linear.x || v.linear.y || v.angular.z)));
 
   const form = $('token-form');
-  form.hidden = !ui.tokenNeed && !ui.tokenError;
-  setText($('token-label'), ui.tokenNeed === 'watch' ? 'This bridge needs a token to watch and drive.'
+  form.hidden = !tokens.need && !tokens.error;
+  setText($('token-label'), tokens.need === 'watch' ? 'This bridge needs a token to watch and drive.'
     : 'This bridge needs a token to drive.');
   const tokenError = $('token-error');
-  tokenError.hidden = !ui.tokenError;
-  setText(tokenError, ui.tokenError ?? '');
-  $('forget-token').hidden = !token;
+  tokenError.hidden = !tokens.error;
+  setText(tokenError, tokens.error ?? '');
+  $('forget-token').hidden = !tokens.value;
 
   const notice = $('notice');
   setText(notice, ui.notice ?? '');
@@ -498,12 +465,6 @@ function render() {
 }
 
 function renderVideo() {
-  if (fallbackAt !== null && pageNow() >= fallbackAt) {
-    fallbackAt = null;
-    if (webrtc.status !== 'playing' && ui.choice && video.status === 'disconnected') {
-      video.restart();
-    }
-  }
   const viaWebRtc = webrtc.status === 'playing';
   const stats = viaWebRtc ? webrtc.stats() : video.stats();
   const transport = $('stat-transport');
@@ -536,7 +497,7 @@ $('stats').title = statsTooltip(PROBE_PERIOD);
 setInterval(render, 250);
 
 // Devtools and tests read the live objects here; nothing on the page depends on it.
-window.videoBridge = { control, video, drive, ui, webrtc };
+window.videoBridge = { control, video, drive, ui, webrtc, tokens, transports };
 
 control.start();
 loadStreams();
