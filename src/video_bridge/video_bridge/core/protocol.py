@@ -7,6 +7,7 @@ back; the teleop core consumes the typed control messages and produces the typed
 """
 
 from dataclasses import dataclass, field
+import enum
 import json
 import math
 import struct
@@ -87,7 +88,7 @@ def parse_target(target: str) -> Target:
     try:
         query = {k: v[-1] for k, v in parse_qs(raw_query, keep_blank_values=True).items()}
     except ValueError:
-        raise ProtocolError('bad_target', 'malformed query string') from None
+        raise ProtocolError(ErrorCode.BAD_TARGET, 'malformed query string') from None
     for prefix, kind in ((VIDEO_PREFIX, 'video'), (MJPEG_PREFIX, 'mjpeg'),
                          (SNAPSHOT_PREFIX, 'snapshot')):
         if raw_path.startswith(prefix):
@@ -95,7 +96,7 @@ def parse_target(target: str) -> Target:
             stream = unquote(segment)
             if not segment or '/' in segment or len(stream) > MAX_STREAM_NAME \
                     or not stream.isprintable():
-                raise ProtocolError('bad_stream', f'invalid stream name in {path!r}')
+                raise ProtocolError(ErrorCode.BAD_STREAM, f'invalid stream name in {path!r}')
             return Target(kind, stream, path, query)
     if path == CONTROL_PATH:
         return Target('control', '', path, query)
@@ -109,10 +110,11 @@ def _query_int(query: dict, name: str, low: int, high: int) -> int:
     if raw == '':
         return 0
     if not (raw.isascii() and raw.isdigit()):
-        raise ProtocolError('bad_variant', f'{name} must be an integer, got {raw[:20]!r}')
+        raise ProtocolError(ErrorCode.BAD_VARIANT, f'{name} must be an integer, got {raw[:20]!r}')
     value = int(raw)
     if not low <= value <= high:
-        raise ProtocolError('bad_variant', f'{name} must be within {low}..{high}, got {value}')
+        raise ProtocolError(ErrorCode.BAD_VARIANT,
+                            f'{name} must be within {low}..{high}, got {value}')
     return value
 
 
@@ -135,7 +137,7 @@ def parse_fps(query: dict) -> float:
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and 0 <= value <= MAX_FPS):
-        raise ProtocolError('bad_variant', f'fps must be a number within 0..{MAX_FPS}, '
+        raise ProtocolError(ErrorCode.BAD_VARIANT, f'fps must be a number within 0..{MAX_FPS}, '
                             f'got {raw[:20]!r}')
     return value
 
@@ -161,6 +163,59 @@ CLOSE_UNAUTHORIZED = 4401      # token missing or wrong
 CLOSE_UNKNOWN_STREAM = 4404
 CLOSE_RATE_LIMITED = 4429      # kept exceeding the per-connection command rate
 CLOSE_CAPACITY = 4503          # viewer or variant limit reached
+
+
+class ErrorCode(enum.StrEnum):
+    """
+    Every machine-readable ``code`` a client can get, in one list.
+
+    They reach clients in ``error`` and ``webrtc_error`` replies, as websocket close reasons'
+    meanings and as HTTP statuses; the tables below map them per transport, and
+    docs/protocol.md lists them all (a test keeps the three in step). A StrEnum: each member
+    is its string, on the wire and in comparisons.
+    """
+
+    # the message itself
+    BAD_JSON = 'bad_json'
+    BAD_MESSAGE = 'bad_message'
+    BAD_NUMBER = 'bad_number'
+    TOO_LARGE = 'too_large'
+    UNKNOWN_TYPE = 'unknown_type'
+    UNKNOWN_COMMAND = 'unknown_command'
+    # the URL and the frame header
+    BAD_TARGET = 'bad_target'
+    BAD_STREAM = 'bad_stream'
+    BAD_VARIANT = 'bad_variant'
+    BAD_FRAME = 'bad_frame'
+    UNKNOWN_STREAM = 'unknown_stream'
+    # rights, limits and state
+    UNAUTHORIZED = 'unauthorized'
+    CAPACITY = 'capacity'
+    RATE_LIMITED = 'rate_limited'
+    NOT_CONNECTED = 'not_connected'
+    NOT_DRIVER = 'not_driver'
+    DRIVER_BUSY = 'driver_busy'
+    ESTOP_ENGAGED = 'estop_engaged'
+    SHUTTING_DOWN = 'shutting_down'
+    # WebRTC signalling (webrtc_error)
+    WEBRTC_UNAVAILABLE = 'webrtc_unavailable'
+    NO_COMMON_CODEC = 'no_common_codec'
+    SUPERSEDED = 'superseded'
+    BAD_STATE = 'bad_state'
+    BAD_ANSWER = 'bad_answer'
+    TOO_MANY_CANDIDATES = 'too_many_candidates'
+    CANDIDATE_REFUSED = 'candidate_refused'
+    CONNECT_TIMEOUT = 'connect_timeout'
+    WEBRTC_FAILED = 'webrtc_failed'
+    BAD_CHANNEL_MESSAGE = 'bad_channel_message'
+
+
+# One table per transport: how a refusal of a request reads there (others: 4400 / 400).
+VIDEO_CLOSE_CODES = {ErrorCode.UNAUTHORIZED: CLOSE_UNAUTHORIZED,
+                     ErrorCode.UNKNOWN_STREAM: CLOSE_UNKNOWN_STREAM,
+                     ErrorCode.CAPACITY: CLOSE_CAPACITY}
+HTTP_STATUSES = {ErrorCode.UNAUTHORIZED: 401, ErrorCode.UNKNOWN_STREAM: 404,
+                 ErrorCode.CAPACITY: 503}
 
 # --- video frames (binary websocket messages) ------------------------------------------------
 
@@ -200,11 +255,11 @@ def pack_frame_header(header: FrameHeader) -> bytes:
 def unpack_frame(message: bytes) -> tuple:
     """Split a video message into ``(FrameHeader, jpeg memoryview)``; ProtocolError if bad."""
     if len(message) < FRAME_HEADER.size:
-        raise ProtocolError('bad_frame', f'frame message too short ({len(message)} bytes)')
+        raise ProtocolError(ErrorCode.BAD_FRAME, f'frame message too short ({len(message)} bytes)')
     (magic, header_length, flags, seq, width, height, sec, nsec,
      received) = FRAME_HEADER.unpack_from(message)
     if magic != FRAME_MAGIC or not FRAME_HEADER.size <= header_length <= len(message):
-        raise ProtocolError('bad_frame', 'not a video_bridge frame')
+        raise ProtocolError(ErrorCode.BAD_FRAME, 'not a video_bridge frame')
     header = FrameHeader(seq, width, height, sec, nsec, received, flags)
     return header, memoryview(message)[header_length:]
 
@@ -288,7 +343,7 @@ RequestId = Union[str, int, float, None]
 
 
 def _reject_constant(name: str) -> Any:
-    raise ProtocolError('bad_number', f'{name} is not a number this protocol accepts')
+    raise ProtocolError(ErrorCode.BAD_NUMBER, f'{name} is not a number this protocol accepts')
 
 
 def _number(obj: dict, key: str, default: Optional[float] = None) -> Optional[float]:
@@ -296,30 +351,30 @@ def _number(obj: dict, key: str, default: Optional[float] = None) -> Optional[fl
         return default
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProtocolError('bad_message', f'{key!r} must be a number')
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f'{key!r} must be a number')
     try:
         value = float(value)
     except OverflowError:  # a JSON integer too large for a float
-        raise ProtocolError('bad_number', f'{key!r} is out of range') from None
+        raise ProtocolError(ErrorCode.BAD_NUMBER, f'{key!r} is out of range') from None
     if not math.isfinite(value):
-        raise ProtocolError('bad_number', f'{key!r} must be finite')
+        raise ProtocolError(ErrorCode.BAD_NUMBER, f'{key!r} must be finite')
     return value
 
 
 def _vector(obj: dict, key: str) -> tuple:
     part = obj.get(key, {})
     if not isinstance(part, dict):
-        raise ProtocolError('bad_message', f'{key!r} must be an object with x, y, z')
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f'{key!r} must be an object with x, y, z')
     unknown = set(part) - {'x', 'y', 'z'}
     if unknown:
-        raise ProtocolError('bad_message', f'{key!r} has unknown fields {sorted(unknown)}')
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f'{key!r} has unknown fields {sorted(unknown)}')
     return tuple(_number(part, axis, 0.0) for axis in 'xyz')
 
 
 def _boolean(obj: dict, key: str, default: bool) -> bool:
     value = obj.get(key, default)
     if not isinstance(value, bool):
-        raise ProtocolError('bad_message', f'{key!r} must be true or false')
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f'{key!r} must be true or false')
     return value
 
 
@@ -328,13 +383,14 @@ def _request_id(obj: dict) -> RequestId:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ProtocolError('bad_message', "'id' must be a string or a number")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "'id' must be a string or a number")
     if isinstance(value, str) and len(value) > MAX_REQUEST_ID:
-        raise ProtocolError('bad_message', f"'id' longer than {MAX_REQUEST_ID} characters")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'id' longer than {MAX_REQUEST_ID} characters")
     if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
-        raise ProtocolError('bad_message', "'id' must be an integer JavaScript can hold exactly")
+        raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                            "'id' must be an integer JavaScript can hold exactly")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ProtocolError('bad_number', "'id' must be finite")
+        raise ProtocolError(ErrorCode.BAD_NUMBER, "'id' must be finite")
     return value
 
 
@@ -351,17 +407,17 @@ def decode_control(data: Union[str, bytes], max_size: int = MAX_CONTROL_MESSAGE)
 def parse_control_object(data: Union[str, bytes], max_size: int = MAX_CONTROL_MESSAGE) -> dict:
     """First step of :func:`decode_control`: the JSON object, so a router can read ``type``."""
     if isinstance(data, (bytes, bytearray, memoryview)):
-        raise ProtocolError('bad_message', 'control messages are JSON text, not binary')
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, 'control messages are JSON text, not binary')
     if len(data) > max_size:
-        raise ProtocolError('too_large', f'control message over {max_size} characters')
+        raise ProtocolError(ErrorCode.TOO_LARGE, f'control message over {max_size} characters')
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except ProtocolError:
         raise
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError('bad_json', f'not valid JSON: {exc}') from None
+        raise ProtocolError(ErrorCode.BAD_JSON, f'not valid JSON: {exc}') from None
     if not isinstance(obj, dict):
-        raise ProtocolError('bad_message', 'a control message is a JSON object')
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, 'a control message is a JSON object')
     return obj
 
 
@@ -380,15 +436,15 @@ def _control_body(obj: dict) -> ControlMessage:
     if kind == 'command':
         name = obj.get('name')
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
-            raise ProtocolError('bad_message', "'name' must be a non-empty string")
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "'name' must be a non-empty string")
         speed = _number(obj, 'speed')
         if speed is not None and not 0.0 <= speed <= 1.0:
-            raise ProtocolError('bad_message', "'speed' must be within 0..1")
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "'speed' must be within 0..1")
         return NamedCommand(name, speed)
     if kind == 'velocity':
         unknown = set(obj) - {'type', 'id', 'linear', 'angular'}
         if unknown:
-            raise ProtocolError('bad_message', f'unknown fields {sorted(unknown)}')
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f'unknown fields {sorted(unknown)}')
         lx, ly, lz = _vector(obj, 'linear')
         ax, ay, az = _vector(obj, 'angular')
         return VelocityCommand(Velocity(lx, ly, lz, ax, ay, az))
@@ -398,13 +454,13 @@ def _control_body(obj: dict) -> ControlMessage:
         return Release()
     if kind == 'estop':
         if 'engage' not in obj:
-            raise ProtocolError('bad_message', "'engage' (true or false) is required")
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "'engage' (true or false) is required")
         return EmergencyStop(_boolean(obj, 'engage', True))
     if kind == 'time':
         return TimeSync(_number(obj, 't0', 0.0))
     if not isinstance(kind, str):
-        raise ProtocolError('bad_message', "'type' must be a string")
-    raise ProtocolError('unknown_type', f'unknown message type {kind[:MAX_NAME]!r}')
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "'type' must be a string")
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f'unknown message type {kind[:MAX_NAME]!r}')
 
 
 # --- WebRTC signalling (version 2; JSON objects on /control, see docs/protocol.md) -------------

@@ -25,8 +25,8 @@ from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
 from video_bridge.core.protocol import (
-    Ack, Acquire, ControlState, EmergencyStop, ErrorReply, Hello, MAX_NAME, NamedCommand,
-    Release, TimeReply, TimeSync, Velocity, VelocityCommand, ZERO)
+    Ack, Acquire, ControlState, EmergencyStop, ErrorCode, ErrorReply, Hello, MAX_NAME,
+    NamedCommand, Release, TimeReply, TimeSync, Velocity, VelocityCommand, ZERO)
 import yaml
 
 NAME_PATTERN = re.compile(r'[A-Za-z0-9_-]{1,64}')
@@ -323,12 +323,12 @@ class TeleopCore:
         """Handle one decoded control message; it always gets exactly one reply."""
         handler = self._handlers.get(type(message))
         if handler is None:
-            return self.refuse(client_id, request_id, 'unknown_type',
+            return self.refuse(client_id, request_id, ErrorCode.UNKNOWN_TYPE,
                                f'not a control message: {type(message).__name__}')
         client = self._clients.get(client_id)
         if client is None:
             if not (isinstance(message, EmergencyStop) and message.engage):
-                return self.refuse(client_id, request_id, 'not_connected',
+                return self.refuse(client_id, request_id, ErrorCode.NOT_CONNECTED,
                                    f'client {client_id} is not connected')
             client = _Client(False, False)  # stopping is allowed to anyone
         return handler(client_id, client, request_id, message, now)
@@ -403,9 +403,10 @@ class TeleopCore:
 
     def _on_acquire(self, client_id, client, request_id, message, now) -> Effects:
         if self._closed:
-            return self.refuse(client_id, request_id, 'shutting_down', 'the bridge is stopping')
+            return self.refuse(client_id, request_id, ErrorCode.SHUTTING_DOWN,
+                               'the bridge is stopping')
         if not client.can_drive:
-            effects = self.refuse(client_id, request_id, 'unauthorized',
+            effects = self.refuse(client_id, request_id, ErrorCode.UNAUTHORIZED,
                                   'a valid token is required to drive')
             effects.events.append(f'refused driver lock to client {client_id}: no valid token')
             return effects
@@ -417,7 +418,7 @@ class TeleopCore:
             reason = f'{previous} is driving'
             if message.takeover:
                 reason += ' and takeover is not allowed'
-            effects = self.refuse(client_id, request_id, 'driver_busy', reason)
+            effects = self.refuse(client_id, request_id, ErrorCode.DRIVER_BUSY, reason)
             effects.events.append(f'refused driver lock to client {client_id}: {reason}')
             return effects
         effects = Effects(replies=[ack], state_changed=True)
@@ -433,7 +434,8 @@ class TeleopCore:
 
     def _on_release(self, client_id, client, request_id, message, now) -> Effects:
         if self._driver != client_id:
-            return self.refuse(client_id, request_id, 'not_driver', self._not_driver_reason())
+            return self.refuse(client_id, request_id, ErrorCode.NOT_DRIVER,
+                               self._not_driver_reason())
         effects = Effects(replies=[(client_id, Ack(request_id, ZERO, message='released'))])
         self._drop_driver(effects, now)
         effects.events.append(f'client {client_id} released the driver lock, stopped')
@@ -446,12 +448,13 @@ class TeleopCore:
         entry = self.config.vocabulary.get(message.name) if isinstance(message.name,
                                                                        str) else None
         if entry is None:
-            return self.refuse(client_id, request_id, 'unknown_command',
+            return self.refuse(client_id, request_id, ErrorCode.UNKNOWN_COMMAND,
                                f'unknown command {str(message.name)[:MAX_NAME]!r}; known: '
                                f'{", ".join(self.config.vocabulary)}')
         speed = self.config.default_speed if message.speed is None else message.speed
         if not (_is_finite_number(speed) and 0 <= speed <= 1):
-            return self.refuse(client_id, request_id, 'bad_message', "'speed' must be within 0..1")
+            return self.refuse(client_id, request_id, ErrorCode.BAD_MESSAGE,
+                               "'speed' must be within 0..1")
         return self._drive(client_id, request_id, entry.scaled(speed), now)
 
     def _on_velocity(self, client_id, client, request_id, message, now) -> Effects:
@@ -461,13 +464,13 @@ class TeleopCore:
         velocity = message.velocity
         if not isinstance(velocity, Velocity) or not all(
                 _is_finite_number(value) for value in _components(velocity)):
-            return self.refuse(client_id, request_id, 'bad_number',
+            return self.refuse(client_id, request_id, ErrorCode.BAD_NUMBER,
                                'velocity components must be finite numbers')
         return self._drive(client_id, request_id, velocity, now)
 
     def _on_estop(self, client_id, client, request_id, message, now) -> Effects:
         if not message.engage and not client.can_drive:
-            effects = self.refuse(client_id, request_id, 'unauthorized',
+            effects = self.refuse(client_id, request_id, ErrorCode.UNAUTHORIZED,
                                   'a valid token is required to release the emergency stop')
             effects.events.append(f'refused emergency stop release to client {client_id}: '
                                   'no valid token')
@@ -485,7 +488,8 @@ class TeleopCore:
 
     def _on_time(self, client_id, client, request_id, message, now) -> Effects:
         if not _is_finite_number(message.t0):
-            return self.refuse(client_id, request_id, 'bad_number', "'t0' must be finite")
+            return self.refuse(client_id, request_id, ErrorCode.BAD_NUMBER,
+                               "'t0' must be finite")
         reply = TimeReply(message.t0, float(self._wall_clock()), request_id)
         return Effects(replies=[(client_id, reply)])
 
@@ -493,13 +497,13 @@ class TeleopCore:
 
     def _motion_refusal(self, client_id, client) -> Optional[tuple]:
         if self._closed:
-            return 'shutting_down', 'the bridge is stopping'
+            return ErrorCode.SHUTTING_DOWN, 'the bridge is stopping'
         if not client.can_drive:
-            return 'unauthorized', 'a valid token is required to drive'
+            return ErrorCode.UNAUTHORIZED, 'a valid token is required to drive'
         if self._driver != client_id:
-            return 'not_driver', self._not_driver_reason()
+            return ErrorCode.NOT_DRIVER, self._not_driver_reason()
         if self._estop:
-            return 'estop_engaged', 'the emergency stop is engaged; release it first'
+            return ErrorCode.ESTOP_ENGAGED, 'the emergency stop is engaged; release it first'
         return None
 
     def _not_driver_reason(self) -> str:

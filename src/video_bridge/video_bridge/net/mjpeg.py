@@ -38,7 +38,6 @@ CLIENT_POLL = 0.05             # s between looks at the window of a client that 
 TCP_INFO_LENGTH = 232          # struct tcp_info up to tcpi_snd_wnd (Linux >= 5.4)
 TCP_INFO_SND_WND = 228         # offset of tcpi_snd_wnd: the client's advertised window
 MIN_FPS = 1.0                   # a viewer asking fewer frames per second gets this many
-HTTP_STATUS = {'unauthorized': 401, 'unknown_stream': 404, 'capacity': 503}
 NO_CACHE = {'Cache-Control': 'no-cache, no-store', 'Pragma': 'no-cache'}
 
 
@@ -53,7 +52,7 @@ def mjpeg_part(frame) -> bytes:
 
 def error_response(exc: protocol.ProtocolError) -> web.Response:
     """Return the plain-text HTTP answer to a refused request."""
-    return web.Response(status=HTTP_STATUS.get(exc.code, 400), text=exc.message + '\n')
+    return web.Response(status=protocol.HTTP_STATUSES.get(exc.code, 400), text=exc.message + '\n')
 
 
 def _attach(request: web.Request, stream_name: str, variant: protocol.Variant):

@@ -22,9 +22,6 @@ from video_bridge.net.auth import authenticate
 from video_bridge.net.mjpeg import effective_fps
 
 FRAME_MARK = struct.Struct('!cQ')  # b'f' + frame sequence number, the payload of frame pings
-CLOSE_CODES = {'unauthorized': protocol.CLOSE_UNAUTHORIZED,
-               'unknown_stream': protocol.CLOSE_UNKNOWN_STREAM,
-               'capacity': protocol.CLOSE_CAPACITY}
 VIDEO_MAX_MESSAGE = 1024  # a receive-only socket: anything larger is a mistake or an attack
 
 
@@ -69,8 +66,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         fps = effective_fps(protocol.parse_fps(target.query))
         viewer = server.attach(grant, target, request)
     except protocol.ProtocolError as exc:
-        await websocket.close(request, ws, CLOSE_CODES.get(exc.code, protocol.CLOSE_BAD_REQUEST),
-                              exc.message)
+        code = protocol.VIDEO_CLOSE_CODES.get(exc.code, protocol.CLOSE_BAD_REQUEST)
+        await websocket.close(request, ws, code, exc.message)
         return ws
     window = _Window()
     server.track(request, ws)
