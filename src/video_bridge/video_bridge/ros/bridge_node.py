@@ -41,6 +41,7 @@ from std_msgs.msg import Bool
 from video_bridge.core import health
 from video_bridge.core import ice
 from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token
+from video_bridge.core.demand import Demand
 from video_bridge.core.encoders import choose_h264_encoder, LIBX264, MIN_BITRATE
 from video_bridge.core.image_codec import DisplaySettings, MalformedImage, UnsupportedEncoding
 from video_bridge.core.layers import layer_bitrates
@@ -190,8 +191,7 @@ class BridgeNode(Node):
             self.server.webrtc = self.webrtc
         self._image_subs = {}
         self.closing = False
-        self._demand = {}
-        self._idle_since = {}
+        self._demand = Demand()
         self._image_topics = []
         self._reconcile_now = self.create_guard_condition(self._reconcile)
         self.create_timer(0.5, self._reconcile)
@@ -304,27 +304,22 @@ class BridgeNode(Node):
             self.webrtc.notify_frame(name)
 
     def _viewers_changed(self, name: str, count: int):
-        self._demand[name] = count
+        self._demand.viewers(name, count)
         if not self.closing:
             self._reconcile_now.trigger()
 
     def _reconcile(self):
         """Subscribe streams someone watches; unsubscribe a while after the last one left."""
-        now = time.monotonic()
-        for stream in self.hub.streams():
-            name = stream.name
-            watched = self._demand.get(name, 0) > 0 or not self.p.subscribe_on_demand
-            if watched:
-                self._idle_since.pop(name, None)
-                if name not in self._image_subs:
-                    self._subscribe(stream)
-            elif name in self._image_subs:
-                idle = self._idle_since.setdefault(name, now)
-                if now - idle >= self.p.unsubscribe_delay:
-                    self.destroy_subscription(self._image_subs.pop(name))
-                    self._idle_since.pop(name, None)
-                    self.get_logger().info(f'stream {name!r}: nobody watches; unsubscribed '
-                                           f'{stream.settings.topic}')
+        streams = {stream.name: stream for stream in self.hub.streams()}
+        subscribe, unsubscribe = self._demand.plan(
+            streams, set(self._image_subs), time.monotonic(),
+            self.p.subscribe_on_demand, self.p.unsubscribe_delay)
+        for name in subscribe:
+            self._subscribe(streams[name])
+        for name in unsubscribe:
+            self.destroy_subscription(self._image_subs.pop(name))
+            self.get_logger().info(f'stream {name!r}: nobody watches; unsubscribed '
+                                   f'{streams[name].settings.topic}')
 
     def _subscribe(self, stream):
         settings = stream.settings
