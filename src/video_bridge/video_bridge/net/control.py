@@ -74,7 +74,8 @@ class ControlService:
                  max_message_size: int = protocol.MAX_CONTROL_MESSAGE,
                  logger: Optional[logging.Logger] = None,
                  clock: Callable[[], float] = time.monotonic,
-                 send_timeout: float = 5.0):
+                 send_timeout: float = 5.0,
+                 on_estop: Optional[Callable[[bool], None]] = None):
         self.core = core
         self.access = access
         self.publish = publish
@@ -85,6 +86,8 @@ class ControlService:
         self.log = logger or logging.getLogger('video_bridge.net.control')
         self.clock = clock
         self.signalling = None
+        self.on_estop = on_estop      # told the e-stop state at start and on every change
+        self._estop_told = None
         self._client_buckets = ClientBuckets(commands_per_second, command_burst)
         self._sessions: Dict[str, _Session] = {}
         self._ids = itertools.count(1)
@@ -101,6 +104,7 @@ class ControlService:
         """Start the core's clock on the running loop."""
         self._wake = asyncio.Event()
         self._clock_task = asyncio.get_running_loop().create_task(self._run_clock())
+        self._tell_estop()
 
     async def stop(self):
         """Publish zero (shutdown) and stop the clock; sessions stay open and keep answering."""
@@ -253,6 +257,7 @@ class ControlService:
             if session is not None:
                 self._queue_reply(session, protocol.encode_control(message, client_id))
         if effects.state_changed:
+            self._tell_estop()
             self._state_changed()
         for event in effects.events:
             self.log.info('%s', event)
@@ -262,6 +267,13 @@ class ControlService:
                 self._close(session, code, reason)
         if self._wake is not None:
             self._wake.set()
+
+    def _tell_estop(self):
+        """Tell ``on_estop`` the e-stop state if it changed (ROS latches it for twist_mux)."""
+        engaged = bool(self.core.state().estop)
+        if self.on_estop is not None and engaged != self._estop_told:
+            self._estop_told = engaged
+            self.on_estop(engaged)
 
     def _state_changed(self):
         """

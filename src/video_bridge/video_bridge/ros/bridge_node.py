@@ -135,7 +135,6 @@ class BridgeNode(Node):
             Bool, '~/emergency_stop',
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self._estop_published = None
         self.monitor = health.StreamMonitor(stale_after=2.0)
         self.hub = StreamHub(self.p.max_viewers, on_frame=self._frame_ready,
                              on_viewers=self._viewers_changed,
@@ -168,7 +167,8 @@ class BridgeNode(Node):
         self.control = ControlService(self.teleop, self.access, self.publish_velocity,
                                       self.p.commands_per_second, self.p.command_burst,
                                       self.p.max_message_size, logger=self.log,
-                                      send_timeout=self.p.send_timeout)
+                                      send_timeout=self.p.send_timeout,
+                                      on_estop=self._publish_estop)
         self.server = BridgeServer(
             self.hub, self.access,
             ServerConfig(host=self.p.host, port=self.p.port,
@@ -568,14 +568,9 @@ class BridgeNode(Node):
                 values=[KeyValue(key=key, value=value) for key, value in item.values]))
         self.diagnostics_pub.publish(array)
 
-    def watch_estop(self):
-        """Publish the latched e-stop state whenever it changes (runs on the network loop)."""
-        engaged = bool(self.teleop.state().estop)
-        if engaged != self._estop_published:
-            self._estop_published = engaged
-            self.estop_pub.publish(Bool(data=engaged))
-        if not self.closing:
-            self.loop.call_later(0.05, self.watch_estop)
+    def _publish_estop(self, engaged: bool):
+        """Latch the e-stop state for twist_mux ``locks`` (called on start and on each change)."""
+        self.estop_pub.publish(Bool(data=engaged))
 
     def flush_cmd_vel(self, timeout: float = 1.0):
         """Wait until subscribers acknowledged the last cmd_vel (the final zero at shutdown)."""
@@ -608,7 +603,6 @@ async def run_bridge(args=None) -> int:
             node.get_logger().error(f'cannot listen on {node.p.host}:{node.p.port}: {exc}')
             return 1
         node.control.start()
-        node.watch_estop()
         if node.webrtc is not None:
             node.webrtc.start()
         executor.add_node(node)
