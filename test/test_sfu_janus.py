@@ -1,0 +1,404 @@
+"""The SFU path with the real Janus (Debian's janus 1.1): the bridge's publisher dials out to
+it over WebRTC, aiortc viewers subscribe through the Janus API with tokens the bridge minted.
+
+Janus runs inside the test's private namespace (scripts/test), from the configs in
+deploy/cloud/ with test secrets, and is stopped by its PID however the test ends. Janus
+gathers ICE candidates on no loopback interface, so the test adds a veth pair of its own
+(198.51.100.1/24 on one end) and removes it afterwards.
+"""
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+from conftest import ChildProcess, free_port, only_loopback, port_open, REPO, wait_for
+import pytest
+from test_encoders import raw
+from video_bridge.core import sfu
+from video_bridge.core.streams import StreamHub, StreamSettings
+from webrtc_support import wait_until
+
+pytest.importorskip('aiortc')
+JANUS = shutil.which('janus')
+ROOM = 4242
+OTHER_ROOM = 4343
+ADDRESS = '198.51.100.1'
+DEPLOY = os.path.join(REPO, 'deploy', 'cloud')
+
+
+@contextlib.contextmanager
+def lab_interface():
+    """A veth pair in this private namespace: an address Janus will gather candidates on."""
+    if not only_loopback():
+        pytest.fail('the Janus tests change the network namespace: run them with scripts/test')
+    subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)
+    subprocess.run(['ip', 'link', 'add', 'sfu0', 'type', 'veth', 'peer', 'name', 'sfu1'],
+                   check=True)
+    try:
+        subprocess.run(['ip', 'addr', 'add', f'{ADDRESS}/24', 'dev', 'sfu0'], check=True)
+        for name in ('sfu0', 'sfu1'):
+            subprocess.run(['ip', 'link', 'set', name, 'up'], check=True)
+        yield ADDRESS
+    finally:
+        subprocess.run(['ip', 'link', 'del', 'sfu0'], capture_output=True)
+
+
+class Janus:
+    """Janus with deploy/cloud's configs (test secrets, a free port), restartable."""
+
+    def __init__(self):
+        if JANUS is None:
+            pytest.skip('janus is not installed: scripts/bootstrap installs it')
+        self.dir = tempfile.mkdtemp(prefix='janus-')
+        self.port = free_port()
+        self.url = f'ws://127.0.0.1:{self.port}'
+        self.token_secret = 'test-token-secret'
+        self.room_secret = 'test-room-secret'
+        self.pin = 'test-pin'
+        values = {'TOKEN_AUTH_SECRET': self.token_secret, 'ADMIN_SECRET': 'test-admin',
+                  'ADMIN_KEY': 'test-admin-key', 'ROOM': str(ROOM), 'ROBOT': 'car1',
+                  'ROOM_SECRET': self.room_secret, 'ROOM_PIN': self.pin}
+        for name in ('janus.jcfg', 'janus.transport.websockets.jcfg',
+                     'janus.plugin.videoroom.jcfg'):
+            with open(os.path.join(DEPLOY, name)) as template:
+                text = template.read()
+            text = re.sub(r'@([A-Z_0-9]+)@', lambda m: values.get(m.group(1), m.group(0)), text)
+            text = text.replace('"/etc/janus"', f'"{self.dir}"')
+            text = text.replace('ws_port = 8188', f'ws_port = {self.port}')
+            text = text.replace('"20000-40000"', '"40000-40999"')
+            if name == 'janus.plugin.videoroom.jcfg':   # a second robot's room
+                text += (f'\nroom-{OTHER_ROOM}: {{\n\tsecret = "other-secret"\n\tpin = "other"\n'
+                         '\tsigned_tokens = true\n\tpublishers = 6\n\tvideocodec = "h264,vp8"\n}\n')
+            with open(os.path.join(self.dir, name), 'w') as out:
+                out.write(text)
+        self.process = None
+        self.start()
+
+    def start(self):
+        self.process = ChildProcess(
+            [JANUS, '-C', os.path.join(self.dir, 'janus.jcfg'), '-F', self.dir, '-o',
+             '-i', ADDRESS], 'janus')
+        self.process.wait_output('WebSockets thread started', 20)
+        wait_for(lambda: port_open(self.port), 10, 'janus websocket port')
+
+    def stop(self):
+        if self.process is not None:
+            self.process.stop(signal.SIGTERM, 10)
+            self.process = None
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def janus():
+    with lab_interface():
+        server = Janus()
+        try:
+            yield server
+        finally:
+            server.close()
+
+
+class Feeder:
+    """A hub with one stream fed 30 frames/s from a thread (the camera side of the bridge)."""
+
+    def __init__(self):
+        self.hub = StreamHub()
+        self.stream = self.hub.add(StreamSettings('cam', 'image_raw'))
+        self.listeners = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        index = 0
+        while not self._stop.wait(1 / 30):
+            self.stream.publish(raw(index))
+            for listener in self.listeners:
+                listener('cam')
+            index += 1
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(5)
+
+
+class JanusViewer:
+    """A page's half in aiortc: a Janus session, a VideoRoom subscriber, frames counted."""
+
+    def __init__(self, url: str):
+        from video_bridge.net.sfu_janus import JanusSession, JanusSettings
+        self.settings = JanusSettings(url=url, room=ROOM)
+        self.session_class = JanusSession
+        self.janus = None
+        self.pc = None
+        self.frames = 0
+        self.first_frame_at = None
+
+    async def open(self, token):
+        import logging
+        self.janus = self.session_class(self.settings, token, logging.getLogger('viewer'))
+        await self.janus.open()
+        return await self.janus.attach(sfu.VIDEOROOM)
+
+    async def watch(self, access: dict):
+        """Subscribe to the feed ``access`` names (an ``sfu_access`` message's fields)."""
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+        handle = await self.open(access.get('token'))
+        join = {'request': 'join', 'ptype': 'subscriber', 'room': access['room'],
+                'streams': [{'feed': access['feed']}]}
+        if access.get('room_token'):
+            join['token'] = access['room_token']
+        if access.get('pin'):
+            join['pin'] = access['pin']
+        _, jsep = await self.janus.message(handle, join)
+        self.pc = RTCPeerConnection()
+
+        @self.pc.on('track')
+        def on_track(track):
+            asyncio.ensure_future(self._read(track))
+
+        await self.pc.setRemoteDescription(RTCSessionDescription(jsep['sdp'], 'offer'))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await self.janus.message(handle, {'request': 'start'}, jsep={
+            'type': 'answer', 'sdp': self.pc.localDescription.sdp})
+        self.started_at = time.monotonic()
+
+    async def _read(self, track):
+        from aiortc.mediastreams import MediaStreamError
+        try:
+            while True:
+                await track.recv()
+                self.frames += 1
+                if self.first_frame_at is None:
+                    self.first_frame_at = time.monotonic()
+        except MediaStreamError:
+            pass
+
+    async def close(self):
+        if self.pc is not None:
+            await self.pc.close()
+        if self.janus is not None:
+            await self.janus.close()
+
+
+def publisher(janus, feeder, **overrides):
+    from video_bridge.net.sfu_janus import JanusPublisher, JanusSettings
+    settings = dict(url=janus.url, room=ROOM, token_secret=janus.token_secret,
+                    room_pin=janus.pin, room_secret=janus.room_secret, backoff_max=2.0)
+    settings.update(overrides)
+    published = JanusPublisher(feeder.hub, JanusSettings(**settings))
+    feeder.listeners.append(published.notify_frame)
+    return published
+
+
+async def bytes_sent(feed) -> int:
+    """RTP bytes the publisher's sender put on the wire (aiortc's outbound-rtp stats)."""
+    stats = await feed.peer.pc.getStats()
+    return sum(s.bytesSent for s in stats.values() if s.type == 'outbound-rtp')
+
+
+async def uplink_rate(feed, seconds: float) -> float:
+    """Bit/s the robot sent towards Janus over ``seconds`` (a measuring window)."""
+    before, started = await bytes_sent(feed), time.monotonic()
+    await asyncio.sleep(seconds)   # the measuring window, not a synchronisation
+    return (await bytes_sent(feed) - before) * 8 / (time.monotonic() - started)
+
+
+def test_one_stream_up_for_one_or_five_viewers(janus):
+    """Five viewers through Janus cost the robot's uplink what one does; one encoder."""
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder)
+        published.start()
+        published.set_wanted({'cam'})
+        viewers = []
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            feed = published.feeds['cam']
+            access = published.viewer_access('cam', 'page-1')
+            assert access['feed'] == feed.feed_id and access['room'] == ROOM
+            first = JanusViewer(janus.url)
+            viewers.append(first)
+            await first.watch(access)
+            await wait_until(lambda: first.frames >= 30, 20, 'the first viewer gets frames')
+            # a new viewer's first frame comes soon: its PLI reaches the shared encoder
+            assert first.first_frame_at - first.started_at < 3.0
+            one = await uplink_rate(feed, 3.0)
+            for index in range(4):
+                viewer = JanusViewer(janus.url)
+                viewers.append(viewer)
+                await viewer.watch(published.viewer_access('cam', f'page-{index + 2}'))
+            await wait_until(lambda: all(v.frames >= 30 for v in viewers), 30,
+                             'five viewers get frames')
+            five = await uplink_rate(feed, 3.0)
+            counts = [v.frames for v in viewers]
+            await asyncio.sleep(1.0)   # a window over which every viewer keeps receiving
+            assert all(v.frames > c for v, c in zip(viewers, counts)), 'a viewer stalled'
+            print(f'robot uplink: {one / 1000:.0f} kbit/s for 1 viewer, '
+                  f'{five / 1000:.0f} kbit/s for 5')
+            assert one > 0 and five < one * 1.25 + 50_000
+            counters = feeder.stream.counters()
+            assert counters.video_encoders == 1       # the SFU adds no encode per viewer
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+def test_janus_refuses_what_the_bridge_did_not_mint(janus):
+    """No token, a forged or expired one, another room's, a wrong pin; viewers cannot publish."""
+    from video_bridge.net.sfu_janus import JanusError
+
+    async def refused(token, body=None):
+        viewer = JanusViewer(janus.url)
+        try:
+            handle = await viewer.open(token)
+            if body is not None:
+                await viewer.janus.message(handle, body)
+        except JanusError as exc:
+            return exc
+        finally:
+            await viewer.close()
+        return None
+
+    async def scenario():
+        now = time.time()
+        grant = sfu.room_grant(janus.token_secret, ROOM, now)
+        good = grant.token
+        assert (await refused(None)).code == 403
+        forged = sfu.room_grant('not-the-secret', ROOM, now).token
+        assert (await refused(forged)).code == 403
+        expired = sfu.mint_token(janus.token_secret, now - 5, (sfu.VIDEOROOM,))
+        assert (await refused(expired)).code == 403
+        edited = good.replace(sfu.VIDEOROOM, 'janus.plugin.streaming')
+        assert (await refused(edited)).code == 403
+        listing = {'request': 'listparticipants', 'room': ROOM}
+        assert await refused(good, listing) is None        # the minted one is good
+        subscribe = {'request': 'join', 'ptype': 'subscriber', 'room': ROOM, 'pin': janus.pin,
+                     'streams': [{'feed': 1}]}
+        # the room wants its room token: none, forged, expired, another room's are refused
+        assert 'wrong token' in (await refused(good, subscribe)).reason
+        for token in (sfu.room_grant('not-the-secret', ROOM, now).room_token,
+                      sfu.mint_token(janus.token_secret, now - 5, (sfu.room_descriptor(ROOM),),
+                                     sfu.VIDEOROOM),
+                      sfu.room_grant(janus.token_secret, OTHER_ROOM, now).room_token):
+            assert 'wrong token' in (await refused(good, dict(subscribe, token=token))).reason
+        other_room = dict(subscribe, room=OTHER_ROOM, pin='other', token=grant.room_token)
+        assert 'wrong token' in (await refused(good, other_room)).reason
+        wrong_pin = dict(subscribe, pin='nope', token=grant.room_token)
+        assert (await refused(good, wrong_pin)).code == 433
+        # the robot's own session puts its token on the room's allowed list; a viewer's
+        # token, good for the room, is not on it and may not publish
+        feeder = Feeder()
+        published = publisher(janus, feeder)
+        published.start()
+        published.set_wanted({'cam'})
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            as_publisher = {'request': 'join', 'ptype': 'publisher', 'room': ROOM,
+                            'pin': janus.pin, 'token': grant.room_token}
+            assert 'allowed' in (await refused(good, as_publisher)).reason
+        finally:
+            await published.stop()
+            feeder.close()
+
+    asyncio.run(scenario())
+
+
+def test_publishing_resumes_after_janus_restarts(janus):
+    """Janus goes away and comes back: the publisher publishes again by itself."""
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder)
+        published.start()
+        published.set_wanted({'cam'})
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            first_id = published.feeds['cam'].feed_id
+            await asyncio.get_running_loop().run_in_executor(None, janus.stop)
+            await wait_until(lambda: not published.feeds['cam'].published, 20,
+                             'the publisher notices Janus is gone')
+            await asyncio.get_running_loop().run_in_executor(None, janus.start)
+            await wait_until(lambda: published.feeds['cam'].published, 30,
+                             'published again after the restart')
+            assert published.feeds['cam'].publishes == 2
+            viewer = JanusViewer(janus.url)
+            try:
+                await viewer.watch(published.viewer_access('cam', 'page'))
+                await wait_until(lambda: viewer.frames >= 10, 20, 'a viewer after the restart')
+            finally:
+                await viewer.close()
+            print(f'feed {first_id} before the restart, {published.feeds["cam"].feed_id} after')
+        finally:
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+def test_publishes_only_while_sfu_viewers_watch(janus):
+    """sfu_watch starts publishing; after the last viewer leaves, the linger, then nothing."""
+    from video_bridge.net.sfu import SfuService
+    feeder = Feeder()
+    sent = []
+
+    async def participants():
+        viewer = JanusViewer(janus.url)
+        try:
+            handle = await viewer.open(sfu.room_grant(janus.token_secret, ROOM,
+                                                      time.time()).token)
+            data, _ = await viewer.janus.message(handle, {'request': 'listparticipants',
+                                                          'room': ROOM})
+            return [p for p in data['participants'] if p.get('publisher')]
+        finally:
+            await viewer.close()
+
+    async def scenario():
+        published = publisher(janus, feeder)
+        service = SfuService(published, feeder.hub, lambda cid, m: sent.append((cid, m)),
+                             sfu.SfuWatchers(ttl=30.0, linger=1.0))
+        service.start()
+        try:
+            assert await participants() == []
+            service.handle('page', None, {'type': 'sfu_watch', 'id': 1, 'stream': 'cam'})
+            assert sent[-1][1]['type'] == 'sfu_access' and sent[-1][1]['token']
+            await wait_until(lambda: 'cam' in published.feeds and
+                             published.feeds['cam'].published, 20, 'published')
+            assert len(await participants()) == 1
+            service.handle('page', None, {'type': 'sfu_watch', 'id': 2, 'stream': 'nope'})
+            assert sent[-1][1]['code'] == 'unknown_stream'
+            service.disconnect('page')                # the page's control session ended
+            assert 'cam' in published.feeds           # the linger: still published
+            await wait_until(lambda: 'cam' not in published.feeds, 5, 'publishing stopped')
+            for _ in range(50):                       # Janus forgets the publisher at once
+                if not await participants():
+                    break
+                await asyncio.sleep(0.1)              # a poll interval
+            assert await participants() == []
+            assert feeder.stream.counters().video_encoders == 0   # the encoder is gone too
+        finally:
+            await service.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
