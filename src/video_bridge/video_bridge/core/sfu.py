@@ -99,18 +99,24 @@ class RoomGrant:
     room: int
 
 
-def room_grant(secret: str, room: int, now: float, ttl: float = TOKEN_TTL) -> RoomGrant:
+def room_grant(secret: str, room: int, now: float, ttl: float = TOKEN_TTL,
+               publisher_nonce: str = '') -> RoomGrant:
     """
     Mint the tokens of one robot's room: the VideoRoom plugin and this room, nothing else.
 
-    A viewer's and the robot's are alike: viewers subscribe in the room, and publishing
-    is refused by the room's ``allowed`` list, which only the robot's own room token is on
-    (the robot puts it there with the room secret, which viewers never get).
+    Viewers subscribe in the room; publishing is refused by the room's ``allowed`` list,
+    which only the robot's own room token is on (the robot puts it there with the room
+    secret, which viewers never get). The robot's room token names a ``publisher_nonce``
+    of its own (random, fresh per Janus session): without it, a viewer's token minted in
+    the same second would be the very same string, and on the list.
     """
     ttl = min(max(1.0, float(ttl)), MAX_TOKEN_TTL)
     expires = int(now + ttl)
+    room_descriptors = (room_descriptor(room),)
+    if publisher_nonce:
+        room_descriptors += (f'publisher={publisher_nonce}',)
     return RoomGrant(mint_token(secret, expires, (VIDEOROOM,)),
-                     mint_token(secret, expires, (room_descriptor(room),), VIDEOROOM),
+                     mint_token(secret, expires, room_descriptors, VIDEOROOM),
                      expires, int(room))
 
 

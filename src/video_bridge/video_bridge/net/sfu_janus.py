@@ -31,6 +31,7 @@ import collections
 from dataclasses import dataclass
 import itertools
 import logging
+import secrets
 import time
 from typing import Callable, Dict, Optional, Set
 
@@ -358,7 +359,8 @@ class JanusPublisher:
         grant = None
         if settings.token_secret:
             grant = sfu_core.room_grant(settings.token_secret, settings.room,
-                                        self.wall_clock(), settings.token_ttl)
+                                        self.wall_clock(), settings.token_ttl,
+                                        publisher_nonce=secrets.token_hex(12))
         janus = JanusSession(settings, grant.token if grant else None, self.log)
         peer = None
         try:
