@@ -147,7 +147,7 @@ class JanusViewer:
     async def open(self, token):
         import logging
         self.janus = self.session_class(self.settings, token, logging.getLogger('viewer'))
-        await self.janus.open()
+        await self.janus.connect()
         return await self.janus.attach(sfu.VIDEOROOM)
 
     async def watch(self, access: dict):
@@ -402,3 +402,57 @@ def test_publishes_only_while_sfu_viewers_watch(janus):
         asyncio.run(scenario())
     finally:
         feeder.close()
+
+
+def test_bridge_node_publishes_to_janus_for_pages_that_may_watch(ros, start_bridge, janus,
+                                                                 tmp_path):
+    """The real bridge_node: sfu_watch on /control with the token gets Janus tokens and the
+    stream is published; a page without the robot's token gets no Janus token."""
+    import json
+    from conftest import FramePublisher
+    import websockets
+    files = {}
+    for name, value in (('sfu_token_secret_file', janus.token_secret),
+                        ('sfu_room_secret_file', janus.room_secret),
+                        ('sfu_room_pin_file', janus.pin)):
+        path = tmp_path / name
+        path.write_text(value + '\n')
+        path.chmod(0o600)
+        files[name] = str(path)
+    bridge = start_bridge(token='robot-token', sfu_janus_url=janus.url, sfu_room=ROOM,
+                          **files)
+
+    async def ask(ws, message):
+        await ws.send(json.dumps(message))
+        async with asyncio.timeout(10):
+            while True:
+                reply = json.loads(await ws.recv())
+                if reply.get('id') == message['id']:
+                    return reply
+
+    async def scenario():
+        async with websockets.connect(f'{bridge.ws}/control') as stranger:
+            try:
+                reply = await ask(stranger, {'type': 'sfu_watch', 'id': 1, 'stream': 'camera'})
+            except websockets.ConnectionClosed:
+                reply = None
+            assert reply is None or (reply['type'] != 'sfu_access' and 'token' not in reply)
+        async with websockets.connect(f'{bridge.ws}/control?token=robot-token') as page:
+            access = await ask(page, {'type': 'sfu_watch', 'id': 2, 'stream': 'camera'})
+            assert access['type'] == 'sfu_access' and access['room'] == ROOM, access
+            assert sfu.read_token(access['token'], janus.token_secret, time.time())
+            for _ in range(100):                  # the heartbeat: until the feed is up
+                if access.get('feed'):
+                    break
+                await asyncio.sleep(0.2)          # the page's heartbeat interval, shortened
+                access = await ask(page, {'type': 'sfu_watch', 'id': 3, 'stream': 'camera'})
+            assert access.get('feed'), access
+            viewer = JanusViewer(janus.url)
+            try:
+                await viewer.watch(access)
+                await wait_until(lambda: viewer.frames >= 15, 20, 'frames through Janus')
+            finally:
+                await viewer.close()
+
+    with FramePublisher(ros.node, '/camera/image_raw', width=320, height=240):
+        asyncio.run(scenario())

@@ -180,6 +180,8 @@ class SfuWatchers:
 
     def next_change(self, now: float) -> Optional[float]:
         """Return when :meth:`wanted` may change by itself (an expiry or a linger's end)."""
+        watched = {stream for stream, _ in self._watching.values()}
         times: Iterable[float] = [expires for _, expires in self._watching.values()]
-        times = list(times) + [left + self.linger for left in self._last_seen.values()]
+        times = list(times) + [left + self.linger for stream, left in self._last_seen.items()
+                               if stream not in watched]
         return min(times) if times else None

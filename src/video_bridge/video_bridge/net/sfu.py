@@ -38,7 +38,7 @@ class SfuPublisher(Protocol):
         """Publish exactly these streams from now on (start, keep, or stop each)."""
 
     def notify_frame(self, stream_name: str) -> None:
-        """A new frame of a stream is in the hub (called from the ROS thread)."""
+        """Wake the stream's feed: a new frame is in the hub (called from the ROS thread)."""
 
     def viewer_access(self, stream_name: str, client_id: str) -> dict:
         """Return what a page needs to watch ``stream_name`` there (minted for this client)."""
@@ -123,7 +123,7 @@ class SfuService:
                 **access}
 
     def disconnect(self, client_id: str):
-        """A control session ended: it watches nothing any more."""
+        """Forget a control session that ended: it watches nothing any more."""
         self.watchers.leave(client_id, self.clock())
         self._update()
 

@@ -3,7 +3,7 @@ Janus as the SFU: the robot publishes each watched stream into its VideoRoom, on
 
 A thin adapter over two libraries: aiohttp's websocket client speaks the Janus API (the
 ``janus-protocol`` websocket transport: ``create`` a session, ``attach`` the VideoRoom plugin,
-plugin ``message``\\ s, ``keepalive`` within the session timeout), and aiortc makes the
+plugin messages, ``keepalive`` within the session timeout), and aiortc makes the
 publisher's WebRTC connection, dialling out (the robot may sit behind NAT; Janus in the cloud
 answers). What is ours:
 
@@ -79,6 +79,18 @@ class JanusSettings:
     backoff_min: float = BACKOFF_MIN
     backoff_max: float = BACKOFF_MAX
 
+    def __post_init__(self):
+        """Refuse settings that could never publish (a configuration error at start)."""
+        for name in ('url', 'viewer_url'):
+            value = getattr(self, name)
+            if value and not value.startswith(('ws://', 'wss://')):
+                raise ValueError(f'sfu: {name} must be a ws:// or wss:// URL (the Janus '
+                                 f'websocket transport), not {value[:100]!r}')
+        if not 0 < self.room < 2 ** 53:
+            raise ValueError('sfu: the Janus room id (sfu_room) must be a positive integer')
+        if self.codec not in (encoders.H264, encoders.VP8):
+            raise ValueError(f'sfu: the codec must be h264 or vp8, not {self.codec!r}')
+
 
 class JanusSession:
     """One Janus API session over a websocket: requests by transaction, events, keepalives."""
@@ -97,7 +109,7 @@ class JanusSession:
         self._ids = itertools.count(1)
         self._tasks = []
 
-    async def open(self):
+    async def connect(self):
         """Connect, create the Janus session, start reading and keeping it alive."""
         import aiohttp
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
@@ -364,7 +376,7 @@ class JanusPublisher:
         janus = JanusSession(settings, grant.token if grant else None, self.log)
         peer = None
         try:
-            await janus.open()
+            await janus.connect()
             handle = await janus.attach(sfu_core.VIDEOROOM)
             if grant and settings.room_secret:
                 for action in ('add', 'enable'):   # only listed tokens may publish
@@ -464,4 +476,3 @@ class JanusPublisher:
             for wait in waits:
                 wait.cancel()
             pc.remove_listener('connectionstatechange', changed.set)
-
