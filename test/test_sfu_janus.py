@@ -98,6 +98,44 @@ class Janus:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class JanusEdge:
+    """nginx with deploy/cloud/janus-nginx-location.conf in front of Janus (ws://.../janus)."""
+
+    def __init__(self, janus: 'Janus'):
+        nginx = shutil.which('nginx') or '/usr/sbin/nginx'
+        if not os.path.exists(nginx):
+            pytest.skip('nginx is not installed: scripts/bootstrap installs it')
+        self.port = free_port()
+        self.url = f'ws://127.0.0.1:{self.port}/janus'
+        with open(os.path.join(DEPLOY, 'janus-nginx-location.conf')) as snippet:
+            location = snippet.read().replace('127.0.0.1:8188', f'127.0.0.1:{janus.port}')
+        with open(os.path.join(janus.dir, 'janus-location.conf'), 'w') as out:
+            out.write(location)
+        conf = os.path.join(janus.dir, 'nginx.conf')
+        temp = os.path.join(janus.dir, 'nginx-temp')
+        os.makedirs(temp, exist_ok=True)
+        with open(conf, 'w') as out:
+            out.write(f"""pid {janus.dir}/nginx.pid;
+error_log stderr;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {temp}; proxy_temp_path {temp}; fastcgi_temp_path {temp};
+    uwsgi_temp_path {temp}; scgi_temp_path {temp};
+    limit_req_zone $binary_remote_addr zone=video_bridge_attempts:1m rate=10r/s;
+    server {{
+        listen 127.0.0.1:{self.port};
+        include {janus.dir}/janus-location.conf;
+    }}
+}}
+""")
+        self.process = ChildProcess([nginx, '-c', conf, '-g', 'daemon off;'], 'nginx-janus')
+        self.process.wait_port(self.port, 20)
+
+    def close(self):
+        self.process.stop(signal.SIGTERM, 10)
+
+
 @pytest.fixture
 def janus():
     with lab_interface():
@@ -215,8 +253,12 @@ async def uplink_rate(feed, seconds: float) -> float:
 
 
 def test_one_stream_up_for_one_or_five_viewers(janus):
-    """Five viewers through Janus cost the robot's uplink what one does; one encoder."""
+    """Five viewers through Janus cost the robot's uplink what one does; one encoder.
+
+    The viewers come in through nginx with deploy/cloud's location, as pages would.
+    """
     feeder = Feeder()
+    edge = JanusEdge(janus)
 
     async def scenario():
         published = publisher(janus, feeder)
@@ -228,7 +270,7 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
             feed = published.feeds['cam']
             access = published.viewer_access('cam', 'page-1')
             assert access['feed'] == feed.feed_id and access['room'] == ROOM
-            first = JanusViewer(janus.url)
+            first = JanusViewer(edge.url)
             viewers.append(first)
             await first.watch(access)
             await wait_until(lambda: first.frames >= 30, 20, 'the first viewer gets frames')
@@ -236,7 +278,7 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
             assert first.first_frame_at - first.started_at < 3.0
             one = await uplink_rate(feed, 3.0)
             for index in range(4):
-                viewer = JanusViewer(janus.url)
+                viewer = JanusViewer(edge.url)
                 viewers.append(viewer)
                 await viewer.watch(published.viewer_access('cam', f'page-{index + 2}'))
             await wait_until(lambda: all(v.frames >= 30 for v in viewers), 30,
@@ -259,6 +301,7 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
         asyncio.run(scenario())
     finally:
         feeder.close()
+        edge.close()
 
 
 def test_janus_refuses_what_the_bridge_did_not_mint(janus):
