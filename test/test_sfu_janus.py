@@ -415,6 +415,18 @@ def test_publishes_only_while_sfu_viewers_watch(janus):
         finally:
             await viewer.close()
 
+    async def allowed_list():
+        viewer = JanusViewer(janus.url)
+        try:
+            handle = await viewer.open(sfu.room_grant(janus.token_secret, ROOM,
+                                                      time.time()).token)
+            data, _ = await viewer.janus.message(handle, {
+                'request': 'allowed', 'room': ROOM, 'secret': janus.room_secret,
+                'action': 'add', 'allowed': []})
+            return data['allowed']
+        finally:
+            await viewer.close()
+
     async def scenario():
         published = publisher(janus, feeder)
         service = SfuService(published, feeder.hub, lambda cid, m: sent.append((cid, m)),
@@ -438,6 +450,7 @@ def test_publishes_only_while_sfu_viewers_watch(janus):
                 await asyncio.sleep(0.1)              # a poll interval
             assert await participants() == []
             assert feeder.stream.counters().video_encoders == 0   # the encoder is gone too
+            assert await allowed_list() == []   # the robot took its token off the list
         finally:
             await service.stop()
 
@@ -499,3 +512,59 @@ def test_bridge_node_publishes_to_janus_for_pages_that_may_watch(ros, start_brid
 
     with FramePublisher(ros.node, '/camera/image_raw', width=320, height=240):
         asyncio.run(scenario())
+
+
+@contextlib.contextmanager
+def link_down(janus_port: int):
+    """Drop everything between the robot and Janus (API and media) in this namespace."""
+    table = 'sfu_link_down'
+    rules = f"""table inet {table} {{
+        chain output {{
+            type filter hook output priority 0; policy accept;
+            tcp dport {janus_port} drop
+            tcp sport {janus_port} drop
+            ip saddr {ADDRESS} udp dport 1-65535 drop
+        }}
+    }}"""
+    subprocess.run(['nft', '-f', '-'], input=rules, text=True, check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(['nft', 'delete', 'table', 'inet', table], capture_output=True)
+
+
+def test_publishing_resumes_after_the_link_comes_back(janus):
+    """The robot's link to Janus drops (nothing passes): the publisher notices through its
+    keepalive, backs off, and publishes again by itself once the link is back."""
+    if shutil.which('nft') is None:
+        pytest.skip('nft (nftables) is not installed: scripts/bootstrap installs it')
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder, keepalive=1.0, request_timeout=3.0)
+        published.start()
+        published.set_wanted({'cam'})
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            with link_down(janus.port):
+                await wait_until(lambda: not published.feeds['cam'].published, 15,
+                                 'the publisher notices the link is gone')
+                attempts = published.feeds['cam'].attempts
+                await wait_until(lambda: published.feeds['cam'].attempts > attempts + 1, 20,
+                                 'attempts while the link is down')
+                assert not published.feeds['cam'].published
+            await wait_until(lambda: published.feeds['cam'].published, 20,
+                             'published again once the link is back')
+            viewer = JanusViewer(janus.url)
+            try:
+                await viewer.watch(published.viewer_access('cam', 'page'))
+                await wait_until(lambda: viewer.frames >= 10, 20, 'a viewer after the outage')
+            finally:
+                await viewer.close()
+        finally:
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()

@@ -374,7 +374,7 @@ class JanusPublisher:
                                         self.wall_clock(), settings.token_ttl,
                                         publisher_nonce=secrets.token_hex(12))
         janus = JanusSession(settings, grant.token if grant else None, self.log)
-        peer = None
+        peer = handle = None
         try:
             await janus.connect()
             handle = await janus.attach(sfu_core.VIDEOROOM)
@@ -417,7 +417,20 @@ class JanusPublisher:
                         await asyncio.wait_for(peer.pc.close(), CLOSE_TIMEOUT)
                     except (asyncio.TimeoutError, OSError):
                         pass
-            await asyncio.shield(janus.close())
+            await asyncio.shield(self._end(janus, handle, grant))
+
+    async def _end(self, janus: JanusSession, handle, grant):
+        """Take the robot's token off the allowed list (if Janus is still there); close."""
+        if handle is not None and grant is not None and self.settings.room_secret and \
+                not janus.closed.is_set():
+            try:
+                await asyncio.wait_for(janus.message(handle, {
+                    'request': 'allowed', 'room': self.settings.room, 'action': 'remove',
+                    'secret': self.settings.room_secret, 'allowed': [grant.room_token]}),
+                    CLOSE_TIMEOUT)
+            except (JanusError, ConnectionError, asyncio.TimeoutError, OSError):
+                pass    # a list Janus forgets on restart; a stale entry has expired anyway
+        await janus.close()
 
     async def _offer(self, peer: webrtc.Peer):
         """Make the publisher's connection (a direct peer's track, sendonly) and its offer."""
