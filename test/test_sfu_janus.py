@@ -308,8 +308,6 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
             viewers.append(first)
             await first.watch(access)
             await wait_until(lambda: first.frames >= 30, 20, 'the first viewer gets frames')
-            # a new viewer's first frame comes soon: its PLI reaches the shared encoder
-            assert first.first_frame_at - first.started_at < 3.0
             one = await uplink_rate(feed, 3.0)
             for index in range(4):
                 viewer = JanusViewer(edge.url)
@@ -318,6 +316,11 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
             await wait_until(lambda: all(v.frames >= 30 for v in viewers), 30,
                              'five viewers get frames')
             five = await uplink_rate(feed, 3.0)
+            waits = [v.first_frame_at - v.started_at for v in viewers]
+            print('first frame after subscribing: ' + ', '.join(f'{w:.2f}' for w in waits))
+            # a new viewer's first frame within 1 s: its PLI reaches the shared encoder
+            # through Janus (measured 0.07-0.57 s: the keyframe gate allows one per 0.5 s)
+            assert max(waits) <= 1.0, waits
             counts = [v.frames for v in viewers]
             await asyncio.sleep(1.0)   # a window over which every viewer keeps receiving
             assert all(v.frames > c for v, c in zip(viewers, counts)), 'a viewer stalled'
