@@ -9,6 +9,7 @@ gathers ICE candidates on no loopback interface, so the test adds a veth pair of
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -497,23 +498,26 @@ def test_publishes_only_while_sfu_viewers_watch(janus):
         feeder.close()
 
 
-def test_bridge_node_publishes_to_janus_for_pages_that_may_watch(ros, start_bridge, janus,
-                                                                 tmp_path):
-    """The real bridge_node: sfu_watch on /control with the token gets Janus tokens and the
-    stream is published; a page without the robot's token gets no Janus token."""
-    import json
-    from conftest import FramePublisher
-    import websockets
-    files = {}
+def sfu_parameters(janus, tmp_path) -> dict:
+    """bridge_node's SFU parameters, its secrets in files (mode 0600)."""
+    parameters = {'sfu_janus_url': janus.url, 'sfu_room': ROOM}
     for name, value in (('sfu_token_secret_file', janus.token_secret),
                         ('sfu_room_secret_file', janus.room_secret),
                         ('sfu_room_pin_file', janus.pin)):
         path = tmp_path / name
         path.write_text(value + '\n')
         path.chmod(0o600)
-        files[name] = str(path)
-    bridge = start_bridge(token='robot-token', sfu_janus_url=janus.url, sfu_room=ROOM,
-                          **files)
+        parameters[name] = str(path)
+    return parameters
+
+
+def test_bridge_node_publishes_to_janus_for_pages_that_may_watch(ros, start_bridge, janus,
+                                                                 tmp_path):
+    """The real bridge_node: sfu_watch on /control with the token gets Janus tokens and the
+    stream is published; a page without the robot's token gets no Janus token."""
+    from conftest import FramePublisher
+    import websockets
+    bridge = start_bridge(token='robot-token', **sfu_parameters(janus, tmp_path))
 
     async def ask(ws, message):
         await ws.send(json.dumps(message))
@@ -679,3 +683,77 @@ def test_uplink_stays_one_stream_from_1_to_20_viewers(janus):
         asyncio.run(scenario())
     finally:
         feeder.close()
+
+
+def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_watch(
+        ros, start_bridge, janus, tmp_path):
+    """The real bridge_node: a driver on the direct peer, then five observers through Janus.
+    The driver's frame rate and layer stay, and its commands still reach cmd_vel."""
+    from conftest import FramePublisher
+    from test_web_page import CmdVel
+    from test_webrtc_client import Control, session
+    from webrtc_support import AiortcViewer
+    cmd_vel = CmdVel(ros)
+    bridge = start_bridge(token='robot-token', webrtc_host_addresses=[ADDRESS],
+                          **sfu_parameters(janus, tmp_path))
+    cmd_vel.wait_publisher()
+
+    async def direct_fps(viewer, seconds=3.0):
+        count, started = len(viewer.frames), time.monotonic()
+        await asyncio.sleep(seconds)   # the measuring window
+        return (len(viewer.frames) - count) / (time.monotonic() - started)
+
+    async def drive(channel, control, speed):
+        mark = cmd_vel.mark()
+        channel.send(json.dumps({'type': 'velocity', 'id': f'v{speed}',
+                                 'linear': {'x': speed}}))
+        await control.wait('ack', f'v{speed}')
+        await wait_until(lambda: any(abs(m[1] - speed) < 1e-6 for m in cmd_vel.since(mark)),
+                         5, f'cmd_vel {speed}')
+
+    async def observe(index):
+        control = Control(await session(bridge.ws, 'robot-token'))
+        for attempt in range(100):                 # heartbeat until the feed is up
+            await control.send(type='sfu_watch', id=attempt, stream='camera')
+            access = await control.wait('sfu_access', attempt)
+            if access.get('feed'):
+                break
+            await asyncio.sleep(0.2)               # the page's heartbeat, shortened
+        viewer = JanusViewer(janus.url)
+        await viewer.watch(access, decode=False)
+        return control, viewer
+
+    async def scenario():
+        driver = Control(await session(bridge.ws, 'robot-token'))
+        direct = AiortcViewer()
+        observers = []
+        try:
+            await driver.send(type='webrtc_start', id='s', stream='camera')
+            offer = await driver.wait('webrtc_offer', 's')
+            await driver.send(type='webrtc_answer', id='a', sdp=await direct.answer(offer['sdp']))
+            await wait_until(lambda: len(direct.frames) >= 30, 30, 'direct frames')
+            await asyncio.wait_for(direct.channel_open.wait(), 10)
+            direct.channel.send(json.dumps({'type': 'acquire', 'id': 'lock'}))
+            await driver.wait('ack', 'lock')
+            await drive(direct.channel, driver, 0.2)
+            before = await direct_fps(direct)
+            for index in range(5):
+                observers.append(await observe(index))
+            await wait_until(lambda: all(v.frames >= 30 for _, v in observers), 30,
+                             'five observers get frames through Janus')
+            after = await direct_fps(direct)
+            await drive(direct.channel, driver, 0.3)
+            print(f'driver direct: {before:.1f} fps alone, {after:.1f} fps with 5 SFU viewers')
+            assert after >= before * 0.8, (before, after)
+        finally:
+            for control, viewer in observers:
+                await viewer.close()
+                await control.socket.close()
+            await direct.close()
+            await driver.socket.close()
+
+    try:
+        with FramePublisher(ros.node, '/camera/image_raw', width=640, height=480):
+            asyncio.run(scenario())
+    finally:
+        cmd_vel.close()
