@@ -99,3 +99,9 @@ def test_watchers_are_bounded():
     assert not watchers.watch('c', 'cam', 1.0)
     assert watchers.watch('a', 'cam', 1.0)           # a renewal is not a newcomer
     assert watchers.watch('c', 'cam', 31.0)          # a and b expired: room again
+
+
+def test_session_token_names_only_the_plugin():
+    token = sfu.session_token('s3cret', now=1000.0, ttl=30)
+    assert sfu.read_token(token, 's3cret', 1000.0) == (1030, (sfu.VIDEOROOM,))
+    assert token == sfu.room_grant('s3cret', 5, now=1000.0, ttl=30).token

@@ -797,3 +797,33 @@ def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_w
         asyncio.run(scenario())
     finally:
         cmd_vel.close()
+
+
+def test_publishing_outlives_its_tokens(janus):
+    """Janus checks the session token on every request, keepalives too: a publication lasts
+    longer than any one token (sfu_token_ttl), without renegotiating."""
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder, token_ttl=2.0, keepalive=0.5)
+        published.start()
+        published.set_wanted({'cam'})
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            await asyncio.sleep(4.0)   # a window two token lifetimes long (keepalives in it)
+            feed = published.feeds['cam']
+            assert feed.published and feed.publishes == 1 and feed.attempts == 1, \
+                published.counters()
+            viewer = JanusViewer(janus.url)
+            try:
+                await viewer.watch(published.viewer_access('cam', 'page'))
+                await wait_until(lambda: viewer.frames >= 10, 20, 'frames after 4 s')
+            finally:
+                await viewer.close()
+        finally:
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()

@@ -99,6 +99,20 @@ class RoomGrant:
     room: int
 
 
+def _expiry(now: float, ttl: float) -> int:
+    return int(now + min(max(1.0, float(ttl)), MAX_TOKEN_TTL))
+
+
+def session_token(secret: str, now: float, ttl: float = TOKEN_TTL) -> str:
+    """
+    Mint a session token: it may attach the VideoRoom plugin, and nothing else.
+
+    Janus checks it on every request of a session, keepalives included, so a long-lived
+    session sends each request with a fresh one.
+    """
+    return mint_token(secret, _expiry(now, ttl), (VIDEOROOM,))
+
+
 def room_grant(secret: str, room: int, now: float, ttl: float = TOKEN_TTL,
                publisher_nonce: str = '') -> RoomGrant:
     """
@@ -110,12 +124,11 @@ def room_grant(secret: str, room: int, now: float, ttl: float = TOKEN_TTL,
     of its own (random, fresh per Janus session): without it, a viewer's token minted in
     the same second would be the very same string, and on the list.
     """
-    ttl = min(max(1.0, float(ttl)), MAX_TOKEN_TTL)
-    expires = int(now + ttl)
+    expires = _expiry(now, ttl)
     room_descriptors = (room_descriptor(room),)
     if publisher_nonce:
         room_descriptors += (f'publisher={publisher_nonce}',)
-    return RoomGrant(mint_token(secret, expires, (VIDEOROOM,)),
+    return RoomGrant(session_token(secret, now, ttl),
                      mint_token(secret, expires, room_descriptors, VIDEOROOM),
                      expires, int(room))
 

@@ -33,7 +33,7 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Callable, Dict, Optional, Set
+from typing import Callable, Dict, Optional, Set, Union
 
 from video_bridge.core import encoders, sfu as sfu_core
 from video_bridge.core.layers import LayerPolicy
@@ -50,6 +50,7 @@ BACKOFF_MIN = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0          # s of publishing after which the backoff starts again at its min
 CLOSE_TIMEOUT = 2.0
+STOP_TIMEOUT = 5.0           # s a stopping feed may take to say goodbye to Janus
 
 
 class JanusError(RuntimeError):
@@ -95,7 +96,9 @@ class JanusSettings:
 class JanusSession:
     """One Janus API session over a websocket: requests by transaction, events, keepalives."""
 
-    def __init__(self, settings: JanusSettings, token: Optional[str], log: logging.Logger):
+    def __init__(self, settings: JanusSettings, token: Union[None, str, Callable[[], str]],
+                 log: logging.Logger):
+        """``token``: a Janus token, or a callable minting a fresh one for each request."""
         self.settings = settings
         self.token = token
         self.log = log
@@ -151,8 +154,9 @@ class JanusSession:
         message = dict(body, transaction=transaction)
         if self.session_id is not None and body.get('janus') != 'create':
             message.setdefault('session_id', self.session_id)
-        if self.token:
-            message['token'] = self.token
+        token = self.token() if callable(self.token) else self.token
+        if token:
+            message['token'] = token
         future = asyncio.get_running_loop().create_future()
         self._pending[transaction] = (future, ack)
         try:
@@ -270,6 +274,7 @@ class JanusPublisher:
         self._host = _PeerHost(self.log, clock)
         self._quiet = webrtc._LogThrottle(self.log, clock)
         self._stopping = False
+        self._stoppers = set()      # tasks stopping feeds no longer wanted
 
     # -- the SfuPublisher protocol -----------------------------------------------------------
 
@@ -292,7 +297,9 @@ class JanusPublisher:
                 feed.task = self.loop.create_task(self._run(feed))
         gone = [name for name in self.feeds if name not in streams]
         if gone:
-            self.loop.create_task(self._stop_feeds(gone))
+            task = self.loop.create_task(self._stop_feeds(gone))
+            self._stoppers.add(task)
+            task.add_done_callback(self._stoppers.discard)
 
     def notify_frame(self, stream_name: str):
         """Wake a stream's feed on the loop after a new frame (called from the ROS thread)."""
@@ -340,8 +347,8 @@ class JanusPublisher:
             if feed is not None and feed.task is not None:
                 feed.task.cancel()
                 tasks.append(feed.task)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:   # each closes its connections within bounded waits; this bounds them all
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
 
     async def _run(self, feed: _Feed):
         """Publish ``feed`` until cancelled; after any failure, again after a backoff."""
@@ -373,7 +380,9 @@ class JanusPublisher:
             grant = sfu_core.room_grant(settings.token_secret, settings.room,
                                         self.wall_clock(), settings.token_ttl,
                                         publisher_nonce=secrets.token_hex(12))
-        janus = JanusSession(settings, grant.token if grant else None, self.log)
+        # Janus checks the session token on every request, keepalives included: each one
+        # gets a fresh token, or the session would end when the first one expires.
+        janus = JanusSession(settings, self._session_token if grant else None, self.log)
         peer = handle = None
         try:
             await janus.connect()
@@ -418,6 +427,10 @@ class JanusPublisher:
                     except (asyncio.TimeoutError, OSError):
                         pass
             await asyncio.shield(self._end(janus, handle, grant))
+
+    def _session_token(self) -> str:
+        return sfu_core.session_token(self.settings.token_secret, self.wall_clock(),
+                                      self.settings.token_ttl)
 
     async def _end(self, janus: JanusSession, handle, grant):
         """Take the robot's token off the allowed list (if Janus is still there); close."""
