@@ -32,6 +32,7 @@ ROOM = 4242
 OTHER_ROOM = 4343
 ADDRESS = '198.51.100.1'
 DEPLOY = os.path.join(REPO, 'deploy', 'cloud')
+ADMIN_KEY = 'test-admin-key'
 
 
 @contextlib.contextmanager
@@ -54,7 +55,7 @@ def lab_interface():
 class Janus:
     """Janus with deploy/cloud's configs (test secrets, a free port), restartable."""
 
-    def __init__(self):
+    def __init__(self, rtp_ports='40000-40999'):
         if JANUS is None:
             pytest.skip('janus is not installed: scripts/bootstrap installs it')
         self.dir = tempfile.mkdtemp(prefix='janus-')
@@ -64,7 +65,7 @@ class Janus:
         self.room_secret = 'test-room-secret'
         self.pin = 'test-pin'
         values = {'TOKEN_AUTH_SECRET': self.token_secret, 'ADMIN_SECRET': 'test-admin',
-                  'ADMIN_KEY': 'test-admin-key', 'ROOM': str(ROOM), 'ROBOT': 'car1',
+                  'ADMIN_KEY': ADMIN_KEY, 'ROOM': str(ROOM), 'ROBOT': 'car1',
                   'ROOM_SECRET': self.room_secret, 'ROOM_PIN': self.pin}
         for name in ('janus.jcfg', 'janus.transport.websockets.jcfg',
                      'janus.plugin.videoroom.jcfg'):
@@ -73,7 +74,7 @@ class Janus:
             text = re.sub(r'@([A-Z_0-9]+)@', lambda m: values.get(m.group(1), m.group(0)), text)
             text = text.replace('"/etc/janus"', f'"{self.dir}"')
             text = text.replace('ws_port = 8188', f'ws_port = {self.port}')
-            text = text.replace('"20000-40000"', '"40000-40999"')
+            text = text.replace('"20000-40000"', f'"{rtp_ports}"')
             if name == 'janus.plugin.videoroom.jcfg':   # a second robot's room
                 text += (f'\nroom-{OTHER_ROOM}: {{\n\tsecret = "other-secret"\n'
                          '\tpin = "other"\n\tsigned_tokens = true\n\tpublishers = 6\n'
@@ -827,3 +828,63 @@ def test_publishing_outlives_its_tokens(janus):
         asyncio.run(scenario())
     finally:
         feeder.close()
+
+
+def test_a_second_node_gets_the_robots_feed_from_the_first(janus):
+    """Janus 1.1's remote publishers: node A forwards the robot's feed to node B (plain RTP,
+    with RTCP back for PLIs); a viewer on B watches; the robot still sends one stream."""
+    feeder = Feeder()
+    second = Janus(rtp_ports='41000-41999')
+
+    async def request(node, body):
+        viewer = JanusViewer(node.url)
+        try:
+            handle = await viewer.session(sfu.session_token(node.token_secret, time.time()))
+            data, _ = await viewer.janus.message(handle, body)
+            return data
+        finally:
+            await viewer.close()
+
+    async def scenario():
+        # VP8: 1.1.2 offers a remote publisher's H.264 without its fmtp line, which a
+        # browser (and aiortc) cannot match
+        published = publisher(janus, feeder, codec='vp8')
+        published.start()
+        published.set_wanted({'cam'})
+        viewers = []
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            feed = published.feeds['cam']
+            one_node = await uplink_rate(feed, 3.0)
+            # on B: a remote publisher waiting for the feed; on A: forward it there
+            remote = await request(second, {
+                'request': 'add_remote_publisher', 'room': ROOM, 'secret': second.room_secret,
+                'admin_key': ADMIN_KEY, 'display': 'car1 via node A', 'iface': ADDRESS,
+                'streams': [{'type': 'video', 'mid': '0', 'mindex': 0, 'codec': 'vp8'}]})
+            await request(janus, {
+                'request': 'publish_remotely', 'room': ROOM, 'publisher_id': feed.feed_id,
+                'secret': janus.room_secret, 'admin_key': ADMIN_KEY, 'remote_id': 'node-b',
+                'host': ADDRESS, 'port': remote['port'], 'rtcp_port': remote['rtcp_port']})
+            on_a = JanusViewer(janus.url)
+            viewers.append(on_a)
+            await on_a.watch(published.viewer_access('cam', 'page-a'))
+            on_b = JanusViewer(second.url)
+            viewers.append(on_b)
+            access = dict(published.viewer_access('cam', 'page-b'), feed=remote['id'])
+            await on_b.watch(access)
+            await wait_until(lambda: on_a.frames >= 30 and on_b.frames >= 30, 30,
+                             'viewers on both nodes get frames')
+            two_nodes = await uplink_rate(feed, 3.0)
+            print(f'robot uplink: {one_node / 1000:.0f} kbit/s to one node, '
+                  f'{two_nodes / 1000:.0f} kbit/s with a viewer on each of two nodes')
+            assert two_nodes < one_node * 1.25 + 50_000
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+        second.close()
