@@ -105,3 +105,21 @@ def test_session_token_names_only_the_plugin():
     token = sfu.session_token('s3cret', now=1000.0, ttl=30)
     assert sfu.read_token(token, 's3cret', 1000.0) == (1030, (sfu.VIDEOROOM,))
     assert token == sfu.room_grant('s3cret', 5, now=1000.0, ttl=30).token
+
+
+def test_janus_settings_refuse_what_never_publishes_and_name_what_is_open():
+    from video_bridge.net.sfu_janus import JanusSettings
+    with pytest.raises(ValueError, match='ws://'):
+        JanusSettings(url='http://janus.example.org', room=1)
+    with pytest.raises(ValueError, match='room'):
+        JanusSettings(url='wss://janus.example.org/janus', room=0)
+    with pytest.raises(ValueError, match='codec'):
+        JanusSettings(url='wss://janus.example.org/janus', room=1, codec='av1')
+    safe = JanusSettings(url='wss://janus.example.org/janus', room=1, token_secret='s',
+                         room_secret='r')
+    assert safe.weaknesses() == []
+    assert 'anyone' in ' '.join(JanusSettings(url='wss://j/janus', room=1).weaknesses())
+    assert 'allowed list' in ' '.join(
+        JanusSettings(url='wss://j/janus', room=1, token_secret='s').weaknesses())
+    assert 'not TLS' in ' '.join(JanusSettings(url='ws://203.0.113.5:8188', room=1,
+                                               token_secret='s', room_secret='r').weaknesses())

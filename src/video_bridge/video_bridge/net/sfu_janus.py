@@ -92,6 +92,22 @@ class JanusSettings:
         if self.codec not in (encoders.H264, encoders.VP8):
             raise ValueError(f'sfu: the codec must be h264 or vp8, not {self.codec!r}')
 
+    def weaknesses(self) -> list:
+        """Say what this configuration leaves open (logged at start)."""
+        problems = []
+        if not self.token_secret:
+            problems.append('no token secret (sfu_token_secret_file): the bridge sends Janus '
+                            'no tokens, so Janus must have no token_auth, and anyone who '
+                            'reaches it may watch and publish')
+        elif not self.room_secret:
+            problems.append('no room secret (sfu_room_secret_file): the robot cannot keep the '
+                            "room's allowed list, so a viewer's token may publish into it")
+        if self.url.startswith('ws://') and not self.url.startswith(
+                ('ws://127.', 'ws://localhost', 'ws://[::1]')):
+            problems.append(f'{self.url} is not TLS: tokens and pins cross the network in '
+                            'the clear (use wss://, nginx in front of Janus)')
+        return problems
+
 
 class JanusSession:
     """One Janus API session over a websocket: requests by transaction, events, keepalives."""
@@ -279,8 +295,10 @@ class JanusPublisher:
     # -- the SfuPublisher protocol -----------------------------------------------------------
 
     def start(self):
-        """Bind to the running loop."""
+        """Bind to the running loop; say what the configuration leaves open."""
         self.loop = asyncio.get_running_loop()
+        for problem in self.settings.weaknesses():
+            self.log.warning('sfu: %s', problem)
 
     async def stop(self):
         """Stop every feed (shutdown)."""
