@@ -730,10 +730,23 @@ def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_w
 
     direct_frames = []
 
+    def frames_in() -> int:
+        """Frames the bridge received from the camera so far (/api/streams)."""
+        import urllib.request
+        with urllib.request.urlopen(f'{bridge.http}/api/streams?token=robot-token',
+                                    timeout=5) as reply:
+            document = json.load(reply)
+        return next(s['frames_in'] for s in document['streams'] if s['name'] == 'camera')
+
     async def direct_fps(viewer, seconds=3.0):
-        count, started = len(direct_frames), time.monotonic()
+        """The driver's frames per second, and the share of the camera's it got."""
+        loop = asyncio.get_running_loop()
+        count, camera = len(direct_frames), await loop.run_in_executor(None, frames_in)
+        started = time.monotonic()
         await asyncio.sleep(seconds)   # the measuring window
-        return (len(direct_frames) - count) / (time.monotonic() - started)
+        got = len(direct_frames) - count
+        camera = await loop.run_in_executor(None, frames_in) - camera
+        return got / (time.monotonic() - started), got / max(camera, 1)
 
     async def drive(channel, control, speed):
         mark = cmd_vel.mark()
@@ -770,7 +783,7 @@ def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_w
             direct.channel.send(json.dumps({'type': 'acquire', 'id': 'lock'}))
             await driver.wait('ack', 'lock')
             await drive(direct.channel, driver, 0.2)
-            before = await direct_fps(direct)
+            before, share_before = await direct_fps(direct)
             cpu = {}
             for count in (1, 5):
                 while len(observers) < count:
@@ -778,12 +791,15 @@ def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_w
                 await wait_until(lambda: all(v.frames >= 30 for _, v in observers), 30,
                                  f'{count} observers get frames through Janus')
                 started = process_cpu_seconds(bridge.process.proc.pid), time.monotonic()
-                after = await direct_fps(direct)
+                after, share = await direct_fps(direct)
                 cpu[count] = (process_cpu_seconds(bridge.process.proc.pid) - started[0]) / \
                     (time.monotonic() - started[1])
-                print(f'{count} SFU viewers: driver direct {after:.1f} fps (alone '
-                      f'{before:.1f}), bridge_node {cpu[count] * 100:.0f} % of a core')
-                assert after >= before * 0.8, (before, after)
+                print(f'{count} SFU viewers: driver direct {after:.1f} fps, {share:.0%} of '
+                      f'the camera\'s frames (alone {before:.1f} fps, {share_before:.0%}), '
+                      f'bridge_node {cpu[count] * 100:.0f} % of a core')
+                # the camera's own rate moves with the shared machine's load: what must not
+                # drop is the share of its frames the driver gets
+                assert share >= min(share_before, 1.0) - 0.15, (share_before, share)
             await drive(direct.channel, driver, 0.3)
             # the robot's CPU does not grow with SFU viewers (loosely: a shared machine)
             assert cpu[5] < cpu[1] * 1.3 + 0.05, cpu
