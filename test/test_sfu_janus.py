@@ -82,14 +82,22 @@ class Janus:
             with open(os.path.join(self.dir, name), 'w') as out:
                 out.write(text)
         self.process = None
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def start(self):
         self.process = ChildProcess(
             [JANUS, '-C', os.path.join(self.dir, 'janus.jcfg'), '-F', self.dir, '-o',
              '-i', ADDRESS], 'janus')
-        self.process.wait_output('WebSockets thread started', 20)
-        wait_for(lambda: port_open(self.port), 10, 'janus websocket port')
+        try:
+            self.process.wait_output('WebSockets thread started', 20)
+            wait_for(lambda: port_open(self.port), 10, 'janus websocket port')
+        except BaseException:   # a Janus that never came up is stopped (by its PID) too
+            self.stop()
+            raise
 
     def stop(self):
         if self.process is not None:
@@ -133,7 +141,11 @@ http {{
 }}
 """)
         self.process = ChildProcess([nginx, '-c', conf, '-g', 'daemon off;'], 'nginx-janus')
-        self.process.wait_port(self.port, 20)
+        try:
+            self.process.wait_port(self.port, 20)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self):
         self.process.stop(signal.SIGTERM, 10)
@@ -300,8 +312,8 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
 
     The viewers come in through nginx with deploy/cloud's location, as pages would.
     """
-    feeder = Feeder()
     edge = JanusEdge(janus)
+    feeder = Feeder()
 
     async def scenario():
         published = publisher(janus, feeder)
@@ -849,8 +861,8 @@ def test_publishing_outlives_its_tokens(janus):
 def test_a_second_node_gets_the_robots_feed_from_the_first(janus):
     """Janus 1.1's remote publishers: node A forwards the robot's feed to node B (plain RTP,
     with RTCP back for PLIs); a viewer on B watches; the robot still sends one stream."""
-    feeder = Feeder()
     second = Janus(rtp_ports='41000-41999')
+    feeder = Feeder()
 
     async def request(node, body):
         viewer = JanusViewer(node.url)
