@@ -32,7 +32,7 @@ REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 TIERS = {
     'unit': ('access', 'demand', 'docs_links', 'encoders', 'error_codes', 'h264', 'ice',
              'image_codec', 'layers', 'parameter_docs', 'protocol', 'rate_limit', 'rtp_packing',
-             'sources', 'stream_reconfigure', 'streams', 'teleop', 'web_js'),
+             'sfu_core', 'sources', 'stream_reconfigure', 'streams', 'teleop', 'web_js'),
     'net': ('net_edge', 'send_backlog', 'webrtc_service'),
     'node': ('bridge_control', 'bridge_http', 'bridge_video', 'camera_node', 'control_fuzz',
              'demo', 'diagnostics', 'edge_attacks', 'edge_limits', 'edge_slots',
@@ -40,7 +40,7 @@ TIERS = {
              'runtime_parameters', 'secret_files', 'webrtc_client', 'webrtc_slots',
              'wvs_compat'),
     'page': ('h264_passthrough', 'web_page', 'webrtc_page'),
-    'lab': ('deploy_topology', 'link_emulator', 'links'),
+    'lab': ('deploy_topology', 'link_emulator', 'links', 'sfu_janus'),
     'lint': ('lint',),
 }
 TIER_OF = {f'test_{name}': tier for tier, names in TIERS.items() for name in names}

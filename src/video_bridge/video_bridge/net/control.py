@@ -18,7 +18,7 @@ runs synchronously on ``deliver``, and publishing cmd_vel never waits on any soc
 
 Messages whose ``type`` starts with ``webrtc_`` go to a pluggable ``signalling`` object
 (``handle(client_id, grant, message)``, ``disconnect(client_id)``), after the same size and
-rate checks.
+rate checks; ``sfu_`` messages likewise to ``sfu`` (:mod:`video_bridge.net.sfu`).
 """
 
 import asyncio
@@ -37,6 +37,7 @@ from video_bridge.core.teleop import Effects, TeleopCore
 
 MAX_UNSENT_BYTES = 256 * 1024
 SIGNALLING_PREFIX = 'webrtc_'
+SFU_PREFIX = 'sfu_'
 CLOSE_SLOW = protocol.CLOSE_POLICY
 STATE_PERIOD = 0.2  # s: velocity-only state broadcasts at most this often
 BROADCAST_BATCH = 64  # sessions handed the new state per loop iteration
@@ -88,6 +89,7 @@ class ControlService:
         self.signalling = None
         self.on_estop = on_estop      # told the e-stop state at start and on every change
         self._estop_told = None
+        self.sfu = None           # sfu_* messages: the same interface as signalling
         self._client_buckets = ClientBuckets(commands_per_second, command_burst)
         self._sessions: Dict[str, _Session] = {}
         self._ids = itertools.count(1)
@@ -166,11 +168,13 @@ class ControlService:
         session.closed = True
         session.wake.set()
         self.apply(self.core.disconnect(client_id, self.clock()))
-        if self.signalling is not None:
-            try:
-                self.signalling.disconnect(client_id)
-            except Exception:  # a plug-in must not keep a session alive
-                self.log.exception('signalling.disconnect(%s) failed', client_id)
+        for plugin in (self.signalling, self.sfu):
+            if plugin is not None:
+                try:
+                    plugin.disconnect(client_id)
+                except Exception:  # a plug-in must not keep a session alive
+                    self.log.exception('%s.disconnect(%s) failed', type(plugin).__name__,
+                                       client_id)
         self.log.info('control client %s disconnected', client_id)
 
     def deliver(self, client_id: str, data):
@@ -232,13 +236,20 @@ class ControlService:
             self._queue_reply(session, text)
 
     def _is_signalling(self, obj: dict) -> bool:
+        return self._plugin(obj) is not None
+
+    def _plugin(self, obj: dict):
+        """Return the plug-in a message goes to (webrtc_*: signalling, sfu_*: sfu), or None."""
         kind = obj.get('type')
-        return self.signalling is not None and isinstance(kind, str) and \
-            kind.startswith(SIGNALLING_PREFIX)
+        if not isinstance(kind, str):
+            return None
+        if kind.startswith(SIGNALLING_PREFIX):
+            return self.signalling
+        return self.sfu if kind.startswith(SFU_PREFIX) else None
 
     def _signal(self, session: _Session, obj: dict):
         try:
-            result = self.signalling.handle(session.client_id, session.grant, obj)
+            result = self._plugin(obj).handle(session.client_id, session.grant, obj)
         except Exception:
             self.log.exception('signalling failed for %s', session.client_id)
             return

@@ -189,6 +189,9 @@ class BridgeNode(Node):
         if self.webrtc is not None:
             self.control.signalling = self.webrtc   # webrtc_* messages of /control sessions
             self.server.webrtc = self.webrtc
+        self.sfu = self._sfu_service() if self.p.sfu_janus_url else None
+        if self.sfu is not None:
+            self.control.sfu = self.sfu             # sfu_* messages (docs/sfu.md)
         self._image_subs = {}
         self.closing = False
         self._demand = Demand()
@@ -248,6 +251,23 @@ class BridgeNode(Node):
             self.get_logger().warning(f'WebRTC codecs not available here: {missing}')
         return service
 
+    def _sfu_service(self):
+        """Build the SFU publisher (Janus) and its /control plug-in (docs/sfu.md)."""
+        from video_bridge.net.sfu import SfuService
+        from video_bridge.net.sfu_janus import JanusPublisher, JanusSettings
+        if self.webrtc is None:
+            raise ValueError('sfu_janus_url needs webrtc_enabled (the robot publishes to Janus '
+                             'over WebRTC)')
+        settings = JanusSettings(
+            url=self.p.sfu_janus_url, room=self.p.sfu_room, viewer_url=self.p.sfu_viewer_url,
+            token_secret=self._secret(self.p.sfu_token_secret_file, 'sfu_token_secret_file'),
+            room_secret=self._secret(self.p.sfu_room_secret_file, 'sfu_room_secret_file'),
+            room_pin=self._secret(self.p.sfu_room_pin_file, 'sfu_room_pin_file'),
+            codec=self.p.sfu_codec.lower(), token_ttl=self.p.sfu_token_ttl)
+        return SfuService(JanusPublisher(self.hub, settings, logger=self.log), self.hub,
+                          send=lambda client_id, message: self.control.send(client_id, message),
+                          logger=self.log)
+
     # -- streams -----------------------------------------------------------------------
 
     def _stream_settings(self, name: str, topic: str = '', kind: str = '',
@@ -302,6 +322,8 @@ class BridgeNode(Node):
         self.server.notify_frame(name)
         if self.webrtc is not None:
             self.webrtc.notify_frame(name)
+        if self.sfu is not None:
+            self.sfu.publisher.notify_frame(name)
 
     def _viewers_changed(self, name: str, count: int):
         self._demand.viewers(name, count)
@@ -605,6 +627,8 @@ async def run_bridge(args=None) -> int:
         node.control.start()
         if node.webrtc is not None:
             node.webrtc.start()
+        if node.sfu is not None:
+            node.sfu.start()
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor,), daemon=True)
         spinner.start()
@@ -627,6 +651,8 @@ async def run_bridge(args=None) -> int:
         await node.control.stop()
         if node.webrtc is not None:
             await node.webrtc.stop()
+        if node.sfu is not None:
+            await node.sfu.stop()
         # Off the loop, so control messages arriving meanwhile are still answered.
         await loop.run_in_executor(None, node.flush_cmd_vel)
         await node.server.stop()

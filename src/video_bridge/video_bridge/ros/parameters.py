@@ -146,6 +146,26 @@ BRIDGE_PARAMETERS = {
     'webrtc_host_addresses': ([''], 'Local addresses or networks (CIDR) WebRTC may use as host '
                               'candidates (no other interface is offered or sends); empty: '
                               'every interface.', None),
+    # SFU (docs/sfu.md): the robot publishes watched streams to Janus once; viewers watch there
+    'sfu_janus_url': ('', 'Janus websocket URL the bridge publishes to (its VideoRoom plugin), '
+                      'e.g. wss://cloud.example.org/janus; pages that ask (sfu_watch) watch '
+                      'through it. Empty: no SFU.', None),
+    'sfu_viewer_url': ('', 'Janus websocket URL the pages are told (empty: sfu_janus_url), when '
+                       'viewers reach Janus another way than the robot does.', None),
+    'sfu_room': (0, 'Janus VideoRoom room id of this robot (one room per robot, made in '
+                 'janus.plugin.videoroom.jcfg).', (0, 2 ** 53)),
+    'sfu_token_secret_file': ('', "File with Janus's token_auth_secret: the bridge mints "
+                              'short-lived tokens from it, its own and those of pages that '
+                              'passed the view check (never logged, never a parameter).', None),
+    'sfu_room_secret_file': ('', "File with the room's secret: the bridge puts its own token "
+                             "on the room's allowed list with it, so only the robot publishes.",
+                             None),
+    'sfu_room_pin_file': ('', "File with the room's pin: needed to join it; given to pages "
+                          'that passed the view check.', None),
+    'sfu_codec': ('h264', 'Codec the bridge publishes to Janus: h264 or vp8 (the room must '
+                  'allow it).', None),
+    'sfu_token_ttl': (300.0, 'Seconds a minted Janus token stays valid (pages renew theirs '
+                      'with their sfu_watch heartbeat).', (30.0, 86400.0)),
 }
 
 # streams.<name>.<field>: (default, description, range)

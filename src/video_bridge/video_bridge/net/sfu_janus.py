@@ -1,0 +1,522 @@
+"""
+Janus as the SFU: the robot publishes each watched stream into its VideoRoom, once.
+
+A thin adapter over two libraries: aiohttp's websocket client speaks the Janus API (the
+``janus-protocol`` websocket transport: ``create`` a session, ``attach`` the VideoRoom plugin,
+plugin messages, ``keepalive`` within the session timeout), and aiortc makes the
+publisher's WebRTC connection, dialling out (the robot may sit behind NAT; Janus in the cloud
+answers). What is ours:
+
+* **No extra encode.** The feed is a :class:`video_bridge.net.webrtc.Peer` of the stream, as a
+  browser's direct peer is: the same shared encoder per codec and layer, the same pre-packed
+  RTP payloads, the same layer choice from the receiver's reports (Janus's, so the robot's
+  uplink sets the layer), and PLI/FIR from Janus (a new viewer, a viewer's loss) become the
+  same rate-limited keyframe requests on the shared encoder.
+* **Access.** With a ``token_auth_secret`` the robot mints its own short-lived token for each
+  Janus session (:mod:`video_bridge.core.sfu`), puts it on the room's ``allowed`` list with
+  the room secret (only tokens on that list may publish: a viewer's token, good for the same
+  room, can subscribe but not publish), and joins with it and the room's pin.
+* **Comes back by itself.** Janus gone, the websocket or the media path broken, an error from
+  the plugin: the feed is torn down and tried again after a backoff (1 s doubling to 30 s; back
+  to 1 s after a publish that lasted). Every request has a deadline; the session is kept
+  alive every ``keepalive`` s.
+
+Bounded: one feed per wanted stream (only configured streams, see :mod:`.sfu`), one pending
+request per transaction with a deadline, websocket messages up to ``MAX_MESSAGE``, events
+kept only as the newest few.
+"""
+
+import asyncio
+import collections
+from dataclasses import dataclass
+import itertools
+import logging
+import secrets
+import time
+from typing import Callable, Dict, Optional, Set, Union
+
+from video_bridge.core import encoders, sfu as sfu_core
+from video_bridge.core.layers import LayerPolicy
+from video_bridge.core.streams import StreamHub
+from video_bridge.net import rtp_packing, webrtc
+from video_bridge.net.send_backlog import SendBacklog
+
+MAX_MESSAGE = 256 * 1024     # bytes of one Janus API message (an SDP is a few kB)
+MAX_EVENTS = 16              # unsolicited events kept per session (newest)
+REQUEST_TIMEOUT = 10.0       # s for any Janus API answer
+CONNECT_TIMEOUT = 15.0       # s from the publish request to a connected media path
+KEEPALIVE = 25.0             # s between keepalives (Janus's session_timeout defaults to 60)
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 30.0          # s of publishing after which the backoff starts again at its min
+CLOSE_TIMEOUT = 2.0
+STOP_TIMEOUT = 5.0           # s a stopping feed may take to say goodbye to Janus
+
+
+class JanusError(RuntimeError):
+    """Janus (core or plugin) refused a request; ``code`` is its error code."""
+
+    def __init__(self, code, reason: str):
+        super().__init__(f'janus error {code}: {reason}')
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class JanusSettings:
+    """Where and how the robot publishes (bridge parameters; secrets read from files)."""
+
+    url: str                        # the robot's way in: ws:// or wss://, websocket transport
+    room: int
+    viewer_url: str = ''            # what pages are told ('' : the same as url)
+    token_secret: str = ''          # Janus token_auth_secret ('' : Janus without token_auth)
+    room_pin: str = ''
+    room_secret: str = ''           # needed to put the robot's token on the allowed list
+    codec: str = encoders.H264
+    token_ttl: float = sfu_core.TOKEN_TTL
+    keepalive: float = KEEPALIVE
+    request_timeout: float = REQUEST_TIMEOUT
+    connect_timeout: float = CONNECT_TIMEOUT
+    backoff_min: float = BACKOFF_MIN
+    backoff_max: float = BACKOFF_MAX
+
+    def __post_init__(self):
+        """Refuse settings that could never publish (a configuration error at start)."""
+        for name in ('url', 'viewer_url'):
+            value = getattr(self, name)
+            if value and not value.startswith(('ws://', 'wss://')):
+                raise ValueError(f'sfu: {name} must be a ws:// or wss:// URL (the Janus '
+                                 f'websocket transport), not {value[:100]!r}')
+        if not 0 < self.room < 2 ** 53:
+            raise ValueError('sfu: the Janus room id (sfu_room) must be a positive integer')
+        if self.codec not in (encoders.H264, encoders.VP8):
+            raise ValueError(f'sfu: the codec must be h264 or vp8, not {self.codec!r}')
+
+    def weaknesses(self) -> list:
+        """Say what this configuration leaves open (logged at start)."""
+        problems = []
+        if not self.token_secret:
+            problems.append('no token secret (sfu_token_secret_file): the bridge sends Janus '
+                            'no tokens, so Janus must have no token_auth, and anyone who '
+                            'reaches it may watch and publish')
+        elif not self.room_secret:
+            problems.append('no room secret (sfu_room_secret_file): the robot cannot keep the '
+                            "room's allowed list, so a viewer's token may publish into it")
+        if self.url.startswith('ws://') and not self.url.startswith(
+                ('ws://127.', 'ws://localhost', 'ws://[::1]')):
+            problems.append(f'{self.url} is not TLS: tokens and pins cross the network in '
+                            'the clear (use wss://, nginx in front of Janus)')
+        return problems
+
+
+class JanusSession:
+    """One Janus API session over a websocket: requests by transaction, events, keepalives."""
+
+    def __init__(self, settings: JanusSettings, token: Union[None, str, Callable[[], str]],
+                 log: logging.Logger):
+        """``token``: a Janus token, or a callable minting a fresh one for each request."""
+        self.settings = settings
+        self.token = token
+        self.log = log
+        self.http = None
+        self.ws = None
+        self.session_id = None
+        self.closed = asyncio.Event()
+        self.events = collections.deque(maxlen=MAX_EVENTS)
+        self.event = asyncio.Event()    # set on each unsolicited event
+        self._pending: Dict[str, tuple] = {}   # transaction -> (future, wants ack)
+        self._ids = itertools.count(1)
+        self._tasks = []
+
+    async def connect(self):
+        """Connect, create the Janus session, start reading and keeping it alive."""
+        import aiohttp
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+            total=None, connect=self.settings.request_timeout))
+        self.ws = await asyncio.wait_for(self.http.ws_connect(
+            self.settings.url, protocols=('janus-protocol',), max_msg_size=MAX_MESSAGE,
+            autoping=True, heartbeat=self.settings.keepalive),
+            self.settings.request_timeout)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._read()))
+        reply = await self.request({'janus': 'create'})
+        self.session_id = reply['data']['id']
+        self._tasks.append(loop.create_task(self._keepalive()))
+
+    async def close(self):
+        """Destroy the session if Janus is still there; close the socket (bounded)."""
+        if self.ws is not None and not self.ws.closed and self.session_id is not None:
+            try:
+                await self.request({'janus': 'destroy'}, timeout=CLOSE_TIMEOUT)
+            except (JanusError, ConnectionError, asyncio.TimeoutError, OSError):
+                pass
+        for task in self._tasks:
+            task.cancel()
+        if self.ws is not None:
+            try:
+                await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
+            except (asyncio.TimeoutError, OSError):
+                pass
+        if self.http is not None:
+            await self.http.close()
+        self._fail_pending(ConnectionError('janus session closed'))
+        self.closed.set()
+
+    async def request(self, body: dict, ack: bool = False, timeout: Optional[float] = None):
+        """Send one request; return Janus's reply (``ack``: the ack is the reply)."""
+        if self.ws is None or self.ws.closed:
+            raise ConnectionError('janus websocket closed')
+        transaction = f't{next(self._ids)}'
+        message = dict(body, transaction=transaction)
+        if self.session_id is not None and body.get('janus') != 'create':
+            message.setdefault('session_id', self.session_id)
+        token = self.token() if callable(self.token) else self.token
+        if token:
+            message['token'] = token
+        future = asyncio.get_running_loop().create_future()
+        self._pending[transaction] = (future, ack)
+        try:
+            await asyncio.wait_for(self.ws.send_json(message),
+                                   timeout or self.settings.request_timeout)
+            return await asyncio.wait_for(future, timeout or self.settings.request_timeout)
+        finally:
+            self._pending.pop(transaction, None)
+
+    async def attach(self, plugin: str) -> int:
+        """Attach a plugin; return the handle id."""
+        reply = await self.request({'janus': 'attach', 'plugin': plugin})
+        return reply['data']['id']
+
+    async def message(self, handle: int, body: dict, jsep: Optional[dict] = None):
+        """Send a plugin request; return (plugin data, jsep) of its answer or event."""
+        request = {'janus': 'message', 'handle_id': handle, 'body': body}
+        if jsep is not None:
+            request['jsep'] = jsep
+        reply = await self.request(request)
+        data = reply.get('plugindata', {}).get('data', {})
+        if 'error_code' in data or 'error' in data:
+            raise JanusError(data.get('error_code'), str(data.get('error'))[:200])
+        return data, reply.get('jsep')
+
+    async def _read(self):
+        import aiohttp
+        try:
+            async for frame in self.ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    break
+                try:
+                    message = frame.json()
+                except ValueError:
+                    continue
+                if isinstance(message, dict):
+                    self._dispatch(message)
+        finally:
+            self._fail_pending(ConnectionError('janus websocket closed'))
+            self.closed.set()
+
+    def _dispatch(self, message: dict):
+        kind = message.get('janus')
+        entry = self._pending.get(message.get('transaction'))
+        if entry is not None:
+            future, wants_ack = entry
+            if kind == 'ack' and not wants_ack:
+                return          # an async plugin request: its event follows
+            if future.done():
+                return
+            if kind == 'error':
+                error = message.get('error') or {}
+                future.set_exception(JanusError(error.get('code'),
+                                                str(error.get('reason'))[:200]))
+            else:
+                future.set_result(message)
+            return
+        if kind in ('hangup', 'detached', 'timeout', 'webrtcup', 'media', 'slowlink', 'event'):
+            self.events.append(message)
+            self.event.set()
+
+    def _fail_pending(self, exc: Exception):
+        for future, _ in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _keepalive(self):
+        try:
+            while True:
+                await asyncio.sleep(self.settings.keepalive)   # the keepalive's period
+                await self.request({'janus': 'keepalive'}, ack=True)
+        except (JanusError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
+            self.log.warning('sfu: janus keepalive failed (%s); closing the session', exc)
+            if self.ws is not None:
+                await self.ws.close()
+
+
+class _PeerHost:
+    """What a :class:`webrtc.Peer` asks of its service: a clock, a layer policy, a log."""
+
+    def __init__(self, log: logging.Logger, clock: Callable[[], float]):
+        self.log = log
+        self.clock = clock
+        self.config = webrtc.WebRtcConfig(policy=LayerPolicy())
+
+
+class _Feed:
+    """One stream's publishing task and what it has published."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.task: Optional[asyncio.Task] = None
+        self.feed_id = None          # Janus's publisher id while published
+        self.published = False
+        self.attempts = 0
+        self.publishes = 0
+        self.peer: Optional[webrtc.Peer] = None
+        self.last_error = ''
+
+
+class JanusPublisher:
+    """The :class:`video_bridge.net.sfu.SfuPublisher` for Janus's VideoRoom plugin."""
+
+    def __init__(self, hub: StreamHub, settings: JanusSettings,
+                 logger: Optional[logging.Logger] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time):
+        self.hub = hub
+        self.settings = settings
+        self.log = logger or logging.getLogger('video_bridge.net.sfu_janus')
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.feeds: Dict[str, _Feed] = {}
+        self._host = _PeerHost(self.log, clock)
+        self._quiet = webrtc._LogThrottle(self.log, clock)
+        self._stopping = False
+        self._stoppers = set()      # tasks stopping feeds no longer wanted
+
+    # -- the SfuPublisher protocol -----------------------------------------------------------
+
+    def start(self):
+        """Bind to the running loop; say what the configuration leaves open."""
+        self.loop = asyncio.get_running_loop()
+        for problem in self.settings.weaknesses():
+            self.log.warning('sfu: %s', problem)
+
+    async def stop(self):
+        """Stop every feed (shutdown)."""
+        self._stopping = True
+        await self._stop_feeds(list(self.feeds))
+
+    def set_wanted(self, streams: Set[str]):
+        """Start feeds of newly wanted streams, stop the ones no longer wanted."""
+        if self._stopping or self.loop is None:
+            return
+        for name in streams:
+            if name not in self.feeds:
+                feed = self.feeds[name] = _Feed(name)
+                feed.task = self.loop.create_task(self._run(feed))
+        gone = [name for name in self.feeds if name not in streams]
+        if gone:
+            task = self.loop.create_task(self._stop_feeds(gone))
+            self._stoppers.add(task)
+            task.add_done_callback(self._stoppers.discard)
+
+    def notify_frame(self, stream_name: str):
+        """Wake a stream's feed on the loop after a new frame (called from the ROS thread)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed() and stream_name in self.feeds:
+            loop.call_soon_threadsafe(self._wake, stream_name)
+
+    def viewer_access(self, stream_name: str, client_id: str) -> dict:
+        """Mint a viewer's token for the room; name the feed a page subscribes to."""
+        settings = self.settings
+        access = {'server': 'janus', 'url': settings.viewer_url or settings.url,
+                  'room': settings.room, 'feed': None}
+        feed = self.feeds.get(stream_name)
+        if feed is not None and feed.published:
+            access['feed'] = feed.feed_id
+        if settings.token_secret:
+            grant = sfu_core.room_grant(settings.token_secret, settings.room,
+                                        self.wall_clock(), settings.token_ttl)
+            access.update(token=grant.token, room_token=grant.room_token,
+                          expires=grant.expires_at)
+        if settings.room_pin:
+            access['pin'] = settings.room_pin
+        return access
+
+    def counters(self) -> dict:
+        """Per feed: published, Janus's feed id, attempts, bytes the robot sent it."""
+        return {'feeds': {name: {'published': f.published, 'feed': f.feed_id,
+                                 'attempts': f.attempts, 'publishes': f.publishes,
+                                 'sent_bytes': f.peer.sent_bytes if f.peer else 0,
+                                 'layer': f.peer.chooser.current if f.peer else None,
+                                 'error': f.last_error}
+                          for name, f in self.feeds.items()}}
+
+    # -- feeds -------------------------------------------------------------------------------
+
+    def _wake(self, stream_name: str):
+        feed = self.feeds.get(stream_name)
+        if feed is not None and feed.peer is not None:
+            feed.peer.wake.set()
+
+    async def _stop_feeds(self, names):
+        tasks = []
+        for name in names:
+            feed = self.feeds.pop(name, None)
+            if feed is not None and feed.task is not None:
+                feed.task.cancel()
+                tasks.append(feed.task)
+        if tasks:   # each closes its connections within bounded waits; this bounds them all
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+
+    async def _run(self, feed: _Feed):
+        """Publish ``feed`` until cancelled; after any failure, again after a backoff."""
+        delay = self.settings.backoff_min
+        while True:
+            started = self.clock()
+            feed.attempts += 1
+            try:
+                await self._publish(feed)
+                feed.last_error = 'janus ended the publication'
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # Janus gone, refused, media failed: try again later
+                feed.last_error = f'{type(exc).__name__}: {exc}'[:200]
+            self._quiet.warning(f'sfu:{feed.name}', 'sfu: stream %r not published to %s (%s); '
+                                'trying again in %g s', feed.name, self.settings.url,
+                                feed.last_error, delay)
+            if self.clock() - started > STABLE_AFTER:
+                delay = self.settings.backoff_min
+            await asyncio.sleep(delay)    # the backoff itself, not a synchronisation
+            delay = min(delay * 2, self.settings.backoff_max)
+
+    async def _publish(self, feed: _Feed):
+        """One publication: session, room, WebRTC; returns or raises when any part ends."""
+        settings = self.settings
+        stream = self.hub.get(feed.name)
+        grant = None
+        if settings.token_secret:
+            grant = sfu_core.room_grant(settings.token_secret, settings.room,
+                                        self.wall_clock(), settings.token_ttl,
+                                        publisher_nonce=secrets.token_hex(12))
+        # Janus checks the session token on every request, keepalives included: each one
+        # gets a fresh token, or the session would end when the first one expires.
+        janus = JanusSession(settings, self._session_token if grant else None, self.log)
+        peer = handle = None
+        try:
+            await janus.connect()
+            handle = await janus.attach(sfu_core.VIDEOROOM)
+            if grant and settings.room_secret:
+                for action in ('add', 'enable'):   # only listed tokens may publish
+                    await janus.message(handle, {'request': 'allowed', 'room': settings.room,
+                                                 'secret': settings.room_secret,
+                                                 'action': action,
+                                                 'allowed': [grant.room_token]})
+            join = {'request': 'join', 'ptype': 'publisher', 'room': settings.room,
+                    'display': f'video_bridge {feed.name}'[:64]}
+            if grant:
+                join['token'] = grant.room_token
+            if settings.room_pin:
+                join['pin'] = settings.room_pin
+            joined, _ = await janus.message(handle, join)
+            peer = feed.peer = webrtc.Peer(self._host, f'sfu-{feed.name}', stream,
+                                           settings.codec)
+            pc = await self._offer(peer)
+            configured, jsep = await janus.message(
+                handle, {'request': 'publish', 'display': join['display']},
+                jsep={'type': 'offer', 'sdp': pc.localDescription.sdp})
+            if not jsep or jsep.get('type') != 'answer':
+                raise JanusError(None, 'no SDP answer to the publish request')
+            from aiortc import RTCSessionDescription
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=jsep['sdp'], type='answer'))
+            await self._connected(pc, janus)
+            feed.feed_id = joined.get('id')
+            feed.published = True
+            feed.publishes += 1
+            self.log.info('sfu: publishing stream %r to %s room %s as feed %s (%s)', feed.name,
+                          settings.url, settings.room, feed.feed_id, settings.codec)
+            await self._until_broken(pc, janus)
+        finally:
+            feed.published = False
+            if peer is not None:
+                peer.close()
+                if peer.pc is not None:
+                    try:
+                        await asyncio.wait_for(peer.pc.close(), CLOSE_TIMEOUT)
+                    except (asyncio.TimeoutError, OSError):
+                        pass
+            await asyncio.shield(self._end(janus, handle, grant))
+
+    def _session_token(self) -> str:
+        return sfu_core.session_token(self.settings.token_secret, self.wall_clock(),
+                                      self.settings.token_ttl)
+
+    async def _end(self, janus: JanusSession, handle, grant):
+        """Take the robot's token off the allowed list (if Janus is still there); close."""
+        if handle is not None and grant is not None and self.settings.room_secret and \
+                not janus.closed.is_set():
+            try:
+                await asyncio.wait_for(janus.message(handle, {
+                    'request': 'allowed', 'room': self.settings.room, 'action': 'remove',
+                    'secret': self.settings.room_secret, 'allowed': [grant.room_token]}),
+                    CLOSE_TIMEOUT)
+            except (JanusError, ConnectionError, asyncio.TimeoutError, OSError):
+                pass    # a list Janus forgets on restart; a stale entry has expired anyway
+        await janus.close()
+
+    async def _offer(self, peer: webrtc.Peer):
+        """Make the publisher's connection (a direct peer's track, sendonly) and its offer."""
+        from aiortc import RTCPeerConnection, RTCRtpSender
+        pc = peer.pc = RTCPeerConnection()
+        transceiver = pc.addTransceiver(webrtc._packet_track(peer), direction='sendonly')
+        peer.sender = transceiver.sender
+        peer.backlog = SendBacklog(peer.sender, webrtc.SEND_BACKLOG_HIGH,
+                                   webrtc.SEND_BACKLOG_LOW)
+        if rtp_packing.install(peer.sender):
+            peer.packer = rtp_packing.PeerPacker(peer.codec)
+        mime = 'video/H264' if peer.codec == encoders.H264 else 'video/VP8'
+        capabilities = RTCRtpSender.getCapabilities('video').codecs
+        preferred = [c for c in capabilities if c.mimeType == mime and (
+            peer.codec != encoders.H264 or c.parameters.get('packetization-mode') == '1')]
+        transceiver.setCodecPreferences(
+            preferred + [c for c in capabilities if c.mimeType == 'video/rtx'])
+        # PLI/FIR from Janus -> the shared encoder's rate-limited keyframe; REMB/RR -> layer
+        webrtc.WebRtcService._hook_sender(self, peer)
+        async with asyncio.timeout(webrtc.GATHER_TIMEOUT):
+            await pc.setLocalDescription(await pc.createOffer())
+        return pc
+
+    async def _connected(self, pc, janus: JanusSession):
+        deadline = self.clock() + self.settings.connect_timeout
+        while pc.connectionState != 'connected':
+            if pc.connectionState in ('failed', 'closed') or janus.closed.is_set():
+                raise ConnectionError(f'media path {pc.connectionState}')
+            if self.clock() > deadline:
+                raise ConnectionError(f'not connected within {self.settings.connect_timeout} s')
+            await self._state_change(pc, janus, deadline - self.clock())
+
+    async def _until_broken(self, pc, janus: JanusSession):
+        """Return when the media path fails, the session ends, or Janus hangs up."""
+        while True:
+            if pc.connectionState in ('failed', 'closed'):
+                raise ConnectionError(f'media path {pc.connectionState}')
+            if janus.closed.is_set():
+                raise ConnectionError('janus session closed')
+            while janus.events:
+                event = janus.events.popleft()
+                if event.get('janus') in ('hangup', 'detached', 'timeout'):
+                    raise ConnectionError(f"janus: {event.get('janus')} "
+                                          f"{str(event.get('reason', ''))[:100]}")
+            await self._state_change(pc, janus, None)
+
+    async def _state_change(self, pc, janus: JanusSession, timeout: Optional[float]):
+        """Wait for the connection's state, the session or its events to change."""
+        changed = asyncio.Event()
+        pc.on('connectionstatechange', changed.set)
+        janus.event.clear()
+        waits = [asyncio.ensure_future(e.wait()) for e in (changed, janus.closed, janus.event)]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            pc.remove_listener('connectionstatechange', changed.set)
