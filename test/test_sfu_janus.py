@@ -21,7 +21,7 @@ import time
 
 from conftest import ChildProcess, free_port, only_loopback, port_open, REPO, wait_for
 import pytest
-from test_encoders import raw
+from support.pictures import raw
 from video_bridge.core import sfu
 from video_bridge.core.streams import StreamHub, StreamSettings
 from webrtc_support import wait_until
@@ -728,14 +728,11 @@ def camera():
 
 
 def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_watch(
-        ros, start_bridge, camera, janus, tmp_path):
+        cmd_vel, start_bridge, camera, janus, tmp_path):
     """The real bridge_node and camera_node: a driver on the direct peer, then one and five
     observers through Janus. The driver's frame rate stays, its commands still reach
     cmd_vel, and bridge_node's CPU does not grow with the observers."""
-    from test_web_page import CmdVel
-    from test_webrtc_client import Control, session
-    from webrtc_support import AiortcViewer
-    cmd_vel = CmdVel(ros)
+    from webrtc_support import AiortcViewer, Control, session
     bridge = start_bridge(token='robot-token', webrtc_host_addresses=[ADDRESS],
                           **sfu_parameters(janus, tmp_path))
     cmd_vel.wait_publisher()
@@ -807,7 +804,7 @@ def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_w
                 cpu[count] = (process_cpu_seconds(bridge.process.proc.pid) - started[0]) / \
                     (time.monotonic() - started[1])
                 print(f'{count} SFU viewers: driver direct {after:.1f} fps, {share:.0%} of '
-                      f'the camera\'s frames (alone {before:.1f} fps, {share_before:.0%}), '
+                      f"the camera's frames (alone {before:.1f} fps, {share_before:.0%}), "
                       f'bridge_node {cpu[count] * 100:.0f} % of a core')
                 # the camera's own rate moves with the shared machine's load: what must not
                 # drop is the share of its frames the driver gets
@@ -822,10 +819,7 @@ def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_w
             await direct.close()
             await driver.socket.close()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        cmd_vel.close()
+    asyncio.run(scenario())
 
 
 def test_publishing_outlives_its_tokens(janus):

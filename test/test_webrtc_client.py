@@ -226,7 +226,7 @@ def test_an_untrusted_turn_certificate_is_named_not_hidden(coturn_tls, start_bri
 def test_a_compressed_jpeg_topic_feeds_webrtc_too(ros, start_bridge, camera):
     # A camera that publishes only sensor_msgs/CompressedImage (JPEG): the bridge decodes it
     # once per frame for the shared H.264 encoder, and the peer decodes the camera's picture.
-    from test_bridge_http import JpegPublisher
+    from http_support import JpegPublisher
     bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS],
                           **{'streams.camera.topic': '/wc/image/compressed',
                              'streams.camera.type': 'compressed'})
