@@ -61,6 +61,7 @@ class H264Publisher:
         self.keyframe_stamps = set()     # header.stamp (ns) of every keyframe published
         self.published = 0
         self.bad = []                    # bytes to publish next, instead of a good unit
+        self.serialized = []             # whole messages (CDR bytes) to publish as they are
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -78,6 +79,10 @@ class H264Publisher:
         with self._lock:
             self.bad.extend(units)
 
+    def inject_serialized(self, *messages):
+        with self._lock:
+            self.serialized.extend(messages)
+
     def last_was_keyframe(self):
         return self.units[(self.published - 1) % len(self.units)][1]
 
@@ -88,6 +93,12 @@ class H264Publisher:
         while not self._stop.is_set():
             with self._lock:
                 bad = self.bad.pop(0) if self.bad else None
+                serialized = self.serialized.pop(0) if self.serialized else None
+            if serialized is not None:   # in a frame's slot (depth 1: not overwritten at once)
+                self.publisher.publish(serialized)    # rclpy publishes bytes as they are
+                next_time += 1.0 / FPS
+                self._stop.wait(max(0.0, next_time - time.monotonic()))  # pacing, not sync
+                continue
             msg = self._message()
             msg.header.stamp = self.node.get_clock().now().to_msg()
             msg.header.frame_id = 'camera'
@@ -303,6 +314,43 @@ def test_malformed_units_are_counted_logged_once_and_the_peers_keep_playing(star
     log = bridge.process.output()
     assert log.count('not an Annex B H.264 access unit') == 1, 'logged once per kind'
     assert log.count('empty access unit') == 1
+    assert 'Traceback' not in log
+
+
+def test_messages_that_are_not_compressed_images_are_counted_and_the_peers_keep_playing(
+        start_bridge, source, units):
+    """CDR bytes cut short or made up reach the bridge (a broken publisher, or a topic of the
+    wrong type); each is counted as ``message`` and dropped, the stream keeps playing."""
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CompressedImage
+    bridge = start(start_bridge, **ONE_LAYER)
+    good = serialize_message(CompressedImage(format='h264', data=units[1][0]))
+    bad = [good[:len(good) // 2], good[:10], b'\x00\x01\x00\x00' + b'\xff' * 16,
+           b'\x00\x01\x00\x00' + b'\x01\x00\x00\x00' * 2 + b'\xff\xff\xff\x7f' + b'x' * 40]
+
+    async def scenario():
+        async with await session(bridge.ws) as socket:
+            control = Control(socket)
+            await control.wait('hello')
+            viewer = await start_peer(control, 1)
+            try:
+                await wait_until(lambda: len(viewer.frames) >= 15, 30, 'the peer decoding')
+                for _ in range(5):
+                    source.inject_serialized(*bad)
+                await wait_until(lambda: not source.serialized, 10, 'the bad messages sent')
+                count = len(viewer.frames)
+                await wait_until(lambda: len(viewer.frames) >= count + 45, 15,
+                                 'the peer still decoding after the bad messages')
+
+                def counted():
+                    return camera_entry(bridge).get('malformed', {}).get('message', 0) >= 10
+                await asyncio.to_thread(wait_for, counted, 10, 'the bad messages counted')
+            finally:
+                await viewer.close()
+
+    asyncio.run(scenario())
+    log = bridge.process.output()
+    assert log.count('malformed serialised message') == 1, 'logged once'
     assert 'Traceback' not in log
 
 

@@ -9,6 +9,13 @@ Threads: rclpy callbacks run on an executor thread; the network runs on one asyn
 main thread. Frames cross with one thread-safe wake-up per frame; the teleop core lives on the
 loop, and ROS-side calls into it (e-stop service, status) are marshalled onto the loop.
 
+Image intake: an H.264 stream's topic (CompressedImage or foxglove CompressedVideo) is taken as
+CDR bytes (``raw=True``, fields read by :mod:`video_bridge.core.cdr`) on a thread of its own
+(:class:`ImageIntake`) that waits on those subscriptions alone. rclpy's executor builds a wait
+set over every entity of the node (parameter services, timers, QoS event handlers) in Python
+for each message, and its Python message objects are built field by field: together about
+2 % of a core at 30 messages/s here, most of what a passed-through stream costs.
+
 QoS, on purpose: images are subscribed best-effort, depth 1 (sensor data: only the newest frame
 matters, a retransmitted stale frame is worse than none; matches reliable publishers too);
 cmd_vel is reliable, depth 10 (a stop must arrive); status is reliable, depth 1.
@@ -16,6 +23,7 @@ cmd_vel is reliable, depth 10 (a stop must arrive); status is reliable, depth 1.
 
 import asyncio
 import concurrent.futures
+from contextlib import ExitStack
 import ctypes
 import dataclasses
 import os
@@ -30,14 +38,19 @@ from ament_index_python.packages import get_package_share_directory, PackageNotF
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 import rclpy
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.duration import Duration
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import (InvalidHandle, InvalidParameterTypeException,
+                              InvalidParameterValueException)
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.guard_condition import GuardCondition
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool
+from video_bridge.core import cdr
 from video_bridge.core import health
 from video_bridge.core import ice
 from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token
@@ -85,6 +98,156 @@ def share_path(*parts: str) -> str:
     except PackageNotFoundError:  # running from a source checkout
         share = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..'))
     return os.path.join(share, *parts)
+
+
+class _IntakeGroup(ReentrantCallbackGroup):
+    """
+    The callback group of the intake's subscriptions and guard condition: never the executor's.
+
+    rclpy's executor leaves out of its wait set what its group cannot execute, so the intake
+    thread alone waits on and takes these; the subscriptions' QoS event handlers (incompatible
+    QoS warnings) share the group and still run on the executor.
+    """
+
+    def can_execute(self, entity) -> bool:
+        """Return False for the subscriptions and guard condition the intake thread serves."""
+        return not isinstance(entity, (Subscription, GuardCondition))
+
+    def beginning_execution(self, entity) -> bool:
+        """Run only what :meth:`can_execute` allows (the event handlers)."""
+        return self.can_execute(entity)
+
+
+class ImageIntake:
+    """
+    Take the messages of some image subscriptions on one thread, as CDR bytes, and hand them on.
+
+    Why: see the module docstring (rclpy's executor costs ~0.4 ms of Python per message). The
+    thread waits on a wait set of these subscriptions and one guard condition (a change, or
+    stop) and takes each ready message with ``raw=True``; ``handler(bytes)`` runs on this
+    thread. A handler error is logged (once per kind of error) and the thread goes on.
+
+    This is the one place that reaches into rclpy below its public API (``_rclpy.WaitSet``,
+    ``Subscription.handle.take_message``, the calls its executor makes); :meth:`create` returns
+    None when this rclpy lacks them, and the bridge then takes the same bytes through the
+    executor (same handler, slower).
+    """
+
+    WAIT_NS = 1_000_000_000   # a bounded wait: the stop flag is looked at least once a second
+
+    def __init__(self, node: Node, rclpy_impl, log):
+        self._node = node
+        self._impl = rclpy_impl
+        self._log = log
+        self.group = _IntakeGroup()
+        self._lock = threading.Lock()
+        self._entries = {}        # name -> (subscription, handler)
+        self._stopping = False
+        self._errors = set()
+        self.taken = 0
+        self.failures = 0
+        self._wake = node.create_guard_condition(lambda: None, callback_group=self.group)
+        self._thread = threading.Thread(target=self._run, name='image-intake', daemon=True)
+
+    @classmethod
+    def create(cls, node: Node, log):
+        """Return a started intake, or None when this rclpy has not the internals it uses."""
+        try:
+            from rclpy.impl.implementation_singleton import rclpy_implementation
+            for name in ('WaitSet', 'Subscription', 'GuardCondition'):
+                getattr(rclpy_implementation, name)
+            wait_set = rclpy_implementation.WaitSet
+            for name in ('clear_entities', 'add_subscription', 'add_guard_condition', 'wait',
+                         'get_ready_entities'):
+                getattr(wait_set, name)
+            getattr(rclpy_implementation.Subscription, 'take_message')
+        except (ImportError, AttributeError) as exc:
+            log.warning('image intake: this rclpy lacks %s; images go through the executor '
+                        '(more CPU per frame)', exc)
+            return None
+        intake = cls(node, rclpy_implementation, log)
+        intake._thread.start()
+        return intake
+
+    def add(self, name: str, subscription, handler):
+        """Serve ``subscription`` (made with ``callback_group=self.group, raw=True``)."""
+        with self._lock:
+            self._entries[name] = (subscription, handler)
+        self._wake.trigger()
+
+    def remove(self, name: str):
+        """Stop serving a subscription (before the node destroys it: the thread lets go)."""
+        with self._lock:
+            self._entries.pop(name, None)
+        self._wake.trigger()
+
+    def stop(self, timeout: float = 2.0):
+        """End the thread (before the node and the context go); bounded by ``timeout``."""
+        self._stopping = True
+        try:
+            self._wake.trigger()
+        except Exception:   # already destroyed with the node: the bounded wait ends it
+            pass
+        self._thread.join(timeout)
+
+    def _run(self):
+        context = self._node.context
+        while not self._stopping:
+            with self._lock:
+                entries = list(self._entries.values())
+            try:
+                taken = self._wait_and_take(context, entries)
+            except (InvalidHandle, RuntimeError) as exc:   # shutting down, or a handle gone
+                if self._stopping or not context.ok():
+                    return
+                self._note('wait', exc)
+                continue
+            for handler, buffer in taken:
+                try:
+                    handler(buffer)
+                except Exception as exc:   # noqa: B902  the thread must go on
+                    self._note(type(exc).__name__, exc)
+
+    def _wait_and_take(self, context, entries) -> list:
+        """One wait over the subscriptions; return (handler, CDR bytes) of what was taken."""
+        impl = self._impl
+        taken = []
+        with ExitStack() as held:   # handles kept alive (destroyed after, if asked meanwhile)
+            held.enter_context(context.handle)
+            held.enter_context(self._wake.handle)
+            ready_to_wait = []
+            for subscription, handler in entries:
+                try:
+                    held.enter_context(subscription.handle)
+                except InvalidHandle:       # destroyed since the list was copied
+                    continue
+                ready_to_wait.append((subscription, handler))
+            wait_set = impl.WaitSet(len(ready_to_wait), 1, 0, 0, 0, 0, context.handle)
+            wait_set.clear_entities()
+            for subscription, _ in ready_to_wait:
+                wait_set.add_subscription(subscription.handle)
+            wait_set.add_guard_condition(self._wake.handle)
+            wait_set.wait(self.WAIT_NS)
+            ready = wait_set.get_ready_entities('subscription')
+            for subscription, handler in ready_to_wait:
+                if subscription.handle.pointer not in ready:
+                    continue
+                try:
+                    message = subscription.handle.take_message(subscription.msg_type, True)
+                except Exception as exc:   # noqa: B902  rmw refused this one: count, go on
+                    self.failures += 1
+                    self._note('take', exc)
+                    continue
+                if message is not None:
+                    self.taken += 1
+                    taken.append((handler, message[0]))
+        return taken
+
+    def _note(self, kind: str, exc: Exception):
+        """Log one line per kind of problem (a message per frame would flood the log)."""
+        if kind not in self._errors:
+            self._errors.add(kind)
+            self._log.error('image intake: %s: %s (logged once)', kind, exc)
 
 
 class RosLog:
@@ -188,6 +351,7 @@ class BridgeNode(Node):
         if self.webrtc is not None:
             self.control.signalling = self.webrtc   # webrtc_* messages of /control sessions
             self.server.webrtc = self.webrtc
+        self.intake = ImageIntake.create(self, self.log)   # H.264 streams' messages
         self._image_subs = {}
         self.closing = False
         self._demand = {}
@@ -321,6 +485,8 @@ class BridgeNode(Node):
             elif name in self._image_subs:
                 idle = self._idle_since.setdefault(name, now)
                 if now - idle >= self.p.unsubscribe_delay:
+                    if self.intake is not None:
+                        self.intake.remove(name)
                     self.destroy_subscription(self._image_subs.pop(name))
                     self._idle_since.pop(name, None)
                     self.get_logger().info(f'stream {name!r}: nobody watches; unsubscribed '
@@ -331,15 +497,43 @@ class BridgeNode(Node):
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE if self.p.image_reliable
                          else ReliabilityPolicy.BEST_EFFORT)
-        callback = self._raw_callback(stream) if settings.kind == RAW \
-            else self._compressed_callback(stream)
-        message_class = MESSAGE_CLASS[settings.kind]
-        if self._message_types.get(stream.name) == COMPRESSED_VIDEO_TYPE:
-            message_class, callback = compressed_video_class(), self._video_callback(stream)
-        self._image_subs[stream.name] = self.create_subscription(
-            message_class, settings.topic, callback, qos)
+        if settings.kind == H264:
+            self._subscribe_encoded(stream, qos)
+        else:
+            callback = self._raw_callback(stream) if settings.kind == RAW \
+                else self._compressed_callback(stream)
+            self._image_subs[stream.name] = self.create_subscription(
+                MESSAGE_CLASS[settings.kind], settings.topic, callback, qos)
         self.get_logger().info(f'stream {stream.name!r}: subscribed '
                                f'{self.resolve_topic_name(settings.topic)}')
+
+    def _subscribe_encoded(self, stream, qos):
+        """Subscribe an H.264 stream's topic as CDR bytes, served by the intake thread."""
+        message_class, layout = CompressedImage, cdr.COMPRESSED_IMAGE
+        if self._message_types.get(stream.name) == COMPRESSED_VIDEO_TYPE:
+            message_class, layout = compressed_video_class(), cdr.COMPRESSED_VIDEO
+        handler = self._encoded_handler(stream, layout)
+        intake = self.intake
+        subscription = self.create_subscription(
+            message_class, stream.settings.topic, handler, qos, raw=True,
+            callback_group=intake.group if intake is not None else None)
+        self._image_subs[stream.name] = subscription
+        if intake is not None:
+            intake.add(stream.name, subscription, handler)
+
+    def _encoded_handler(self, stream, layout):
+        def on_bytes(buffer: bytes):
+            received = time.time()
+            try:
+                frame = cdr.compressed_frame(buffer, layout)
+            except cdr.MalformedMessage as exc:
+                stream.count_malformed(exc.kind)
+                self._log_malformed(stream, exc)
+                return
+            self._feed(stream, SourceImage(frame.stamp_sec, frame.stamp_nanosec, frame.data,
+                                           image_format=frame.image_format,
+                                           received_time=received), frame.image_format)
+        return on_bytes
 
     def _raw_callback(self, stream):
         def on_image(msg: Image):
@@ -356,24 +550,21 @@ class BridgeNode(Node):
                 received_time=time.time()), msg.format)
         return on_compressed
 
-    def _video_callback(self, stream):
-        def on_video(msg):   # foxglove_msgs/CompressedVideo: no header, a timestamp
-            self._feed(stream, SourceImage(
-                msg.timestamp.sec, msg.timestamp.nanosec, msg.data, image_format=msg.format,
-                received_time=time.time()), msg.format)
-        return on_video
-
     def _feed(self, stream, image: SourceImage, encoding: str):
         try:
             stream.publish(image)
         except (UnsupportedEncoding, MalformedImage) as exc:
-            kind = getattr(exc, 'kind', 'encoding')
-            count = stream.malformed_log_due(kind, time.monotonic())
-            if count:
-                more = f' ({count} such frames since the last report)' if count > 1 else ''
-                self.get_logger().warning(
-                    f'stream {stream.name!r}: cannot show a frame of '
-                    f'{self.resolve_topic_name(stream.settings.topic)}: {exc}{more}')
+            self._log_malformed(stream, exc)
+
+    def _log_malformed(self, stream, exc):
+        """Log a frame that cannot be shown: the first of its kind, then once in a while."""
+        kind = getattr(exc, 'kind', 'encoding')
+        count = stream.malformed_log_due(kind, time.monotonic())
+        if count:
+            more = f' ({count} such frames since the last report)' if count > 1 else ''
+            self.get_logger().warning(
+                f'stream {stream.name!r}: cannot show a frame of '
+                f'{self.resolve_topic_name(stream.settings.topic)}: {exc}{more}')
 
     def _compressed_video_known(self) -> bool:
         if not hasattr(self, '_has_compressed_video'):
@@ -643,6 +834,8 @@ async def run_bridge(args=None) -> int:
         await node.server.stop()
         return 0
     finally:
+        if node is not None and node.intake is not None:
+            node.intake.stop()
         executor.shutdown(timeout_sec=2.0)
         if spinner is not None:
             spinner.join(timeout=2.0)
