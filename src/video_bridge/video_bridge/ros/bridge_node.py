@@ -43,11 +43,9 @@ from rclpy.duration import Duration
 from rclpy.exceptions import (InvalidHandle, InvalidParameterTypeException,
                               InvalidParameterValueException)
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.guard_condition import GuardCondition
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool
 from video_bridge.core import cdr
@@ -102,20 +100,21 @@ def share_path(*parts: str) -> str:
 
 class _IntakeGroup(ReentrantCallbackGroup):
     """
-    The callback group of the intake's subscriptions and guard condition: never the executor's.
+    The callback group of the intake's subscriptions, their QoS event handlers and its guard.
 
-    rclpy's executor leaves out of its wait set what its group cannot execute, so the intake
-    thread alone waits on and takes these; the subscriptions' QoS event handlers (incompatible
-    QoS warnings) share the group and still run on the executor.
+    rclpy's executor leaves out of its wait set what a group cannot execute, so the intake
+    thread alone waits on these. The event handlers must go with their subscription: in
+    rmw_fastrtps a subscription's events and its data wake the same waiters, so an executor
+    waiting on the events alone would wake (and rebuild its wait set) for every message.
     """
 
     def can_execute(self, entity) -> bool:
-        """Return False for the subscriptions and guard condition the intake thread serves."""
-        return not isinstance(entity, (Subscription, GuardCondition))
+        """Return False: the intake thread serves everything in this group."""
+        return False
 
     def beginning_execution(self, entity) -> bool:
-        """Run only what :meth:`can_execute` allows (the event handlers)."""
-        return self.can_execute(entity)
+        """Return False, as :meth:`can_execute`."""
+        return False
 
 
 class ImageIntake:
@@ -127,8 +126,12 @@ class ImageIntake:
     stop) and takes each ready message with ``raw=True``; ``handler(bytes)`` runs on this
     thread. A handler error is logged (once per kind of error) and the thread goes on.
 
+    The subscriptions' QoS event handlers (rclpy's default ones log an incompatible QoS or
+    type) are waited on and run here too (see :class:`_IntakeGroup`).
+
     This is the one place that reaches into rclpy below its public API (``_rclpy.WaitSet``,
-    ``Subscription.handle.take_message``, the calls its executor makes); :meth:`create` returns
+    ``Subscription.handle.take_message``, the Waitable calls its executor makes on event
+    handlers); :meth:`create` returns
     None when this rclpy lacks them, and the bridge then takes the same bytes through the
     executor (same handler, slower).
     """
@@ -157,8 +160,8 @@ class ImageIntake:
             for name in ('WaitSet', 'Subscription', 'GuardCondition'):
                 getattr(rclpy_implementation, name)
             wait_set = rclpy_implementation.WaitSet
-            for name in ('clear_entities', 'add_subscription', 'add_guard_condition', 'wait',
-                         'get_ready_entities'):
+            for name in ('clear_entities', 'add_subscription', 'add_guard_condition',
+                         'add_event', 'wait', 'get_ready_entities', 'is_ready'):
                 getattr(wait_set, name)
             getattr(rclpy_implementation.Subscription, 'take_message')
         except (ImportError, AttributeError) as exc:
@@ -209,26 +212,40 @@ class ImageIntake:
                     self._note(type(exc).__name__, exc)
 
     def _wait_and_take(self, context, entries) -> list:
-        """One wait over the subscriptions; return (handler, CDR bytes) of what was taken."""
+        """One wait over the subscriptions; return (handler, CDR bytes or event) taken."""
         impl = self._impl
         taken = []
         with ExitStack() as held:   # handles kept alive (destroyed after, if asked meanwhile)
             held.enter_context(context.handle)
             held.enter_context(self._wake.handle)
-            ready_to_wait = []
+            ready_to_wait, events = [], []
             for subscription, handler in entries:
                 try:
                     held.enter_context(subscription.handle)
                 except InvalidHandle:       # destroyed since the list was copied
                     continue
                 ready_to_wait.append((subscription, handler))
-            wait_set = impl.WaitSet(len(ready_to_wait), 1, 0, 0, 0, 0, context.handle)
+                for event in getattr(subscription, 'event_handlers', ()):
+                    try:
+                        held.enter_context(event)
+                    except InvalidHandle:
+                        continue
+                    events.append(event)
+            wait_set = impl.WaitSet(len(ready_to_wait), 1, 0, 0, 0, len(events),
+                                    context.handle)
             wait_set.clear_entities()
             for subscription, _ in ready_to_wait:
                 wait_set.add_subscription(subscription.handle)
+            for event in events:
+                event.add_to_wait_set(wait_set)
             wait_set.add_guard_condition(self._wake.handle)
             wait_set.wait(self.WAIT_NS)
             ready = wait_set.get_ready_entities('subscription')
+            for event in events:
+                if event.is_ready(wait_set):
+                    data = event.take_data()
+                    if data and event.callback is not None:
+                        taken.append((event.callback, data))
             for subscription, handler in ready_to_wait:
                 if subscription.handle.pointer not in ready:
                     continue
