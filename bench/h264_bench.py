@@ -212,12 +212,12 @@ def browser_case(kind: str, options) -> dict:
                 window.begin()
                 window.sleep(options.duration)
                 window.end()
+                entry = camera_entry(api_streams(port))   # while the page still watches
                 figures = page.evaluate('''() => { const s = window.videoBridge.webrtc;
                     return { samples: s.latencySamples.slice(), frames: s.displayed,
                              codec: s.stats().codec ?? null }; }''')
             finally:
                 browser.close()
-        entry = camera_entry(api_streams(port))
     latency = [x * 1000 for x in figures['samples']]
     return {'fps': (figures['frames'] - start) / window.seconds, 'p50': pct(latency, 50),
             'p95': pct(latency, 95), 'samples': len(latency), 'codec': figures['codec'],
