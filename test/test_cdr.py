@@ -156,7 +156,7 @@ print(json.dumps(out))
 '''
 
 
-def test_compressed_video_fields_are_what_rclpy_serialised(foxglove_env):
+def test_compressed_video_fields_are_what_rclpy_serialised(foxglove_env):  # noqa: F811
     import os
     chooser = random.Random(21)
     cases = [(chooser.randint(-2**31, 2**31 - 1), chooser.randint(0, 2**32 - 1),

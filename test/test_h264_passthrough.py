@@ -354,6 +354,31 @@ def test_messages_that_are_not_compressed_images_are_counted_and_the_peers_keep_
     assert 'Traceback' not in log
 
 
+def test_the_stream_unsubscribes_resubscribes_and_the_bridge_stops_cleanly(start_bridge, source):
+    """The intake thread lets go of a subscription the bridge drops while nobody watches, takes
+    the new one when a viewer comes back, and ends with the bridge (exit code 0)."""
+    bridge = start(start_bridge, unsubscribe_delay=0.5, **ONE_LAYER)
+
+    async def watch(request_id):
+        async with await session(bridge.ws) as socket:
+            control = Control(socket)
+            await control.wait('hello')
+            viewer = await start_peer(control, request_id)
+            try:
+                await wait_until(lambda: len(viewer.frames) >= 15, 30, '15 frames decoded')
+            finally:
+                await viewer.close()
+
+    for round_ in (1, 2):
+        asyncio.run(watch(round_))
+        wait_for(lambda: bridge.process.output().count('nobody watches; unsubscribed')
+                 == round_, 20, f'unsubscription {round_}')
+    assert bridge.process.output().count("stream 'camera': subscribed") == 2
+    assert bridge.process.stop() == 0
+    log = bridge.process.output()
+    assert 'image intake' not in log and 'Traceback' not in log, log[-3000:]
+
+
 def test_camera_node_h264_plays_in_chromium_with_nothing_encoded_on_the_bridge(
         start_bridge, launch_node):
     # The robot encodes once, at the camera (camera_node h264:=true); the bridge passes the
