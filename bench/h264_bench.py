@@ -48,12 +48,14 @@ import time
 import urllib.request
 
 import benchlib
-from benchlib import fmt, table
+from benchlib import fmt, pct, table
 import numpy as np
 from webrtc_bench import HOST_ADDRESS, sh, viewer_stats
 
 CAMERA_NODE = os.path.join(os.path.dirname(benchlib.BRIDGE_NODE), 'camera_node')
-TOPICS = {'raw': '/camera/image_raw', 'h264': '/camera/image_raw/h264'}
+TOPICS = {'raw': '/camera/image_raw', 'h264': '/camera/image_raw/h264',
+          'h264-before': '/camera/image_raw/h264'}
+LABELS = {'raw': 'raw bgr8', 'h264': 'H.264', 'h264-before': 'H.264, --before'}
 PER_WORKER = 5   # aiortc peers per worker process (each decodes what it receives)
 
 
@@ -101,9 +103,25 @@ def camera_argv(kind: str) -> list:
     argv = [sys.executable, CAMERA_NODE, '--ros-args', '-r', '__ns:=/camera',
             '-p', 'source:=pattern', '-p', 'width:=640', '-p', 'height:=480',
             '-p', 'fps:=30.0']
-    if kind == 'h264':
+    if kind.startswith('h264'):
         argv += ['-p', 'h264:=true']
     return argv
+
+
+def bridge_params(kind: str) -> list:
+    """Parameters of the bridge for one source kind (one WebRTC layer, see the docstring)."""
+    params = [f'webrtc_host_addresses:=["{HOST_ADDRESS}"]', 'webrtc_layers:=1']
+    if kind.startswith('h264'):
+        params.append('streams.camera.type:=h264')
+    return params
+
+
+def start_case(rig, kind: str, options):
+    """Start camera_node and the bridge of one kind (--before's bridge for h264-before)."""
+    camera = rig.start('camera', camera_argv(kind))
+    source = options.before if kind == 'h264-before' else ''
+    bridge, port = benchlib.start_bridge(rig, TOPICS[kind], bridge_params(kind), source=source)
+    return camera, bridge, port
 
 
 def run_case(kind: str, count: int, options) -> dict:
@@ -111,12 +129,10 @@ def run_case(kind: str, count: int, options) -> dict:
     # The viewers write their records when they end, at a deadline fixed when they start: long
     # enough for the slowest allowed connection, the warm-up and the window.
     run_for = options.connect_timeout + options.warmup + options.duration + 3
-    params = [f'webrtc_host_addresses:=["{HOST_ADDRESS}"]', 'webrtc_layers:=1']
-    if kind == 'h264':
-        params.append('streams.camera.type:=h264')
+    if count in options.profile_at:
+        run_for += options.profile_seconds + 5
     with benchlib.Rig(options.keep_logs) as rig:
-        camera = rig.start('camera', camera_argv(kind))
-        bridge, port = benchlib.start_bridge(rig, TOPICS[kind], params)
+        camera, bridge, port = start_case(rig, kind, options)
         workers, outputs = [], []
         for first in range(0, count, PER_WORKER):
             out = rig.path(f'webrtc-{first}.json')
@@ -133,6 +149,12 @@ def run_case(kind: str, count: int, options) -> dict:
         window.end()
         document = api_streams(port)
         after = camera_entry(document)
+        profiled = None
+        if count in options.profile_at:   # after the window: the profilers never disturb it
+            profiled = benchlib.Profile(bridge.pid, rig.log_dir)
+            profiled.run(options.profile_seconds)
+            profiled.frames = (camera_entry(api_streams(port))['frames_in']
+                               - after['frames_in'])
         for worker in workers:   # they end at their --duration; bounded wait, then SIGINT
             worker.wait(run_for + 30)
         records, errors = [], []
@@ -158,7 +180,59 @@ def run_case(kind: str, count: int, options) -> dict:
         'frames_in': (after['frames_in'] - before['frames_in']) / window.seconds,
         'layers': sorted(set(document.get('webrtc', {}).get('layers', {}).values())),
         'problems': len(errors)})
+    if profiled is not None:
+        stats['profile'] = profiled
     return stats
+
+
+def browser_case(kind: str, options) -> dict:
+    """Camera + bridge of one kind and headless Chromium on the page over WebRTC.
+
+    Glass-to-glass per frame as the page measures it (camera header.stamp to the frame shown,
+    requestVideoFrameCallback; bench/webrtc_bench.py reads the same samples), over --duration
+    after --warmup, with the bridge's and the browser's CPU over the same window.
+    """
+    from playwright.sync_api import sync_playwright
+    from webrtc_bench import CHROMIUM, CHROMIUM_ARGS
+    with benchlib.Rig(options.keep_logs) as rig:
+        camera, bridge, port = start_case(rig, kind, options)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={'width': 1280, 'height': 800})
+                page.goto(f'http://{benchlib.HOST}:{port}/?transport=webrtc')
+                page.wait_for_function(
+                    "document.getElementById('stat-transport').dataset.value === 'webrtc' && "
+                    "Number(document.getElementById('stat-fps').dataset.value) > 5",
+                    timeout=options.connect_timeout * 2000)
+                time.sleep(options.warmup)
+                page.evaluate('window.videoBridge.webrtc.latencySamples.length = 0')
+                start = page.evaluate('window.videoBridge.webrtc.displayed')
+                window = benchlib.Window({child.name: child.pid for child in rig.children})
+                window.begin()
+                window.sleep(options.duration)
+                window.end()
+                entry = camera_entry(api_streams(port))   # while the page still watches
+                figures = page.evaluate("""() => { const s = window.videoBridge.webrtc;
+                    return { samples: s.latencySamples.slice(), frames: s.displayed,
+                             codec: s.stats().codec ?? null }; }""")
+            finally:
+                browser.close()
+    latency = [x * 1000 for x in figures['samples']]
+    return {'fps': (figures['frames'] - start) / window.seconds, 'p50': pct(latency, 50),
+            'p95': pct(latency, 95), 'samples': len(latency), 'codec': figures['codec'],
+            'bridge': window.cpu_percent('bridge'), 'camera': window.cpu_percent('camera'),
+            'encoders': entry['video_encoders'], 'others': window.others_percent()}
+
+
+BROWSER_HEADERS = ['source', 'codec', 'fps shown', 'g2g p50 ms', 'p95 ms', 'frames',
+                   'bridge CPU %', 'camera CPU %', 'encoders', 'others CPU %']
+
+
+def browser_row(kind: str, s: dict) -> list:
+    """Format one row of the Chromium table."""
+    return [LABELS[kind], s['codec'], fmt(s['fps']), fmt(s['p50']), fmt(s['p95']),
+            s['samples'], fmt(s['bridge']), fmt(s['camera']), s['encoders'], fmt(s['others'])]
 
 
 HEADERS = ['source', 'K', 'bridge CPU %', 'camera CPU %', 'camera + bridge %', 'encoders',
@@ -168,13 +242,13 @@ HEADERS = ['source', 'K', 'bridge CPU %', 'camera CPU %', 'camera + bridge %', '
 
 def row(kind: str, count: int, s: dict) -> list:
     """Format one table row."""
-    return [{'raw': 'raw bgr8', 'h264': 'H.264'}[kind], count, fmt(s['bridge']),
+    return [LABELS[kind], count, fmt(s['bridge']),
             fmt(s['camera']), fmt(s['bridge'] + s['camera']), s['encoders'], s['decoders'],
             s['encodes'], fmt(s['frames_in']), fmt(s['fps_min']), fmt(s['fps_median']),
             fmt(s['p50']), fmt(s['p99']), fmt(s['viewers_cpu']), fmt(s['others'])]
 
 
-def write_markdown(path: str, rows: list):
+def write_markdown(path: str, rows: list, browser_rows: list):
     """Write the table as markdown, with the date, commit, machine and command."""
     commit = subprocess.run(['git', '-C', benchlib.ROOT, 'rev-parse', '--short', 'HEAD'],
                             capture_output=True, text=True).stdout.strip()
@@ -187,6 +261,12 @@ def write_markdown(path: str, rows: list):
         out.write('|' + '---|' * len(HEADERS) + '\n')
         for line in rows:
             out.write('| ' + ' | '.join(map(str, line)) + ' |\n')
+        if browser_rows:
+            out.write('\nHeadless Chromium, one viewer (the page over WebRTC):\n\n')
+            out.write('| ' + ' | '.join(BROWSER_HEADERS) + ' |\n')
+            out.write('|' + '---|' * len(BROWSER_HEADERS) + '\n')
+            for line in browser_rows:
+                out.write('| ' + ' | '.join(map(str, line)) + ' |\n')
     print(f'wrote {path}')
 
 
@@ -199,23 +279,37 @@ def main():
                         help='viewer counts K (default 1,5,10)')
     parser.add_argument('--kinds', default='raw,h264',
                         type=lambda text: [k for k in text.split(',') if k],
-                        help='source kinds: raw, h264 (default both)')
+                        help='source kinds: raw, h264 (default both); h264-before is added '
+                        'with --before')
+    parser.add_argument('--before', default='',
+                        help='a checkout (say, the commit before a change: git archive into a '
+                        'directory) whose bridge_node is measured too, as kind h264-before')
+    parser.add_argument('--browser', default='raw,h264',
+                        type=lambda text: [k for k in text.split(',') if k],
+                        help='kinds measured in headless Chromium too ("" none)')
     parser.add_argument('--duration', type=float, default=10.0, help='measured window, s')
     parser.add_argument('--warmup', type=float, default=4.0,
                         help='s after the bridge has every peer and frames, before the window')
     parser.add_argument('--connect-timeout', type=float, default=15.0,
                         help='s for every viewer to become a peer of the bridge')
+    parser.add_argument('--profile-at', default='',
+                        type=lambda text: {int(v) for v in text.split(',') if v},
+                        help='K values at which to profile the bridge after the window '
+                        '(perf + py-spy, bench/benchlib.py Profile; default none)')
+    parser.add_argument('--profile-seconds', type=float, default=8.0)
     parser.add_argument('--markdown', default='', help='also write the table to this file')
     parser.add_argument('--keep-logs', action='store_true', help='keep process logs and data')
     options = parser.parse_args()
-    if not set(options.kinds) <= set(TOPICS) or not options.viewers \
+    if options.before:
+        options.kinds = options.kinds + ['h264-before']
+    if not set(options.kinds + options.browser) <= set(TOPICS) or not options.viewers \
             or min(options.viewers) < 1 or max(options.viewers) > 20:
         parser.error('--kinds takes raw,h264; --viewers 1..20 (webrtc_max_peers)')
     benchlib.require_loopback_only()
     benchlib.print_versions()
     shm_before = benchlib.shm_segments()
     added = sh('ip', 'addr', 'add', f'{HOST_ADDRESS}/32', 'dev', 'lo', check=False)
-    results = []
+    results, browser_results = [], []
     try:
         for index, count in enumerate(options.viewers):
             kinds = options.kinds if index % 2 == 0 else options.kinds[::-1]
@@ -230,6 +324,11 @@ def main():
                       f'{stats["camera"]:.1f} %, encoders {stats["encoders"]}, decoders '
                       f'{stats["decoders"]}, fps min {fmt(stats["fps_min"])}, g2g p50 '
                       f'{fmt(stats["p50"])} ms, layers {stats["layers"]}', flush=True)
+        for kind in options.browser:
+            try:
+                browser_results.append((kind, browser_case(kind, options)))
+            except Exception as exc:   # noqa: B902  a page that did not play: say so, go on
+                print(f'{kind} in Chromium: no figures: {exc}')
     finally:
         if added.returncode == 0:
             sh('ip', 'addr', 'del', f'{HOST_ADDRESS}/32', 'dev', 'lo', check=False)
@@ -245,9 +344,17 @@ def main():
             slope = float(np.polyfit(list(cpu), list(cpu.values()), 1)[0])
             print(f'{kind}: each extra viewer {slope:.2f} % of a core (least-squares slope of '
                   f'bridge CPU over K)')
+    for kind, count, stats in results:
+        if 'profile' in stats:
+            stats['profile'].report(f'{kind} K={count}', stats['profile'].frames)
+    browser_rows = [browser_row(kind, s) for kind, s in browser_results]
+    if browser_rows:
+        print('\nHeadless Chromium, one viewer (page over WebRTC): glass-to-glass = camera '
+              'header.stamp to the frame shown (requestVideoFrameCallback)')
+        print(table(BROWSER_HEADERS, browser_rows))
     benchlib.report_shm(shm_before)
     if options.markdown:
-        write_markdown(options.markdown, rows)
+        write_markdown(options.markdown, rows, browser_rows)
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 #   lab   network-namespace labs (netlab): NAT, tunnel, nginx, coturn, emulated links
 #   lint  flake8, ShellCheck and the page's syntax beyond the package's own linters
 TIERS = {
-    'unit': ('access', 'demand', 'docs_links', 'encoders', 'error_codes', 'h264', 'ice',
+    'unit': ('access', 'cdr', 'demand', 'docs_links', 'encoders', 'error_codes', 'h264', 'ice',
              'image_codec', 'layers', 'parameter_docs', 'protocol', 'rate_limit', 'rtp_packing',
              'sfu_core', 'sources', 'stream_reconfigure', 'streams', 'teleop', 'web_js'),
     'net': ('net_edge', 'send_backlog', 'webrtc_service'),
@@ -428,3 +428,42 @@ def pytest_collection_modifyitems(config, items):
     if unlisted:
         raise pytest.UsageError(f'test modules in no tier: {sorted(unlisted)}; add them to '
                                 'TIERS in test/conftest.py')
+
+
+INTERFACES = os.path.join(REPO, 'test', 'interfaces')
+INTERFACES_BUILD = os.path.join(REPO, 'build', 'test-interfaces')
+
+
+@pytest.fixture(scope='module')
+def foxglove_env():
+    """Build the test-only foxglove_msgs (once) and return the environment that finds it."""
+    import hashlib
+    sources = sorted(os.path.join(d, f) for d, _, files in os.walk(INTERFACES) for f in files)
+    digest = hashlib.sha256(b''.join(open(p, 'rb').read() for p in sources)).hexdigest()
+    install = os.path.join(INTERFACES_BUILD, 'install')
+    stamp = os.path.join(INTERFACES_BUILD, 'stamp')
+    if not os.path.exists(stamp) or open(stamp).read() != digest:
+        venv = os.path.dirname(os.path.dirname(sys.executable))
+        env = {**os.environ, 'AMENT_PREFIX_PATH': venv, 'CMAKE_PREFIX_PATH': venv,
+               'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
+        built = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), 'colcon'), '--log-base',
+             os.path.join(INTERFACES_BUILD, 'log'), 'build', '--base-paths', INTERFACES,
+             '--build-base', INTERFACES_BUILD, '--install-base', install,
+             '--event-handlers', 'console_direct-', '--cmake-args', '-DBUILD_TESTING=OFF',
+             f'-DPython3_EXECUTABLE={sys.executable}'],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        if built.returncode != 0:
+            pytest.fail(f'building the test-only foxglove_msgs failed:\n{built.stdout[-3000:]}'
+                        f'\n{built.stderr[-3000:]}')
+        with open(stamp, 'w') as handle:
+            handle.write(digest)
+    prefix = os.path.join(install, 'foxglove_msgs')
+    site = os.path.join(prefix, 'lib', f'python{sys.version_info[0]}.{sys.version_info[1]}',
+                        'site-packages')
+
+    def joined(name, value):
+        return value + (os.pathsep + os.environ[name] if os.environ.get(name) else '')
+    return {'AMENT_PREFIX_PATH': joined('AMENT_PREFIX_PATH', prefix),
+            'LD_LIBRARY_PATH': joined('LD_LIBRARY_PATH', os.path.join(prefix, 'lib')),
+            'PYTHONPATH': joined('PYTHONPATH', site)}

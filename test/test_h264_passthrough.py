@@ -15,7 +15,7 @@ import os
 import threading
 import urllib.request
 
-from conftest import REPO, wait_for
+from conftest import wait_for
 import numpy as np
 import pytest
 from video_bridge.core import h264
@@ -61,6 +61,7 @@ class H264Publisher:
         self.keyframe_stamps = set()     # header.stamp (ns) of every keyframe published
         self.published = 0
         self.bad = []                    # bytes to publish next, instead of a good unit
+        self.serialized = []             # whole messages (CDR bytes) to publish as they are
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -78,6 +79,10 @@ class H264Publisher:
         with self._lock:
             self.bad.extend(units)
 
+    def inject_serialized(self, *messages):
+        with self._lock:
+            self.serialized.extend(messages)
+
     def last_was_keyframe(self):
         return self.units[(self.published - 1) % len(self.units)][1]
 
@@ -88,6 +93,12 @@ class H264Publisher:
         while not self._stop.is_set():
             with self._lock:
                 bad = self.bad.pop(0) if self.bad else None
+                serialized = self.serialized.pop(0) if self.serialized else None
+            if serialized is not None:   # in a frame's slot (depth 1: not overwritten at once)
+                self.publisher.publish(serialized)    # rclpy publishes bytes as they are
+                next_time += 1.0 / FPS
+                self._stop.wait(max(0.0, next_time - time.monotonic()))  # pacing, not sync
+                continue
             msg = self._message()
             msg.header.stamp = self.node.get_clock().now().to_msg()
             msg.header.frame_id = 'camera'
@@ -306,16 +317,77 @@ def test_malformed_units_are_counted_logged_once_and_the_peers_keep_playing(star
     assert 'Traceback' not in log
 
 
+def test_messages_that_are_not_compressed_images_are_counted_and_the_peers_keep_playing(
+        start_bridge, source, units):
+    """CDR bytes cut short or made up reach the bridge (a broken publisher, or a topic of the
+    wrong type); each is counted as ``message`` and dropped, the stream keeps playing."""
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CompressedImage
+    bridge = start(start_bridge, **ONE_LAYER)
+    good = serialize_message(CompressedImage(format='h264', data=units[1][0]))
+    bad = [good[:len(good) // 2], good[:10], b'\x00\x01\x00\x00' + b'\xff' * 16,
+           b'\x00\x01\x00\x00' + b'\x01\x00\x00\x00' * 2 + b'\xff\xff\xff\x7f' + b'x' * 40]
+
+    async def scenario():
+        async with await session(bridge.ws) as socket:
+            control = Control(socket)
+            await control.wait('hello')
+            viewer = await start_peer(control, 1)
+            try:
+                await wait_until(lambda: len(viewer.frames) >= 15, 30, 'the peer decoding')
+                for _ in range(5):
+                    source.inject_serialized(*bad)
+                await wait_until(lambda: not source.serialized, 10, 'the bad messages sent')
+                count = len(viewer.frames)
+                await wait_until(lambda: len(viewer.frames) >= count + 45, 15,
+                                 'the peer still decoding after the bad messages')
+
+                def counted():
+                    return camera_entry(bridge).get('malformed', {}).get('message', 0) >= 10
+                await asyncio.to_thread(wait_for, counted, 10, 'the bad messages counted')
+            finally:
+                await viewer.close()
+
+    asyncio.run(scenario())
+    log = bridge.process.output()
+    assert log.count('malformed serialised message') == 1, 'logged once'
+    assert 'Traceback' not in log
+
+
+def test_the_stream_unsubscribes_resubscribes_and_the_bridge_stops_cleanly(start_bridge, source):
+    """The intake thread lets go of a subscription the bridge drops while nobody watches, takes
+    the new one when a viewer comes back, and ends with the bridge (exit code 0)."""
+    bridge = start(start_bridge, unsubscribe_delay=0.5, **ONE_LAYER)
+
+    async def watch(request_id):
+        async with await session(bridge.ws) as socket:
+            control = Control(socket)
+            await control.wait('hello')
+            viewer = await start_peer(control, request_id)
+            try:
+                await wait_until(lambda: len(viewer.frames) >= 15, 30, '15 frames decoded')
+            finally:
+                await viewer.close()
+
+    for round_ in (1, 2):
+        asyncio.run(watch(round_))
+        wait_for(lambda: bridge.process.output().count('nobody watches; unsubscribed')
+                 == round_, 20, f'unsubscription {round_}')
+    assert bridge.process.output().count("stream 'camera': subscribed") == 2
+    assert bridge.process.stop() == 0
+    log = bridge.process.output()
+    assert 'image intake' not in log and 'Traceback' not in log, log[-3000:]
+
+
 def test_camera_node_h264_plays_in_chromium_with_nothing_encoded_on_the_bridge(
         start_bridge, launch_node):
     # The robot encodes once, at the camera (camera_node h264:=true); the bridge passes the
     # units on and Chromium's decoder shows them.
-    import os
     from conftest import CHROMIUM, chromium, WEBRTC_CHROMIUM_ARGS
     if not os.path.exists(CHROMIUM):
         pytest.skip('chromium is not installed')
     pytest.importorskip('playwright.sync_api')
-    from test_webrtc_page import decode_rate
+    from webrtc_support import decode_rate
     with host_address():
         camera = launch_node('camera_node', ros_args=[
             '-r', '__ns:=/robot', '-r', '__node:=camera_node', '-p', 'h264:=true',
@@ -354,45 +426,6 @@ def test_camera_node_h264_plays_in_chromium_with_nothing_encoded_on_the_bridge(
 # into build/test-interfaces, once (kept while its sources do not change).
 
 VIDEO_TOPIC = '/robot/video'
-INTERFACES = os.path.join(REPO, 'test', 'interfaces')
-INTERFACES_BUILD = os.path.join(REPO, 'build', 'test-interfaces')
-
-
-@pytest.fixture(scope='module')
-def foxglove_env():
-    """Build the test-only foxglove_msgs (once) and return the environment that finds it."""
-    import hashlib
-    import subprocess
-    import sys
-    sources = sorted(os.path.join(d, f) for d, _, files in os.walk(INTERFACES) for f in files)
-    digest = hashlib.sha256(b''.join(open(p, 'rb').read() for p in sources)).hexdigest()
-    install = os.path.join(INTERFACES_BUILD, 'install')
-    stamp = os.path.join(INTERFACES_BUILD, 'stamp')
-    if not os.path.exists(stamp) or open(stamp).read() != digest:
-        venv = os.path.dirname(os.path.dirname(sys.executable))
-        env = {**os.environ, 'AMENT_PREFIX_PATH': venv, 'CMAKE_PREFIX_PATH': venv,
-               'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
-        built = subprocess.run(
-            [os.path.join(os.path.dirname(sys.executable), 'colcon'), '--log-base',
-             os.path.join(INTERFACES_BUILD, 'log'), 'build', '--base-paths', INTERFACES,
-             '--build-base', INTERFACES_BUILD, '--install-base', install,
-             '--event-handlers', 'console_direct-', '--cmake-args', '-DBUILD_TESTING=OFF',
-             f'-DPython3_EXECUTABLE={sys.executable}'],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        if built.returncode != 0:
-            pytest.fail(f'building the test-only foxglove_msgs failed:\n{built.stdout[-3000:]}'
-                        f'\n{built.stderr[-3000:]}')
-        with open(stamp, 'w') as handle:
-            handle.write(digest)
-    prefix = os.path.join(install, 'foxglove_msgs')
-    site = os.path.join(prefix, 'lib', f'python{sys.version_info[0]}.{sys.version_info[1]}',
-                        'site-packages')
-
-    def joined(name, value):
-        return value + (os.pathsep + os.environ[name] if os.environ.get(name) else '')
-    return {'AMENT_PREFIX_PATH': joined('AMENT_PREFIX_PATH', prefix),
-            'LD_LIBRARY_PATH': joined('LD_LIBRARY_PATH', os.path.join(prefix, 'lib')),
-            'PYTHONPATH': joined('PYTHONPATH', site)}
 
 
 def publish_compressed_video(topic):

@@ -14,7 +14,7 @@ import time
 
 from conftest import camera_node, CHROMIUM, chromium, wait_for, WEBRTC_CHROMIUM_ARGS
 import pytest
-from webrtc_support import Coturn, HOST_ADDRESS, host_address
+from webrtc_support import Coturn, decode_rate, HOST_ADDRESS, host_address
 
 playwright_api = pytest.importorskip('playwright.sync_api')
 pytest.importorskip('aiortc')
@@ -83,30 +83,6 @@ def wait_displayed(page, count=30, timeout=15000):
     start = displayed(page)
     page.wait_for_function(f'window.videoBridge.webrtc.displayed >= {start + count}',
                            timeout=timeout)
-
-
-DECODE_RATE = """async (windowMs) => {
-    const read = async () => {
-        const report = await window.videoBridge.webrtc.pc.getStats();
-        for (const entry of report.values()) {
-            if (entry.type === 'inbound-rtp' && entry.kind === 'video') return entry;
-        }
-        return null;
-    };
-    const first = await read();
-    await new Promise((resolve) => setTimeout(resolve, windowMs));
-    const last = await read();
-    return (last.framesDecoded - first.framesDecoded) * 1000 / (last.timestamp - first.timestamp);
-}"""
-
-
-def decode_rate(page, seconds=4.0) -> float:
-    """Frames per second Chromium's decoder produced over ``seconds``, from two getStats reports.
-
-    The decoder's own count over a few seconds, not the page's 2 s display-rate meter: on a busy
-    machine the compositor drops some frames from display while every one is still decoded.
-    """
-    return page.evaluate(DECODE_RATE, int(seconds * 1000))
 
 
 def stream_counters(bridge) -> dict:

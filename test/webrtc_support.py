@@ -271,3 +271,28 @@ class Control:
 async def session(url, token=None):
     path = f'{url}/control' + (f'?token={token}' if token else '')
     return await websockets.connect(path, max_size=2 ** 20)
+
+
+# Chromium: frames its decoder produced per second over a window, from two getStats reports.
+DECODE_RATE = """async (windowMs) => {
+    const read = async () => {
+        const report = await window.videoBridge.webrtc.pc.getStats();
+        for (const entry of report.values()) {
+            if (entry.type === 'inbound-rtp' && entry.kind === 'video') return entry;
+        }
+        return null;
+    };
+    const first = await read();
+    await new Promise((resolve) => setTimeout(resolve, windowMs));
+    const last = await read();
+    return (last.framesDecoded - first.framesDecoded) * 1000 / (last.timestamp - first.timestamp);
+}"""
+
+
+def decode_rate(page, seconds=4.0) -> float:
+    """Frames per second Chromium's decoder produced over ``seconds``, from two getStats reports.
+
+    The decoder's own count over a few seconds, not the page's 2 s display-rate meter: on a busy
+    machine the compositor drops some frames from display while every one is still decoded.
+    """
+    return page.evaluate(DECODE_RATE, int(seconds * 1000))

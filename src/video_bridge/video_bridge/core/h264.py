@@ -154,6 +154,10 @@ class _Bits:
         return (value + 1) // 2 if value & 1 else -(value // 2)
 
 
+# Bytes of a slice that hold its first three Exp-Golomb fields (at most 3 x 65 bits), with room
+# for emulation prevention bytes.
+SLICE_HEADER_PREFIX = 64
+
 HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
 
 
@@ -242,7 +246,7 @@ def _skip_scaling_list(bits: _Bits, size: int):
 
 def check_slice_header(nal: bytes):
     """Read a slice's first header fields; MalformedUnit if it is cut short or nonsense."""
-    bits = _Bits(nal)
+    bits = _Bits(nal[:SLICE_HEADER_PREFIX])   # not a copy of the whole slice
     try:
         bits.ue()                         # first_mb_in_slice
         slice_type = bits.ue()
@@ -345,8 +349,8 @@ class H264Source:
         An IDR unit that comes without SPS/PPS gets the last ones this source sent in front of
         it, so every keyframe passed on is self-contained (a peer may join at any of them).
         """
+        data = bytes(data)      # the one copy (a memoryview into the message, or bytes)
         info = inspect(data)
-        data = bytes(data)
         if info.sps is not None:
             self.sps, self.size = info.sps, info.size
         if info.pps is not None:

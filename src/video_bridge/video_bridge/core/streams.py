@@ -592,6 +592,10 @@ class Stream:
                                   dict(self._malformed),
                                   video_decoders=int(self._decoder is not None))
 
+    def count_malformed(self, kind: str):
+        """Count a message the adapter could not even read as an image (by kind)."""
+        self._count_malformed(kind)
+
     def _count_malformed(self, kind: str):
         with self._lock:
             self._malformed[kind] = self._malformed.get(kind, 0) + 1

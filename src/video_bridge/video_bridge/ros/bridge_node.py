@@ -9,6 +9,9 @@ Threads: rclpy callbacks run on an executor thread; the network runs on one asyn
 main thread. Frames cross with one thread-safe wake-up per frame; the teleop core lives on the
 loop, and ROS-side calls into it (e-stop service, status) are marshalled onto the loop.
 
+Image intake: an H.264 stream's topic is taken as CDR bytes on a thread of its own
+(:mod:`video_bridge.ros.image_intake`).
+
 QoS, on purpose: images are subscribed best-effort, depth 1 (sensor data: only the newest frame
 matters, a retransmitted stale frame is worse than none; matches reliable publishers too);
 cmd_vel is reliable, depth 10 (a stop must arrive); status is reliable, depth 1.
@@ -38,6 +41,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool
+from video_bridge.core import cdr
 from video_bridge.core import health
 from video_bridge.core import ice
 from video_bridge.core.access import AccessPolicy, generate_token, is_loopback, load_token
@@ -54,6 +58,7 @@ from video_bridge.net.auth import machine_names
 from video_bridge.net.control import ControlService
 from video_bridge.net.server import BridgeServer, ServerConfig
 from video_bridge.net.webrtc import WebRtcConfig, WebRtcService
+from video_bridge.ros.image_intake import ImageIntake
 from video_bridge.ros.parameters import (BRIDGE_PARAMETERS, declare, described,
                                          RUNTIME_PARAMETERS, RUNTIME_STREAM_FIELDS,
                                          STREAM_PARAMETERS, unknown_parameters)
@@ -192,6 +197,7 @@ class BridgeNode(Node):
         self.sfu = self._sfu_service() if self.p.sfu_janus_url else None
         if self.sfu is not None:
             self.control.sfu = self.sfu             # sfu_* messages (docs/sfu.md)
+        self.intake = ImageIntake.create(self, self.log)   # H.264 streams' messages
         self._image_subs = {}
         self.closing = False
         self._demand = Demand()
@@ -339,6 +345,8 @@ class BridgeNode(Node):
         for name in subscribe:
             self._subscribe(streams[name])
         for name in unsubscribe:
+            if self.intake is not None:
+                self.intake.remove(name)
             self.destroy_subscription(self._image_subs.pop(name))
             self.get_logger().info(f'stream {name!r}: nobody watches; unsubscribed '
                                    f'{streams[name].settings.topic}')
@@ -348,15 +356,43 @@ class BridgeNode(Node):
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE if self.p.image_reliable
                          else ReliabilityPolicy.BEST_EFFORT)
-        callback = self._raw_callback(stream) if settings.kind == RAW \
-            else self._compressed_callback(stream)
-        message_class = MESSAGE_CLASS[settings.kind]
-        if self._message_types.get(stream.name) == COMPRESSED_VIDEO_TYPE:
-            message_class, callback = compressed_video_class(), self._video_callback(stream)
-        self._image_subs[stream.name] = self.create_subscription(
-            message_class, settings.topic, callback, qos)
+        if settings.kind == H264:
+            self._subscribe_encoded(stream, qos)
+        else:
+            callback = self._raw_callback(stream) if settings.kind == RAW \
+                else self._compressed_callback(stream)
+            self._image_subs[stream.name] = self.create_subscription(
+                MESSAGE_CLASS[settings.kind], settings.topic, callback, qos)
         self.get_logger().info(f'stream {stream.name!r}: subscribed '
                                f'{self.resolve_topic_name(settings.topic)}')
+
+    def _subscribe_encoded(self, stream, qos):
+        """Subscribe an H.264 stream's topic as CDR bytes, served by the intake thread."""
+        message_class, layout = CompressedImage, cdr.COMPRESSED_IMAGE
+        if self._message_types.get(stream.name) == COMPRESSED_VIDEO_TYPE:
+            message_class, layout = compressed_video_class(), cdr.COMPRESSED_VIDEO
+        handler = self._encoded_handler(stream, layout)
+        intake = self.intake
+        subscription = self.create_subscription(
+            message_class, stream.settings.topic, handler, qos, raw=True,
+            callback_group=intake.group if intake is not None else None)
+        self._image_subs[stream.name] = subscription
+        if intake is not None:
+            intake.add(stream.name, subscription, handler)
+
+    def _encoded_handler(self, stream, layout):
+        def on_bytes(buffer: bytes):
+            received = time.time()
+            try:
+                frame = cdr.compressed_frame(buffer, layout)
+            except cdr.MalformedMessage as exc:
+                stream.count_malformed(exc.kind)
+                self._log_malformed(stream, exc)
+                return
+            self._feed(stream, SourceImage(frame.stamp_sec, frame.stamp_nanosec, frame.data,
+                                           image_format=frame.image_format,
+                                           received_time=received), frame.image_format)
+        return on_bytes
 
     def _raw_callback(self, stream):
         def on_image(msg: Image):
@@ -373,24 +409,21 @@ class BridgeNode(Node):
                 received_time=time.time()), msg.format)
         return on_compressed
 
-    def _video_callback(self, stream):
-        def on_video(msg):   # foxglove_msgs/CompressedVideo: no header, a timestamp
-            self._feed(stream, SourceImage(
-                msg.timestamp.sec, msg.timestamp.nanosec, msg.data, image_format=msg.format,
-                received_time=time.time()), msg.format)
-        return on_video
-
     def _feed(self, stream, image: SourceImage, encoding: str):
         try:
             stream.publish(image)
         except (UnsupportedEncoding, MalformedImage) as exc:
-            kind = getattr(exc, 'kind', 'encoding')
-            count = stream.malformed_log_due(kind, time.monotonic())
-            if count:
-                more = f' ({count} such frames since the last report)' if count > 1 else ''
-                self.get_logger().warning(
-                    f'stream {stream.name!r}: cannot show a frame of '
-                    f'{self.resolve_topic_name(stream.settings.topic)}: {exc}{more}')
+            self._log_malformed(stream, exc)
+
+    def _log_malformed(self, stream, exc):
+        """Log a frame that cannot be shown: the first of its kind, then once in a while."""
+        kind = getattr(exc, 'kind', 'encoding')
+        count = stream.malformed_log_due(kind, time.monotonic())
+        if count:
+            more = f' ({count} such frames since the last report)' if count > 1 else ''
+            self.get_logger().warning(
+                f'stream {stream.name!r}: cannot show a frame of '
+                f'{self.resolve_topic_name(stream.settings.topic)}: {exc}{more}')
 
     def _compressed_video_known(self) -> bool:
         if not hasattr(self, '_has_compressed_video'):
@@ -658,6 +691,8 @@ async def run_bridge(args=None) -> int:
         await node.server.stop()
         return 0
     finally:
+        if node is not None and node.intake is not None:
+            node.intake.stop()
         executor.shutdown(timeout_sec=2.0)
         if spinner is not None:
             spinner.join(timeout=2.0)
