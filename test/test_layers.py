@@ -1,10 +1,8 @@
 """Tests for video_bridge.core.layers: layer choice per peer and keyframe rate limits."""
 
 import pytest
-import random
-
 from video_bridge.core.layers import (KeyframeGate, layer_bitrates, LayerChooser, LayerPolicy,
-                                      LossMeter, RateMeter)
+                                      RateMeter)
 
 RATES = layer_bitrates(1_200_000, 3)
 POLICY = LayerPolicy(startup=0.0)
@@ -99,62 +97,6 @@ def test_high_loss_steps_down_one_layer():
     assert chooser.update(5.0, loss=0.9) is None            # already the lowest
 
 
-def test_loss_is_measured_over_a_window_of_enough_packets():
-    meter = LossMeter(window=4.0, min_packets=100)
-    # Reports every 0.5 s, 30 packets each: no figure until 100 packets were expected.
-    assert meter.add(0.0, lost=0, highest=1000) is None
-    assert meter.add(0.5, lost=3, highest=1030) is None     # one burst: 10 % of 30 packets
-    assert meter.add(1.0, lost=3, highest=1060) is None
-    assert meter.add(1.5, lost=3, highest=1090) is None
-    assert meter.add(2.0, lost=3, highest=1120) == pytest.approx(3 / 120)
-    # The base moves on once a newer report is a window (4 s) and 100 packets back: the
-    # burst at 0.5 s has left at 4.5 s (base 0.5 s: nothing lost since).
-    for step in range(5, 9):
-        meter.add(step * 0.5, lost=3, highest=1000 + 60 * step)
-    assert meter.add(4.5, lost=3, highest=1540) == pytest.approx(0.0)
-    # Heavy loss shows up; counts never give more than 100 %. Base: the report at 1.0 s.
-    assert meter.add(5.0, lost=203, highest=1860) == pytest.approx(200 / 800)
-    assert meter.add(5.5, lost=10 ** 6, highest=1900) == 1.0
-    # A sequence that goes back is a new stream: no figure until it has enough packets.
-    assert meter.add(6.0, lost=0, highest=10) is None
-    # At a low rate the span grows to hold enough packets: 10 packets a second, 100 needed.
-    slow = LossMeter(window=4.0, min_packets=100)
-    for second in range(30):
-        figure = slow.add(float(second), lost=second // 10, highest=10 * second)
-    assert figure == pytest.approx(1 / 100)
-    with pytest.raises(ValueError):
-        LossMeter(window=0)
-
-
-def test_the_loss_meter_keeps_a_bounded_number_of_reports():
-    meter = LossMeter(window=1000.0, min_packets=1)
-    for index in range(5 * LossMeter.MAX_REPORTS):
-        meter.add(index * 0.001, lost=index, highest=10 * index)
-    assert len(meter._reports) == LossMeter.MAX_REPORTS
-
-
-def test_bursty_two_percent_loss_keeps_a_peer_on_its_layer():
-    """lte-poor: 2 % loss in bursts of three packets, receiver reports about once a second.
-
-    Read one report at a time (the fraction since the previous report, ~30 packets), a burst
-    is 10 % and more: a peer on the lowest-but-one layer stepped down every few seconds. Over
-    LossMeter's window it is ~2 %: no loss-driven switch in ten minutes of reports.
-    """
-    chooser = LayerChooser(RATES, now=0.0, policy=POLICY, start=1)
-    meter = LossMeter(POLICY.loss_window, POLICY.loss_packets)
-    rng = random.Random(7)
-    lost = highest = 0
-    single_report_downs = 0
-    for second in range(1, 600):
-        packets = 30
-        burst_lost = 3 if rng.random() < packets * 0.02 / 3 else 0
-        lost, highest = lost + burst_lost, highest + packets
-        single_report_downs += burst_lost / packets >= POLICY.high_loss
-        assert chooser.update(float(second), loss=meter.add(float(second), lost, highest)) \
-            is None
-    assert chooser.current == 1 and single_report_downs > 50   # what the old reading saw
-
-
 def test_a_pending_switch_that_becomes_moot_is_dropped():
     chooser = LayerChooser(RATES, now=0.0, policy=POLICY, start=1)
     assert chooser.update(2.0, estimate=300_000, sent=600_000) == 2
@@ -197,3 +139,15 @@ def test_keyframe_gate_merges_requests_and_never_forgets_one():
     gate.request()
     assert not gate.take(1.2)
     assert gate.take(1.5)
+
+
+def test_the_chooser_counts_why_switches_were_wanted():
+    # /api/streams shows these per peer: how often REMB (congested, room) or loss moved it.
+    chooser = LayerChooser(RATES, now=0.0, policy=POLICY)
+    assert chooser.update(2.0, estimate=900_000, sent=1_200_000) == 1
+    chooser.accept(1, True, 2.1)
+    assert chooser.update(3.5, loss=0.5) == 2
+    chooser.accept(2, True, 3.6)
+    chooser.update(4.0, estimate=450_000, sent=300_000)
+    assert chooser.update(8.0, estimate=450_000, sent=300_000) == 1
+    assert chooser.reasons == {'congested': 1, 'loss': 1, 'room': 1}

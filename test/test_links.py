@@ -233,10 +233,8 @@ def test_the_page_holds_a_slow_live_link_on_lte_poor_without_a_growing_lag(remot
     minute. The picture's age must not grow (the bridge keeps no backlog; Chromium's jitter
     buffer drops what it cannot show in time), and the held key keeps the car going. Where the
     frames go: the link loses none for good (NACKs answered from the sender's history, frames
-    decoded as sent), and the layer stays put on random loss (a receiver report's fraction over
-    a few dozen packets read a burst of three as 10 % and moved the peer down every few
-    seconds: six loss-driven switches a minute, each a keyframe). Loose bounds: the figures
-    themselves are benchmark results (bench/run links).
+    decoded as sent). Loose bounds: the figures themselves are benchmark results (bench/run
+    links).
     """
     lab = remote('lte-poor')
     url = f'http://{EDGE_IP}:{lab.bridge.port}/?token={TOKEN}'
@@ -294,5 +292,3 @@ def test_the_page_holds_a_slow_live_link_on_lte_poor_without_a_growing_lag(remot
     # (aiortc keeps 128), and Chromium decodes (nearly) every unit the bridge sent.
     assert sent['retransmitted'] >= 0.9 * sent['nacked'], f'NACKs not answered: {sent}'
     assert got['framesDecoded'] >= 0.8 * sent['units'], f'frames lost on the way: {got} {sent}'
-    # Random loss of 2 % moves no layer (a step down on loss needs 10 % over >= 300 packets).
-    assert why.get('loss', 0) <= 1, f'layer switches on random loss: {why}'

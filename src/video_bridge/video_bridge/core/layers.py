@@ -12,11 +12,7 @@ a layer's nominal bitrate, so the rules compare the estimate with the rate *actu
 
 * **down at once** when the estimate falls clearly below the sent rate (the path is congested:
   every late frame hurts), to the best layer whose nominal bitrate the estimate carries, at least
-  one step; or one step on heavy loss, measured by :class:`LossMeter` over at least a few
-  seconds and a few hundred packets (a single receiver report's fraction counts the packets
-  since the previous report, often a few dozen: on a link with 2 % loss in bursts of three, one
-  burst read as 10 % and more and moved a peer down every few seconds, though a lower layer
-  loses the same share of its packets);
+  one step; or one step on heavy loss;
 * **up one step** after the estimate has stayed well above the sent rate for ``up_hold``
   seconds (the path has room); a step up that has to be undone within ``probe_window`` doubles
   that layer's wait (up to ``max_hold``), so a link just below a layer does not flap.
@@ -25,7 +21,6 @@ A switch takes effect on the new layer's next keyframe, since a decoder cannot s
 else; the peer keeps getting its old layer until then.
 """
 
-import collections
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -42,8 +37,6 @@ class LayerPolicy:
     min_dwell: float = 1.0        # s on a layer before moving down again
     startup: float = 3.0          # s after joining when a low estimate is not yet believed
     high_loss: float = 0.10       # fraction lost (receiver reports): step down one layer
-    loss_window: float = 4.0      # s of receiver reports the loss is measured over at least,
-    loss_packets: int = 300       # and packets (a longer span at low rates; fewer: no figure)
     switch_timeout: float = 2.0   # s to wait for the new layer's keyframe before asking again
 
     def __post_init__(self):
@@ -51,7 +44,7 @@ class LayerPolicy:
         if not 0 < self.congested < 1 <= self.headroom:
             raise ValueError('need 0 < congested < 1 <= headroom')
         for name in ('up_hold', 'max_hold', 'probe_window', 'min_dwell', 'startup',
-                     'switch_timeout', 'loss_window', 'loss_packets'):
+                     'switch_timeout'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0')
         if not 0 < self.high_loss <= 1:
@@ -199,43 +192,6 @@ class RateMeter:
         """Return bit/s over the window (0 without events)."""
         self._trim(now)
         return sum(size for _, size in self._events) * 8 / self.window
-
-
-class LossMeter:
-    """
-    The fraction of packets lost over the last ``window`` s, and ``min_packets``, of reports.
-
-    Fed each report's cumulative figures (packets lost, extended highest sequence number), it
-    answers with lost / expected since the newest earlier report that is both ``window`` s and
-    ``min_packets`` packets back, or None until that many packets were expected (too few to
-    tell 2 % in bursts from 10 %: at 30 packets a second, four seconds of 2 % loss in bursts of
-    three still read 10 % or more a few times in ten minutes). At most ``MAX_REPORTS`` reports
-    are kept.
-    """
-
-    MAX_REPORTS = 256
-
-    def __init__(self, window: float = 4.0, min_packets: int = 300):
-        if window <= 0 or min_packets < 1:
-            raise ValueError('need window > 0 and min_packets >= 1')
-        self.window = window
-        self.min_packets = min_packets
-        self._reports = collections.deque(maxlen=self.MAX_REPORTS)   # (now, lost, highest)
-
-    def add(self, now: float, lost: int, highest: int) -> Optional[float]:
-        """Take one report's cumulative figures; return the loss over the window, or None."""
-        reports = self._reports
-        if reports and highest < reports[-1][2]:
-            reports.clear()        # the sequence went back: a new stream, start afresh
-        reports.append((now, lost, highest))
-        while len(reports) > 2 and reports[1][0] <= now - self.window and \
-                highest - reports[1][2] >= self.min_packets:
-            reports.popleft()      # the base: the newest report a window and enough packets back
-        _, base_lost, base_highest = reports[0]
-        expected = highest - base_highest
-        if expected < self.min_packets:
-            return None
-        return min(1.0, max(0.0, (lost - base_lost) / expected))
 
 
 class KeyframeGate:

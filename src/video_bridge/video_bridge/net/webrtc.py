@@ -44,7 +44,7 @@ import traceback
 from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
-from video_bridge.core.layers import LayerChooser, LayerPolicy, LossMeter, RateMeter
+from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
 from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
 from video_bridge.net import rtp_packing
 from video_bridge.net.send_backlog import SendBacklog
@@ -166,9 +166,7 @@ class Peer:
         self.backlog: Optional[SendBacklog] = None   # with the sender
         self.congestion_skips = 0           # units not sent because the uplink was behind
         now = service.clock()
-        policy = service.config.policy
-        self.chooser = LayerChooser(stream.settings.video_bitrates, now, policy)
-        self.loss = LossMeter(policy.loss_window, policy.loss_packets)
+        self.chooser = LayerChooser(stream.settings.video_bitrates, now, service.config.policy)
         self.viewers: Dict[int, object] = {}
         self.trickled = 0                   # remote candidates taken (answer and webrtc_ice)
         self.offered: Tuple[str, ...] = ()  # addresses of the bridge's own candidates
@@ -313,13 +311,11 @@ class Peer:
 
     # -- feedback (RTCP) --------------------------------------------------------------------
 
-    def feedback(self, estimate: Optional[int] = None, report=None):
-        """Take a REMB estimate (bit/s) or a receiver report (its cumulative loss counts)."""
+    def feedback(self, estimate: Optional[int] = None, loss: Optional[float] = None):
+        """Take a REMB estimate (bit/s) or a receiver report's loss fraction for this peer."""
         if estimate is not None:
             self.estimate = estimate
         now = self.service.clock()
-        loss = None if report is None else \
-            self.loss.add(now, report.packets_lost, report.highest_sequence)
         wanted = self.chooser.update(now, estimate, loss, self.sent.rate(now))
         if wanted is not None:
             self._attach(wanted)            # joining requests the keyframe it needs
@@ -864,7 +860,7 @@ class WebRtcService:
                 elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
                     for report in packet.reports:
                         if report.ssrc == sender._ssrc:
-                            peer.feedback(report=report)
+                            peer.feedback(loss=report.fraction_lost / 256.0)
             except ValueError:
                 pass
             await original(packet)
