@@ -277,6 +277,8 @@ def measure_chromium(result: dict, delay_ms: float) -> dict:
             'retransmitted': bridge.get('retransmitted', 0), 'PLIs': page.get('pliCount', 0),
             'keyframes': bridge.get('keyframes', 0),
             'layer switches': bridge.get('switches', 0), 'layer': bridge1.get('layer', '-'),
+            'wanted since start': ' '.join(f'{k} {v}' for k, v in bridge1.get('why', {}).items())
+            or '-',
             'jitter buffer ms': 1000 * page.get('jitterBufferDelay', 0) / max(
                 1, page.get('jitterBufferEmittedCount', 0)),
             'kbit/s': page.get('bytesReceived', 0) * 8 / seconds / 1000,
