@@ -9,7 +9,14 @@ watches and drives:
 
 * webrtc: /control signalling, an aiortc viewer (decoded frames, stamped through the bridge's
   RTP-to-stamp messages), a held key on the data channel (a velocity every 50 ms);
-* websocket: the JPEG fallback on /video/camera, the held key on the /control websocket.
+* websocket: the JPEG fallback on /video/camera, the held key on the /control websocket;
+* chromium: the bridge's own page in headless Chromium (Playwright, launched through
+  ``ip netns exec`` into the operator namespace) on ?transport=webrtc, the held key an ArrowUp
+  kept down: frames shown are requestVideoFrameCallback calls, glass-to-glass the page's own
+  per-frame age (camera stamp -> shown, through its clock sync with the bridge). The page
+  sends one constant velocity, so commands cannot be matched to arrivals: no command figures.
+  A second table gives Chromium's getStats (inbound-rtp) and the bridge's per-peer media
+  counters (/api/streams) for the window: where frames go on the way.
 
 Per profile and path, over --duration s after --warmup s: frames shown per second, freezes
 (> 200 ms without a new frame, per minute), glass-to-glass (arrival - header.stamp, same machine
@@ -18,7 +25,7 @@ p50/p99 in excess of that delay, and false deadman stops (zero Twists on /cmd_ve
 was held). --markdown FILE also writes the table with the date, commit and command.
 
 Run through bench/run (private network namespace, own ROS_DOMAIN_ID): bench/run links
-[--profiles lan,lte,lte-poor] [--paths webrtc,websocket] [--duration 20].
+[--profiles lan,lte,lte-poor] [--paths webrtc,websocket,chromium] [--duration 20].
 """
 
 import argparse
@@ -31,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import benchlib
 from benchlib import fmt, pct, table
@@ -43,6 +51,32 @@ from support.remote_session import (Control, Driver, run_in_namespace, start_ses
 TOKEN = 'links-bench-token'
 EDGE_IP = link_emulator.EDGE_ADDRESS.split('/')[0]
 COMMAND_PERIOD = 0.05
+CHROMIUM = '/usr/bin/chromium'
+CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-quic',
+                 '--disable-background-networking', '--disable-component-update',
+                 '--disable-sync', '--disable-features=WebRtcHideLocalIpsWithMdns',
+                 '--autoplay-policy=no-user-gesture-required']
+# Every frame the page's WebRTC <video> shows: its page time (ms), for frame gaps.
+WATCH_FRAMES = """() => { const v = window.videoBridge.webrtc.video; window.benchShown = [];
+    const f = (now) => { window.benchShown.push(performance.now());
+                         if (window.benchShown.length > 100000) window.benchShown.shift();
+                         v.requestVideoFrameCallback(f); };
+    v.requestVideoFrameCallback(f); }"""
+TAKE_FRAMES = """() => { const v = window.videoBridge.webrtc; const s = v.latencySamples.slice();
+    v.latencySamples.length = 0; const shown = window.benchShown.slice();
+    window.benchShown.length = 0; return {ages: s, shown, now: performance.now()}; }"""
+RECEIVER_STATS = """async () => { const pc = window.videoBridge.webrtc.pc; const out = {};
+    if (!pc) return out;
+    (await pc.getStats()).forEach((e) => {
+      if (e.type === 'inbound-rtp' && e.kind === 'video') {
+        for (const k of ['framesReceived', 'framesDecoded', 'framesDropped', 'keyFramesDecoded',
+                         'freezeCount', 'totalFreezesDuration', 'nackCount', 'pliCount',
+                         'firCount', 'packetsLost', 'packetsReceived',
+                         'retransmittedPacketsReceived', 'jitterBufferDelay',
+                         'jitterBufferEmittedCount', 'bytesReceived']) out[k] = e[k] ?? 0; }
+      if (e.type === 'candidate-pair' && e.nominated && e.state === 'succeeded') {
+        out.rtt = e.currentRoundTripTime ?? 0; } });
+    return out; }"""
 
 
 class CmdVelLog:
@@ -93,7 +127,7 @@ async def operate(url: str, path_kind: str, warmup: float, duration: float):
         control = await Control.connect(url, TOKEN)
         await control.wait('hello')
         viewer = WebsocketViewer()
-        await viewer.start(url)
+        await viewer.start(url, token=TOKEN)
         await until(lambda: len(viewer.records) >= 10, 30, '10 frames')
         channel = WebsocketSender(control)
     await control.send(type='acquire', id='a')
@@ -149,6 +183,109 @@ def measure(result: dict, cmd_vel: list, delay_ms: float) -> dict:
     }
 
 
+def bridge_counters(port: int) -> dict:
+    """The bridge's frames in and its one WebRTC peer's media counters (/api/streams)."""
+    request = urllib.request.Request(f'http://127.0.0.1:{port}/api/streams',
+                                     headers={'Authorization': f'Bearer {TOKEN}'})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        document = json.load(response)
+    media = list(document.get('webrtc', {}).get('media', {}).values())
+    return {'frames_in': sum(s['frames_in'] for s in document['streams']),
+            **(media[0] if media else {})}
+
+
+def operate_chromium(far: str, url: str, port: int, warmup: float, duration: float,
+                     cmd_vel: 'CmdVelLog', jitter_target=None) -> dict:
+    """The page in headless Chromium in namespace ``far``: watch and hold ArrowUp."""
+    import tempfile
+    from playwright.sync_api import sync_playwright
+    problems = []
+    with tempfile.TemporaryDirectory(prefix='links-chromium-') as folder, \
+            sync_playwright() as playwright:
+        wrapper = os.path.join(folder, 'chromium')
+        with open(wrapper, 'w') as out:
+            out.write(f'#!/bin/sh\nexec ip netns exec {far} {CHROMIUM} "$@"\n')
+        os.chmod(wrapper, 0o700)
+        browser = playwright.chromium.launch(executable_path=wrapper, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={'width': 1280, 'height': 800})
+            page.goto(f'{url}/?transport=webrtc&token={TOKEN}')
+            page.wait_for_function("document.getElementById('stat-transport').dataset.value"
+                                   " === 'webrtc' && window.videoBridge.webrtc.displayed > 30",
+                                   timeout=30000)
+            state = 'window.videoBridge.webrtc.generation'
+            generation = page.evaluate(state)
+            if jitter_target is not None:   # an experiment: Chromium's jitter buffer minimum
+                page.evaluate(f"""() => {{ for (const r of window.videoBridge.webrtc.pc
+                    .getReceivers()) if (r.track?.kind === 'video')
+                    r.jitterBufferTarget = {jitter_target}; }}""")
+            page.evaluate(WATCH_FRAMES)
+            page.keyboard.down('ArrowUp')
+            page.wait_for_timeout(warmup * 1000)
+            page.evaluate(TAKE_FRAMES)
+            before = (page.evaluate(RECEIVER_STATS), bridge_counters(port))
+            mark = len(cmd_vel.arrivals)
+            window = (time.monotonic(), time.time())
+            page.wait_for_timeout(duration * 1000)
+            frames = page.evaluate(TAKE_FRAMES)
+            end = (time.monotonic(), time.time())
+            after = (page.evaluate(RECEIVER_STATS), bridge_counters(port))
+            held = cmd_vel.arrivals[mark:]     # before the key goes up (and the car stops)
+            page.keyboard.up('ArrowUp')
+            if page.evaluate(state) != generation:
+                problems.append('the page restarted WebRTC')
+        finally:
+            browser.close()
+    return {'frames': frames, 'window': (window, end), 'before': before, 'after': after,
+            'held': held, 'problems': problems}
+
+
+def measure_chromium(result: dict, delay_ms: float) -> dict:
+    (t0, _), (t1, _) = result['window']
+    seconds = t1 - t0
+    frames = result['frames']
+    shown = frames['shown']
+    start = frames['now'] - seconds * 1000
+    gaps = [b - a for a, b in zip([start] + shown, shown + [frames['now']])]
+    lags = [1000 * age - delay_ms for age in frames['ages']]
+    stops, moving = 0, True
+    for at, x, z in result['held']:
+        if moving and x == 0.0 and z == 0.0:
+            stops += 1
+        moving = x != 0.0 or z != 0.0
+    (page0, bridge0), (page1, bridge1) = result['before'], result['after']
+    page = {k: page1.get(k, 0) - page0.get(k, 0) for k in page1 if k != 'rtt'}
+    bridge = {k: bridge1[k] - bridge0.get(k, 0) for k in bridge1
+              if isinstance(bridge1[k], (int, float)) and
+              k not in ('estimate', 'keyframe_max', 'layer')}
+    per_s = {k: v / seconds for k, v in page.items()}
+    return {
+        'fps': len(shown) / seconds,
+        'freezes_per_min': sum(1 for gap in gaps if gap > 200) * 60 / seconds,
+        'lag': (pct(lags, 50), pct(lags, 95), pct(lags, 99)),
+        'commands': (math.nan, math.nan),
+        'commands_lost': '-',
+        'false_stops': stops,
+        'problems': result['problems'],
+        'receiver': {
+            'bridge frames in/s': bridge.get('frames_in', 0) / seconds,
+            'units sent/s': bridge.get('units', 0) / seconds,
+            'received/s': per_s.get('framesReceived', 0),
+            'decoded/s': per_s.get('framesDecoded', 0),
+            'Chromium freezes/min': page.get('freezeCount', 0) * 60 / seconds,
+            'lost pkts': page.get('packetsLost', 0), 'NACKs': page.get('nackCount', 0),
+            'retransmitted': bridge.get('retransmitted', 0), 'PLIs': page.get('pliCount', 0),
+            'keyframes': bridge.get('keyframes', 0),
+            'layer switches': bridge.get('switches', 0), 'layer': bridge1.get('layer', '-'),
+            'wanted since start': ' '.join(f'{k} {v}' for k, v in bridge1.get('why', {}).items())
+            or '-',
+            'jitter buffer ms': 1000 * page.get('jitterBufferDelay', 0) / max(
+                1, page.get('jitterBufferEmittedCount', 0)),
+            'kbit/s': page.get('bytesReceived', 0) * 8 / seconds / 1000,
+            'rtt ms': 1000 * page1.get('rtt', 0)},
+    }
+
+
 def run_profile(name: str, options, port: int, cmd_vel: CmdVelLog) -> list:
     spec = link_emulator.profile(name)
     delay_ms = spec.get('delay_ms', 0)
@@ -158,10 +295,22 @@ def run_profile(name: str, options, port: int, cmd_vel: CmdVelLog) -> list:
         url = f'ws://{EDGE_IP}:{port}'
         for kind in options.paths:
             mark = len(cmd_vel.arrivals)
-            result = run_in_namespace(
-                path.far, lambda: operate(url, kind, options.warmup, options.duration),
-                options.warmup + options.duration + 90)
-            figures = measure(result, cmd_vel.arrivals[mark:], delay_ms)
+            try:
+                if kind == 'chromium':
+                    result = operate_chromium(path.far, f'http://{EDGE_IP}:{port}', port,
+                                              options.warmup, options.duration, cmd_vel,
+                                              options.jitter_target)
+                    figures = measure_chromium(result, delay_ms)
+                else:
+                    result = run_in_namespace(
+                        path.far, lambda: operate(url, kind, options.warmup, options.duration),
+                        options.warmup + options.duration + 90)
+                    figures = measure(result, cmd_vel.arrivals[mark:], delay_ms)
+            except Exception as error:   # one path failing leaves the others their rows
+                figures = {'fps': 0.0, 'freezes_per_min': math.nan, 'lag': (math.nan,) * 3,
+                           'commands': (math.nan,) * 2, 'commands_lost': '-',
+                           'false_stops': '-', 'problems': [f'{type(error).__name__}: '
+                                                            f'{str(error)[:120]}']}
             rows.append((name, kind, figures))
             print(f'{name} {kind}: {json.dumps(figures)}', flush=True)
     return rows
@@ -170,9 +319,11 @@ def run_profile(name: str, options, port: int, cmd_vel: CmdVelLog) -> list:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--profiles', default='lan,lte,lte-poor')
-    parser.add_argument('--paths', default='webrtc,websocket')
+    parser.add_argument('--paths', default='webrtc,websocket,chromium')
     parser.add_argument('--duration', type=float, default=20.0, help='measured window (s)')
     parser.add_argument('--warmup', type=float, default=3.0)
+    parser.add_argument('--jitter-target', type=float, default=None,
+                        help='chromium: set jitterBufferTarget (ms) on the video receiver')
     parser.add_argument('--markdown', help='also write the table (markdown) to this file')
     options = parser.parse_args()
     options.paths = options.paths.split(',')
@@ -202,12 +353,19 @@ def main():
               *map(fmt, f['commands']), f['commands_lost'], f['false_stops'],
               '; '.join(f['problems']) or '-'] for name, kind, f in rows]
     print(table(headers, lines))
+    receiver = [(name, f['receiver']) for name, kind, f in rows if 'receiver' in f]
+    receiver_headers, receiver_lines = [], []
+    if receiver:
+        receiver_headers = ['profile', *receiver[0][1]]
+        receiver_lines = [[name, *(fmt(v) if isinstance(v, float) else v
+                                   for v in figures.values())] for name, figures in receiver]
+        print(table(receiver_headers, receiver_lines))
     benchlib.report_shm(before)
     if options.markdown:
-        write_markdown(options, headers, lines)
+        write_markdown(options, headers, lines, receiver_headers, receiver_lines)
 
 
-def write_markdown(options, headers, lines):
+def write_markdown(options, headers, lines, receiver_headers=(), receiver_lines=()):
     commit = subprocess.run(['git', '-C', benchlib.ROOT, 'rev-parse', '--short', 'HEAD'],
                             capture_output=True, text=True).stdout.strip()
     command = 'bench/run links ' + ' '.join(sys.argv[1:])
@@ -220,6 +378,12 @@ def write_markdown(options, headers, lines):
         out.write('|' + '---|' * len(headers) + '\n')
         for line in lines:
             out.write('| ' + ' | '.join(map(str, line)) + ' |\n')
+        if receiver_lines:
+            out.write('\nChromium (getStats) and the bridge (/api/streams), same window:\n\n')
+            out.write('| ' + ' | '.join(receiver_headers) + ' |\n')
+            out.write('|' + '---|' * len(receiver_headers) + '\n')
+            for line in receiver_lines:
+                out.write('| ' + ' | '.join(map(str, line)) + ' |\n')
     print(f'wrote {options.markdown}')
 
 

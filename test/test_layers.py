@@ -139,3 +139,15 @@ def test_keyframe_gate_merges_requests_and_never_forgets_one():
     gate.request()
     assert not gate.take(1.2)
     assert gate.take(1.5)
+
+
+def test_the_chooser_counts_why_switches_were_wanted():
+    # /api/streams shows these per peer: how often REMB (congested, room) or loss moved it.
+    chooser = LayerChooser(RATES, now=0.0, policy=POLICY)
+    assert chooser.update(2.0, estimate=900_000, sent=1_200_000) == 1
+    chooser.accept(1, True, 2.1)
+    assert chooser.update(3.5, loss=0.5) == 2
+    chooser.accept(2, True, 3.6)
+    chooser.update(4.0, estimate=450_000, sent=300_000)
+    assert chooser.update(8.0, estimate=450_000, sent=300_000) == 1
+    assert chooser.reasons == {'congested': 1, 'loss': 1, 'room': 1}

@@ -208,9 +208,10 @@ class WebsocketViewer:
         self.closed_at = None
         self._task = None
 
-    async def start(self, url: str, stream: str = 'camera'):
+    async def start(self, url: str, stream: str = 'camera', token: str = ''):
         import websockets
-        socket = await websockets.connect(f'{url}/video/{stream}', max_size=None,
+        query = f'?token={token}' if token else ''   # watching needs it unless configured off
+        socket = await websockets.connect(f'{url}/video/{stream}{query}', max_size=None,
                                           compression=None, open_timeout=10)
         self._task = asyncio.ensure_future(self._read(socket))
 

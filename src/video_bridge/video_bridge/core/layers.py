@@ -76,6 +76,7 @@ class LayerChooser:
         self._hold: Dict[int, float] = {}        # layer -> wait before stepping up to it
         self._went_up: Optional[Tuple[int, float]] = None  # (layer, when) of the last step up
         self.switches = 0
+        self.reasons: Dict[str, int] = {}        # why switches were wanted: congested, loss, room
 
     def wanted(self) -> int:
         """Return the layer the peer is on, or moving to."""
@@ -115,6 +116,7 @@ class LayerChooser:
         policy = self.policy
         wanted = self.wanted()
         target = wanted
+        reason = ''
         lowest = len(self.bitrates) - 1
         settled = now - self._since >= policy.min_dwell or self.pending is not None
         if estimate is not None and estimate > 0 and sent is not None and sent > 0:
@@ -122,11 +124,13 @@ class LayerChooser:
                 self._room_since = None
                 if settled and now - self._joined >= policy.startup and wanted < lowest:
                     target = self._down(max(wanted + 1, self._fit(estimate)), now)
+                    reason = 'congested'
             elif estimate > sent * policy.headroom and wanted > 0:
                 if self._room_since is None:
                     self._room_since = now
                 elif now - self._room_since >= self._hold.get(wanted - 1, policy.up_hold):
                     target = wanted - 1
+                    reason = 'room'
                     self._went_up = (target, now)
                     self._room_since = None
             else:
@@ -134,6 +138,7 @@ class LayerChooser:
         if target == wanted and loss is not None and loss >= policy.high_loss and settled \
                 and wanted < lowest:
             target = self._down(wanted + 1, now)
+            reason = 'loss'
         if target == wanted:
             return None
         if target == self.current:    # a pending switch became moot
@@ -141,6 +146,7 @@ class LayerChooser:
             return None
         self.pending = target
         self._pending_since = now
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
         return target
 
     def accept(self, layer: int, keyframe: bool, now: float) -> bool:

@@ -184,6 +184,10 @@ class Peer:
         self.sent = RateMeter(2.0)          # what this peer actually got lately
         self.packer: Optional[rtp_packing.PeerPacker] = None   # None: aiortc packs av.Packets
         self.estimate: Optional[int] = None
+        # what happened on this peer's media path (counters(): where frames go on a lossy link)
+        self.media = {'nacked': 0, 'retransmitted': 0, 'pli': 0, 'fir': 0, 'keyframes': 0,
+                      'keyframe_bytes': 0, 'keyframe_max': 0, 'gap_restarts': 0,
+                      'queue_restarts': 0}
         self._attach(self.chooser.current)
 
     def _attach(self, layer: int):
@@ -207,6 +211,7 @@ class Peer:
             if not frames:
                 continue
             if layer == self.chooser.current and last and frames[0].seq > last + 1:
+                self.media['gap_restarts'] += 1
                 self.need_keyframe = True   # units lost to this peer: restart at a keyframe
                 viewer.request_keyframe()
             for frame in frames:
@@ -229,6 +234,7 @@ class Peer:
         if self.chooser.switch_overdue(now) and self.chooser.pending in self.viewers:
             self.viewers[self.chooser.pending].request_keyframe()
         if len(self.queue) > MAX_QUEUE:     # aiortc is not taking them: skip to a keyframe
+            self.media['queue_restarts'] += 1
             self.queue.clear()
             self.need_keyframe = True
             self.request_keyframe()
@@ -267,6 +273,11 @@ class Peer:
                 self._note_timestamp(frame)
                 self.sent.add(self.service.clock(), len(frame.data))
                 self.sent_units += 1
+                if frame.keyframe:
+                    media = self.media
+                    media['keyframes'] += 1
+                    media['keyframe_bytes'] += len(frame.data)
+                    media['keyframe_max'] = max(media['keyframe_max'], len(frame.data))
                 if self.packer is not None:
                     return self.packer.unit(frame)
                 return _av_packet(frame)
@@ -821,14 +832,28 @@ class WebRtcService:
 
     def _hook_sender(self, peer: Peer):
         """Route PLI/FIR to the shared encoder and REMB / loss to the layer choice."""
-        from aiortc.rtp import (RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, RtcpSrPacket,
+        from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK,
+                                RTP_HISTORY_SIZE,
+                                RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket,
                                 unpack_remb_fci)
         sender = peer.sender
         original = sender._handle_rtcp_packet
+        media = peer.media
 
         async def handle_rtcp(packet):
             try:
-                if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                    media['nacked'] += len(packet.lost)
+                    history = getattr(sender, '_RTCRtpSender__rtp_history', {})
+                    media['retransmitted'] += sum(
+                        1 for seq in packet.lost
+                        if getattr(history.get(seq % RTP_HISTORY_SIZE), 'sequence_number',
+                                   None) == seq)
+                elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
+                    media['pli'] += 1
+                elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_FIR:
+                    media['fir'] += 1
+                elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
                     bitrate, ssrcs = unpack_remb_fci(packet.fci)
                     if sender._ssrc in ssrcs:
                         peer.feedback(estimate=bitrate)
@@ -931,4 +956,9 @@ class WebRtcService:
                 'layers': {cid: p.chooser.current for cid, p in self.peers.items()},
                 'congestion_skips': {cid: p.congestion_skips for cid, p in self.peers.items()},
                 'send_backlog_peak': {cid: p.backlog.peak if p.backlog else 0
-                                      for cid, p in self.peers.items()}}
+                                      for cid, p in self.peers.items()},
+                'media': {cid: {**p.media, 'units': p.sent_units, 'bytes': p.sent_bytes,
+                                'layer': p.chooser.current, 'switches': p.chooser.switches,
+                                'why': dict(p.chooser.reasons),
+                                'estimate': p.estimate}
+                          for cid, p in self.peers.items()}}
