@@ -27,6 +27,7 @@ import logging
 import resource
 import socket
 import ssl
+import sys
 import time
 import traceback
 from typing import Callable, Dict, Optional, Set
@@ -36,9 +37,12 @@ from video_bridge.net.auth import normalise_address
 FD_RESERVE = 128           # descriptors kept for DDS, files and logs beyond connections
 EMFILE_LOG_PERIOD = 5.0    # s between "out of file descriptors" warnings (and the like)
 EMFILE_RETRY = 0.1         # s before accepting again after EMFILE
-# TLS handshakes under way at once: asyncio's TLS layer holds a 256 KB buffer for each, so
-# 64 of them are 16 MB. Full: the newcomer takes the slot of the oldest handshake of the
-# client that has the most (a client with more than its share takes its own oldest's).
+# TLS handshakes under way at once: each holds asyncio's TLS layer and OpenSSL's handshake
+# state (about 50 KB with TLS_READ_BUFFER), so 64 of them are about 3 MB. Full: the newcomer
+# takes the slot of the oldest handshake of the client that has the most (a client with more
+# than its share takes its own oldest's). Not fewer: a handshake that never completes holds
+# its slot for HANDSHAKE_GRACE, so the slots are what everybody else's handshakes get per second
+# under a flood of cut ClientHellos (with 32, the soak's idle control sockets got 1.5 a second).
 MAX_HANDSHAKES = 64
 MAX_HANDSHAKES_PER_CLIENT = 16
 HANDSHAKE_GRACE = 1.0      # s a handshake may take before a waiting connection may evict it
@@ -55,12 +59,15 @@ REFUSAL = ('HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charse
            'X-Content-Type-Options: nosniff\r\n\r\n{body}')
 
 
-# Bytes asyncio's TLS layer reads into at once, per connection. asyncio (CPython 3.11 and 3.12,
-# checked) preallocates ``SSLProtocol.max_size`` (256 KB) for every TLS connection, idle or
-# not: 300 idle wss control sockets cost 77 MB. What a client sends the bridge is small (HTTP
-# heads, commands, pongs), so two TLS records' worth is plenty; a bigger message just takes
-# more reads.
-TLS_READ_BUFFER = 32 * 1024
+# Bytes asyncio's TLS layer reads into at once, per connection. asyncio (CPython 3.11 to 3.13,
+# checked: TLS_BUFFER_CHECKED) preallocates ``SSLProtocol.max_size`` (256 KB) for every TLS
+# connection, idle or not: 300 idle wss control sockets cost 77 MB. The buffer is only where
+# one recv() lands before it is copied into OpenSSL, and the most one SSL_read returns. What a
+# client sends the bridge is small (HTTP heads, commands, pongs: a few hundred bytes), so a page
+# is plenty; a bigger message takes more reads (a 16 KB TLS record: four). Measured with 300
+# idle wss control sockets: 75 KB each with 32 KB, 47 KB each with 4 KB.
+TLS_READ_BUFFER = 4 * 1024
+TLS_BUFFER_CHECKED = ((3, 11), (3, 12), (3, 13))   # Pythons whose sslproto was read for this
 
 
 def bound_tls_read_buffers(size: int = TLS_READ_BUFFER) -> bool:
@@ -68,12 +75,15 @@ def bound_tls_read_buffers(size: int = TLS_READ_BUFFER) -> bool:
     Make asyncio's TLS connections preallocate ``size`` bytes, not 256 KB (process-wide).
 
     The one reach into asyncio's internals here: ``asyncio.sslproto.SSLProtocol.max_size``, a
-    class attribute its ``__init__`` reads. Returns False (and changes nothing) where it is
-    missing; test/test_edge_slots.py fails loudly then, so an upgrade that drops it is seen.
+    class attribute its ``__init__`` sizes the read buffer with (and ``get_buffer`` and the
+    plaintext reads are bounded by). Only on the Pythons in ``TLS_BUFFER_CHECKED``: elsewhere
+    it returns False and changes nothing (the bridge warns), and test/test_edge_slots.py fails
+    loudly, so a Python whose sslproto was not read for this is seen.
     """
     from asyncio import sslproto
     protocol = getattr(sslproto, 'SSLProtocol', None)
-    if not isinstance(getattr(protocol, 'max_size', None), int):
+    if sys.version_info[:2] not in TLS_BUFFER_CHECKED or \
+            not isinstance(getattr(protocol, 'max_size', None), int):
         return False
     protocol.max_size = size
     return True
