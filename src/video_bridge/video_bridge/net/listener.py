@@ -8,7 +8,8 @@ asyncio allocates a transport, a 256 KB TLS buffer or an aiohttp request handler
 gets a canned ``503`` and is closed, a TLS one is closed. Before refusing, a connection that
 sent no request yet, else one idle for ``IDLE_EVICTABLE`` s, makes room (oldest first). Accepted
 sockets are handed to asyncio with ``loop.connect_accepted_socket`` (TLS handshake bounded by
-``handshake_timeout``, at most ``MAX_HANDSHAKES`` under way at once).
+``handshake_timeout``, at most ``MAX_HANDSHAKES`` under way at once; a TLS one only once its
+first record, the ClientHello, is whole).
 
 Per request, :meth:`Listener.admit` counts a connection behind a trusted proxy for its forwarded
 client, and keeps ``RESERVED_SHARE`` of the connections for clients holding the token.
@@ -46,6 +47,12 @@ EMFILE_RETRY = 0.1         # s before accepting again after EMFILE
 MAX_HANDSHAKES = 64
 MAX_HANDSHAKES_PER_CLIENT = 16
 HANDSHAKE_GRACE = 1.0      # s a handshake may take before a waiting connection may evict it
+# A TLS connection gets its TLS layer and a handshake slot once its first record is whole.
+TLS_RECORD_HEADER = 5      # content type, version, length
+TLS_HANDSHAKE_RECORD = 0x16
+TLS_MAX_RECORD = 16384 + 2048   # RFC 8446 5.2: a longer record is not TLS; OpenSSL says so
+FIRST_RECORD_RECHECK = 0.01     # s before looking again at a record not whole yet, doubling
+FIRST_RECORD_RECHECK_MAX = 0.5
 # A connection that did nothing useful for this long (no request, no control message, no frame
 # taken) is idle: when the bridge, or its client's share, is full, the newcomer takes the slot
 # of the connection idle the longest. A page's control socket sends a clock probe every 2 s.
@@ -496,12 +503,13 @@ class Listener:
             # Its transport takes its place once made (_opened; this entry goes in finally).
             self._silent[conn] = functools.partial(_shut_down, conn)
             if self.ssl_context is not None:
-                # asyncio's TLS layer allocates 256 KB per connection up front: create it only
-                # once the client has sent something (its ClientHello), within the deadline.
+                # A TLS layer (buffers in asyncio and OpenSSL) and a handshake slot only for a
+                # client that sent its whole first TLS record (the ClientHello), within the
+                # deadline: a socket that sends 3 bytes of one holds neither.
                 started = loop.time()
                 # Evictable at the connection cap (see _refusal_reason) until its request.
                 self._silent[conn] = task.cancel
-                await asyncio.wait_for(_readable(loop, conn), self.handshake_timeout)
+                await asyncio.wait_for(_first_record(loop, conn), self.handshake_timeout)
                 await asyncio.wait_for(self._handshake_slot(peer, conn),
                                        max(0.1, self.handshake_timeout
                                            - (loop.time() - started)))
@@ -682,6 +690,39 @@ def _release_frames(exc: BaseException):
         seen.add(id(exc))
         traceback.clear_frames(exc.__traceback__)
         exc = exc.__context__ or exc.__cause__
+
+
+async def _first_record(loop: asyncio.AbstractEventLoop, sock: socket.socket):
+    """
+    Wait until ``sock`` holds a whole TLS record (or anything that is not one), unread.
+
+    Peeked, not read: asyncio's TLS layer reads it. While a record is incomplete the socket
+    stays readable, so the rest is waited for by looking again after FIRST_RECORD_RECHECK,
+    doubling up to FIRST_RECORD_RECHECK_MAX (a ClientHello split over two segments costs its
+    client a few milliseconds; a socket that stopped mid-record a check every half second).
+    """
+    await _readable(loop, sock)
+    recheck = FIRST_RECORD_RECHECK
+    while True:
+        head = _peek(sock, TLS_RECORD_HEADER)
+        if head is not None:
+            if not head or head[0] != TLS_HANDSHAKE_RECORD:
+                return    # EOF, or not TLS: asyncio's TLS layer tells the client
+            if len(head) == TLS_RECORD_HEADER:
+                length = TLS_RECORD_HEADER + int.from_bytes(head[3:5], 'big')
+                if length > TLS_RECORD_HEADER + TLS_MAX_RECORD or \
+                        len(_peek(sock, length) or b'') >= length:
+                    return
+        await asyncio.sleep(recheck)
+        recheck = min(recheck * 2, FIRST_RECORD_RECHECK_MAX)
+
+
+def _peek(sock: socket.socket, size: int) -> Optional[bytes]:
+    """Up to ``size`` bytes waiting in ``sock``, left there (b'': EOF; None: none yet)."""
+    try:
+        return sock.recv(size, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return None
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket):
