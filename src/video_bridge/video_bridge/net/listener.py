@@ -52,7 +52,7 @@ TLS_RECORD_HEADER = 5      # content type, version, length
 TLS_HANDSHAKE_RECORD = 0x16
 TLS_MAX_RECORD = 16384 + 2048   # RFC 8446 5.2: a longer record is not TLS; OpenSSL says so
 FIRST_RECORD_RECHECK = 0.01     # s before looking again at a record not whole yet, doubling
-FIRST_RECORD_RECHECK_MAX = 0.5
+FIRST_RECORD_RECHECK_MAX = 2.0
 # A connection that did nothing useful for this long (no request, no control message, no frame
 # taken) is idle: when the bridge, or its client's share, is full, the newcomer takes the slot
 # of the connection idle the longest. A page's control socket sends a clock probe every 2 s.
@@ -699,7 +699,7 @@ async def _first_record(loop: asyncio.AbstractEventLoop, sock: socket.socket):
     Peeked, not read: asyncio's TLS layer reads it. While a record is incomplete the socket
     stays readable, so the rest is waited for by looking again after FIRST_RECORD_RECHECK,
     doubling up to FIRST_RECORD_RECHECK_MAX (a ClientHello split over two segments costs its
-    client a few milliseconds; a socket that stopped mid-record a check every half second).
+    client a few milliseconds; a socket that stopped mid-record a check every 2 s).
     """
     await _readable(loop, sock)
     recheck = FIRST_RECORD_RECHECK
