@@ -38,10 +38,11 @@ TOKEN = 'soak-token-0123456789'
 VIEWER_FPS = 28.0
 # Bounds a loaded, shared 2-core CI machine keeps; the figures themselves are printed, and the
 # issue's goals (5 ms, 20 MB) are measured by bench/run soak (bench/soak_bench.py), not here.
-# Commands are never late enough to trip the deadman (command_timeout 0.5 s): on a machine
-# busy with other work the p99 of a minute was 17 to 320 ms for the same bridge, so no tighter.
-# Memory is bounded by what the caps admit: 300 idle TLS control sockets are about 14 MB of it,
-# the WebRTC peers of rows 1 and 3 about 12 MB; 44 MB is the most seen over a minute.
+# Commands are never late enough to trip the deadman (command_timeout 0.5 s): on a 2-core
+# machine shared with other work (load average 4 to 10) the p99 of one bridge moved between
+# 12 ms and 2.5 s from run to run, so no tighter. Memory is bounded by what the caps admit:
+# 300 idle TLS control sockets are about 14 MB of it, the WebRTC peers of rows 1 and 3 about
+# 12 MB; 41 MB is the most seen over a minute (the bridge before it: 56 MB).
 COMMAND_P99 = 0.250
 RSS_GROWTH_MB = 60.0
 COMMAND_PERIOD = 0.05      # a driver's 20 Hz
