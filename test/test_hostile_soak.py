@@ -31,14 +31,20 @@ websockets = pytest.importorskip('websockets')
 
 SECONDS = float(os.environ.get('HOSTILE_SOAK_SECONDS', '60'))
 ROWS = os.environ.get('HOSTILE_SOAK_ROWS', '1,2,3,4,8,9,10')   # fewer while looking into one
+# Another checkout's bridge (its src/video_bridge first on the bridge's PYTHONPATH; messages,
+# config and everything else from here): bench/soak_bench.py measures before and after with it.
+BRIDGE_SOURCE = os.environ.get('HOSTILE_SOAK_BRIDGE_SOURCE', '')
 TOKEN = 'soak-token-0123456789'
 VIEWER_FPS = 28.0
-# Loose bounds a shared 2-core CI machine keeps; the figures themselves are printed (and the
-# issue's goals, 5 ms and 20 MB, are compared in the closing note of the run, not here):
-# commands are never late enough to trip the deadman (command_timeout 0.5 s), and memory is
-# bounded by what the caps admit (300 idle TLS control sockets are ~25 MB of it).
+# Bounds a loaded, shared 2-core CI machine keeps; the figures themselves are printed, and the
+# issue's goals (5 ms, 20 MB) are measured by bench/run soak (bench/soak_bench.py), not here.
+# Commands are never late enough to trip the deadman (command_timeout 0.5 s): on a 2-core
+# machine shared with other work (load average 4 to 10) the p99 of one bridge moved between
+# 12 ms and 2.5 s from run to run, so no tighter. Memory is bounded by what the caps admit:
+# 300 idle TLS control sockets are about 14 MB of it, the WebRTC peers of rows 1 and 3 about
+# 12 MB; 41 MB is the most seen over a minute (the bridge before it: 56 MB).
 COMMAND_P99 = 0.250
-RSS_GROWTH_MB = 80.0
+RSS_GROWTH_MB = 60.0
 COMMAND_PERIOD = 0.05      # a driver's 20 Hz
 ATTACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'support', 'soak_attacks.py')
 
@@ -120,6 +126,29 @@ def slots(port, tls):
     return doc['webrtc']['peers'], sum(stream['viewers'] for stream in doc['streams'])
 
 
+def start_webrtc_once(port, tls):
+    """
+    What a normal page does first: ask for a WebRTC offer (then go, and the peer with it).
+
+    The bridge loads aiortc for its first peer (about 14 MB, once per process): before the
+    baseline, so the soak's RSS growth is what the attacks cost, not that import.
+    """
+    ws = hc.RawWebSocket(port, f'/control?token={TOKEN}', timeout=10, tls=tls)
+    try:
+        assert ws.accepted, ws.response
+        ws.send_text(json.dumps({'type': 'webrtc_start', 'id': 1, 'stream': 'camera',
+                                 'codecs': ['h264']}))
+        deadline = time.monotonic() + 20
+        reply = {}
+        while reply.get('type') not in ('webrtc_offer', 'webrtc_error') and \
+                time.monotonic() < deadline:
+            reply = ws.recv_json(max(0.1, deadline - time.monotonic())) or {}
+        assert reply.get('type') == 'webrtc_offer', reply
+    finally:
+        ws.close()
+    wait_for(lambda: slots(port, tls)[0] == 0, 15, 'the first WebRTC peer gone')
+
+
 @pytest.mark.soak
 def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
         ros, start_bridge, tmp_path):
@@ -137,7 +166,10 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
     # The camera is a process of its own: this process's DDS participant was made before
     # host_address() added an interface, and raw frames from it then arrive at half rate.
     with host_address(), camera_node():
-        bridge = start_bridge(token=TOKEN, tls_cert=cert, tls_key=key,
+        env = {'PYTHONPATH': os.pathsep.join([os.path.join(BRIDGE_SOURCE, 'src', 'video_bridge'),
+                                              os.environ.get('PYTHONPATH', '')])} \
+            if BRIDGE_SOURCE else None
+        bridge = start_bridge(token=TOKEN, tls_cert=cert, tls_key=key, env=env,
                               view_requires_token=False, webrtc_host_addresses=[HOST_ADDRESS],
                               webrtc_connect_timeout=4.0, webrtc_max_peers=6)
         pid = bridge.process.proc.pid
@@ -153,6 +185,7 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
             assert driver.ready.wait(15) and driver.error is None, repr(driver.error)
             wait_for(lambda: subscription.get_publisher_count() > 0, 10, 'cmd_vel matched')
             wait_for(lambda: len(arrivals) > 5, 10, 'the driver on /cmd_vel')
+            start_webrtc_once(bridge.port, tls)
             fds_before = hc.open_fds(pid)
             rss_before = hc.rss_mb(pid)
             started = time.monotonic()

@@ -9,6 +9,7 @@ goes.
 
 import asyncio
 import logging
+from typing import Optional
 
 from aiohttp import web, WSMsgType
 from video_bridge.core import protocol
@@ -27,14 +28,19 @@ class WebSocketSender:
     ``close`` only asks: the handler, which is the one reading the socket, does the close
     handshake. (Closing from another task while the handler reads lets aiohttp drop the TCP
     connection right after our close frame; with the client's messages still unread the kernel
-    then resets the connection and the client never sees why it was closed.)
+    then resets the connection and the client never sees why it was closed.) The handler reads
+    in its own task, with no helper task per message or per socket: a driver's command is
+    handled one loop iteration after it arrives, not three (a task's result, then a wait's),
+    however much else the loop has queued. To stop that read, ``close`` cancels the handler
+    while it is parked in it, and the handler tells that cancel from any other.
     """
 
     def __init__(self, request: web.BaseRequest, ws: web.WebSocketResponse):
         self.request = request
         self.ws = ws
         self.close_request = None
-        self.close_wanted = asyncio.Event()
+        self.reader: Optional[asyncio.Task] = None   # the handler, while it awaits a message
+        self.interrupted = False                     # close() cancelled that await
 
     async def send(self, text: str):
         """Send one text message (the service applies the deadline)."""
@@ -50,7 +56,25 @@ class WebSocketSender:
             websocket.abort(self.request)
         if self.close_request is None:
             self.close_request = (code, reason)
-        self.close_wanted.set()
+        if self.reader is not None and not self.interrupted:
+            self.interrupted = True
+            self.reader.cancel()
+
+    async def receive(self):
+        """
+        Return the next message, or None once ``close`` asked to stop reading.
+
+        Raises CancelledError when the handler itself is cancelled (its client went).
+        """
+        self.reader = asyncio.current_task()
+        try:
+            return await self.ws.receive()
+        except asyncio.CancelledError:
+            if self.interrupted and self.reader.uncancel() == 0:
+                return None   # only our own cancel: stop reading, then close
+            raise
+        finally:
+            self.reader = None
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -77,16 +101,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         'control client %s did not answer a ping within %g s; dropping it', client_id,
         config.ping_timeout)
     keepalive.start()
-    close_wanted = asyncio.ensure_future(sender.close_wanted.wait())
     try:
         while sender.close_request is None:
-            receive = asyncio.ensure_future(ws.receive())
-            await asyncio.wait((receive, close_wanted), return_when=asyncio.FIRST_COMPLETED)
-            if not receive.done():
-                receive.cancel()
-                await asyncio.gather(receive, return_exceptions=True)
+            message = await sender.receive()
+            if message is None:
                 break
-            message = receive.result()
             keepalive.heard()
             if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
                 server.listener.active(request.transport)  # not idle: not evictable
@@ -98,7 +117,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
             elif message.type is not WSMsgType.PONG:
                 break  # CLOSE (answered by aiohttp), CLOSING, CLOSED, ERROR (1009 sent)
     finally:
-        close_wanted.cancel()
         server.untrack(request, ws)
         keepalive.stop()
         service.close_session(client_id)

@@ -8,7 +8,8 @@ asyncio allocates a transport, a 256 KB TLS buffer or an aiohttp request handler
 gets a canned ``503`` and is closed, a TLS one is closed. Before refusing, a connection that
 sent no request yet, else one idle for ``IDLE_EVICTABLE`` s, makes room (oldest first). Accepted
 sockets are handed to asyncio with ``loop.connect_accepted_socket`` (TLS handshake bounded by
-``handshake_timeout``, at most ``MAX_HANDSHAKES`` under way at once).
+``handshake_timeout``, at most ``MAX_HANDSHAKES`` under way at once; a TLS one only once its
+first record, the ClientHello, is whole).
 
 Per request, :meth:`Listener.admit` counts a connection behind a trusted proxy for its forwarded
 client, and keeps ``RESERVED_SHARE`` of the connections for clients holding the token.
@@ -27,6 +28,7 @@ import logging
 import resource
 import socket
 import ssl
+import sys
 import time
 import traceback
 from typing import Callable, Dict, Optional, Set
@@ -36,12 +38,21 @@ from video_bridge.net.auth import normalise_address
 FD_RESERVE = 128           # descriptors kept for DDS, files and logs beyond connections
 EMFILE_LOG_PERIOD = 5.0    # s between "out of file descriptors" warnings (and the like)
 EMFILE_RETRY = 0.1         # s before accepting again after EMFILE
-# TLS handshakes under way at once: asyncio's TLS layer holds a 256 KB buffer for each, so
-# 64 of them are 16 MB. Full: the newcomer takes the slot of the oldest handshake of the
-# client that has the most (a client with more than its share takes its own oldest's).
+# TLS handshakes under way at once: each holds asyncio's TLS layer and OpenSSL's handshake
+# state (about 50 KB with TLS_READ_BUFFER), so 64 of them are about 3 MB. Full: the newcomer
+# takes the slot of the oldest handshake of the client that has the most (a client with more
+# than its share takes its own oldest's). Not fewer: a handshake that never completes holds
+# its slot for HANDSHAKE_GRACE, so the slots are what everybody else's handshakes get per second
+# under a flood of cut ClientHellos (with 32, the soak's idle control sockets got 1.5 a second).
 MAX_HANDSHAKES = 64
 MAX_HANDSHAKES_PER_CLIENT = 16
 HANDSHAKE_GRACE = 1.0      # s a handshake may take before a waiting connection may evict it
+# A TLS connection gets its TLS layer and a handshake slot once its first record is whole.
+TLS_RECORD_HEADER = 5      # content type, version, length
+TLS_HANDSHAKE_RECORD = 0x16
+TLS_MAX_RECORD = 16384 + 2048   # RFC 8446 5.2: a longer record is not TLS; OpenSSL says so
+FIRST_RECORD_RECHECK = 0.01     # s before looking again at a record not whole yet, doubling
+FIRST_RECORD_RECHECK_MAX = 2.0
 # A connection that did nothing useful for this long (no request, no control message, no frame
 # taken) is idle: when the bridge, or its client's share, is full, the newcomer takes the slot
 # of the connection idle the longest. A page's control socket sends a clock probe every 2 s.
@@ -55,12 +66,15 @@ REFUSAL = ('HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charse
            'X-Content-Type-Options: nosniff\r\n\r\n{body}')
 
 
-# Bytes asyncio's TLS layer reads into at once, per connection. asyncio (CPython 3.11 and 3.12,
-# checked) preallocates ``SSLProtocol.max_size`` (256 KB) for every TLS connection, idle or
-# not: 300 idle wss control sockets cost 77 MB. What a client sends the bridge is small (HTTP
-# heads, commands, pongs), so two TLS records' worth is plenty; a bigger message just takes
-# more reads.
-TLS_READ_BUFFER = 32 * 1024
+# Bytes asyncio's TLS layer reads into at once, per connection. asyncio (CPython 3.11 to 3.13,
+# checked: TLS_BUFFER_CHECKED) preallocates ``SSLProtocol.max_size`` (256 KB) for every TLS
+# connection, idle or not: 300 idle wss control sockets cost 77 MB. The buffer is only where
+# one recv() lands before it is copied into OpenSSL, and the most one SSL_read returns. What a
+# client sends the bridge is small (HTTP heads, commands, pongs: a few hundred bytes), so a page
+# is plenty; a bigger message takes more reads (a 16 KB TLS record: four). Measured with 300
+# idle wss control sockets: 75 KB each with 32 KB, 47 KB each with 4 KB.
+TLS_READ_BUFFER = 4 * 1024
+TLS_BUFFER_CHECKED = ((3, 11), (3, 12), (3, 13))   # Pythons whose sslproto was read for this
 
 
 def bound_tls_read_buffers(size: int = TLS_READ_BUFFER) -> bool:
@@ -68,12 +82,15 @@ def bound_tls_read_buffers(size: int = TLS_READ_BUFFER) -> bool:
     Make asyncio's TLS connections preallocate ``size`` bytes, not 256 KB (process-wide).
 
     The one reach into asyncio's internals here: ``asyncio.sslproto.SSLProtocol.max_size``, a
-    class attribute its ``__init__`` reads. Returns False (and changes nothing) where it is
-    missing; test/test_edge_slots.py fails loudly then, so an upgrade that drops it is seen.
+    class attribute its ``__init__`` sizes the read buffer with (and ``get_buffer`` and the
+    plaintext reads are bounded by). Only on the Pythons in ``TLS_BUFFER_CHECKED``: elsewhere
+    it returns False and changes nothing (the bridge warns), and test/test_edge_slots.py fails
+    loudly, so a Python whose sslproto was not read for this is seen.
     """
     from asyncio import sslproto
     protocol = getattr(sslproto, 'SSLProtocol', None)
-    if not isinstance(getattr(protocol, 'max_size', None), int):
+    if sys.version_info[:2] not in TLS_BUFFER_CHECKED or \
+            not isinstance(getattr(protocol, 'max_size', None), int):
         return False
     protocol.max_size = size
     return True
@@ -486,12 +503,13 @@ class Listener:
             # Its transport takes its place once made (_opened; this entry goes in finally).
             self._silent[conn] = functools.partial(_shut_down, conn)
             if self.ssl_context is not None:
-                # asyncio's TLS layer allocates 256 KB per connection up front: create it only
-                # once the client has sent something (its ClientHello), within the deadline.
+                # A TLS layer (buffers in asyncio and OpenSSL) and a handshake slot only for a
+                # client that sent its whole first TLS record (the ClientHello), within the
+                # deadline: a socket that sends 3 bytes of one holds neither.
                 started = loop.time()
                 # Evictable at the connection cap (see _refusal_reason) until its request.
                 self._silent[conn] = task.cancel
-                await asyncio.wait_for(_readable(loop, conn), self.handshake_timeout)
+                await asyncio.wait_for(_first_record(loop, conn), self.handshake_timeout)
                 await asyncio.wait_for(self._handshake_slot(peer, conn),
                                        max(0.1, self.handshake_timeout
                                            - (loop.time() - started)))
@@ -672,6 +690,39 @@ def _release_frames(exc: BaseException):
         seen.add(id(exc))
         traceback.clear_frames(exc.__traceback__)
         exc = exc.__context__ or exc.__cause__
+
+
+async def _first_record(loop: asyncio.AbstractEventLoop, sock: socket.socket):
+    """
+    Wait until ``sock`` holds a whole TLS record (or anything that is not one), unread.
+
+    Peeked, not read: asyncio's TLS layer reads it. While a record is incomplete the socket
+    stays readable, so the rest is waited for by looking again after FIRST_RECORD_RECHECK,
+    doubling up to FIRST_RECORD_RECHECK_MAX (a ClientHello split over two segments costs its
+    client a few milliseconds; a socket that stopped mid-record a check every 2 s).
+    """
+    await _readable(loop, sock)
+    recheck = FIRST_RECORD_RECHECK
+    while True:
+        head = _peek(sock, TLS_RECORD_HEADER)
+        if head is not None:
+            if not head or head[0] != TLS_HANDSHAKE_RECORD:
+                return    # EOF, or not TLS: asyncio's TLS layer tells the client
+            if len(head) == TLS_RECORD_HEADER:
+                length = TLS_RECORD_HEADER + int.from_bytes(head[3:5], 'big')
+                if length > TLS_RECORD_HEADER + TLS_MAX_RECORD or \
+                        len(_peek(sock, length) or b'') >= length:
+                    return
+        await asyncio.sleep(recheck)
+        recheck = min(recheck * 2, FIRST_RECORD_RECHECK_MAX)
+
+
+def _peek(sock: socket.socket, size: int) -> Optional[bytes]:
+    """Up to ``size`` bytes waiting in ``sock``, left there (b'': EOF; None: none yet)."""
+    try:
+        return sock.recv(size, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return None
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket):

@@ -112,8 +112,9 @@ class BridgeServer:
         context = tls_context(config.tls_cert, config.tls_key) \
             if config.tls_cert or config.tls_key else None
         if context is not None and not bound_tls_read_buffers():
-            self.log.warning('this Python has no asyncio SSLProtocol.max_size: each TLS '
-                             'connection keeps its 256 KB read buffer')
+            self.log.warning('asyncio.sslproto.SSLProtocol.max_size is not bounded on this '
+                             'Python (not one checked for it): each TLS connection keeps a '
+                             '256 KB read buffer')
         limit = raise_file_limit()
         max_connections = min(config.max_connections, max(limit - FD_RESERVE, 16))
         if max_connections < config.max_connections:
