@@ -442,12 +442,8 @@ def test_publishing_resumes_after_janus_restarts(janus):
             await wait_until(lambda: published.feeds['cam'].published, 30,
                              'published again after the restart')
             assert published.feeds['cam'].publishes == 2
-            viewer = JanusViewer(janus.url)
-            try:
-                await viewer.watch(published.viewer_access('cam', 'page'))
-                await wait_until(lambda: viewer.frames >= 10, 20, 'a viewer after the restart')
-            finally:
-                await viewer.close()
+            await a_viewer_gets_frames(janus, published.viewer_access('cam', 'page'), 10,
+                                       'a viewer after the restart')
             print(f'feed {first_id} before the restart, {published.feeds["cam"].feed_id} after')
         finally:
             await published.stop()
@@ -572,12 +568,7 @@ def test_bridge_node_publishes_to_janus_for_pages_that_may_watch(ros, start_brid
                 await asyncio.sleep(0.2)          # the page's heartbeat interval, shortened
                 access = await ask(page, {'type': 'sfu_watch', 'id': 3, 'stream': 'camera'})
             assert access.get('feed'), access
-            viewer = JanusViewer(janus.url)
-            try:
-                await viewer.watch(access)
-                await wait_until(lambda: viewer.frames >= 15, 20, 'frames through Janus')
-            finally:
-                await viewer.close()
+            await a_viewer_gets_frames(janus, access, 15, 'frames through Janus')
 
     with FramePublisher(ros.node, '/camera/image_raw', width=320, height=240):
         asyncio.run(scenario())
@@ -624,12 +615,8 @@ def test_publishing_resumes_after_the_link_comes_back(janus):
                 assert not published.feeds['cam'].published
             await wait_until(lambda: published.feeds['cam'].published, 20,
                              'published again once the link is back')
-            viewer = JanusViewer(janus.url)
-            try:
-                await viewer.watch(published.viewer_access('cam', 'page'))
-                await wait_until(lambda: viewer.frames >= 10, 20, 'a viewer after the outage')
-            finally:
-                await viewer.close()
+            await a_viewer_gets_frames(janus, published.viewer_access('cam', 'page'), 10,
+                                       'a viewer after the outage')
         finally:
             await published.stop()
 
@@ -637,6 +624,16 @@ def test_publishing_resumes_after_the_link_comes_back(janus):
         asyncio.run(scenario())
     finally:
         feeder.close()
+
+
+async def a_viewer_gets_frames(janus, access, frames: int, what: str):
+    """A viewer through Janus with ``access`` gets ``frames`` frames within 20 s, then leaves."""
+    viewer = JanusViewer(janus.url)
+    try:
+        await viewer.watch(access)
+        await wait_until(lambda: viewer.frames >= frames, 20, what)
+    finally:
+        await viewer.close()
 
 
 def busy_picture(width=640, height=480, count=8):
@@ -837,12 +834,8 @@ def test_publishing_outlives_its_tokens(janus):
             feed = published.feeds['cam']
             assert feed.published and feed.publishes == 1 and feed.attempts == 1, \
                 published.counters()
-            viewer = JanusViewer(janus.url)
-            try:
-                await viewer.watch(published.viewer_access('cam', 'page'))
-                await wait_until(lambda: viewer.frames >= 10, 20, 'frames after 4 s')
-            finally:
-                await viewer.close()
+            await a_viewer_gets_frames(janus, published.viewer_access('cam', 'page'), 10,
+                                       'frames after 4 s')
         finally:
             await published.stop()
 
