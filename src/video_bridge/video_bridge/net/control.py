@@ -110,7 +110,7 @@ class ControlService:
         """Start the core's clock on the running loop."""
         self._wake = asyncio.Event()
         self._clock_task = asyncio.get_running_loop().create_task(self._run_clock())
-        self._tell_estop()
+        self._tell_estop(self.core.state())
 
     async def stop(self):
         """Publish zero (shutdown) and stop the clock; sessions stay open and keep answering."""
@@ -272,7 +272,6 @@ class ControlService:
             if session is not None:
                 self._queue_reply(session, protocol.encode_control(message, client_id))
         if effects.state_changed:
-            self._tell_estop()
             self._state_changed()
         for event in effects.events:
             self.log.info('%s', event)
@@ -283,9 +282,9 @@ class ControlService:
         if self._wake is not None:
             self._wake.set()
 
-    def _tell_estop(self):
+    def _tell_estop(self, state):
         """Tell ``on_estop`` the e-stop state if it changed (ROS latches it for twist_mux)."""
-        engaged = bool(self.core.state().estop)
+        engaged = bool(state.estop)
         if self.on_estop is not None and engaged != self._estop_told:
             self._estop_told = engaged
             self.on_estop(engaged)
@@ -298,6 +297,7 @@ class ControlService:
         watchers then costs 2000 x 5 sends a second, not 80,000 (STATE_PERIOD).
         """
         state = self.core.state()
+        self._tell_estop(state)
         key = (state.driver, state.estop)
         now = self.clock()
         waited = now - self._last_broadcast
