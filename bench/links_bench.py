@@ -45,6 +45,7 @@ from benchlib import fmt, pct, table
 
 sys.path.insert(0, os.path.join(benchlib.ROOT, 'test'))
 from support import link_emulator  # noqa: E402 (test/ on sys.path first)
+from support.page_probes import RECEIVER_STATS  # noqa: E402
 from support.remote_session import (Control, Driver, run_in_namespace, start_session,  # noqa
                                     until, WebsocketSender, WebsocketViewer)
 
@@ -65,18 +66,6 @@ WATCH_FRAMES = """() => { const v = window.videoBridge.webrtc.video; window.benc
 TAKE_FRAMES = """() => { const v = window.videoBridge.webrtc; const s = v.latencySamples.slice();
     v.latencySamples.length = 0; const shown = window.benchShown.slice();
     window.benchShown.length = 0; return {ages: s, shown, now: performance.now()}; }"""
-RECEIVER_STATS = """async () => { const pc = window.videoBridge.webrtc.pc; const out = {};
-    if (!pc) return out;
-    (await pc.getStats()).forEach((e) => {
-      if (e.type === 'inbound-rtp' && e.kind === 'video') {
-        for (const k of ['framesReceived', 'framesDecoded', 'framesDropped', 'keyFramesDecoded',
-                         'freezeCount', 'totalFreezesDuration', 'nackCount', 'pliCount',
-                         'firCount', 'packetsLost', 'packetsReceived',
-                         'retransmittedPacketsReceived', 'jitterBufferDelay',
-                         'jitterBufferEmittedCount', 'bytesReceived']) out[k] = e[k] ?? 0; }
-      if (e.type === 'candidate-pair' && e.nominated && e.state === 'succeeded') {
-        out.rtt = e.currentRoundTripTime ?? 0; } });
-    return out; }"""
 
 
 class CmdVelLog:

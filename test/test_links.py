@@ -35,6 +35,7 @@ from conftest import camera_node, chromium, only_loopback, OUTPUT_DIR, WEBRTC_CH
 import netlab
 import pytest
 from support.link_emulator import EDGE_ADDRESS, emulated_path, why_unavailable
+from support.page_probes import RECEIVER_STATS
 from support.remote_session import Driver, run_in_namespace, start_session, until
 
 pytest.importorskip('aiortc')
@@ -188,20 +189,6 @@ PAGE_STATE = """() => { const b = window.videoBridge;
     return {client: b.control.clientId, generation: b.webrtc.generation,
             stalls: b.webrtc.stalls, status: b.webrtc.status, displayed: b.webrtc.displayed,
             transport: document.getElementById('stat-transport').dataset.value}; }"""
-# Chromium's own view of the video it receives (getStats inbound-rtp), for the figures and the
-# checks on where frames go: received, decoded, lost and NACKed packets, freezes.
-RECEIVER_STATS = """async () => { const pc = window.videoBridge.webrtc.pc; const out = {};
-    if (!pc) return out;
-    (await pc.getStats()).forEach((e) => {
-      if (e.type === 'inbound-rtp' && e.kind === 'video') {
-        for (const k of ['framesReceived', 'framesDecoded', 'framesDropped', 'keyFramesDecoded',
-                         'freezeCount', 'totalFreezesDuration', 'nackCount', 'pliCount',
-                         'packetsLost', 'packetsReceived', 'retransmittedPacketsReceived',
-                         'jitterBufferDelay', 'jitterBufferEmittedCount', 'bytesReceived']) {
-          out[k] = e[k] ?? 0; } }
-      if (e.type === 'candidate-pair' && e.nominated && e.state === 'succeeded') {
-        out.rtt = e.currentRoundTripTime ?? 0; } });
-    return out; }"""
 TAKE_AGES = """() => { const v = window.videoBridge.webrtc;
     const ages = v.latencySamples.slice(); v.latencySamples.length = 0; return ages; }"""
 

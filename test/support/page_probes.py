@@ -1,0 +1,19 @@
+"""JavaScript the tests and the benchmarks run in the page (Playwright ``page.evaluate``).
+
+RECEIVER_STATS: Chromium's own view of the video it receives (getStats inbound-rtp: frames
+received, decoded and dropped, freezes, lost, NACKed and resent packets, the jitter buffer) and
+the round trip of the nominated candidate pair.
+"""
+
+RECEIVER_STATS = """async () => { const pc = window.videoBridge.webrtc.pc; const out = {};
+    if (!pc) return out;
+    (await pc.getStats()).forEach((e) => {
+      if (e.type === 'inbound-rtp' && e.kind === 'video') {
+        for (const k of ['framesReceived', 'framesDecoded', 'framesDropped', 'keyFramesDecoded',
+                         'freezeCount', 'totalFreezesDuration', 'nackCount', 'pliCount',
+                         'firCount', 'packetsLost', 'packetsReceived',
+                         'retransmittedPacketsReceived', 'jitterBufferDelay',
+                         'jitterBufferEmittedCount', 'bytesReceived']) out[k] = e[k] ?? 0; }
+      if (e.type === 'candidate-pair' && e.nominated && e.state === 'succeeded') {
+        out.rtt = e.currentRoundTripTime ?? 0; } });
+    return out; }"""
