@@ -405,11 +405,12 @@ def test_a_hundred_websocket_viewers_from_one_address_all_watch(ros, start_bridg
     """
     Row 5: 100 honest /video viewers from one address (one NAT: ~25 browsers) for 5 s at
     15 fps of 320x240. Proves all 100 are let in (the per-address cap was 64) and each gets
-    at least 80 % of the frames published meanwhile.
+    at least 80 % of the frames the publisher sent in the measured 5 s (counted in the same
+    window: on a loaded machine the publisher itself falls short of 15 fps).
     """
     live = start_bridge(**{'streams.camera.topic': '/s6/image'})
 
-    async def watch(count, seconds):
+    async def watch(publisher, count, seconds):
         import websockets
         sockets = []
         refused = 0
@@ -430,24 +431,24 @@ def test_a_hundred_websocket_viewers_from_one_address_all_watch(ros, start_bridg
                 pass
         readers = [asyncio.ensure_future(read(i, ws)) for i, ws in enumerate(sockets)]
         await asyncio.sleep(1.0)  # the first frames: not counted (the stream is warming)
-        start = list(frames)
+        start, sent = list(frames), publisher.count
         await asyncio.sleep(seconds)  # the measured period, not synchronisation
         got = [now - before for now, before in zip(frames, start)]
+        sent = publisher.count - sent
         for reader in readers:
             reader.cancel()
         for ws in sockets:
             await ws.close()
-        return refused, got
+        return refused, got, sent
 
     with FramePublisher(ros.node, '/s6/image', width=320, height=240, rate=15) as publisher:
         wait_for(lambda: publisher.count > 5, 5, 'the publisher')
-        published = publisher.count
-        refused, got = asyncio.run(watch(100, 5.0))
-        published = (publisher.count - published)
+        refused, got, sent = asyncio.run(watch(publisher, 100, 5.0))
     print(f'row 5: {100 - refused} of 100 viewers in; frames each in 5 s: min {min(got or [0])}'
-          f', max {max(got or [0])} (the publisher sent {published} meanwhile, at 15 fps)')
+          f', max {max(got or [0])} (the publisher sent {sent} in those 5 s, asked for 75)')
     assert refused == 0, f'{refused} of 100 viewers from one address were refused'
-    assert min(got) >= 0.8 * 15 * 5, got
+    assert sent >= 0.5 * 15 * 5, f'the publisher sent only {sent} frames in 5 s'
+    assert min(got) >= 0.8 * sent, (sent, got)
 
 
 def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_cap(start_bridge):
