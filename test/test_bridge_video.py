@@ -139,9 +139,12 @@ def test_bridge_status_counts_match_what_clients_saw(ros, start_bridge):
         wait_for(lambda: len(statuses) > first_status + 1, 5, 'a status after the viewers left')
     stream = statuses[-1].streams[0]
     assert stream.name == 'camera' and stream.topic == '/t4/image'
-    assert stream.frames_sent == len(frames_a) + len(frames_b)
+    # A viewer that closes after its last frame may have a frame or two already on the way (sent
+    # by the bridge, in the socket buffers, never read).
+    read = len(frames_a) + len(frames_b)
+    assert read <= stream.frames_sent <= read + 4, (stream.frames_sent, read)
     assert stream.bytes_per_second >= 0 and stream.frames_in >= 50
-    assert stream.frames_encoded >= len(frames_a) + len(frames_b)
+    assert stream.frames_encoded >= read
     assert stream.frames_skipped + stream.frames_encoded >= stream.frames_in - 2
     assert {s.streams[0].viewers for s in statuses} >= {0, 1}
 
