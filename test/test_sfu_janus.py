@@ -910,7 +910,8 @@ def test_the_page_watches_through_janus_and_the_driver_directly(cmd_vel, start_b
     """Headless Chromium with the real bridge_node, camera_node and Janus: an observer's page
     watches through Janus (janus.js, decoded frames, no direct peer on the robot); a page
     that drives takes the direct path and its commands reach cmd_vel; the selector moves the
-    observer to the direct path and back."""
+    observer to the direct path and back; when Janus goes away the observer falls back to the
+    direct path, and watches through Janus again once it is back."""
     import urllib.request
     from conftest import chromium, WEBRTC_CHROMIUM_ARGS
     from support.page_probes import RECEIVER_STATS
@@ -975,6 +976,13 @@ def test_the_page_watches_through_janus_and_the_driver_directly(cmd_vel, start_b
         observer.select_option('#path', 'sfu')
         via(observer, 'sfu')
         observer.wait_for_function("window.videoBridge.webrtc.status === 'off'", timeout=10000)
+        decoded(observer, 15)
+
+        observer.select_option('#path', 'auto')  # an observer: still through Janus
+        janus.stop()                             # the SFU goes away: Auto falls back
+        via(observer, 'webrtc')
+        janus.start()                            # and comes back: so does the observer
+        via(observer, 'sfu', timeout=40000)
         decoded(observer, 15)
         for page in pages:
             assert not page.errors, page.errors

@@ -141,8 +141,8 @@ export class SfuVideo {
     const watching = this.status === 'starting' || this.status === 'playing';
     this.close();
     if (watching && this.control.status === 'connected') this.control.send({ type: 'sfu_leave' });
+    this.onFailed(problem);      // first: the policy's backoff is set when the status is read
     this.setStatus('failed', problem);
-    this.onFailed(problem);
   }
 
   close() {
