@@ -906,17 +906,20 @@ def test_a_second_node_gets_the_robots_feed_from_the_first(janus):
 
 
 def test_the_page_watches_through_janus_and_the_driver_directly(cmd_vel, start_bridge, camera,
-                                                                janus, tmp_path):
-    """Headless Chromium with the real bridge_node, camera_node and Janus: an observer's page
-    watches through Janus (janus.js, decoded frames, no direct peer on the robot); a page
-    that drives takes the direct path and its commands reach cmd_vel; the selector moves the
-    observer to the direct path and back; when Janus goes away the observer falls back to the
-    direct path, and watches through Janus again once it is back."""
+                                                                janus, tmp_path, request):
+    """Headless Chromium with the real bridge_node, camera_node, Janus and nginx in front of
+    it (the pages' way to Janus, sfu_viewer_url): an observer's page watches through Janus
+    (janus.js, decoded frames, no direct peer on the robot); a page that drives takes the
+    direct path and its commands reach cmd_vel; the selector moves the observer to the direct
+    path and back; when Janus goes away the observer falls back to the direct path, and
+    watches through Janus again once it is back."""
     import urllib.request
     from conftest import chromium, WEBRTC_CHROMIUM_ARGS
     from support.page_probes import RECEIVER_STATS
+    edge = JanusEdge(janus)                      # pages reach Janus through nginx, as deployed
+    request.addfinalizer(edge.close)
     bridge = start_bridge(token='robot-token', webrtc_host_addresses=[ADDRESS],
-                          **sfu_parameters(janus, tmp_path))
+                          sfu_viewer_url=edge.url, **sfu_parameters(janus, tmp_path))
     cmd_vel.wait_publisher()
     sfu_stats = RECEIVER_STATS.replace('videoBridge.webrtc.pc', 'videoBridge.sfu.pc')
     assert sfu_stats != RECEIVER_STATS
