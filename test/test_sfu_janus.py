@@ -919,7 +919,8 @@ def test_the_page_watches_through_janus_and_the_driver_directly(cmd_vel, start_b
     edge = JanusEdge(janus)                      # pages reach Janus through nginx, as deployed
     request.addfinalizer(edge.close)
     bridge = start_bridge(token='robot-token', webrtc_host_addresses=[ADDRESS],
-                          sfu_viewer_url=edge.url, **sfu_parameters(janus, tmp_path))
+                          sfu_viewer_url=edge.url, sfu_token_ttl=30.0,
+                          **sfu_parameters(janus, tmp_path))
     cmd_vel.wait_publisher()
     sfu_stats = RECEIVER_STATS.replace('videoBridge.webrtc.pc', 'videoBridge.sfu.pc')
     assert sfu_stats != RECEIVER_STATS
@@ -960,6 +961,19 @@ def test_the_page_watches_through_janus_and_the_driver_directly(cmd_vel, start_b
         assert observer.locator('#path-picker').is_visible()
         assert observer.locator('#sfu-video').is_visible()
         assert streams()['webrtc']['peers'] == 0, 'the observer has no peer on the robot'
+
+        # A fresher token than the session's (30 s tokens: at once): a new subscription is
+        # made, and the old one destroyed only once the new one has video, without a gap.
+        subscribed = observer.evaluate('window.videoBridge.sfu.subscriptions')
+        resubscribed = f"""() => {{ const sfu = window.videoBridge.sfu;
+            if (sfu.subscriptions === {subscribed}) sfu.watch();   // the heartbeat, now
+            return sfu.subscriptions > {subscribed} && sfu.next === null; }}"""
+        wait_for(lambda: observer.evaluate(resubscribed), 15,
+                 'a new subscription with the fresher token')
+        shown = observer.evaluate('window.videoBridge.sfu.displayed')
+        observer.wait_for_function(f'window.videoBridge.sfu.displayed >= {shown + 15}')
+        assert observer.evaluate('window.videoBridge.sfu.failures') == 0
+        assert observer.evaluate('window.videoBridge.sfu.status') == 'playing'
 
         driver = open_page()
         via(driver, 'sfu')

@@ -179,18 +179,10 @@ function restartDirect() {
 
 /** A fresh start of the video (a new stream, transport, path or hello) on the path it takes. */
 function restartVideo() {
-  const ctx = pathContext();
-  const path = paths.path(ctx);
-  ui.path = path;
-  if (path === 'direct') {
-    restartDirect();
-  } else {
-    stopDirect();
-    if (sfu.stream !== ctx.stream || !['starting', 'playing'].includes(sfu.status)) {
-      sfu.start(ctx.stream);
-    }
-  }
-  applyPath();
+  ui.path = paths.path(pathContext());
+  if (ui.path === 'direct') restartDirect();
+  else stopDirect();
+  applyPath();   // starts the SFU unless it already plays this stream
 }
 
 // Auto's wait for WebRTC runs out on its own clock, not when the view happens to render.
@@ -402,7 +394,7 @@ $('stream').addEventListener('focus', loadStreams);  // topics come and go
 $('path').value = pathWanted();
 $('path').addEventListener('change', (event) => {
   session.set(PATH_KEY, event.target.value);
-  paths.retryAt = null;       // a choice made by hand tries the SFU at once
+  paths.chosen();
   applyPath();
   render();
 });

@@ -86,6 +86,11 @@ export class PathPolicy {
     this.retryAt = this.now() + this.backoff.next();
   }
 
+  /** The user chose a path: a failed SFU is tried again at once, not after its backoff. */
+  chosen() {
+    this.retryAt = null;
+  }
+
   /** The SFU played for `ms`: after STEADY, a later failure backs off from the start. */
   playing(ms) {
     if (ms >= STEADY) this.backoff.reset();

@@ -75,6 +75,7 @@ export class SfuVideo {
     this.subscriptions = 0;     // subscriptions made (a resubscription counts)
     this.heartbeats = 0;        // sfu_watch sent
     this.stalls = 0;
+    this.failures = 0;          // subscriptions given up (sfu.js falls back or retries)
     this.kbpsValue = 0;
     this.lastBytes = null;
     this.progressAt = null;
@@ -141,6 +142,7 @@ export class SfuVideo {
     const watching = this.status === 'starting' || this.status === 'playing';
     this.close();
     if (watching && this.control.status === 'connected') this.control.send({ type: 'sfu_leave' });
+    this.failures += 1;
     this.onFailed(problem);      // first: the policy's backoff is set when the status is read
     this.setStatus('failed', problem);
   }

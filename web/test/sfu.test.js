@@ -69,6 +69,14 @@ describe('PathPolicy.path: which path the page watches on', () => {
     assert.equal(policy.path(page()), 'sfu');
   });
 
+  it('a path chosen by hand tries the SFU at once, whatever the backoff', () => {
+    const policy = new PathPolicy({ now: () => 0 });
+    policy.failed();
+    assert.equal(policy.path(page()), 'direct');
+    policy.chosen();
+    assert.equal(policy.path(page()), 'sfu');
+  });
+
   it('the backoff starts afresh after the SFU played STEADY ms', () => {
     const timers = new FakeTimers();
     const policy = new PathPolicy({ now: timers.now, random: noJitter });
