@@ -166,10 +166,15 @@ def test_stream_list_static_files_and_view_token(ros, start_bridge):
     assert document['streams'][0]['name'] == 'camera'
     assert document['streams'][0]['video'] == '/video/camera'
     assert document['access'] == {'token_required': True, 'view_requires_token': True}
+    assert document['streams'][0]['sfu'] is False, 'no SFU configured'
     status, _, _ = get(f'{bridge.http}/snapshot/camera?token=wrong')
     assert status == 401
     status, headers, body = get(f'{bridge.http}/')
     assert status == 200 and headers['Content-Type'].startswith('text/html')
+    status, headers, _ = get(f'{bridge.http}/vendor/janus-gateway/janus.js')
+    assert status == 200 and headers['Content-Type'].startswith('text/javascript')
+    assert get(f'{bridge.http}/vendor/README.md')[0] == 404
+    assert get(f'{bridge.http}/vendor/janus-gateway/LICENSE')[0] == 404
     assert get(f'{bridge.http}/../../../etc/passwd')[0] == 404
     assert get(f'{bridge.http}/%2e%2e/%2e%2e/etc/passwd')[0] == 404
     assert get(f'{bridge.http}/video/camera')[0] == 426

@@ -903,3 +903,103 @@ def test_a_second_node_gets_the_robots_feed_from_the_first(janus):
     finally:
         feeder.close()
         second.close()
+
+
+def test_the_page_watches_through_janus_and_the_driver_directly(cmd_vel, start_bridge, camera,
+                                                                janus, tmp_path, request):
+    """Headless Chromium with the real bridge_node, camera_node, Janus and nginx in front of
+    it (the pages' way to Janus, sfu_viewer_url): an observer's page watches through Janus
+    (janus.js, decoded frames, no direct peer on the robot); a page that drives takes the
+    direct path and its commands reach cmd_vel; the selector moves the observer to the direct
+    path and back; when Janus goes away the observer falls back to the direct path, and
+    watches through Janus again once it is back."""
+    import urllib.request
+    from conftest import chromium, WEBRTC_CHROMIUM_ARGS
+    from support.page_probes import RECEIVER_STATS
+    edge = JanusEdge(janus)                      # pages reach Janus through nginx, as deployed
+    request.addfinalizer(edge.close)
+    bridge = start_bridge(token='robot-token', webrtc_host_addresses=[ADDRESS],
+                          sfu_viewer_url=edge.url, sfu_token_ttl=30.0,
+                          **sfu_parameters(janus, tmp_path))
+    cmd_vel.wait_publisher()
+    sfu_stats = RECEIVER_STATS.replace('videoBridge.webrtc.pc', 'videoBridge.sfu.pc')
+    assert sfu_stats != RECEIVER_STATS
+
+    def streams() -> dict:
+        with urllib.request.urlopen(f'{bridge.http}/api/streams?token=robot-token',
+                                    timeout=5) as reply:
+            return json.load(reply)
+
+    assert [s['sfu'] for s in streams()['streams'] if s['name'] == 'camera'] == [True]
+
+    def via(page, value, timeout=20000):
+        page.wait_for_function(
+            f"document.getElementById('stat-transport').dataset.value === '{value}'",
+            timeout=timeout)
+
+    def decoded(page, frames):
+        """Chromium decoded ``frames`` more frames of the SFU subscription (getStats)."""
+        start = page.evaluate(sfu_stats).get('framesDecoded', 0)
+        wait_for(lambda: page.evaluate(sfu_stats).get('framesDecoded', 0) >= start + frames,
+                 15, f'{frames} frames decoded through Janus')
+
+    with chromium(WEBRTC_CHROMIUM_ARGS) as browser:
+        pages = []
+
+        def open_page():
+            page = browser.new_context(viewport={'width': 1280, 'height': 800}).new_page()
+            page.errors = []
+            page.on('pageerror', lambda error: page.errors.append(str(error)))
+            page.goto(f'{bridge.http}/?token=robot-token')
+            pages.append(page)
+            return page
+
+        observer = open_page()
+        via(observer, 'sfu')
+        decoded(observer, 30)
+        assert observer.evaluate('window.videoBridge.webrtc.status') == 'off'
+        assert observer.locator('#path-picker').is_visible()
+        assert observer.locator('#sfu-video').is_visible()
+        assert streams()['webrtc']['peers'] == 0, 'the observer has no peer on the robot'
+
+        # A fresher token than the session's (30 s tokens: at once): a new subscription is
+        # made, and the old one destroyed only once the new one has video, without a gap.
+        subscribed = observer.evaluate('window.videoBridge.sfu.subscriptions')
+        resubscribed = f"""() => {{ const sfu = window.videoBridge.sfu;
+            if (sfu.subscriptions === {subscribed}) sfu.watch();   // the heartbeat, now
+            return sfu.subscriptions > {subscribed} && sfu.next === null; }}"""
+        wait_for(lambda: observer.evaluate(resubscribed), 15,
+                 'a new subscription with the fresher token')
+        shown = observer.evaluate('window.videoBridge.sfu.displayed')
+        observer.wait_for_function(f'window.videoBridge.sfu.displayed >= {shown + 15}')
+        assert observer.evaluate('window.videoBridge.sfu.failures') == 0
+        assert observer.evaluate('window.videoBridge.sfu.status') == 'playing'
+
+        driver = open_page()
+        via(driver, 'sfu')
+        mark = cmd_vel.mark()
+        driver.keyboard.down('ArrowUp')          # takes the lock: the driver goes direct
+        cmd_vel.wait_last(mark, 0.25, 0.0, 'the driver drives')
+        via(driver, 'webrtc')
+        driver.wait_for_function("window.videoBridge.sfu.status === 'off'", timeout=10000)
+        driver.keyboard.up('ArrowUp')
+        cmd_vel.wait_last(mark, 0.0, 0.0, 'the driver stops')
+        assert streams()['webrtc']['peers'] == 1, 'only the driver has a peer on the robot'
+        decoded(observer, 15)                    # the observer watched on meanwhile
+
+        observer.select_option('#path', 'direct')
+        via(observer, 'webrtc')
+        observer.wait_for_function("window.videoBridge.sfu.status === 'off'", timeout=10000)
+        observer.select_option('#path', 'sfu')
+        via(observer, 'sfu')
+        observer.wait_for_function("window.videoBridge.webrtc.status === 'off'", timeout=10000)
+        decoded(observer, 15)
+
+        observer.select_option('#path', 'auto')  # an observer: still through Janus
+        janus.stop()                             # the SFU goes away: Auto falls back
+        via(observer, 'webrtc')
+        janus.start()                            # and comes back: so does the observer
+        via(observer, 'sfu', timeout=40000)
+        decoded(observer, 15)
+        for page in pages:
+            assert not page.errors, page.errors

@@ -92,6 +92,7 @@ class BridgeServer:
         self.list_topics = list_topics
         self.extra_routes = list(extra_routes)
         self.webrtc = None  # the WebRTC service, if any: its figures join /api/streams
+        self.sfu = None     # the SFU service, if any: /api/streams says which streams it offers
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.app: Optional[web.Application] = None
         self.listener: Optional[Listener] = None
@@ -301,7 +302,9 @@ class BridgeServer:
                 'video_encoders': counters.video_encoders,
                 'video_encodes': counters.video_encodes,
                 'video_decoders': counters.video_decoders,
-                'malformed': {k: v for k, v in counters.malformed.items() if v}})
+                'malformed': {k: v for k, v in counters.malformed.items() if v},
+                # watchable through the SFU (sfu_watch on /control): configured streams only
+                'sfu': self.sfu is not None and not stream.settings.topic_stream})
         document = {'protocol': protocol.PROTOCOL_VERSION, 'streams': streams,
                     'topics': self.list_topics(),
                     'access': {'token_required': self.access.token_required,

@@ -197,6 +197,7 @@ class BridgeNode(Node):
         self.sfu = self._sfu_service() if self.p.sfu_janus_url else None
         if self.sfu is not None:
             self.control.sfu = self.sfu             # sfu_* messages (docs/sfu.md)
+            self.server.sfu = self.sfu              # /api/streams advertises it
         self.intake = ImageIntake.create(self, self.log)   # H.264 streams' messages
         self._image_subs = {}
         self.closing = False
