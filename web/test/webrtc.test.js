@@ -3,14 +3,28 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { CHANNEL_COMMANDS, decodableCodecs, StampTable } from '../js/webrtc.js';
+import { CHANNEL_COMMANDS, codecName, decodableCodecs, StampTable } from '../js/webrtc.js';
 
-test('decodableCodecs keeps the codecs the bridge encodes, in its order', () => {
-  const capabilities = { codecs: [{ mimeType: 'video/VP9' }, { mimeType: 'video/VP8' },
-    { mimeType: 'video/H264' }, { mimeType: 'video/H264' }, { mimeType: 'video/rtx' }] };
-  assert.deepEqual(decodableCodecs(capabilities), ['h264', 'vp8']);
-  assert.deepEqual(decodableCodecs({ codecs: [{ mimeType: 'video/AV1' }] }), []);
-  assert.deepEqual(decodableCodecs(null), []);
+// what webrtc_config's mime_types says (the bridge's codec registry), here with a third codec
+const MIME_TYPES = { h264: 'video/H264', vp8: 'video/VP8', av1: 'video/AV1' };
+
+test('decodableCodecs keeps the codecs the bridge offers that this browser decodes, in its order',
+  () => {
+    const capabilities = { codecs: [{ mimeType: 'video/VP9' }, { mimeType: 'video/vp8' },
+      { mimeType: 'video/H264' }, { mimeType: 'video/H264' }, { mimeType: 'video/rtx' }] };
+    assert.deepEqual(decodableCodecs(capabilities, MIME_TYPES), ['h264', 'vp8']);
+    assert.deepEqual(decodableCodecs({ codecs: [{ mimeType: 'video/AV1' }] }, MIME_TYPES),
+      ['av1'], 'a codec the bridge adds needs no change here');
+    assert.deepEqual(decodableCodecs(capabilities, { vp8: 'video/VP8' }), ['vp8']);
+    assert.deepEqual(decodableCodecs(capabilities, undefined), []);
+    assert.deepEqual(decodableCodecs(null, MIME_TYPES), []);
+  });
+
+test('codecName names a MIME type of the stats by the bridge\'s name for it', () => {
+  assert.equal(codecName('video/H264', MIME_TYPES), 'h264');
+  assert.equal(codecName('video/av1', MIME_TYPES), 'av1');
+  assert.equal(codecName('video/VP9', MIME_TYPES), null);
+  assert.equal(codecName('video/VP8', undefined), null);
 });
 
 test('StampTable maps full 32-bit RTP timestamps and forgets the oldest', () => {
