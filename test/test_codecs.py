@@ -1,4 +1,4 @@
-"""The codec registry (core.codecs) is the one source of what the bridge knows about codecs.
+"""The codec registry (core.codec_registry) is the one source of what the bridge knows of codecs.
 
 Every entry works end to end where it is used: its encoders encode (and its decoder reads the
 result), its MIME type is one aiortc offers and packs, the offer made from it carries that codec
@@ -11,12 +11,11 @@ import ast
 import os
 import re
 
+from conftest import REPO
 import cv2
 import numpy as np
 import pytest
-
-from conftest import REPO
-from video_bridge.core import codecs, encoders
+from video_bridge.core import codec_registry as registry, encoders
 from video_bridge.core.protocol import FrameHeader
 from video_bridge.core.streams import EncodedFrame
 
@@ -35,21 +34,21 @@ def picture(index=0):
 
 def registry_strings():
     """The names only the registry may spell: MIME types and FFmpeg encoders."""
-    mimes = {c.mime_type.lower() for c in codecs.REGISTRY.values() if c.mime_type}
-    mimes.add(codecs.RTX_MIME_TYPE)
-    names = {e.name for c in codecs.REGISTRY.values() for e in c.encoders}
+    mimes = {c.mime_type.lower() for c in registry.REGISTRY.values() if c.mime_type}
+    mimes.add(registry.RTX_MIME_TYPE)
+    names = {e.name for c in registry.REGISTRY.values() for e in c.encoders}
     return mimes, names
 
 
 def hard_coded(root=PACKAGE) -> dict:
-    """String constants outside core/codecs.py that name a codec MIME type or an encoder."""
+    """String constants outside core/codec_registry.py naming a codec MIME type or an encoder."""
     mimes, names = registry_strings()
     found = {}
     for folder, _, files in os.walk(root):
         for file_name in files:
             path = os.path.join(folder, file_name)
             relative = os.path.relpath(path, root)
-            if not file_name.endswith('.py') or relative in ('core/codecs.py',
+            if not file_name.endswith('.py') or relative in ('core/codec_registry.py',
                                                              *NOT_CODEC_CHOICES):
                 continue
             with open(path, encoding='utf-8') as handle:
@@ -64,7 +63,7 @@ def hard_coded(root=PACKAGE) -> dict:
 
 
 def test_every_codec_has_a_working_encoder_and_its_units_decode():
-    for codec in codecs.REGISTRY.values():
+    for codec in registry.REGISTRY.values():
         if not codec.video:
             unit = encoders.JpegEncoder(80).encode(picture())
             shown = cv2.imdecode(np.frombuffer(unit.data, np.uint8), cv2.IMREAD_COLOR)
@@ -84,14 +83,15 @@ def test_every_codec_has_a_working_encoder_and_its_units_decode():
 
 
 def test_every_encoder_is_found_by_name_and_the_software_one_comes_first():
-    for codec in codecs.REGISTRY.values():
+    for codec in registry.REGISTRY.values():
         for spec in codec.encoders:
             assert codec.encoder(spec.name) is spec
             options = spec.options(1_000_000)
             assert all(isinstance(v, str) for v in options.values()), (spec.name, options)
         assert not any(spec.hardware for spec in codec.encoders[:1]), codec.name
     with pytest.raises(ValueError, match='unknown VP8 encoder'):
-        encoders.VideoEncoder(codecs.VP8, 300_000, 30, codecs.get(codecs.H264).encoders[0].name)
+        encoders.VideoEncoder(registry.VP8, 300_000, 30,
+                              registry.get(registry.H264).software_encoder.name)
 
 
 def test_every_video_codec_is_one_aiortc_offers_and_packs():
@@ -100,12 +100,12 @@ def test_every_video_codec_is_one_aiortc_offers_and_packs():
     from aiortc.codecs import get_encoder
     from video_bridge.net import rtp_packing
     capabilities = aiortc.RTCRtpSender.getCapabilities('video').codecs
-    for codec in codecs.REGISTRY.values():
+    for codec in registry.REGISTRY.values():
         if not codec.video:
             continue
-        assert codec.clock_rate == codecs.RTP_VIDEO_CLOCK
-        preferred = codecs.sdp_preferences(codec.name, capabilities)
-        chosen = [c for c in preferred if c.mimeType.lower() != codecs.RTX_MIME_TYPE]
+        assert codec.clock_rate == registry.RTP_VIDEO_CLOCK
+        preferred = registry.sdp_preferences(codec.name, capabilities)
+        chosen = [c for c in preferred if c.mimeType.lower() != registry.RTX_MIME_TYPE]
         assert chosen, f'aiortc offers no {codec.mime_type} with {dict(codec.sdp_parameters)}'
         assert all(codec.matches(c.mimeType, c.parameters) for c in chosen)
         assert preferred[len(chosen):], 'retransmissions are offered with it'
@@ -119,44 +119,44 @@ def test_every_video_codec_is_one_aiortc_offers_and_packs():
 def test_the_offer_carries_the_chosen_codec_alone():
     aiortc = pytest.importorskip('aiortc')
     capabilities = aiortc.RTCRtpSender.getCapabilities('video').codecs
-    h264 = codecs.get(codecs.H264)
-    chosen = [c for c in codecs.sdp_preferences(codecs.H264, capabilities)
-              if c.mimeType.lower() != codecs.RTX_MIME_TYPE]
+    h264 = registry.get(registry.H264)
+    chosen = [c for c in registry.sdp_preferences(registry.H264, capabilities)
+              if c.mimeType.lower() != registry.RTX_MIME_TYPE]
     assert {c.mimeType for c in chosen} == {h264.mime_type}
     assert all(c.parameters['packetization-mode'] == '1' for c in chosen)
     with pytest.raises(ValueError, match='unknown codec'):
-        codecs.sdp_preferences('av1', capabilities)
+        registry.sdp_preferences('av1', capabilities)
 
 
 def test_the_parameters_accept_exactly_the_registry_names():
     from video_bridge.ros import parameters
     check = parameters.check_codec_parameters
-    assert parameters.BRIDGE_PARAMETERS['webrtc_codecs'][0] == list(codecs.WEBRTC_CODECS)
-    assert codecs.WEBRTC_CODECS == tuple(c.name for c in codecs.REGISTRY.values()
-                                         if c.video and c.browser_decodes)
-    for name in codecs.WEBRTC_CODECS:
+    assert parameters.BRIDGE_PARAMETERS['webrtc_codecs'][0] == list(registry.WEBRTC_CODECS)
+    assert registry.WEBRTC_CODECS == tuple(c.name for c in registry.REGISTRY.values()
+                                           if c.video and c.browser_decodes)
+    for name in registry.WEBRTC_CODECS:
         assert check([name.upper(), ''], name, 'auto')[:2] == ([name], name)
     for name in ('jpeg', 'av1', 'h265', 'video/H264'):
         with pytest.raises(ValueError, match='webrtc_codecs'):
-            check([name], codecs.H264, 'auto')
+            check([name], registry.H264, 'auto')
         with pytest.raises(ValueError, match='sfu_codec'):
             check([], name, 'auto')
-    h264_names = [e.name for e in codecs.get(codecs.H264).encoders]
+    h264_names = [e.name for e in registry.get(registry.H264).encoders]
     assert parameters.H264_ENCODERS == ('auto', *h264_names) == encoders.H264_ENCODERS
     for name in parameters.H264_ENCODERS:
-        assert check([], codecs.H264, name)[2] == name
+        assert check([], registry.H264, name)[2] == name
     for name in ('libvpx', 'nvenc', ''):
         with pytest.raises(ValueError, match='h264_encoder'):
-            check([], codecs.H264, name)
+            check([], registry.H264, name)
 
 
 def test_the_sfu_publisher_takes_the_registry_codecs():
     pytest.importorskip('aiortc')
     from video_bridge.net.sfu_janus import JanusSettings
-    for name in codecs.WEBRTC_CODECS:
+    for name in registry.WEBRTC_CODECS:
         assert JanusSettings('ws://198.51.100.1:8188', 1, codec=name).codec == name
     with pytest.raises(ValueError, match='codec must be one of'):
-        JanusSettings('ws://198.51.100.1:8188', 1, codec=codecs.JPEG)
+        JanusSettings('ws://198.51.100.1:8188', 1, codec=registry.JPEG)
 
 
 def test_webrtc_config_tells_the_page_each_codecs_mime_type():
@@ -167,18 +167,18 @@ def test_webrtc_config_tells_the_page_each_codecs_mime_type():
     service = WebRtcService(StreamHub(), ice.IceSettings(), WebRtcConfig(),
                             send=lambda *a: None, deliver=lambda *a: None)
     message = service.config_message('c1')
-    assert message['codecs'] == list(codecs.WEBRTC_CODECS)
-    assert message['mime_types'] == {c: codecs.get(c).mime_type for c in codecs.WEBRTC_CODECS}
+    assert message['codecs'] == list(registry.WEBRTC_CODECS)
+    assert message['mime_types'] == {c: registry.get(c).mime_type for c in registry.WEBRTC_CODECS}
 
 
 def test_no_other_module_names_a_codec_mime_type_or_an_encoder():
     found = hard_coded()
-    assert not found, f'use core.codecs instead of these strings: {found}'
+    assert not found, f'use core.codec_registry instead of these strings: {found}'
 
 
 def test_the_scan_sees_what_it_looks_for(tmp_path):
     (tmp_path / 'core').mkdir()
-    (tmp_path / 'core' / 'codecs.py').write_text("MIME = 'video/H264'\n")
+    (tmp_path / 'core' / 'codec_registry.py').write_text("MIME = 'video/H264'\n")
     (tmp_path / 'sneaky.py').write_text("A = 'video/VP8'\nB = 'libx264'\nC = 'VIDEO/AV1'\n"
                                         "D = 'a libx264 in prose is fine'\n")
     assert hard_coded(str(tmp_path)) == {
@@ -187,7 +187,7 @@ def test_the_scan_sees_what_it_looks_for(tmp_path):
 
 def test_the_page_names_no_codec_of_its_own():
     mimes, names = registry_strings()
-    codec_words = set(codecs.CODECS) | names
+    codec_words = set(registry.CODECS) | names
     for file_name in sorted(os.listdir(WEB_JS)):
         with open(os.path.join(WEB_JS, file_name), encoding='utf-8') as handle:
             source = handle.read()

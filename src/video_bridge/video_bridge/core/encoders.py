@@ -8,8 +8,8 @@ stream, so their encoder keeps state and can be asked for a keyframe (a join, a 
 layer switch). Every peer watching the same variant shares its units: no encoder per viewer.
 
 Which FFmpeg encoders a codec has, and their options, come from the codec registry
-(:mod:`video_bridge.core.codecs`); this module holds no codec's settings of its own. H.264 is
-constrained baseline from libx264 at ``ultrafast`` + ``zerolatency`` (no B-frames, no
+(:mod:`video_bridge.core.codec_registry`); this module holds no codec's settings of its own.
+H.264 is constrained baseline from libx264 at ``ultrafast`` + ``zerolatency`` (no B-frames, no
 lookahead: one unit per input frame, ~1.4 ms at 640x480), with SPS/PPS repeated on every
 keyframe so a peer can start at any of them. VP8 is libvpx in realtime mode at a fixed speed
 (12) with CBR rate control. PyAV (``av``) is imported only when a video encoder is made, so
@@ -32,21 +32,21 @@ from dataclasses import dataclass
 import fractions
 import logging
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import cv2
-from video_bridge.core import codecs, h264 as h264_units, image_codec
+from video_bridge.core import codec_registry, h264 as h264_units, image_codec
 
-JPEG, H264, VP8 = codecs.JPEG, codecs.H264, codecs.VP8
-VIDEO_CODECS = codecs.VIDEO_CODECS
-CODECS = codecs.CODECS
-CLOCK_RATE = codecs.RTP_VIDEO_CLOCK  # RTP video clock (RFC 3551): timestamps in 1/90000 s
+JPEG, H264, VP8 = codec_registry.JPEG, codec_registry.H264, codec_registry.VP8
+VIDEO_CODECS = codec_registry.VIDEO_CODECS
+CODECS = codec_registry.CODECS
+CLOCK_RATE = codec_registry.RTP_VIDEO_CLOCK  # RTP video clock (RFC 3551): timestamps in 1/90000 s
 TIME_BASE = fractions.Fraction(1, CLOCK_RATE)
 MIN_BITRATE = 50_000
 MAX_BITRATE = 20_000_000
-KEYFRAME_INTERVAL = codecs.KEYFRAME_INTERVAL
+KEYFRAME_INTERVAL = codec_registry.KEYFRAME_INTERVAL
 
-_H264 = codecs.get(H264)
+_H264 = codec_registry.get(H264)
 LIBX264 = _H264.software_encoder.name
 # H.264 encoders of the PyPI av wheel besides libx264, in the order ``auto`` tries them.
 HARDWARE_H264 = tuple(e.name for e in _H264.encoders if e.hardware)
@@ -150,7 +150,7 @@ class VideoEncoder(Encoder):
                  fall_back: bool = True):
         if codec not in VIDEO_CODECS:
             raise ValueError(f'unknown video codec {codec!r} (known: {", ".join(VIDEO_CODECS)})')
-        self._codec = codecs.get(codec)
+        self._codec = codec_registry.get(codec)
         self._spec = self._codec.encoder(encoder_name)   # ValueError for an unknown name
         self.fall_back = fall_back     # hardware failing later: go on with the software one
         self._headers = None
@@ -401,7 +401,7 @@ def video_available(codec: str) -> Optional[str]:
         import av
     except ImportError:
         return 'PyAV (python3-av / pip av) is not installed'
-    name = codecs.get(codec).software_encoder.name
+    name = codec_registry.get(codec).software_encoder.name
     try:
         av.codec.Codec(name, 'w')
     except Exception as exc:  # PyAV raises its own error types for unknown codecs

@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from video_bridge.core import codecs, encoders, h264, image_codec
+from video_bridge.core import codec_registry, encoders, h264, image_codec
 from video_bridge.core.layers import KeyframeGate
 from video_bridge.core.protocol import (
     FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, FrameHeader, pack_frame_header, Variant)
@@ -92,14 +92,14 @@ class EncodedFrame:
 
     __slots__ = ('header', 'payload', '_wire', 'codec', 'data', 'keyframe', 'pts')
 
-    def __init__(self, header: FrameHeader, data: bytes, codec: str = codecs.JPEG,
+    def __init__(self, header: FrameHeader, data: bytes, codec: str = codec_registry.JPEG,
                  keyframe: bool = True, pts: int = 0):
         self.header = header
         self.codec = codec
         self.data = data          # the encoded bytes, whatever the codec
         self.keyframe = keyframe  # video: a decoder can start here (JPEG: always)
         self.pts = pts            # video: presentation time in encoders.TIME_BASE units
-        self.payload = pack_frame_header(header) + data if codec == codecs.JPEG else data
+        self.payload = pack_frame_header(header) + data if codec == codec_registry.JPEG else data
         self._wire: Dict[str, bytes] = {}
 
     @property

@@ -9,8 +9,8 @@ unit and kept with the unit (``EncodedFrame.wire``); each peer's sender gets a
 :class:`PrepackedEncoder` whose ``pack()`` only hands them back.
 
 Which packetiser a codec gets is aiortc's for the codec's MIME type in the registry
-(:mod:`video_bridge.core.codecs`), through aiortc's public ``get_encoder(...).pack()``, so the
-payloads are byte for byte what aiortc would make. A codec whose payloads carry a picture id
+(:mod:`video_bridge.core.codec_registry`), through aiortc's public ``get_encoder(...).pack()``,
+so the payloads are byte for byte what aiortc would make. A codec whose payloads carry a picture id
 that counts up per peer (VP8: a gap reads as a lost frame, and a peer skips units when it
 changes layer) names those bytes in its entry (``rtp_picture_id``); each peer writes its own
 id into its copy.
@@ -20,7 +20,7 @@ import random
 import struct
 from typing import Dict, List, Optional, Tuple
 
-from video_bridge.core import codecs, encoders
+from video_bridge.core import codec_registry, encoders
 
 _PACKERS: Dict[str, object] = {}   # codec name -> aiortc's encoder, used only for pack()
 
@@ -50,7 +50,7 @@ def shared_payloads(frame) -> Tuple[bytes, ...]:
 
 def _packetize(frame) -> Tuple[bytes, ...]:
     """Cut one unit into RTP payloads with aiortc's packetiser for the codec's MIME type."""
-    codec = codecs.get(frame.codec)
+    codec = codec_registry.get(frame.codec)
     if not codec.video:
         raise ValueError(f'no RTP packetisation for {frame.codec!r}')
     packer = _PACKERS.get(codec.name)
@@ -73,7 +73,7 @@ class PeerPacker:
 
     def __init__(self, codec: str, picture_id: Optional[int] = None):
         self.codec = codec
-        self._picture_id_at = codecs.get(codec).rtp_picture_id
+        self._picture_id_at = codec_registry.get(codec).rtp_picture_id
         self.picture_id = random.randrange(1 << 15) if picture_id is None else picture_id
 
     def unit(self, frame) -> PackedUnit:

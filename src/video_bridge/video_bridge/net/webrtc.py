@@ -44,7 +44,7 @@ import traceback
 from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
-from video_bridge.core.codecs import mime_types, sdp_preferences, WEBRTC_CODECS
+from video_bridge.core.codec_registry import mime_types, sdp_preferences, WEBRTC_CODECS
 from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
 from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
 from video_bridge.net import rtp_packing
@@ -83,7 +83,7 @@ SEND_BACKLOG_LOW = 8 * 1024
 class WebRtcConfig:
     """WebRTC settings of the bridge (ROS parameters of bridge_node)."""
 
-    codecs: Tuple[str, ...] = WEBRTC_CODECS   # preferred first (core.codecs names)
+    codecs: Tuple[str, ...] = WEBRTC_CODECS   # preferred first (core.codec_registry names)
     max_peers: int = 20
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
     policy: LayerPolicy = field(default_factory=LayerPolicy)

@@ -13,10 +13,10 @@ is read once at start and declared read-only; its description says that it needs
 from types import SimpleNamespace
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from video_bridge.core import codecs
+from video_bridge.core import codec_registry
 
 # Codec names and H.264 encoders the parameters accept: the codec registry's, nothing else.
-_H264 = codecs.get(codecs.H264)
+_H264 = codec_registry.get(codec_registry.H264)
 H264_ENCODERS = ('auto',) + tuple(encoder.name for encoder in _H264.encoders)
 _HARDWARE_H264 = [encoder.name for encoder in _H264.encoders if encoder.hardware]
 
@@ -126,8 +126,9 @@ BRIDGE_PARAMETERS = {
     # webrtc (issue 10)
     'webrtc_enabled': (True, 'Offer WebRTC video and data-channel teleop on /control (the page '
                        'falls back to websocket JPEG without it).', None),
-    'webrtc_codecs': (list(codecs.WEBRTC_CODECS), 'Video codecs offered over WebRTC, preferred '
-                      f'first (any of {", ".join(codecs.WEBRTC_CODECS)}).', None),
+    'webrtc_codecs': (list(codec_registry.WEBRTC_CODECS), 'Video codecs offered over WebRTC, '
+                      f'preferred first (any of {", ".join(codec_registry.WEBRTC_CODECS)}).',
+                      None),
     'webrtc_bitrate': (1200000, 'Bit/s of the full WebRTC layer; further layers at 1/2, 1/4 '
                        '(a change restarts the encoders at the new rate with a keyframe).',
                        (50000, 20000000)),
@@ -176,8 +177,8 @@ BRIDGE_PARAMETERS = {
                              None),
     'sfu_room_pin_file': ('', "File with the room's pin: needed to join it; given to pages "
                           'that passed the view check.', None),
-    'sfu_codec': (codecs.H264, 'Codec the bridge publishes to Janus: '
-                  f'{_either(codecs.WEBRTC_CODECS)} (the room must allow it).', None),
+    'sfu_codec': (codec_registry.H264, 'Codec the bridge publishes to Janus: '
+                  f'{_either(codec_registry.WEBRTC_CODECS)} (the room must allow it).', None),
     'sfu_token_ttl': (300.0, 'Seconds a minted Janus token stays valid (pages renew theirs '
                       'with their sfu_watch heartbeat).', (30.0, 86400.0)),
 }
@@ -279,8 +280,9 @@ def check_codec_parameters(webrtc_codecs, sfu_codec: str, h264_encoder: str) -> 
     parameter and what it accepts. One place, so the parameters accept exactly the registry's
     names: a codec added there is accepted here with no change.
     """
-    webrtc_codecs = codecs.check_names('webrtc_codecs', webrtc_codecs, codecs.WEBRTC_CODECS)
-    sfu_codec = (codecs.check_names('sfu_codec', [sfu_codec], codecs.WEBRTC_CODECS) or [''])[0]
+    allowed = codec_registry.WEBRTC_CODECS
+    webrtc_codecs = codec_registry.check_names('webrtc_codecs', webrtc_codecs, allowed)
+    sfu_codec = (codec_registry.check_names('sfu_codec', [sfu_codec], allowed) or [''])[0]
     if h264_encoder not in H264_ENCODERS:
         raise ValueError(f'h264_encoder: unknown H.264 encoder {h264_encoder!r} (one of: '
                          f'{", ".join(H264_ENCODERS)})')
