@@ -3,7 +3,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { CHANNEL_COMMANDS, codecName, decodableCodecs, StampTable } from '../js/webrtc.js';
+import { CHANNEL_COMMANDS, codecName, decodableCodecs, StampTable,
+         WebRtcVideo } from '../js/webrtc.js';
+import { FakeTimers } from './helpers.js';
 
 // what webrtc_config's mime_types says (the bridge's codec registry), here with a third codec
 const MIME_TYPES = { h264: 'video/H264', vp8: 'video/VP8', av1: 'video/AV1' };
@@ -25,6 +27,28 @@ test('codecName names a MIME type of the stats by the bridge\'s name for it', ()
   assert.equal(codecName('video/av1', MIME_TYPES), 'av1');
   assert.equal(codecName('video/VP9', MIME_TYPES), null);
   assert.equal(codecName('video/VP8', undefined), null);
+});
+
+test('a browser that decodes none of the offered codecs asks for no peer and says why', async () => {
+  const saved = [globalThis.RTCPeerConnection, globalThis.RTCRtpReceiver];
+  globalThis.RTCPeerConnection = class {};
+  globalThis.RTCRtpReceiver = { getCapabilities: () => ({ codecs: [{ mimeType: 'video/VP9' }] }) };
+  try {
+    const timers = new FakeTimers();
+    const sent = [];
+    const control = { status: 'connected', send: (m) => { sent.push(m); return sent.length; } };
+    const webrtc = new WebRtcVideo({ srcObject: null }, { control, clock: { age: () => null },
+                                                         timers, now: timers.now });
+    webrtc.start('camera');
+    assert.deepEqual(sent.map((m) => m.type), ['webrtc_config']);
+    await webrtc.message({ type: 'webrtc_config', id: 1, enabled: true, ice_servers: [],
+                           codecs: ['h264', 'vp8'], mime_types: MIME_TYPES });
+    assert.equal(webrtc.status, 'unavailable');
+    assert.match(webrtc.problem, /decodes none of the bridge's codecs \(h264, vp8\)/);
+    assert.deepEqual(sent.map((m) => m.type), ['webrtc_config'], 'no webrtc_start');
+  } finally {
+    [globalThis.RTCPeerConnection, globalThis.RTCRtpReceiver] = saved;
+  }
 });
 
 test('StampTable maps full 32-bit RTP timestamps and forgets the oldest', () => {
