@@ -29,7 +29,7 @@ test('codecName names a MIME type of the stats by the bridge\'s name for it', ()
   assert.equal(codecName('video/VP8', undefined), null);
 });
 
-test('a browser that decodes none of the offered codecs asks for no peer and says why', async () => {
+test('a browser decoding none of the offered codecs asks for no peer and says why', async () => {
   const saved = [globalThis.RTCPeerConnection, globalThis.RTCRtpReceiver];
   globalThis.RTCPeerConnection = class {};
   globalThis.RTCRtpReceiver = { getCapabilities: () => ({ codecs: [{ mimeType: 'video/VP9' }] }) };
