@@ -89,6 +89,8 @@ def test_every_encoder_is_found_by_name_and_the_software_one_comes_first():
             options = spec.options(1_000_000)
             assert all(isinstance(v, str) for v in options.values()), (spec.name, options)
         assert not any(spec.hardware for spec in codec.encoders[:1]), codec.name
+    assert 'unknown codec' in encoders.video_available('av1')
+    assert 'not a video codec' in encoders.video_available(registry.JPEG)
     with pytest.raises(ValueError, match='unknown VP8 encoder'):
         encoders.VideoEncoder(registry.VP8, 300_000, 30,
                               registry.get(registry.H264).software_encoder.name)

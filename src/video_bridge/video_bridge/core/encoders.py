@@ -401,7 +401,13 @@ def video_available(codec: str) -> Optional[str]:
         import av
     except ImportError:
         return 'PyAV (python3-av / pip av) is not installed'
-    name = codec_registry.get(codec).software_encoder.name
+    try:
+        entry = codec_registry.get(codec)
+    except ValueError as exc:
+        return str(exc)
+    if not entry.video:
+        return f'{codec} is not a video codec'
+    name = entry.software_encoder.name
     try:
         av.codec.Codec(name, 'w')
     except Exception as exc:  # PyAV raises its own error types for unknown codecs
