@@ -95,7 +95,7 @@ def test_hub_encodes_each_layer_once_for_all_its_peers():
     assert all(len(u) == 5 for u in units)
     assert units[0][0] is units[1][0] is units[2][0], 'one unit shared by every peer'
     assert units[0][0].keyframe and not units[0][1].keyframe
-    assert jpeg_viewer.take().jpeg[:2] == b'\xff\xd8'
+    assert jpeg_viewer.take().data[:2] == b'\xff\xd8'
     low = stream.attach(Variant(codec=encoders.H264, layer=2))
     stream.publish(raw(5))
     assert stream.counters().video_encoders == 2
@@ -268,7 +268,7 @@ def test_jpeg_viewers_and_lower_layers_share_one_decoder_held_only_while_they_wa
     assert (counters.video_encoders, counters.video_decoders) == (2, 1)
     assert counters.video_encodes == 16, 'two encoded layers, eight pictures'
     frame = jpeg.take()
-    shown = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    shown = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
     assert shown.shape == (HEIGHT, WIDTH, 3)
     assert np.abs(shown.astype(int) - picture(17).astype(int)).mean() < 12
     for viewer, codec in ((low, encoders.H264), (vp8, encoders.VP8)):

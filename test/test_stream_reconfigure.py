@@ -22,7 +22,7 @@ def test_a_new_default_quality_applies_to_viewers_that_join_after_it():
     after = stream.attach(Variant())
     assert (before.variant.quality, after.variant.quality) == (90, 10)
     stream.publish(frame(1))
-    assert len(after.take().jpeg) < 0.6 * len(before.take().jpeg)
+    assert len(after.take().data) < 0.6 * len(before.take().data)
 
 
 def test_a_new_bitrate_restarts_the_video_encoders_with_a_keyframe():

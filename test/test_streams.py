@@ -129,13 +129,13 @@ def test_frames_carry_the_source_stamp_size_and_received_time(stream):
     assert frame.header == protocol.FrameHeader(1, WIDTH, HEIGHT, 104, 5004, 1712345678.25, 0)
     header, jpeg = protocol.unpack_frame(frame.payload)
     assert header == frame.header
-    assert bytes(jpeg) == frame.jpeg
+    assert bytes(jpeg) == frame.data
 
 
 def test_a_bgr8_frame_is_a_jpeg_of_the_picture(stream):
     viewer = stream.attach(Variant(quality=95))
     stream.publish(bgr8())
-    picture = decode(viewer.take().jpeg)
+    picture = decode(viewer.take().data)
     assert picture.shape == (HEIGHT, WIDTH, 3)
     assert np.abs(picture[10, 5].astype(int) - (200, 40, 40)).max() < 20
     assert np.abs(picture[10, 50].astype(int) - (40, 40, 200)).max() < 20
@@ -145,7 +145,7 @@ def test_a_mono8_frame_is_a_grey_jpeg(stream):
     viewer = stream.attach(Variant(quality=95))
     stream.publish(mono8())
     frame = viewer.take()
-    picture = decode(frame.jpeg)
+    picture = decode(frame.data)
     assert picture.shape == (HEIGHT, WIDTH)
     assert abs(int(picture.mean()) - 90) <= 2
     assert frame.header.flags == 0
@@ -156,7 +156,7 @@ def test_a_16uc1_frame_is_colour_mapped(stream):
     stream.publish(depth16())
     frame = viewer.take()
     assert frame.header.flags == FLAG_COLORMAPPED
-    picture = decode(frame.jpeg)
+    picture = decode(frame.data)
     assert picture.shape == (HEIGHT, WIDTH, 3)
     assert not np.array_equal(picture[:, 2], picture[:, -3])  # near and far differ
 
@@ -208,7 +208,7 @@ def test_each_variant_is_encoded_separately(stream):
     frames = [viewer.take() for viewer in viewers]
     assert frames[0] is frames[1]
     assert len({id(frame) for frame in frames}) == 3
-    assert frames[2].jpeg != frames[0].jpeg
+    assert frames[2].data != frames[0].data
     counters = stream.counters()
     assert (counters.variants, counters.encode_count) == (3, 3)
     assert stream.publish(bgr8(1)) == 3
@@ -226,7 +226,7 @@ def test_a_scaled_variant_is_smaller_and_flagged(stream, variant, size):
     frame = viewer.take()
     assert (frame.header.width, frame.header.height) == size
     assert frame.header.flags == FLAG_SCALED
-    assert decode(frame.jpeg).shape[1::-1] == size
+    assert decode(frame.data).shape[1::-1] == size
 
 
 def test_a_variant_larger_than_the_source_is_not_scaled_up(stream):
@@ -249,7 +249,7 @@ def test_a_source_jpeg_at_the_default_quality_passes_through_untouched(jpeg_stre
     source = compressed()
     assert jpeg_stream.publish(source) == 1
     frame = viewer.take()
-    assert frame.jpeg == source.data
+    assert frame.data == source.data
     assert frame.header.flags == FLAG_PASSTHROUGH
     assert (frame.header.width, frame.header.height) == (WIDTH, HEIGHT)
     counters = jpeg_stream.counters()
@@ -262,10 +262,10 @@ def test_a_quality_variant_of_a_source_jpeg_is_re_encoded(jpeg_stream):
     source = compressed()
     assert jpeg_stream.publish(source) == 2
     frame = requality.take()
-    assert frame.jpeg != source.data
+    assert frame.data != source.data
     assert frame.header.flags == 0
-    assert decode(frame.jpeg).shape == (HEIGHT, WIDTH, 3)
-    assert passthrough.take().jpeg == source.data
+    assert decode(frame.data).shape == (HEIGHT, WIDTH, 3)
+    assert passthrough.take().data == source.data
     assert jpeg_stream.counters().encode_count == 1
 
 
@@ -281,9 +281,9 @@ def test_a_png_source_is_encoded_as_jpeg(jpeg_stream):
     viewer = jpeg_stream.attach(Variant())
     jpeg_stream.publish(compressed(extension='.png', image_format='png'))
     frame = viewer.take()
-    assert frame.jpeg[:3] == b'\xff\xd8\xff'
+    assert frame.data[:3] == b'\xff\xd8\xff'
     assert frame.header.flags == 0
-    assert decode(frame.jpeg).shape == (HEIGHT, WIDTH, 3)
+    assert decode(frame.data).shape == (HEIGHT, WIDTH, 3)
 
 
 def test_a_16_bit_compressed_depth_png_is_colour_mapped(jpeg_stream):
@@ -293,7 +293,7 @@ def test_a_16_bit_compressed_depth_png_is_colour_mapped(jpeg_stream):
                                    image_format='16UC1; compressedDepth png'))
     frame = viewer.take()
     assert frame.header.flags == FLAG_COLORMAPPED
-    assert decode(frame.jpeg).shape == (HEIGHT, WIDTH, 3)
+    assert decode(frame.data).shape == (HEIGHT, WIDTH, 3)
 
 
 def test_a_colour_mapped_16_bit_png_is_flagged_whatever_its_format_string(jpeg_stream):
@@ -302,7 +302,7 @@ def test_a_colour_mapped_16_bit_png_is_flagged_whatever_its_format_string(jpeg_s
     jpeg_stream.publish(compressed(extension='.png', picture=depth,
                                    image_format='mono16; png compressed mono16'))
     frame = viewer.take()
-    assert decode(frame.jpeg).ndim == 3  # it was colour-mapped...
+    assert decode(frame.data).ndim == 3  # it was colour-mapped...
     assert frame.header.flags & FLAG_COLORMAPPED  # ...so it says so
 
 
@@ -504,7 +504,7 @@ def test_encoded_frame_builds_each_wire_form_once(stream):
 
     def mjpeg(frame):
         calls.append('mjpeg')
-        return b'--boundary\r\n' + frame.jpeg
+        return b'--boundary\r\n' + frame.data
 
     def websocket(frame):
         calls.append('ws')

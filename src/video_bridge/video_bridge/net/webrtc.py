@@ -44,6 +44,7 @@ import traceback
 from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
+from video_bridge.core.codec_registry import mime_types, sdp_preferences, WEBRTC_CODECS
 from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
 from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
 from video_bridge.net import rtp_packing
@@ -82,7 +83,7 @@ SEND_BACKLOG_LOW = 8 * 1024
 class WebRtcConfig:
     """WebRTC settings of the bridge (ROS parameters of bridge_node)."""
 
-    codecs: Tuple[str, ...] = (encoders.H264, encoders.VP8)
+    codecs: Tuple[str, ...] = WEBRTC_CODECS   # preferred first (core.codec_registry names)
     max_peers: int = 20
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
     policy: LayerPolicy = field(default_factory=LayerPolicy)
@@ -483,7 +484,8 @@ class WebRtcService:
         servers = [server.as_dict() for server in self.ice.servers(client_id, self.wall_clock())
                    if relay or not any(ice.is_turn(url) for url in server.urls)]
         return {'type': 'webrtc_config', 'enabled': bool(self.codecs),
-                'codecs': list(self.codecs), 'ice_servers': servers}
+                'codecs': list(self.codecs), 'mime_types': mime_types(self.codecs),
+                'ice_servers': servers}
 
     def handle(self, client_id: str, grant, message: dict):
         """
@@ -635,12 +637,8 @@ class WebRtcService:
         peer.backlog = SendBacklog(peer.sender, SEND_BACKLOG_HIGH, SEND_BACKLOG_LOW)
         if rtp_packing.install(peer.sender):
             peer.packer = rtp_packing.PeerPacker(codec)
-        mime = 'video/H264' if codec == encoders.H264 else 'video/VP8'
-        capabilities = RTCRtpSender.getCapabilities('video').codecs
-        preferred = [c for c in capabilities if c.mimeType == mime and (
-            codec != encoders.H264 or c.parameters.get('packetization-mode') == '1')]
-        transceiver.setCodecPreferences(
-            preferred + [c for c in capabilities if c.mimeType == 'video/rtx'])
+        transceiver.setCodecPreferences(sdp_preferences(
+            codec, RTCRtpSender.getCapabilities('video').codecs))
         self._hook_sender(peer)
         channel = peer.channel = pc.createDataChannel(CHANNEL_LABEL, ordered=False,
                                                       maxRetransmits=0)
