@@ -44,8 +44,8 @@ def test_a_compressed_video_stream_keeps_its_message_type_after_a_change(ros, st
     """Checking a change builds every stream's settings; that must not retype a stream."""
     from video_bridge_msgs.msg import BridgeStatus
     video = 'foxglove_msgs/msg/CompressedVideo'
-    start_bridge(env=foxglove_env, status_period=0.2, subscribe_on_demand=False,
-                 **{'streams.camera.type': 'compressed_video', 'streams.camera.topic': '/rt/video'})
+    start_bridge(env=foxglove_env, status_period=0.2, subscribe_on_demand=False, **{
+        'streams.camera.type': 'compressed_video', 'streams.camera.topic': '/rt/video'})
     statuses = ros.collect(BridgeStatus, '/bridge_node/status')
     wait_for(lambda: statuses, 15, 'a status')
     assert [stream.type for stream in statuses[-1].streams] == [video]
