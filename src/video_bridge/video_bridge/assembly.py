@@ -4,9 +4,10 @@ The bridge assembled without ROS: hub, access, teleop, control, server, WebRTC a
 :class:`Bridge` builds every piece from a :class:`BridgeConfig` and one :class:`RosCallbacks`
 object, wires them to each other, and owns what runs between them: which frame wakes whom,
 when an image topic is subscribed (:mod:`video_bridge.core.demand`), topic streams made on
-request, run-time reconfiguration, start and stop. It imports :mod:`core` and :mod:`net` only,
-never rclpy (test_assembly checks it), so the whole bridge runs in-process in a test with a
-plain object standing where ROS is.
+request, run-time reconfiguration, the status report, start (with the page URL when it made
+the token) and stop. It imports :mod:`core` and :mod:`net` only, never rclpy (test_assembly
+checks it), so the whole bridge runs in-process in a test with a plain object standing where
+ROS is.
 
 :mod:`video_bridge.ros.bridge_node` is the ROS side: it declares the parameters, turns them
 into the config, implements :class:`RosCallbacks` with publishers and subscriptions, and spins.
@@ -20,6 +21,8 @@ import asyncio
 import dataclasses
 from dataclasses import dataclass, field
 import logging
+import os
+import socket
 import time
 from typing import Callable, Dict, Mapping, Optional, Protocol, Set, Tuple
 
@@ -447,6 +450,23 @@ class Bridge:
         if self.sfu is not None:
             self.sfu.start()
 
+    def announce(self):
+        """Log where the bridge serves and who may do what; print the page URL of a made token."""
+        config, access = self.config, self.access
+        self.log.info(
+            f'video_bridge serving {self.server.url}/ (streams: '
+            f'{", ".join(s.name for s in self.hub.streams()) or "none"}; '
+            f'control token {"required" if access.token_required else "not set"})')
+        beyond_loopback = not is_loopback(config.host)
+        rights = access.summary(beyond_loopback)
+        if self.generated_token:
+            print_page_url(self.server, access.token)
+        if (beyond_loopback and not access.token) or (
+                access.token and not access.view_requires_token):
+            self.log.warning(f'who may do what: {rights}')
+        else:
+            self.log.info(f'who may do what: {rights}')
+
     async def stop(self):
         """Stop the car (a final zero, delivered), the peers, then every client connection."""
         self.closing = True
@@ -459,3 +479,68 @@ class Bridge:
         # Off the loop, so control messages arriving meanwhile are still answered.
         await asyncio.get_running_loop().run_in_executor(None, self.ros.flush_velocity, 1.0)
         await self.server.stop()
+
+
+PAGE_URL_VARIABLE = 'VIDEO_BRIDGE_PAGE_URL'
+
+
+def network_namespace():
+    """
+    Name this process's network namespace when it is not the machine's own, else None.
+
+    A namespace made with ``ip netns add`` is found by name under /run/netns; another one
+    (``unshare --net``) is '' when pid 1's namespace can be read to compare, else unknown (None).
+    """
+    try:
+        mine = os.stat('/proc/self/ns/net')
+    except OSError:
+        return None
+    try:
+        for name in sorted(os.listdir('/run/netns')):
+            named = os.stat(os.path.join('/run/netns', name))
+            if (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
+                return name
+    except OSError:
+        pass
+    try:
+        return '' if os.stat('/proc/1/ns/net').st_ino != mine.st_ino else None
+    except OSError:  # pid 1's namespace is not ours to read: cannot tell
+        return None
+
+
+def page_urls(server, token: str, page_url: str = '') -> tuple:
+    """
+    Return ``(urls, where)``: the page URLs with the token, and where they open.
+
+    ``page_url`` (``$VIDEO_BRIDGE_PAGE_URL``) is the page as the user reaches it from outside,
+    e.g. ``http://203.0.113.2:8080/`` for scripts/demo's namespace: then it is the only URL.
+    Otherwise the bridge's own names, which inside a network namespace open only there.
+    """
+    query = f'?token={token}'
+    if page_url:
+        return [page_url.rstrip('/') + '/' + query], ''
+    scheme = 'https' if server.config.tls_cert else 'http'
+    hosts = [socket.gethostname(), '127.0.0.1'] if server.config.host in ('0.0.0.0', '::') \
+        else [server.config.host]
+    namespace = network_namespace()
+    where = '' if namespace is None else (
+        f' (addresses inside network namespace {namespace or "of bridge_node"}, valid only '
+        'there: from outside it use the address of its interface, or set '
+        '$VIDEO_BRIDGE_PAGE_URL to print that)')
+    return [f'{scheme}://{host}:{server.port}/{query}' for host in hosts], where
+
+
+def print_page_url(server, token: str):
+    """
+    Show the page URL with the generated token on stdout (not /rosout: DDS nodes read that).
+
+    Jupyter-style: open it once; the page keeps the token for the tab and drops it from the
+    address bar.
+    """
+    urls, where = page_urls(server, token, os.environ.get(PAGE_URL_VARIABLE, '').strip())
+    what = 'watch and drive' if server.access.view_requires_token else \
+        'drive (anyone may watch: view_requires_token is false)'
+    print('video_bridge: no token was configured and the bridge is reachable beyond this '
+          f'machine, so it made one.\nTo {what}, open{where}:\n'
+          + '\n'.join(f'    {url}' for url in urls) +
+          '\n(set token_file or $VIDEO_BRIDGE_TOKEN to choose your own)', flush=True)

@@ -25,7 +25,6 @@ import ctypes
 import dataclasses
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -46,7 +45,6 @@ from std_msgs.msg import Bool
 from video_bridge.assembly import (Bridge, BridgeConfig, COMPRESSED_VIDEO_TYPE, IMAGE_TYPES,
                                    StreamConfig)
 from video_bridge.core import cdr
-from video_bridge.core.access import is_loopback
 from video_bridge.core.image_codec import MalformedImage, UnsupportedEncoding
 from video_bridge.core.streams import COMPRESSED, H264, RAW, SourceImage
 from video_bridge.ros.image_intake import ImageIntake
@@ -458,19 +456,7 @@ async def run_bridge(args=None) -> int:
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor,), daemon=True)
         spinner.start()
-        node.get_logger().info(
-            f'video_bridge serving {bridge.server.url}/ (streams: '
-            f'{", ".join(s.name for s in bridge.hub.streams()) or "none"}; '
-            f'control token {"required" if bridge.access.token_required else "not set"})')
-        beyond_loopback = not is_loopback(node.p.host)
-        rights = bridge.access.summary(beyond_loopback)
-        if bridge.generated_token:
-            print_page_url(bridge.server, bridge.access.token)
-        if (beyond_loopback and not bridge.access.token) or (
-                bridge.access.token and not bridge.access.view_requires_token):
-            node.get_logger().warning(f'who may do what: {rights}')
-        else:
-            node.get_logger().info(f'who may do what: {rights}')
+        bridge.announce()
         await stop.wait()
         await bridge.stop()
         return 0
@@ -484,71 +470,6 @@ async def run_bridge(args=None) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-
-
-PAGE_URL_VARIABLE = 'VIDEO_BRIDGE_PAGE_URL'
-
-
-def network_namespace():
-    """
-    Name this process's network namespace when it is not the machine's own, else None.
-
-    A namespace made with ``ip netns add`` is found by name under /run/netns; another one
-    (``unshare --net``) is '' when pid 1's namespace can be read to compare, else unknown (None).
-    """
-    try:
-        mine = os.stat('/proc/self/ns/net')
-    except OSError:
-        return None
-    try:
-        for name in sorted(os.listdir('/run/netns')):
-            named = os.stat(os.path.join('/run/netns', name))
-            if (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
-                return name
-    except OSError:
-        pass
-    try:
-        return '' if os.stat('/proc/1/ns/net').st_ino != mine.st_ino else None
-    except OSError:  # pid 1's namespace is not ours to read: cannot tell
-        return None
-
-
-def page_urls(server, token: str, page_url: str = '') -> tuple:
-    """
-    Return ``(urls, where)``: the page URLs with the token, and where they open.
-
-    ``page_url`` (``$VIDEO_BRIDGE_PAGE_URL``) is the page as the user reaches it from outside,
-    e.g. ``http://203.0.113.2:8080/`` for scripts/demo's namespace: then it is the only URL.
-    Otherwise the bridge's own names, which inside a network namespace open only there.
-    """
-    query = f'?token={token}'
-    if page_url:
-        return [page_url.rstrip('/') + '/' + query], ''
-    scheme = 'https' if server.config.tls_cert else 'http'
-    hosts = [socket.gethostname(), '127.0.0.1'] if server.config.host in ('0.0.0.0', '::') \
-        else [server.config.host]
-    namespace = network_namespace()
-    where = '' if namespace is None else (
-        f' (addresses inside network namespace {namespace or "of bridge_node"}, valid only '
-        'there: from outside it use the address of its interface, or set '
-        '$VIDEO_BRIDGE_PAGE_URL to print that)')
-    return [f'{scheme}://{host}:{server.port}/{query}' for host in hosts], where
-
-
-def print_page_url(server, token: str):
-    """
-    Show the page URL with the generated token on stdout (not /rosout: DDS nodes read that).
-
-    Jupyter-style: open it once; the page keeps the token for the tab and drops it from the
-    address bar.
-    """
-    urls, where = page_urls(server, token, os.environ.get(PAGE_URL_VARIABLE, '').strip())
-    what = 'watch and drive' if server.access.view_requires_token else \
-        'drive (anyone may watch: view_requires_token is false)'
-    print('video_bridge: no token was configured and the bridge is reachable beyond this '
-          f'machine, so it made one.\nTo {what}, open{where}:\n'
-          + '\n'.join(f'    {url}' for url in urls) +
-          '\n(set token_file or $VIDEO_BRIDGE_TOKEN to choose your own)', flush=True)
 
 
 def _spin(executor):
