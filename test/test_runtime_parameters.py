@@ -37,3 +37,23 @@ def test_an_atomic_change_is_applied_whole_or_refused_whole(ros, start_bridge):
         Parameter('default_quality', Parameter.Type.INTEGER, 40)]), 'an accepted set')
     assert taken.result.successful, taken.result.reason
     assert (value_of(client, 'max_linear'), value_of(client, 'default_quality')) == (0.25, 40)
+
+
+def test_a_compressed_video_stream_keeps_its_message_type_after_a_change(ros, start_bridge,
+                                                                         foxglove_env):
+    """Checking a change builds every stream's settings; that must not retype a stream."""
+    from video_bridge_msgs.msg import BridgeStatus
+    video = 'foxglove_msgs/msg/CompressedVideo'
+    start_bridge(env=foxglove_env, status_period=0.2, subscribe_on_demand=False, **{
+        'streams.camera.type': 'compressed_video', 'streams.camera.topic': '/rt/video'})
+    statuses = ros.collect(BridgeStatus, '/bridge_node/status')
+    wait_for(lambda: statuses, 15, 'a status')
+    assert [stream.type for stream in statuses[-1].streams] == [video]
+    client = AsyncParameterClient(ros.node, '/bridge_node')
+    assert client.wait_for_services(timeout_sec=15)
+    taken = call(client.set_parameters_atomically([
+        Parameter('max_linear', Parameter.Type.DOUBLE, 0.25)]), 'a change')
+    assert taken.result.successful, taken.result.reason
+    seen = len(statuses)
+    wait_for(lambda: len(statuses) >= seen + 2, 15, 'a status after the change')
+    assert [stream.type for stream in statuses[-1].streams] == [video]
