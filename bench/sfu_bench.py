@@ -213,31 +213,6 @@ class DirectReceiver:
         await self.pc.close()
 
 
-async def janus_request(url, body):
-    """One VideoRoom request on a short session of its own (the two-node set-up)."""
-    viewer = janus_lab.JanusViewer(url)
-    try:
-        handle = await viewer.session(sfu.session_token(TOKEN_SECRET, time.time()))
-        data, _ = await viewer.janus.message(handle, body)
-        return data
-    finally:
-        await viewer.close()
-
-
-async def forward(url_a, url_b, feed_id, codec) -> int:
-    """Node A forwards the robot's feed to node B; return the feed's id on B."""
-    remote = await janus_request(url_b, {
-        'request': 'add_remote_publisher', 'room': janus_lab.ROOM, 'secret': ROOM_SECRET,
-        'admin_key': janus_lab.ADMIN_KEY, 'display': 'car1 via node A',
-        'iface': janus_lab.ADDRESS,
-        'streams': [{'type': 'video', 'mid': '0', 'mindex': 0, 'codec': codec}]})
-    await janus_request(url_a, {
-        'request': 'publish_remotely', 'room': janus_lab.ROOM, 'publisher_id': feed_id,
-        'secret': ROOM_SECRET, 'admin_key': janus_lab.ADMIN_KEY, 'remote_id': 'node-b',
-        'host': janus_lab.ADDRESS, 'port': remote['port'], 'rtcp_port': remote['rtcp_port']})
-    return remote['id']
-
-
 async def latency(options, published, feeder, published_at, stop):
     """Direct peer vs Janus (and A -> B): per frame, decoded - published, on one clock."""
     from aiortc import RTCSessionDescription
@@ -259,10 +234,10 @@ async def latency(options, published, feeder, published_at, stop):
     paths['janus A'] = StampedViewer(options.url)
     await paths['janus A'].watch(access)
     if options.second_url:
-        remote_id = await forward(options.url, options.second_url, feed.feed_id, options.codec)
+        await janus_lab.forward_feed(Node(options.url), Node(options.second_url), feed.feed_id,
+                                     options.codec)
         paths['A -> B'] = StampedViewer(options.second_url)
-        await paths['A -> B'].watch(dict(published.viewer_access('cam', 'latency-b'),
-                                         feed=remote_id))
+        await paths['A -> B'].watch(published.viewer_access('cam', 'latency-b'))
     try:
         await wait_until(lambda: all(v.frames >= 30 for v in paths.values()), 40,
                          'every path gets frames')
@@ -356,9 +331,8 @@ def fanout(rig, options, nodes, codec) -> list:
     """One robot, then viewers added to each K; a window per K. Returns the rows."""
     robot_child = start_robot(rig, nodes[0].url, codec, options)
     state = wait_status(robot_child, lambda s: s.get('published'), 40, 'the robot publishes')
-    feeds = [state['feed']]
-    if len(nodes) > 1:
-        feeds.append(asyncio.run(forward(nodes[0].url, nodes[1].url, state['feed'], codec)))
+    if len(nodes) > 1:     # the feed gets the same id on node B
+        asyncio.run(janus_lab.forward_feed(nodes[0], nodes[1], state['feed'], codec))
     workers = []     # (child, node index, count)
     rows = []
     for target in options.viewers:
@@ -370,7 +344,7 @@ def fanout(rig, options, nodes, codec) -> list:
             while count > 0:
                 batch = min(count, options.per_worker)
                 child = rig.start(f'viewers-{len(workers)}', benchlib.python_argv(
-                    'sfu_bench.py', 'viewers', '--url', nodes[node].url, '--feed', feeds[node],
+                    'sfu_bench.py', 'viewers', '--url', nodes[node].url, '--feed', state['feed'],
                     '--count', batch, '--seconds', options.max_seconds))
                 workers.append((child, node, batch))
                 count -= batch

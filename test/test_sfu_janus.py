@@ -16,8 +16,9 @@ import time
 
 import pytest
 from support.janus_lab import (ADDRESS, ADMIN_KEY, busy_picture, count_frames, Feeder,
-                               Janus, janus_cpu_seconds, JanusEdge, JanusViewer, lab_interface,
-                               OTHER_ROOM, process_cpu_seconds, publisher, ROOM, uplink_rate)
+                               forward_feed, Janus, janus_cpu_seconds, JanusEdge, JanusViewer,
+                               lab_interface, media_ports, OTHER_ROOM, process_cpu_seconds,
+                               publisher, ROOM, uplink_rate)
 from video_bridge.core import sfu
 from webrtc_support import wait_until
 
@@ -539,6 +540,55 @@ def test_publishing_outlives_its_tokens(janus):
         asyncio.run(scenario())
     finally:
         feeder.close()
+
+
+def test_nginx_spreads_viewers_over_two_nodes(janus):
+    """deploy/cloud's upstream: viewers through nginx's /janus-view land on node A or node B
+    (B fed by A with the feed's own id), all get frames, the robot still sends one stream."""
+    second = Janus(rtp_ports='41000-41999')
+    edge = JanusEdge(janus, spread=(janus, second))
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder, codec='vp8')   # see the test below: VP8
+        published.start()
+        published.set_wanted({'cam'})
+        viewers = []
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            feed = published.feeds['cam']
+            await forward_feed(janus, second, feed.feed_id, 'vp8')
+            first = JanusViewer(edge.viewers_url)
+            viewers.append(first)
+            await first.watch(published.viewer_access('cam', 'page-0'), decode=False)
+            await wait_until(lambda: first.frames >= 15, 20, 'the first viewer gets frames')
+            one = await uplink_rate(feed, 2.0)
+            for index in range(1, 4):
+                viewer = JanusViewer(edge.viewers_url)
+                viewers.append(viewer)
+                await viewer.watch(published.viewer_access('cam', f'page-{index}'),
+                                   decode=False)
+            await wait_until(lambda: all(v.frames >= 15 for v in viewers), 20,
+                             'four viewers get frames')
+            four = await uplink_rate(feed, 2.0)
+            nodes = ['A' if all(40000 <= p < 41000 for p in media_ports(v)) else
+                     'B' if all(41000 <= p < 42000 for p in media_ports(v)) else '?'
+                     for v in viewers]
+            print(f'viewers landed on {nodes}; robot uplink {one / 1000:.0f} kbit/s for one '
+                  f'viewer, {four / 1000:.0f} kbit/s for four on two nodes')
+            assert sorted(nodes) == ['A', 'A', 'B', 'B'], nodes   # least_conn: two each
+            assert four < one * 1.25 + 50_000, (one, four)
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+        edge.close()
+        second.close()
 
 
 def test_a_second_node_gets_the_robots_feed_from_the_first(janus):

@@ -107,21 +107,39 @@ class Janus:
 
 
 class JanusEdge:
-    """nginx with deploy/cloud/janus-nginx-location.conf in front of Janus (ws://.../janus)."""
+    """nginx with deploy/cloud/janus-nginx-location.conf in front of Janus (ws://.../janus).
 
-    def __init__(self, janus: 'Janus'):
+    With ``spread`` (Janus nodes, the first being ``janus``), also the viewers' location of
+    deploy/cloud/janus-nginx-viewers-location.conf over janus-nginx-upstream.conf's upstream,
+    its servers replaced by the nodes' ports (``viewers_url``, ws://.../janus-view).
+    """
+
+    def __init__(self, janus: 'Janus', spread=()):
         nginx = shutil.which('nginx') or '/usr/sbin/nginx'
         if not os.path.exists(nginx):
             pytest.skip('nginx is not installed: scripts/bootstrap installs it')
         self.port = free_port()
         self.url = f'ws://127.0.0.1:{self.port}/janus'
+        self.viewers_url = f'ws://127.0.0.1:{self.port}/janus-view'
         with open(os.path.join(DEPLOY, 'janus-nginx-location.conf')) as snippet:
             location = snippet.read().replace('127.0.0.1:8188', f'127.0.0.1:{janus.port}')
-        with open(os.path.join(janus.dir, 'janus-location.conf'), 'w') as out:
+        includes = [os.path.join(janus.dir, 'janus-location.conf')]
+        with open(includes[0], 'w') as out:
             out.write(location)
+        upstream = ''
+        if spread:
+            with open(os.path.join(DEPLOY, 'janus-nginx-upstream.conf')) as snippet:
+                upstream = snippet.read()
+            servers = re.findall(r'^\s*server (\S+:8188)', upstream, re.MULTILINE)
+            assert len(servers) == len(spread), (servers, 'one upstream server per node')
+            for server, node in zip(servers, spread):
+                upstream = upstream.replace(f'server {server}', f'server 127.0.0.1:{node.port}')
+            includes.append(os.path.join(janus.dir, 'janus-viewers-location.conf'))
+            shutil.copy(os.path.join(DEPLOY, 'janus-nginx-viewers-location.conf'), includes[1])
         conf = os.path.join(janus.dir, 'nginx.conf')
         temp = os.path.join(janus.dir, 'nginx-temp')
         os.makedirs(temp, exist_ok=True)
+        include_lines = '\n'.join(f'        include {path};' for path in includes)
         with open(conf, 'w') as out:
             out.write(f"""pid {janus.dir}/nginx.pid;
 error_log stderr;
@@ -131,9 +149,10 @@ http {{
     client_body_temp_path {temp}; proxy_temp_path {temp}; fastcgi_temp_path {temp};
     uwsgi_temp_path {temp}; scgi_temp_path {temp};
     limit_req_zone $binary_remote_addr zone=video_bridge_attempts:1m rate=10r/s;
+{upstream}
     server {{
         listen 127.0.0.1:{self.port};
-        include {janus.dir}/janus-location.conf;
+{include_lines}
     }}
 }}
 """)
@@ -323,3 +342,40 @@ def process_cpu_seconds(pid: int) -> float:
 
 def janus_cpu_seconds(janus) -> float:
     return process_cpu_seconds(janus.process.proc.pid)
+
+
+async def janus_request(node, body: dict) -> dict:
+    """One VideoRoom request on a short session of its own, with a token ``node`` accepts."""
+    viewer = JanusViewer(node.url)
+    try:
+        handle = await viewer.session(sfu.session_token(node.token_secret, time.time()))
+        data, _ = await viewer.janus.message(handle, body)
+        return data
+    finally:
+        await viewer.close()
+
+
+async def forward_feed(origin, edge_node, feed_id: int, codec: str,
+                       remote_id: str = 'node-b') -> dict:
+    """Janus 1.1's remote publishers: ``origin`` forwards the robot's feed ``feed_id`` to
+    ``edge_node`` (plain RTP, RTCP back for keyframe requests), where it gets the same id, so
+    one sfu_access is good on both nodes. Returns add_remote_publisher's answer."""
+    remote = await janus_request(edge_node, {
+        'request': 'add_remote_publisher', 'room': ROOM, 'secret': edge_node.room_secret,
+        'admin_key': ADMIN_KEY, 'id': feed_id, 'display': 'robot via the origin',
+        'iface': ADDRESS,
+        'streams': [{'type': 'video', 'mid': '0', 'mindex': 0, 'codec': codec}]})
+    await janus_request(origin, {
+        'request': 'publish_remotely', 'room': ROOM, 'publisher_id': feed_id,
+        'secret': origin.room_secret, 'admin_key': ADMIN_KEY,
+        'remote_id': remote_id, 'host': ADDRESS, 'port': remote['port'],
+        'rtcp_port': remote['rtcp_port']})
+    return remote
+
+
+def media_ports(viewer: 'JanusViewer') -> set:
+    """The UDP ports of the Janus node a viewer's media comes from (its offer's candidates):
+    which node it landed on, each node having its own rtp_port_range."""
+    sdp = viewer.pc.remoteDescription.sdp
+    return {int(m.group(1)) for m in re.finditer(
+        rf'a=candidate:\S+ \d+ udp \d+ {re.escape(ADDRESS)} (\d+)', sdp, re.IGNORECASE)}
