@@ -364,9 +364,10 @@ async def a_viewer_gets_frames(janus, access, frames: int, what: str):
         await viewer.close()
 
 
-def test_uplink_stays_one_stream_from_1_to_20_viewers(janus):
-    """640x480 at the top layer: the robot's uplink at 1, 5 and 20 viewers through Janus
-    (viewers count frames without decoding), every viewer's frame rate, Janus's CPU."""
+def test_uplink_stays_one_stream_at_640x480_for_one_or_five_viewers(janus):
+    """640x480 at the top layer: the robot's uplink at 1 and 5 viewers through Janus
+    (viewers count frames without decoding), every viewer's frame rate, Janus's CPU.
+    A quick check: bench/run sfu measures 1, 5, 20 and 50 viewers, and robot CPU."""
     feeder = Feeder(busy_picture())
 
     async def scenario():
@@ -378,7 +379,7 @@ def test_uplink_stays_one_stream_from_1_to_20_viewers(janus):
         try:
             await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
             feed = published.feeds['cam']
-            for target in (1, 5, 20):
+            for target in (1, 5):
                 while len(viewers) < target:
                     viewer = JanusViewer(janus.url)
                     viewers.append(viewer)
@@ -388,7 +389,7 @@ def test_uplink_stays_one_stream_from_1_to_20_viewers(janus):
                                  f'{target} viewers get frames')
                 frames = [v.frames for v in viewers]
                 cpu, started = janus_cpu_seconds(janus), time.monotonic()
-                rate = await uplink_rate(feed, 5.0)
+                rate = await uplink_rate(feed, 3.0)
                 elapsed = time.monotonic() - started
                 fps = [(v.frames - f) / elapsed for v, f in zip(viewers, frames)]
                 janus_cpu = (janus_cpu_seconds(janus) - cpu) / elapsed
