@@ -17,13 +17,20 @@ namespace gets a veth pair (198.51.100.1/24, Janus gathers candidates on no loop
   viewers``, --per-worker each), counting assembled frames without decoding them (fifty
   decoders do not fit two cores; decoding is not what is measured). For each K in --viewers,
   once every viewer has 30 frames, after --warmup, a window of --duration s: the robot's uplink
-  (RTP bytes its sender put on the wire, aiortc's outbound-rtp, in kbit/s), the robot process's
-  CPU, Janus's CPU, the slowest and the median viewer's fps, the viewers' and others' CPU.
+  (RTP bytes its sender put on the wire, aiortc's outbound-rtp, in kbit/s, and against the
+  first K's; and per frame sent, which the load on the machine does not move: the robot's
+  frame rate does, see "sent fps"), the layer it sends, the hub's encoders, keyframes it sent
+  / PLIs Janus passed it in the window, the robot process's CPU (encode, packetise, SRTP, its
+  asyncio loop; in % of a core, and in ms per frame sent), Janus's CPU, the frames per second
+  the robot sent, the slowest and the median viewer's fps, the viewers' and others' CPU
+  (others: processes outside the benchmark, of 200 %).
   "Janus per viewer" is (Janus CPU at K - at the first K) / (K - first K).
 * twonode: the same with two Janus nodes: node A forwards the robot's feed to node B (Janus
   1.1's remote publishers: publish_remotely on A, add_remote_publisher on B, plain RTP with
   RTCP back for keyframe requests), viewer i on node A for even i, on B for odd i. VP8: Janus
   1.1.2 offers a remote publisher's H.264 without its fmtp line, which browsers cannot match.
+  VP8 cannot hold its bit rate on the H.264 part's picture (noise on every other pixel: 5.7
+  Mbit/s at qmax 56), so its picture has noise on every 8th pixel (about 1.1 Mbit/s).
 * latency: in the robot process, the same shared encoder feeds two peers: the Janus publisher,
   and a direct peer made as the bridge makes a browser's (net/webrtc.py's Peer, the same offer)
   to a local aiortc receiver. A decoding aiortc viewer watches through Janus (and, with the
@@ -67,13 +74,15 @@ BLOCK = 32                  # px (of 640) per bit block
 ROOM_SECRET = 'test-room-secret'   # janus_lab.Janus's test secrets
 TOKEN_SECRET = 'test-token-secret'
 PIN = 'test-pin'
+# janus_lab.busy_picture's noise grid per codec: each codec near the 1.2 Mbit/s top layer
+NOISE_STEP = {'h264': 2, 'vp8': 8}
 
 
 # -- the pictures ------------------------------------------------------------------------------
 
-def stamped_picture(published_at: dict, width=640, height=480):
+def stamped_picture(published_at: dict, step: int, width=640, height=480):
     """janus_lab.busy_picture with the frame index painted in; note when each is made."""
-    busy = janus_lab.busy_picture(width, height)
+    busy = janus_lab.busy_picture(width, height, step=step)
 
     def make(index):
         image = busy(index)
@@ -143,7 +152,8 @@ def stop_on_sigint() -> asyncio.Event:
 async def robot(options):
     """The robot: publish the fed stream to Janus; status every STATUS_PERIOD s."""
     published_at = {}
-    feeder = janus_lab.Feeder(stamped_picture(published_at))
+    step = options.noise_step or NOISE_STEP[options.codec]
+    feeder = janus_lab.Feeder(stamped_picture(published_at, step))
     try:
         stop = stop_on_sigint()
         published = janus_lab.publisher(Node(options.url), feeder, codec=options.codec)
@@ -402,6 +412,10 @@ def measure_latency(rig, options, nodes, codec) -> dict:
 
 def fanout_table(rows) -> str:
     first = rows[0]
+
+    def per_frame(row):
+        return row['uplink'] / row['sent_fps'] if row['sent_fps'] else math.nan
+
     out = []
     for row in rows:
         extra = row['viewers'] - first['viewers']
@@ -409,15 +423,19 @@ def fanout_table(rows) -> str:
                       for c, c0 in zip(row['janus_cpu'], first['janus_cpu'])]
         out.append([row['viewers'], fmt(row['uplink'], 0),
                     fmt(100 * (row['uplink'] / first['uplink'] - 1), 1, ' %'),
+                    fmt(per_frame(row), 1),
+                    fmt(100 * (per_frame(row) / per_frame(first) - 1), 1, ' %'),
                     row['layer'], row['encoders'], f"{row['keyframes']}/{row['pli']}",
                     fmt(row['robot_cpu'], 1),
+                    fmt(row['robot_cpu'] * 10 / row['sent_fps'] if row['sent_fps'] else None,
+                        2),
                     ' + '.join(fmt(c, 1) for c in row['janus_cpu']),
                     ' + '.join(fmt(c, 2) for c in per_viewer),
                     fmt(row['sent_fps'], 1), fmt(row['slowest_fps'], 1),
                     fmt(row['median_fps'], 1),
                     fmt(row['viewers_cpu'], 0), fmt(row['others_cpu'], 0)])
-    return table(['viewers', 'uplink kbit/s', 'vs first', 'layer', 'encoders', 'keyframes/PLI',
-                  'robot CPU %',
+    return table(['viewers', 'uplink kbit/s', 'vs first', 'kbit/frame', 'vs first', 'layer',
+                  'encoders', 'keyframes/PLI', 'robot CPU %', 'robot CPU ms/frame',
                   'Janus CPU %', 'Janus %/viewer', 'sent fps', 'slowest fps', 'median fps',
                   'viewers CPU %', 'others CPU %'], out)
 
@@ -503,6 +521,8 @@ def main():
     parser.add_argument('--latency', type=float, default=0.0)
     parser.add_argument('--feed', type=int, default=0)
     parser.add_argument('--count', type=int, default=1)
+    parser.add_argument('--noise-step', type=int, default=0,
+                        help="the picture's noise grid (default: 2 for H.264, 8 for VP8)")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if options.role == 'robot':
