@@ -434,10 +434,10 @@ def fanout_table(rows) -> str:
                     fmt(row['sent_fps'], 1), fmt(row['slowest_fps'], 1),
                     fmt(row['median_fps'], 1),
                     fmt(row['viewers_cpu'], 0), fmt(row['others_cpu'], 0)])
-    return table(['viewers', 'uplink kbit/s', 'vs first', 'kbit/frame', 'vs first', 'layer',
-                  'encoders', 'keyframes/PLI', 'robot CPU %', 'robot CPU ms/frame',
-                  'Janus CPU %', 'Janus %/viewer', 'sent fps', 'slowest fps', 'median fps',
-                  'viewers CPU %', 'others CPU %'], out)
+    return (['viewers', 'uplink kbit/s', 'vs first', 'kbit/frame', 'vs first', 'layer',
+             'encoders', 'keyframes/PLI', 'robot CPU %', 'robot CPU ms/frame', 'Janus CPU %',
+             'Janus %/viewer', 'sent fps', 'slowest fps', 'median fps', 'viewers CPU %',
+             'others CPU %'], out)
 
 
 def latency_table(results) -> str:
@@ -449,8 +449,13 @@ def latency_table(results) -> str:
                         fmt(pct(path['ages'], 50), 1), fmt(pct(path['ages'], 95), 1),
                         fmt(pct(hops, 50), 1), fmt(pct(hops, 95), 1),
                         result['layer'] if name != 'direct' else result['direct_layer']])
-    return table(['path', 'frames', 'g2g p50 ms', 'g2g p95 ms', 'hop p50 ms', 'hop p95 ms',
-                  'layer'], out)
+    return (['path', 'frames', 'g2g p50 ms', 'g2g p95 ms', 'hop p50 ms', 'hop p95 ms',
+             'layer'], out)
+
+
+def markdown_table(headers, rows) -> str:
+    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+    return '\n'.join(lines + ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows])
 
 
 def write_markdown(path, tables, command):
@@ -460,8 +465,8 @@ def write_markdown(path, tables, command):
         out.write(f'Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC '
                   f'at {commit}, {os.cpu_count()} cores, load average '
                   f'{os.getloadavg()[0]:.2f}: `{command}`\n\n')
-        for title, text in tables:
-            out.write(f'{title}\n\n```\n{text}\n```\n\n')
+        for title, (headers, rows) in tables:
+            out.write(f'{title}:\n\n{markdown_table(headers, rows)}\n\n')
 
 
 def parent(options):
@@ -473,24 +478,22 @@ def parent(options):
         try:
             if 'fanout' in options.parts:
                 print('fan-out through one Janus node (H.264):', flush=True)
-                text = fanout_table(fanout(rig, options, nodes, 'h264'))
-                tables.append(('One Janus node, H.264', text))
-                print(text, flush=True)
+                tables.append(('One Janus node, H.264',
+                               fanout_table(fanout(rig, options, nodes, 'h264'))))
+                print(table(*tables[-1][1]), flush=True)
             if 'twonode' in options.parts or 'latency' in options.parts:
                 nodes.append(janus_lab.Janus(rtp_ports='41000-41999'))
             if 'twonode' in options.parts:
                 print('fan-out through two Janus nodes (VP8, A forwards to B):', flush=True)
-                text = fanout_table(fanout(rig, options, nodes, 'vp8'))
                 tables.append(('Two Janus nodes (A forwards to B), VP8; Janus CPU is A + B',
-                               text))
-                print(text, flush=True)
+                               fanout_table(fanout(rig, options, nodes, 'vp8'))))
+                print(table(*tables[-1][1]), flush=True)
             if 'latency' in options.parts:
                 results = [measure_latency(rig, options, nodes[:1], 'h264'),
                            measure_latency(rig, options, nodes, 'vp8')]
-                text = latency_table(results)
                 tables.append(('Glass-to-glass, direct peer vs through Janus (decoding '
-                               'aiortc viewers)', text))
-                print(text, flush=True)
+                               'aiortc viewers)', latency_table(results)))
+                print(table(*tables[-1][1]), flush=True)
         finally:
             for node in nodes:
                 node.close()
