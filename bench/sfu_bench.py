@@ -458,13 +458,10 @@ def markdown_table(headers, rows) -> str:
     return '\n'.join(lines + ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows])
 
 
-def write_markdown(path, tables, command):
-    commit = subprocess.run(['git', '-C', benchlib.ROOT, 'rev-parse', '--short', 'HEAD'],
-                            capture_output=True, text=True).stdout.strip()
+def write_markdown(path, tables, command, commit, started):
     with open(path, 'w') as out:
-        out.write(f'Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC '
-                  f'at {commit}, {os.cpu_count()} cores, load average '
-                  f'{os.getloadavg()[0]:.2f}: `{command}`\n\n')
+        out.write(f'Run {started:%Y-%m-%d %H:%M} UTC at {commit}, {os.cpu_count()} cores, '
+                  f'load average {os.getloadavg()[0]:.2f} at the end: `{command}`\n\n')
         for title, (headers, rows) in tables:
             out.write(f'{title}:\n\n{markdown_table(headers, rows)}\n\n')
 
@@ -472,6 +469,9 @@ def write_markdown(path, tables, command):
 def parent(options):
     benchlib.print_versions()
     command = 'bench/run sfu ' + ' '.join(sys.argv[1:])
+    started = datetime.datetime.now(datetime.timezone.utc)
+    commit = subprocess.run(['git', '-C', benchlib.ROOT, 'rev-parse', '--short', 'HEAD'],
+                            capture_output=True, text=True).stdout.strip()   # the one measured
     tables = []
     with janus_lab.lab_interface(), benchlib.Rig(options.keep_logs) as rig:
         nodes = [janus_lab.Janus()]
@@ -498,7 +498,7 @@ def parent(options):
             for node in nodes:
                 node.close()
     if options.markdown:
-        write_markdown(options.markdown, tables, command)
+        write_markdown(options.markdown, tables, command, commit, started)
 
 
 def main():
