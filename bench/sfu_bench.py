@@ -371,6 +371,9 @@ def fanout(rig, options, nodes, codec) -> list:
         window.sleep(options.duration)
         window.end()
         after = ([last_status(c) for c, _, _ in workers], last_status(robot_child))
+        if after[1]['publishes'] != before[1]['publishes']:
+            print(f'WARNING: the robot published again during the {target}-viewer window: its '
+                  "uplink figure is not one publication's", flush=True)
         fps = []
         for b, a in zip(before[0], after[0]):
             seconds = a['t'] - b['t']
