@@ -19,6 +19,7 @@ from support.janus_lab import (ADDRESS, ADMIN_KEY, busy_picture, count_frames, F
                                forward_feed, Janus, janus_cpu_seconds, JanusEdge, JanusViewer,
                                lab_interface, media_ports, OTHER_ROOM, process_cpu_seconds,
                                publisher, ROOM, uplink_rate)
+from support.waiting import wait_for
 from video_bridge.core import sfu
 from webrtc_support import wait_until
 
