@@ -22,9 +22,9 @@ import time
 from conftest import ChildProcess, free_port, only_loopback, port_open, REPO, wait_for
 import pytest
 from support.pictures import raw
+from support.webrtc_support import wait_until
 from video_bridge.core import sfu
 from video_bridge.core.streams import StreamHub, StreamSettings
-from webrtc_support import wait_until
 
 pytest.importorskip('aiortc')
 JANUS = shutil.which('janus')
@@ -729,7 +729,7 @@ def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_w
     """The real bridge_node and camera_node: a driver on the direct peer, then one and five
     observers through Janus. The driver's frame rate stays, its commands still reach
     cmd_vel, and bridge_node's CPU does not grow with the observers."""
-    from webrtc_support import AiortcViewer, Control, session
+    from support.webrtc_support import AiortcViewer, Control, session
     bridge = start_bridge(token='robot-token', webrtc_host_addresses=[ADDRESS],
                           **sfu_parameters(janus, tmp_path))
     cmd_vel.wait_publisher()
