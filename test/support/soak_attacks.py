@@ -5,7 +5,8 @@ Every attack of issue 16 at once, from a process of its own, for a bounded time.
 the bridge: the attackers live in another process so their threads never hold the measuring
 clients' interpreter lock. Each attack is one :class:`Stopwatch` thread (a bounded loop: it ends
 when the soak's time is up) of hostile clients from ``hostile_clients``; every socket is closed by
-its owner. At the end one JSON line on stdout says what each attack did and what the bridge answered.
+its owner. At the end one JSON line on stdout says what each attack did and what the bridge
+answered.
 
     python soak_attacks.py --port P --seconds 60 [--token-free]
 
