@@ -18,9 +18,9 @@ import urllib.request
 from conftest import wait_for
 import numpy as np
 import pytest
+from support.webrtc_support import (AiortcViewer, Control, HOST_ADDRESS, host_address, session,
+                                    wait_until)
 from video_bridge.core import h264
-from webrtc_support import (AiortcViewer, Control, HOST_ADDRESS, host_address, session,
-                            wait_until)
 
 pytest.importorskip('aiortc')
 av = pytest.importorskip('av')
@@ -387,7 +387,7 @@ def test_camera_node_h264_plays_in_chromium_with_nothing_encoded_on_the_bridge(
     if not os.path.exists(CHROMIUM):
         pytest.skip('chromium is not installed')
     pytest.importorskip('playwright.sync_api')
-    from webrtc_support import decode_rate
+    from support.webrtc_support import decode_rate
     with host_address():
         camera = launch_node('camera_node', ros_args=[
             '-r', '__ns:=/robot', '-r', '__node:=camera_node', '-p', 'h264:=true',

@@ -15,8 +15,8 @@ import time
 from urllib.parse import quote
 
 from conftest import FramePublisher, wait_for
-from http_support import get
 import pytest
+from support.http_support import get
 from video_bridge.core.access import TOO_MANY_ATTEMPTS, WRONG_TOKEN_BURST, \
     WRONG_TOKENS_PER_SECOND
 from video_bridge.core.protocol import unpack_frame

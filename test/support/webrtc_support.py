@@ -59,7 +59,7 @@ class Coturn:
         self.tls_port = (tls_port or free_port()) if tls else None
         tls_lines = ['no-tls']
         if tls:
-            from hostile_clients import self_signed_cert
+            from support.hostile_clients import self_signed_cert
             self.cert, key = self_signed_cert(self.dir)
             tls_lines = [f'tls-listening-port={self.tls_port}', f'cert={self.cert}',
                          f'pkey={key}']

@@ -21,7 +21,7 @@ from video_bridge.core.protocol import (
 from video_bridge.core.teleop import (
     Effects, load_vocabulary, parse_vocabulary, TeleopConfig, TeleopCore, TextCommand)
 
-REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..'))
 VOCABULARY_FILE = os.path.join(REPO, 'config', 'teleop_commands.yaml')
 WALL_TIME = 1_700_000_000.25
 NAN, INF = float('nan'), float('inf')

@@ -1,9 +1,9 @@
 """Small programs the deploy topology test runs inside its namespaces (``ip netns exec``).
 
-    python test/deploy_agents.py cmd_vel
+    python test/support/deploy_agents.py cmd_vel
         An rclpy subscriber of /cmd_vel on the robot: one JSON line per Twist on stdout,
         {"t": wall-clock receive time, "x": linear.x, "z": angular.z}; "ready" once subscribed.
-    python test/deploy_agents.py probe URL [--origin O] [--token T] [--cafile F]
+    python test/support/deploy_agents.py probe URL [--origin O] [--token T] [--cafile F]
                                      [--resolve NAME:ADDRESS] [--unix SOCKET]
         One HTTP request or websocket handshake (ws/wss URL) as a hostile or mistaken client
         would make it; prints {"status": HTTP status, "body": ..., "close": close code}.

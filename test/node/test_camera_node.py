@@ -18,7 +18,7 @@ from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 import yaml
 
-REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..'))
 CAMERA_YAML = os.path.join(REPO, 'config', 'camera.yaml')
 CALIBRATION = os.path.join(REPO, 'config', 'calibration_example.yaml')
 SENSOR_QOS = qos_profile_sensor_data  # best effort: matches (and tolerates) the node's QoS

@@ -8,8 +8,8 @@ import re
 
 from conftest import camera_node
 import pytest
-from webrtc_support import (AiortcViewer, Control, HOST_ADDRESS, host_address, session,
-                            wait_until)
+from support.webrtc_support import (AiortcViewer, Control, HOST_ADDRESS, host_address, session,
+                                    wait_until)
 
 pytest.importorskip('aiortc')
 websockets = pytest.importorskip('websockets')
@@ -105,7 +105,7 @@ def test_a_data_channel_flood_costs_the_flooder_its_session_not_the_bridge(start
     # Binary junk on the data channel never reaches the teleop core, but it is counted as the
     # session's messages: the flooder is closed (4429) as a flood of commands would be, while
     # another viewer keeps its video and the bridge's memory stays put.
-    from hostile_clients import rss_mb
+    from support.hostile_clients import rss_mb
     bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS])
     pid = bridge.process.proc.pid
 
@@ -157,7 +157,7 @@ def _streams(bridge):
 
 @pytest.fixture
 def coturn_tls():
-    from webrtc_support import Coturn
+    from support.webrtc_support import Coturn
     # On 443, where networks that block UDP still let TLS out (free in this test namespace).
     server = Coturn(tls=True, tls_port=443)   # before the bridge, so it is stopped after it
     yield server
@@ -226,7 +226,7 @@ def test_an_untrusted_turn_certificate_is_named_not_hidden(coturn_tls, start_bri
 def test_a_compressed_jpeg_topic_feeds_webrtc_too(ros, start_bridge, camera):
     # A camera that publishes only sensor_msgs/CompressedImage (JPEG): the bridge decodes it
     # once per frame for the shared H.264 encoder, and the peer decodes the camera's picture.
-    from http_support import JpegPublisher
+    from support.http_support import JpegPublisher
     bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS],
                           **{'streams.camera.topic': '/wc/image/compressed',
                              'streams.camera.type': 'compressed'})

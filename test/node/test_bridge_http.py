@@ -8,8 +8,8 @@ import threading
 
 from conftest import FramePublisher
 import cv2
-from http_support import ffmpeg_frames, get, JpegPublisher
 import numpy as np
+from support.http_support import ffmpeg_frames, get, JpegPublisher
 from video_bridge.core.protocol import (FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED,
                                         unpack_frame)
 from video_bridge_msgs.msg import BridgeStatus

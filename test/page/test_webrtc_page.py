@@ -14,7 +14,7 @@ import time
 
 from conftest import camera_node, CHROMIUM, chromium, wait_for, WEBRTC_CHROMIUM_ARGS
 import pytest
-from webrtc_support import Coturn, decode_rate, HOST_ADDRESS, host_address
+from support.webrtc_support import Coturn, decode_rate, HOST_ADDRESS, host_address
 
 playwright_api = pytest.importorskip('playwright.sync_api')
 pytest.importorskip('aiortc')

@@ -14,9 +14,8 @@ import threading
 import time
 
 from conftest import OUTPUT_DIR
-import netlab
 import pytest
-from support import link_emulator
+from support import link_emulator, netlab
 from support.link_emulator import emulated_path, LinkEmulator, why_unavailable
 
 SO_TIMESTAMPNS = getattr(socket, 'SO_TIMESTAMPNS', 35)

@@ -26,10 +26,10 @@ from urllib.parse import quote, unquote
 
 from conftest import (bridge_ros_args, CmdVelRecorder, FramePublisher, free_port, port_open,
                       wait_for)
-import hostile_clients as hc
 import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from support import hostile_clients as hc
 
 SOAK_SECONDS = float(os.environ.get('ATTACK_SOAK_SECONDS', '25'))
 RSS_GROWTH_MB = 20.0

@@ -15,7 +15,7 @@ from video_bridge.core.protocol import (
     ProtocolError, Release, Target, TimeReply, TimeSync, Variant, Velocity, VelocityCommand)
 from websockets.datastructures import Headers
 
-DOC = os.path.join(os.path.dirname(__file__), '..', 'docs', 'protocol.md')
+DOC = os.path.join(os.path.dirname(__file__), '..', '..', 'docs', 'protocol.md')
 CONTROL_TYPES = (Acquire, Release, NamedCommand, VelocityCommand, EmergencyStop, TimeSync)
 
 

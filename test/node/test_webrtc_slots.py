@@ -16,9 +16,9 @@ import time
 import urllib.request
 
 from conftest import camera_node, wait_for
-import hostile_clients as hc
 import pytest
-from webrtc_support import AiortcViewer, HOST_ADDRESS, host_address, wait_until
+from support import hostile_clients as hc
+from support.webrtc_support import AiortcViewer, HOST_ADDRESS, host_address, wait_until
 
 pytest.importorskip('aiortc')
 websockets = pytest.importorskip('websockets')

@@ -20,8 +20,8 @@ from support.janus_lab import (ADDRESS, ADMIN_KEY, busy_picture, count_frames, F
                                lab_interface, media_ports, OTHER_ROOM, process_cpu_seconds,
                                publisher, ROOM, uplink_rate)
 from support.waiting import wait_for
+from support.webrtc_support import wait_until
 from video_bridge.core import sfu
-from webrtc_support import wait_until
 
 pytest.importorskip('aiortc')
 
@@ -428,7 +428,7 @@ def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_w
     """The real bridge_node and camera_node: a driver on the direct peer, then one and five
     observers through Janus. The driver's frame rate stays, its commands still reach
     cmd_vel, and bridge_node's CPU does not grow with the observers."""
-    from webrtc_support import AiortcViewer, Control, session
+    from support.webrtc_support import AiortcViewer, Control, session
     bridge = start_bridge(token='robot-token', webrtc_host_addresses=[ADDRESS],
                           **sfu_parameters(janus, tmp_path))
     cmd_vel.wait_publisher()

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from video_bridge.core import protocol
 
-REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..'))
 WEB = os.path.join(REPO, 'web')
 NODE = shutil.which('node')
 

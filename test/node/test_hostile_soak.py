@@ -21,10 +21,10 @@ import time
 
 from conftest import camera_node, wait_for
 from geometry_msgs.msg import Twist
-import hostile_clients as hc
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from webrtc_support import HOST_ADDRESS, host_address
+from support import hostile_clients as hc
+from support.webrtc_support import HOST_ADDRESS, host_address
 
 pytest.importorskip('aiortc')
 websockets = pytest.importorskip('websockets')
@@ -46,7 +46,8 @@ VIEWER_FPS = 28.0
 COMMAND_P99 = 0.250
 RSS_GROWTH_MB = 60.0
 COMMAND_PERIOD = 0.05      # a driver's 20 Hz
-ATTACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'support', 'soak_attacks.py')
+TEST_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ATTACKS = os.path.join(TEST_DIR, 'support', 'soak_attacks.py')
 
 
 pytestmark = pytest.mark.usefixtures('many_file_descriptors')

@@ -32,8 +32,8 @@ import time
 import urllib.request
 
 from conftest import camera_node, chromium, only_loopback, OUTPUT_DIR, WEBRTC_CHROMIUM_ARGS
-import netlab
 import pytest
+from support import netlab
 from support.link_emulator import EDGE_ADDRESS, emulated_path, why_unavailable
 from support.page_probes import RECEIVER_STATS
 from support.remote_session import Driver, run_in_namespace, start_session, until

@@ -15,8 +15,8 @@ import threading
 import time
 
 from conftest import FramePublisher, wait_for
-import hostile_clients as hc
 import pytest
+from support import hostile_clients as hc
 
 # The age bound docs/notes-slots.md states for a slow MJPEG reader: (16 KB + two parts) at the
 # reader's rate, plus up to 1 s until its window is seen (6 KB parts at 2 parts/s: 1.5 s).

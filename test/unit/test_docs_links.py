@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..'))
 PAGES = sorted(
     [os.path.join(REPO, 'README.md'), os.path.join(REPO, 'bench', 'README.md'),
      os.path.join(REPO, 'web', 'README.md')]

@@ -5,9 +5,9 @@ import subprocess
 
 from conftest import FramePublisher, wait_for
 import cv2
-from http_support import ffmpeg_frames, JpegPublisher
 import numpy as np
 import pytest
+from support.http_support import ffmpeg_frames, JpegPublisher
 
 try:
     from video_bridge.net import wvs_compat  # noqa: F401  (the aiohttp edge)

@@ -13,7 +13,7 @@ wrong tokens and other origins knock at nginx and at the bridge.
 
 Figures (time to first frame, glass-to-glass latency, bitrate, command latency, time to recover
 after a tunnel drop) are printed with a 'deploy figure' prefix: `scripts/test
-test/test_deploy_topology.py -s` shows them.
+test/lab/test_deploy_topology.py -s` shows them.
 """
 
 import base64
@@ -32,15 +32,15 @@ import threading
 import time
 
 from conftest import CHROMIUM, chromium, OUTPUT_DIR, REPO, wait_for
-import netlab
 import pytest
+from support import netlab
 
 TOOLS = ('ip', 'nft', 'tc', 'sshd', 'ssh', 'ssh-keygen', 'autossh', 'nginx', 'turnserver',
          'openssl', 'curl', 'ps')
 DEPLOY = os.path.join(REPO, 'deploy')
 RUNNER = os.path.join(REPO, 'install', 'video_bridge', 'lib', 'video_bridge', 'runner')
 ROS_ENV = os.path.join(REPO, 'scripts', 'ros-env')
-AGENTS = os.path.join(REPO, 'test', 'deploy_agents.py')
+AGENTS = os.path.join(REPO, 'test', 'support', 'deploy_agents.py')
 NAME = 'car.example.org'
 ORIGIN = f'https://{NAME}'
 EVIL_ORIGIN = 'https://evil.example.org'

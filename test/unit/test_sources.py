@@ -11,7 +11,7 @@ from video_bridge.core.sources import (Backoff, DeviceSource, Frame, jpeg_size,
                                        load_camera_info, make_source, SourceError,
                                        TestPatternSource, VideoFileSource)
 
-REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..'))
 EXAMPLE_CALIBRATION = os.path.join(REPO, 'config', 'calibration_example.yaml')
 
 

@@ -7,7 +7,7 @@ import os
 
 from video_bridge.ros import camera_node, lineup, parameter_docs, parameters
 
-REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..'))
 PAGE = os.path.join(REPO, 'docs', 'parameters.md')
 
 

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 from support.pictures import raw
+from support.webrtc_support import AiortcViewer, host_address, SlowUplink, wait_until
 from video_bridge.core import encoders, ice
 from video_bridge.core.streams import SourceImage, StreamHub, StreamSettings
-from webrtc_support import AiortcViewer, host_address, SlowUplink, wait_until
 
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
 
