@@ -18,6 +18,7 @@ import struct
 from typing import List, Optional, Tuple
 
 from video_bridge.core import encoders
+from video_bridge.net import internals
 
 VP8_PICTURE_ID = slice(2, 4)  # aiortc's VP8 descriptor: X|S|PID, I, M + 15-bit picture id
 
@@ -47,11 +48,9 @@ def shared_payloads(frame) -> Tuple[bytes, ...]:
 
 def _packetize(frame) -> Tuple[bytes, ...]:
     if frame.codec == encoders.H264:
-        from aiortc.codecs.h264 import H264Encoder
-        return tuple(H264Encoder._packetize(H264Encoder._split_bitstream(frame.data)))
+        return tuple(internals.h264_payloads(frame.data))
     if frame.codec == encoders.VP8:
-        from aiortc.codecs.vpx import Vp8Encoder
-        return tuple(Vp8Encoder._packetize(frame.data, 0))
+        return tuple(internals.vp8_payloads(frame.data, 0))
     raise ValueError(f'no RTP packetisation for {frame.codec!r}')
 
 
@@ -77,7 +76,4 @@ class PeerPacker:
 
 def install(sender) -> bool:
     """Give an aiortc sender the pass-through encoder; False if this aiortc has no such slot."""
-    if not hasattr(sender, '_RTCRtpSender__encoder'):
-        return False
-    sender._RTCRtpSender__encoder = PrepackedEncoder()
-    return True
+    return internals.install_sender_encoder(sender, PrepackedEncoder())

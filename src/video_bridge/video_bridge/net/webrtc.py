@@ -24,12 +24,14 @@ A thin adapter over aiortc (ICE, DTLS, SRTP, RTP, SCTP are its job). What is our
   so the page maps a displayed frame's RTP timestamp (requestVideoFrameCallback) to the
   frame's ``header.stamp``.
 
-Five aiortc internals are used on purpose, each guarded: the sender's ``_send_keyframe`` and
-``_handle_rtcp_packet`` hooks (PLI/FIR and REMB, which aiortc otherwise hands only to its own
-encoders), its last RTP timestamp (aiortc keeps the random RTP timestamp origin private),
-its encoder slot (a pass-through for the shared payloads; without it aiortc packs av.Packets),
-its SCTP receive window (to bound what a peer's unfinished messages hold), and the selected
-ICE pair's transport (to skip video while the uplink is behind: :mod:`.send_backlog`).
+Some aiortc and aioice internals are used on purpose, each guarded and all through
+:mod:`.internals` (which says why each is needed): the sender's RTCP and keyframe hooks (PLI/FIR
+and REMB, which aiortc otherwise hands only to its own encoders), its last RTP timestamp
+(aiortc keeps the random RTP timestamp origin private), its encoder slot (a pass-through for
+the shared payloads; without it aiortc packs av.Packets), its SCTP receive window (to bound
+what a peer's unfinished messages hold), ICE's local candidates and sockets (to offer only
+allowed host addresses), and the selected ICE pair's transport (to skip video while the
+uplink is behind: :mod:`.send_backlog`).
 """
 
 import asyncio
@@ -46,7 +48,7 @@ from typing import Callable, Dict, Optional, Tuple
 from video_bridge.core import encoders, ice, protocol
 from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
 from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
-from video_bridge.net import rtp_packing
+from video_bridge.net import internals, rtp_packing
 from video_bridge.net.send_backlog import SendBacklog
 
 MAX_QUEUE = 12            # units waiting for aiortc before the peer restarts at a keyframe
@@ -286,7 +288,7 @@ class Peer:
 
     def _note_timestamp(self, frame):
         """Learn aiortc's RTP timestamp origin, then tell the page which frame is which."""
-        rtp = getattr(self.sender, '_RTCRtpSender__rtp_timestamp', None)
+        rtp = internals.sender_rtp_timestamp(self.sender)
         if self.rtp_origin is None and rtp and self._last_pts is not None:
             self.rtp_origin = (rtp - self._last_pts) & 0xFFFFFFFF
         self._last_pts = frame.pts
@@ -715,9 +717,9 @@ class WebRtcService:
             return
         for transceiver in pc.getTransceivers():
             gatherer = transceiver.sender.transport.transport.iceGatherer
-            connection = getattr(gatherer, '_connection', None)
-            candidates = getattr(connection, '_local_candidates', None)
-            protocols = getattr(connection, '_protocols', None)
+            connection = internals.ice_connection(gatherer)
+            candidates = internals.local_candidates(connection)
+            protocols = internals.stun_protocols(connection)
             if candidates is None:
                 continue
             candidates[:] = [c for c in candidates if c.type != 'host'
@@ -833,40 +835,35 @@ class WebRtcService:
     def _hook_sender(self, peer: Peer):
         """Route PLI/FIR to the shared encoder and REMB / loss to the layer choice."""
         from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK,
-                                RTP_HISTORY_SIZE,
                                 RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket,
                                 unpack_remb_fci)
         sender = peer.sender
-        original = sender._handle_rtcp_packet
         media = peer.media
 
-        async def handle_rtcp(packet):
+        def on_rtcp(packet):
             try:
                 if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                     media['nacked'] += len(packet.lost)
-                    history = getattr(sender, '_RTCRtpSender__rtp_history', {})
-                    media['retransmitted'] += sum(
-                        1 for seq in packet.lost
-                        if getattr(history.get(seq % RTP_HISTORY_SIZE), 'sequence_number',
-                                   None) == seq)
+                    media['retransmitted'] += internals.sender_resent(sender, packet.lost)
                 elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
                     media['pli'] += 1
                 elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_FIR:
                     media['fir'] += 1
                 elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
                     bitrate, ssrcs = unpack_remb_fci(packet.fci)
-                    if sender._ssrc in ssrcs:
+                    if internals.sender_ssrc(sender) in ssrcs:
                         peer.feedback(estimate=bitrate)
                 elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                    ssrc = internals.sender_ssrc(sender)
                     for report in packet.reports:
-                        if report.ssrc == sender._ssrc:
+                        if report.ssrc == ssrc:
                             peer.feedback(loss=report.fraction_lost / 256.0)
             except ValueError:
                 pass
-            await original(packet)
 
-        sender._handle_rtcp_packet = handle_rtcp
-        sender._send_keyframe = peer.request_keyframe
+        if not internals.hook_sender(sender, on_rtcp, peer.request_keyframe):
+            self.log.warning('webrtc peer %s: this aiortc has no RTCP hooks: no layer '
+                             'choice, keyframes only on their own schedule', peer.client_id)
 
     def _bound_channel_buffer(self, peer: Peer):
         """
@@ -878,21 +875,13 @@ class WebRtcService:
         small whole commands (max-message-size is tiny next to this bound). aiortc counts the
         bytes it holds in its receive window; the peer is closed once they pass the bound.
         """
-        transport = getattr(peer.pc, 'sctp', None)
-        receive = getattr(transport, '_receive_data_chunk', None)
-        window = getattr(transport, '_advertised_rwnd', None)
-        if receive is None or not isinstance(window, int):
-            return
-
-        async def receive_data_chunk(chunk):
-            await receive(chunk)
-            held = window - transport._advertised_rwnd
+        def on_held(held: int):
             if held > MAX_CHANNEL_BUFFER and self.peers.get(peer.client_id) is peer:
                 self.log.warning('webrtc peer %s: %d bytes of unfinished data-channel messages; '
                                  'closing it', peer.client_id, held)
                 self._spawn(self._close_peer(peer, 'data channel: too much unfinished data'))
 
-        transport._receive_data_chunk = receive_data_chunk
+        internals.watch_sctp_held(peer.pc, on_held)
 
     def _wire_channel(self, peer: Peer, channel):
         limit = self.config.max_message_size
