@@ -46,6 +46,7 @@ import traceback
 from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
+from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
 from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
 from video_bridge.net import internals, rtp_packing
@@ -508,7 +509,7 @@ class WebRtcService:
         peer = self.peers.get(client_id)   # the peer an answer or a candidate is about
         try:
             if not getattr(grant, 'view', True):
-                raise _signal_error('unauthorized', 'watching needs a token')
+                raise _signal_error(ErrorCode.UNAUTHORIZED, 'watching needs a token')
             if kind == 'webrtc_config':
                 reply = self.config_message(client_id, getattr(grant, 'relay', True))
             elif kind == 'webrtc_start':
@@ -523,7 +524,8 @@ class WebRtcService:
                 await self._close(client_id)
                 reply = {'type': 'webrtc_stopped'}
             else:
-                raise _signal_error('unknown_type', f'unknown message type {str(kind)[:64]!r}')
+                raise _signal_error(ErrorCode.UNKNOWN_TYPE,
+                                    f'unknown message type {str(kind)[:64]!r}')
         except protocol.ProtocolError as exc:
             reply = {'type': 'webrtc_error', 'code': exc.code, 'message': exc.message}
         except Exception as exc:  # aiortc refusing an SDP, say: log it, keep serving
@@ -534,7 +536,7 @@ class WebRtcService:
                                 type(exc).__name__, str(exc)[:200])
             if kind in ('webrtc_answer', 'webrtc_ice') and peer is not None:
                 await self._close_peer(peer)   # that peer is unusable; a newer one is not
-            reply = {'type': 'webrtc_error', 'code': 'webrtc_failed',
+            reply = {'type': 'webrtc_error', 'code': ErrorCode.WEBRTC_FAILED,
                      'message': FAILED_MESSAGES.get(kind, 'the bridge could not do that')}
         if reply is not None:
             reply['id'] = request_id
@@ -554,28 +556,28 @@ class WebRtcService:
 
     def _find_stream(self, name, topic_streams: bool = True):
         if not isinstance(name, str) or not 0 < len(name) <= protocol.MAX_STREAM_NAME:
-            raise _signal_error('bad_message', "'stream' must be a stream name")
+            raise _signal_error(ErrorCode.BAD_MESSAGE, "'stream' must be a stream name")
         try:
             return self.hub.lookup(name, self.resolve_stream, topic_streams)
         except NotPermitted as exc:
-            raise _signal_error('unauthorized', str(exc)) from None
+            raise _signal_error(ErrorCode.UNAUTHORIZED, str(exc)) from None
         except UnknownStream:
-            raise _signal_error('unknown_stream', f'unknown stream {name!r}') from None
+            raise _signal_error(ErrorCode.UNKNOWN_STREAM, f'unknown stream {name!r}') from None
 
     def _pick_codec(self, wanted, source: str = '') -> str:
         if not self.codecs:
-            raise _signal_error('webrtc_unavailable', 'this bridge offers no WebRTC video')
+            raise _signal_error(ErrorCode.WEBRTC_UNAVAILABLE, 'this bridge offers no WebRTC video')
         if wanted is None:
             wanted = list(self.codecs)
         if not isinstance(wanted, list) or len(wanted) > 8 or \
                 not all(isinstance(c, str) for c in wanted):
-            raise _signal_error('bad_message', "'codecs' must be a list of codec names")
+            raise _signal_error(ErrorCode.BAD_MESSAGE, "'codecs' must be a list of codec names")
         wanted = [c.lower() for c in wanted]
         # a stream that already is H.264 offers it first: passed through, nothing encoded
         for codec in sorted(self.codecs, key=lambda c: c != source):
             if codec in wanted:
                 return codec
-        raise _signal_error('no_common_codec',
+        raise _signal_error(ErrorCode.NO_COMMON_CODEC,
                             f'the bridge encodes {", ".join(self.codecs)}; the page decodes '
                             f'{", ".join(wanted)[:100] or "none"}')
 
@@ -583,11 +585,11 @@ class WebRtcService:
                       peer: Optional[Peer] = None):
         """After an await in a start: go on only if nothing ended or replaced it meanwhile."""
         if session.gone:
-            raise _signal_error('superseded', 'the control session ended')
+            raise _signal_error(ErrorCode.SUPERSEDED, 'the control session ended')
         if session.turn != turn or (peer is not None and
                                     self.peers.get(session.client_id) is not peer):
-            raise _signal_error('superseded', 'a newer webrtc_start or webrtc_stop replaced '
-                                'this one')
+            raise _signal_error(ErrorCode.SUPERSEDED,
+                                'a newer webrtc_start or webrtc_stop replaced this one')
 
     async def _start(self, session: _SessionSignalling, message: dict,
                      topic_streams: bool = True) -> dict:
@@ -605,11 +607,12 @@ class WebRtcService:
         await self._close(client_id)   # one peer per control session: a new start replaces it
         self._still_wanted(session, turn)
         if len(self.peers) >= self.config.max_peers:
-            raise _signal_error('capacity', f'WebRTC peer limit reached ({self.config.max_peers})')
+            raise _signal_error(ErrorCode.CAPACITY,
+                                f'WebRTC peer limit reached ({self.config.max_peers})')
         try:
             peer = Peer(self, client_id, stream, codec)
         except CapacityError as exc:
-            raise _signal_error('capacity', str(exc)) from None
+            raise _signal_error(ErrorCode.CAPACITY, str(exc)) from None
         # Stored before the first await of its own: the session's disconnect (or a stop, or a
         # newer start) finds it and closes it while it is still being made.
         self.peers[client_id] = peer
@@ -672,8 +675,8 @@ class WebRtcService:
                              'credentials refused, or a turns: certificate this machine does '
                              'not trust)', client_id, ', '.join(self.ice.turn_urls))
         if 'a=candidate:' not in sdp:   # nothing the browser could reach: say so at once
-            raise _signal_error('webrtc_unavailable', 'the bridge has no ICE candidates (no '
-                                'address but loopback, or all filtered) and ' + (
+            raise _signal_error(ErrorCode.WEBRTC_UNAVAILABLE, 'the bridge has no ICE candidates '
+                                '(no address but loopback, or all filtered) and ' + (
                                     'its TURN server gave no relay candidate' if relay_failed
                                     else 'no TURN server'))
         peer.offered = ice.offered_addresses(sdp)
@@ -701,7 +704,7 @@ class WebRtcService:
                             getattr(pc, 'connectionState', '?'))
         self._spawn(self._close_peer(
             peer, f'not connected within {self.config.connect_timeout:g} s of the offer',
-            code='connect_timeout'))
+            code=ErrorCode.CONNECT_TIMEOUT))
 
     def _restrict_host_candidates(self, pc):
         """
@@ -742,17 +745,17 @@ class WebRtcService:
         peer = self._peer(client_id)
         sdp = message.get('sdp')
         if not isinstance(sdp, str) or not 0 < len(sdp) <= MAX_SDP:
-            raise _signal_error('bad_message', "'sdp' must be an SDP answer")
+            raise _signal_error(ErrorCode.BAD_MESSAGE, "'sdp' must be an SDP answer")
         if peer.pc.signalingState != 'have-local-offer':
-            raise _signal_error('bad_state', 'no offer is waiting for an answer')
+            raise _signal_error(ErrorCode.BAD_STATE, 'no offer is waiting for an answer')
         problem = ice.answer_problem(sdp)
         if problem is not None:
-            raise _signal_error('bad_answer', f'the SDP answer is incomplete: {problem}')
+            raise _signal_error(ErrorCode.BAD_ANSWER, f'the SDP answer is incomplete: {problem}')
         # Its candidates pass the same checks as trickled ones, and count against the same cap.
         sdp, refused, count = ice.filter_remote_candidates(sdp, peer.offered)
         if count > MAX_TRICKLED_CANDIDATES:
-            raise _signal_error('too_many_candidates', f'at most {MAX_TRICKLED_CANDIDATES} '
-                                'ICE candidates per WebRTC session')
+            raise _signal_error(ErrorCode.TOO_MANY_CANDIDATES, f'at most '
+                                f'{MAX_TRICKLED_CANDIDATES} ICE candidates per WebRTC session')
         if refused:
             self.log.info('webrtc peer %s: %d candidates of its answer not used (%s)',
                           client_id, len(refused), '; '.join(refused[:3])[:300])
@@ -768,21 +771,22 @@ class WebRtcService:
         if candidate in (None, ''):
             return None               # end of candidates: aiortc needs no marker
         if not isinstance(candidate, str) or len(candidate) > MAX_CANDIDATE:
-            raise _signal_error('bad_message', "'candidate' must be an ICE candidate line")
+            raise _signal_error(ErrorCode.BAD_MESSAGE, "'candidate' must be an ICE candidate line")
         if peer.trickled >= MAX_TRICKLED_CANDIDATES:
-            raise _signal_error('too_many_candidates', f'at most {MAX_TRICKLED_CANDIDATES} '
-                                'ICE candidates per WebRTC session')
+            raise _signal_error(ErrorCode.TOO_MANY_CANDIDATES, f'at most '
+                                f'{MAX_TRICKLED_CANDIDATES} ICE candidates per WebRTC session')
         try:
             parsed = candidate_from_sdp(candidate.split(':', 1)[1]
                                         if candidate.startswith('candidate:') else candidate)
         except (ValueError, IndexError):
-            raise _signal_error('bad_message', 'not an ICE candidate') from None
+            raise _signal_error(ErrorCode.BAD_MESSAGE, 'not an ICE candidate') from None
         # Nothing the bridge would not reach anyway: no names (aioice resolves them, mDNS
         # too), no broadcast or multicast, no loopback or link-local it did not offer.
         problem = ice.remote_candidate_problem(parsed.ip, parsed.port, parsed.protocol,
                                                peer.offered)
         if problem is not None:
-            raise _signal_error('candidate_refused', f'candidate not used: {problem}'[:200])
+            raise _signal_error(ErrorCode.CANDIDATE_REFUSED,
+                                f'candidate not used: {problem}'[:200])
         # max-bundle: every section shares the first one's transport, so that is where any
         # candidate goes, whichever section the page named
         parsed.sdpMid, parsed.sdpMLineIndex = peer.pc.getTransceivers()[0].mid, 0
@@ -793,7 +797,7 @@ class WebRtcService:
     def _peer(self, client_id: str) -> Peer:
         peer = self.peers.get(client_id)
         if peer is None:
-            raise _signal_error('bad_state', 'no WebRTC session: send webrtc_start first')
+            raise _signal_error(ErrorCode.BAD_STATE, 'no WebRTC session: send webrtc_start first')
         return peer
 
     async def _close(self, client_id: str):
@@ -903,7 +907,7 @@ class WebRtcService:
                 if not self.charge(peer.client_id):
                     return
                 self.send(peer.client_id, {
-                    'type': 'webrtc_error', 'id': None, 'code': 'bad_channel_message',
+                    'type': 'webrtc_error', 'id': None, 'code': ErrorCode.BAD_CHANNEL_MESSAGE,
                     'message': 'the data channel carries teleop commands only'})
                 return
             self.deliver(peer.client_id, data)
