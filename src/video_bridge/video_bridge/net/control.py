@@ -31,8 +31,8 @@ import time
 from typing import Callable, Dict, Optional
 
 from video_bridge.core import protocol
-from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.access import AccessPolicy
+from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.rate_limit import ClientBuckets, RateLimiter, Verdict
 from video_bridge.core.teleop import Effects, TeleopCore
 

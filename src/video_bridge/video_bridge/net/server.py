@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Optional, Tuple
 import aiohttp
 from aiohttp import web
 from video_bridge.core import protocol
-from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.access import AccessPolicy
+from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.streams import (CapacityError, NotPermitted, StreamHub, UnknownStream,
                                        Viewer)
 from video_bridge.net import websocket

@@ -46,8 +46,8 @@ import traceback
 from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
-from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
+from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
 from video_bridge.net import internals, rtp_packing
 from video_bridge.net.send_backlog import SendBacklog
