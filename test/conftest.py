@@ -32,7 +32,8 @@ REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 TIERS = {
     'unit': ('access', 'cdr', 'demand', 'docs_links', 'encoders', 'error_codes', 'h264', 'ice',
              'image_codec', 'layers', 'parameter_docs', 'protocol', 'rate_limit', 'rtp_packing',
-             'sfu_core', 'sources', 'stream_reconfigure', 'streams', 'teleop', 'web_js'),
+             'sfu_core', 'signalling', 'sources', 'stream_reconfigure', 'streams', 'teleop',
+             'web_js'),
     'net': ('internals', 'net_edge', 'send_backlog', 'webrtc_service'),
     'node': ('bridge_control', 'bridge_http', 'bridge_video', 'camera_node', 'control_fuzz',
              'demo', 'diagnostics', 'edge_attacks', 'edge_limits', 'edge_slots',
