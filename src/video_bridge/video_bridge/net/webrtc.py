@@ -53,11 +53,9 @@ from video_bridge.net import internals, rtp_packing
 from video_bridge.net.send_backlog import SendBacklog
 
 MAX_QUEUE = 12            # units waiting for aiortc before the peer restarts at a keyframe
-MAX_SDP = 16384
-MAX_CANDIDATE = 512
-# A browser trickles a few dozen at most (host, server-reflexive and relay, per interface);
-# each one costs a check pair per local candidate, kept for the peer's life.
-MAX_TRICKLED_CANDIDATES = 64
+MAX_SDP = protocol.MAX_SDP            # the signalling messages' bounds (core.protocol.signalling)
+MAX_CANDIDATE = protocol.MAX_CANDIDATE
+MAX_TRICKLED_CANDIDATES = protocol.MAX_TRICKLED_CANDIDATES
 CHANNEL_LABEL = protocol.DATA_CHANNEL_LABEL
 CHANNEL_TYPES = protocol.DATA_CHANNEL_COMMANDS
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
@@ -502,37 +500,33 @@ class WebRtcService:
 
     async def _handle(self, session: _SessionSignalling, grant, message: dict):
         client_id = session.client_id
-        kind = message.get('type')
-        request_id = message.get('id')
-        if isinstance(request_id, str) and len(request_id) > protocol.MAX_REQUEST_ID:
-            request_id = None
+        kind = str(message.get('type'))[:64]
+        request_id = protocol.signalling_request_id(message)
         peer = self.peers.get(client_id)   # the peer an answer or a candidate is about
         try:
             if not getattr(grant, 'view', True):
                 raise _signal_error(ErrorCode.UNAUTHORIZED, 'watching needs a token')
-            if kind == 'webrtc_config':
+            request_id, request = protocol.decode_signalling(message)
+            if isinstance(request, protocol.WebRtcConfigRequest):
                 reply = self.config_message(client_id, getattr(grant, 'relay', True))
-            elif kind == 'webrtc_start':
-                reply = await self._start(session, message,
+            elif isinstance(request, protocol.WebRtcStart):
+                reply = await self._start(session, request,
                                           getattr(grant, 'topic_streams', True))
-            elif kind == 'webrtc_answer':
-                reply = await self._answer(client_id, message)
-            elif kind == 'webrtc_ice':
-                reply = await self._candidate(client_id, message)
-            elif kind == 'webrtc_stop':
+            elif isinstance(request, protocol.WebRtcAnswer):
+                reply = await self._answer(client_id, request)
+            elif isinstance(request, protocol.WebRtcCandidate):
+                reply = await self._candidate(client_id, request)
+            else:                                   # WebRtcStop
                 session.turn += 1                   # a start under way ends too
                 await self._close(client_id)
                 reply = {'type': 'webrtc_stopped'}
-            else:
-                raise _signal_error(ErrorCode.UNKNOWN_TYPE,
-                                    f'unknown message type {str(kind)[:64]!r}')
         except protocol.ProtocolError as exc:
             reply = {'type': 'webrtc_error', 'code': exc.code, 'message': exc.message}
         except Exception as exc:  # aiortc refusing an SDP, say: log it, keep serving
             # The library's words stay in the log (throttled): they describe the bridge's
             # internals, not the page's mistake, and a client could provoke them at will.
             self._quiet.warning(f'{kind}:{type(exc).__name__}',
-                                'webrtc: %s from %s failed: %s: %s', str(kind)[:64], client_id,
+                                'webrtc: %s from %s failed: %s: %s', kind, client_id,
                                 type(exc).__name__, str(exc)[:200])
             if kind in ('webrtc_answer', 'webrtc_ice') and peer is not None:
                 await self._close_peer(peer)   # that peer is unusable; a newer one is not
@@ -554,9 +548,7 @@ class WebRtcService:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _find_stream(self, name, topic_streams: bool = True):
-        if not isinstance(name, str) or not 0 < len(name) <= protocol.MAX_STREAM_NAME:
-            raise _signal_error(ErrorCode.BAD_MESSAGE, "'stream' must be a stream name")
+    def _find_stream(self, name: str, topic_streams: bool = True):
         try:
             return self.hub.lookup(name, self.resolve_stream, topic_streams)
         except NotPermitted as exc:
@@ -564,15 +556,11 @@ class WebRtcService:
         except UnknownStream:
             raise _signal_error(ErrorCode.UNKNOWN_STREAM, f'unknown stream {name!r}') from None
 
-    def _pick_codec(self, wanted, source: str = '') -> str:
+    def _pick_codec(self, wanted: Optional[Tuple[str, ...]], source: str = '') -> str:
         if not self.codecs:
             raise _signal_error(ErrorCode.WEBRTC_UNAVAILABLE, 'this bridge offers no WebRTC video')
         if wanted is None:
-            wanted = list(self.codecs)
-        if not isinstance(wanted, list) or len(wanted) > 8 or \
-                not all(isinstance(c, str) for c in wanted):
-            raise _signal_error(ErrorCode.BAD_MESSAGE, "'codecs' must be a list of codec names")
-        wanted = [c.lower() for c in wanted]
+            wanted = self.codecs
         # a stream that already is H.264 offers it first: passed through, nothing encoded
         for codec in sorted(self.codecs, key=lambda c: c != source):
             if codec in wanted:
@@ -591,7 +579,7 @@ class WebRtcService:
             raise _signal_error(ErrorCode.SUPERSEDED,
                                 'a newer webrtc_start or webrtc_stop replaced this one')
 
-    async def _start(self, session: _SessionSignalling, message: dict,
+    async def _start(self, session: _SessionSignalling, request: protocol.WebRtcStart,
                      topic_streams: bool = True) -> dict:
         client_id = session.client_id
         # At most one start per MIN_START_INTERVAL per session; a newer one supersedes a
@@ -602,8 +590,8 @@ class WebRtcService:
             await asyncio.sleep(MIN_START_INTERVAL - (self.clock() - last))
             self._still_wanted(session, turn)
         session.last_start = self.clock()
-        stream = self._find_stream(message.get('stream'), topic_streams)
-        codec = self._pick_codec(message.get('codecs'), stream.settings.kind)
+        stream = self._find_stream(request.stream, topic_streams)
+        codec = self._pick_codec(request.codecs, stream.settings.kind)
         await self._close(client_id)   # one peer per control session: a new start replaces it
         self._still_wanted(session, turn)
         if len(self.peers) >= self.config.max_peers:
@@ -740,12 +728,10 @@ class WebRtcService:
                 protocols.remove(stun)
                 stun.transport.close()
 
-    async def _answer(self, client_id: str, message: dict):
+    async def _answer(self, client_id: str, request: protocol.WebRtcAnswer):
         from aiortc import RTCSessionDescription
         peer = self._peer(client_id)
-        sdp = message.get('sdp')
-        if not isinstance(sdp, str) or not 0 < len(sdp) <= MAX_SDP:
-            raise _signal_error(ErrorCode.BAD_MESSAGE, "'sdp' must be an SDP answer")
+        sdp = request.sdp
         if peer.pc.signalingState != 'have-local-offer':
             raise _signal_error(ErrorCode.BAD_STATE, 'no offer is waiting for an answer')
         problem = ice.answer_problem(sdp)
@@ -764,14 +750,12 @@ class WebRtcService:
         peer.trickled = count
         return None
 
-    async def _candidate(self, client_id: str, message: dict):
+    async def _candidate(self, client_id: str, request: protocol.WebRtcCandidate):
         from aiortc.sdp import candidate_from_sdp
         peer = self._peer(client_id)
-        candidate = message.get('candidate')
-        if candidate in (None, ''):
+        candidate = request.candidate
+        if candidate is None:
             return None               # end of candidates: aiortc needs no marker
-        if not isinstance(candidate, str) or len(candidate) > MAX_CANDIDATE:
-            raise _signal_error(ErrorCode.BAD_MESSAGE, "'candidate' must be an ICE candidate line")
         if peer.trickled >= MAX_TRICKLED_CANDIDATES:
             raise _signal_error(ErrorCode.TOO_MANY_CANDIDATES, f'at most '
                                 f'{MAX_TRICKLED_CANDIDATES} ICE candidates per WebRTC session')
