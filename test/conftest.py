@@ -34,7 +34,7 @@ TIERS = {
              'image_codec', 'layers', 'parameter_docs', 'protocol', 'rate_limit', 'rtp_packing',
              'sfu_core', 'signalling', 'sources', 'stream_reconfigure', 'streams', 'teleop',
              'web_js'),
-    'net': ('internals', 'net_edge', 'send_backlog', 'webrtc_service'),
+    'net': ('internals', 'net_edge', 'routes', 'send_backlog', 'webrtc_service'),
     'node': ('bridge_control', 'bridge_http', 'bridge_video', 'camera_node', 'control_fuzz',
              'demo', 'diagnostics', 'edge_attacks', 'edge_limits', 'edge_slots',
              'hostile_soak', 'lineup', 'protocol_doc', 'rights', 'ros2_cli',

@@ -34,7 +34,8 @@ from video_bridge.core.protocol.frames import (FLAG_COLORMAPPED, FLAG_PASSTHROUG
 from video_bridge.core.protocol.routes import (CONTROL_PATH, MAX_DIMENSION, MAX_FPS,
                                                MAX_STREAM_NAME, MJPEG_PREFIX, parse_fps,
                                                parse_target, parse_variant, presented_token,
-                                               quote_stream, SNAPSHOT_PREFIX, STREAMS_PATH, Target,
+                                               quote_stream, SNAPSHOT_PREFIX, split_target,
+                                               stream_name, STREAM_ROUTES, STREAMS_PATH, Target,
                                                Variant, VIDEO_PREFIX)
 from video_bridge.core.protocol.signalling import (CANDIDATE_FIELDS, DATA_CHANNEL_COMMANDS,
                                                    DATA_CHANNEL_LABEL, decode_signalling,
@@ -61,8 +62,8 @@ __all__ = [
     'NamedCommand', 'pack_frame_header', 'parse_control_object', 'parse_fps', 'parse_target',
     'parse_variant', 'presented_token', 'PROTOCOL_VERSION', 'ProtocolError', 'quote_stream',
     'Release', 'RequestId', 'signalling_request_id', 'SignallingMessage', 'SNAPSHOT_PREFIX',
-    'STREAMS_PATH', 'Target', 'TimeReply', 'TimeSync', 'unpack_frame', 'Variant', 'Velocity',
-    'VelocityCommand', 'VIDEO_CLOSE_CODES', 'VIDEO_PREFIX', 'WEBRTC_PREFIX', 'WEBRTC_REPLIES',
-    'WEBRTC_REQUESTS', 'WebRtcAnswer', 'WebRtcCandidate', 'WebRtcConfigRequest', 'WebRtcStart',
-    'WebRtcStop', 'ZERO',
+    'split_target', 'stream_name', 'STREAM_ROUTES', 'STREAMS_PATH', 'Target', 'TimeReply',
+    'TimeSync', 'unpack_frame', 'Variant', 'Velocity', 'VelocityCommand', 'VIDEO_CLOSE_CODES',
+    'VIDEO_PREFIX', 'WEBRTC_PREFIX', 'WEBRTC_REPLIES', 'WEBRTC_REQUESTS', 'WebRtcAnswer',
+    'WebRtcCandidate', 'WebRtcConfigRequest', 'WebRtcStart', 'WebRtcStop', 'ZERO',
 ]

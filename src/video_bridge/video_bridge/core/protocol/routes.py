@@ -6,7 +6,7 @@ A stream is one path segment (a configured name, or an image topic with its slas
 
 from dataclasses import dataclass, field
 import math
-from typing import Optional
+from typing import Optional, Tuple
 from urllib.parse import parse_qs, quote, unquote
 
 from video_bridge.core.protocol.errors import ErrorCode, ProtocolError
@@ -58,30 +58,51 @@ def quote_stream(name: str) -> str:
     return quote(name, safe='')
 
 
-def parse_target(target: str) -> Target:
-    """
-    Split a request target into endpoint kind, stream name and single-valued query.
+STREAM_ROUTES = ((VIDEO_PREFIX, 'video'), (MJPEG_PREFIX, 'mjpeg'), (SNAPSHOT_PREFIX, 'snapshot'))
 
-    A stream is one path segment: a configured name (``front``) or an image topic with its
-    slashes escaped (``%2Fcamera%2Fimage_raw``).
+
+def split_target(target: str) -> Tuple[str, dict]:
+    """
+    Split a request target into its decoded path and its single-valued query.
+
+    Standard query decoding; of a repeated name the last value counts, blank values are kept.
     """
     # Not urlsplit: a target like '//[' is a path here, not a network location.
     raw_path, _, raw_query = target.partition('#')[0].partition('?')
-    raw_path = raw_path or '/'
-    path = unquote(raw_path)
     try:
         query = {k: v[-1] for k, v in parse_qs(raw_query, keep_blank_values=True).items()}
     except ValueError:
         raise ProtocolError(ErrorCode.BAD_TARGET, 'malformed query string') from None
-    for prefix, kind in ((VIDEO_PREFIX, 'video'), (MJPEG_PREFIX, 'mjpeg'),
-                         (SNAPSHOT_PREFIX, 'snapshot')):
+    return unquote(raw_path or '/'), query
+
+
+def stream_name(segment: Optional[str], path: str) -> str:
+    """
+    Check a stream name, the decoded path segment after ``/video/`` (and the like).
+
+    ``segment`` is None when the path has no single segment there (``/video/a/b``,
+    ``/video/``). A stream is one path segment: a configured name (``front``) or an image
+    topic with its slashes escaped (``%2Fcamera%2Fimage_raw``).
+    """
+    if not segment or len(segment) > MAX_STREAM_NAME or not segment.isprintable():
+        raise ProtocolError(ErrorCode.BAD_STREAM, f'invalid stream name in {path!r}')
+    return segment
+
+
+def parse_target(target: str) -> Target:
+    """
+    Split a request target into endpoint kind, stream name and single-valued query.
+
+    The bridge's server routes with aiohttp (path variables) and uses :func:`split_target`
+    and :func:`stream_name` itself; this is the same reading of the URL space in one call.
+    """
+    path, query = split_target(target)
+    raw_path = target.partition('#')[0].partition('?')[0]
+    for prefix, kind in STREAM_ROUTES:
         if raw_path.startswith(prefix):
             segment = raw_path[len(prefix):]
-            stream = unquote(segment)
-            if not segment or '/' in segment or len(stream) > MAX_STREAM_NAME \
-                    or not stream.isprintable():
-                raise ProtocolError(ErrorCode.BAD_STREAM, f'invalid stream name in {path!r}')
-            return Target(kind, stream, path, query)
+            return Target(kind, stream_name(unquote(segment) if '/' not in segment else None,
+                                            path), path, query)
     if path == CONTROL_PATH:
         return Target('control', '', path, query)
     if path == STREAMS_PATH:
