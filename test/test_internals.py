@@ -8,6 +8,7 @@ import asyncio
 import importlib.metadata
 import os
 import re
+import socket
 import ssl
 import sys
 from types import SimpleNamespace
@@ -46,7 +47,7 @@ def test_asyncio_tls_internals_on_a_real_tls_connection():
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        left, right = __import__('socket').socketpair()
+        left, right = socket.socketpair()
         try:
             plain, _ = await loop.create_connection(asyncio.Protocol, sock=left)
             context = ssl.create_default_context()
@@ -54,7 +55,7 @@ def test_asyncio_tls_internals_on_a_real_tls_connection():
                                        server_hostname='example.org')
             plain.set_protocol(tls)
             tls.connection_made(plain)       # sends its ClientHello on the real socket
-            wrapped = tls._app_transport
+            wrapped = tls._app_transport     # what asyncio hands the application
             assert internals.tls_inner_transport(wrapped) is plain, \
                 'asyncio TLS transport: _ssl_protocol._transport is gone'
             assert internals.tls_inner_transport(plain) is None
