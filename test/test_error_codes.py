@@ -18,7 +18,8 @@ from video_bridge.core.protocol import ErrorCode
 
 PACKAGE = os.path.join(REPO, 'src', 'video_bridge', 'video_bridge')
 # Calls that take an error code: the position of the code among their arguments (or code=).
-CODE_CALLS = {'ProtocolError': 0, '_signal_error': 0, 'refuse': 2}
+CODE_CALLS = {'ProtocolError': 0, '_signal_error': 0, 'refuse': 2, 'WebRtcError': 0,
+              'WebRtcStopped': 1}
 
 
 def codes_in_source() -> dict:

@@ -1,6 +1,8 @@
 """The typed WebRTC signalling requests of core.protocol: what each decodes to, and every field
 bound and rejection, with the code the page is told (pure: no aiortc, no sockets)."""
 
+import json
+
 import pytest
 from video_bridge.core import protocol
 from video_bridge.core.protocol import (decode_signalling, ErrorCode, MAX_CANDIDATE,
@@ -122,3 +124,28 @@ def test_the_messages_are_frozen():
     start = WebRtcStart('cam', ('h264',))
     with pytest.raises(AttributeError):
         start.stream = 'other'
+
+
+def test_each_reply_encodes_to_its_json_object():
+    from video_bridge.core.protocol import (encode_signalling, WebRtcConfigReply, WebRtcError,
+                                            WebRtcOffer, WebRtcStopped)
+    servers = ({'urls': ['stun:stun.example.org']},)
+    cases = [
+        (WebRtcConfigReply(True, ('h264', 'vp8'), servers), 1,
+         {'type': 'webrtc_config', 'id': 1, 'enabled': True, 'codecs': ['h264', 'vp8'],
+          'ice_servers': [{'urls': ['stun:stun.example.org']}]}),
+        (WebRtcOffer('v=0', 'h264', 'cam', (1200000, 600000)), 'a',
+         {'type': 'webrtc_offer', 'id': 'a', 'sdp': 'v=0', 'codec': 'h264', 'stream': 'cam',
+          'layers': [1200000, 600000]}),
+        (WebRtcError(ErrorCode.BAD_STATE, 'no offer'), 2,
+         {'type': 'webrtc_error', 'id': 2, 'code': 'bad_state', 'message': 'no offer'}),
+        (WebRtcStopped(), 3, {'type': 'webrtc_stopped', 'id': 3}),
+        (WebRtcStopped('gone', ErrorCode.CONNECT_TIMEOUT), None,
+         {'type': 'webrtc_stopped', 'id': None, 'reason': 'gone', 'code': 'connect_timeout'}),
+    ]
+    for reply, request_id, expected in cases:
+        obj = encode_signalling(reply, request_id)
+        assert obj == expected and json.loads(json.dumps(obj)) == expected
+        assert obj['type'] in protocol.WEBRTC_REPLIES
+    with pytest.raises(TypeError):
+        encode_signalling(WebRtcStop())

@@ -474,7 +474,7 @@ class WebRtcService:
 
     # -- the signalling hook ---------------------------------------------------------------
 
-    def config_message(self, client_id: str, relay: bool = True) -> dict:
+    def config_message(self, client_id: str, relay: bool = True) -> protocol.WebRtcConfigReply:
         """
         Build what the page needs to start: codecs offered, ICE servers with credentials.
 
@@ -483,8 +483,7 @@ class WebRtcService:
         """
         servers = [server.as_dict() for server in self.ice.servers(client_id, self.wall_clock())
                    if relay or not any(ice.is_turn(url) for url in server.urls)]
-        return {'type': 'webrtc_config', 'enabled': bool(self.codecs),
-                'codecs': list(self.codecs), 'ice_servers': servers}
+        return protocol.WebRtcConfigReply(bool(self.codecs), self.codecs, tuple(servers))
 
     def handle(self, client_id: str, grant, message: dict):
         """
@@ -519,9 +518,9 @@ class WebRtcService:
             else:                                   # WebRtcStop
                 session.turn += 1                   # a start under way ends too
                 await self._close(client_id)
-                reply = {'type': 'webrtc_stopped'}
+                reply = protocol.WebRtcStopped()
         except protocol.ProtocolError as exc:
-            reply = {'type': 'webrtc_error', 'code': exc.code, 'message': exc.message}
+            reply = protocol.WebRtcError(exc.code, exc.message)
         except Exception as exc:  # aiortc refusing an SDP, say: log it, keep serving
             # The library's words stay in the log (throttled): they describe the bridge's
             # internals, not the page's mistake, and a client could provoke them at will.
@@ -530,11 +529,10 @@ class WebRtcService:
                                 type(exc).__name__, str(exc)[:200])
             if kind in ('webrtc_answer', 'webrtc_ice') and peer is not None:
                 await self._close_peer(peer)   # that peer is unusable; a newer one is not
-            reply = {'type': 'webrtc_error', 'code': ErrorCode.WEBRTC_FAILED,
-                     'message': FAILED_MESSAGES.get(kind, 'the bridge could not do that')}
+            reply = protocol.WebRtcError(
+                ErrorCode.WEBRTC_FAILED, FAILED_MESSAGES.get(kind, 'the bridge could not do that'))
         if reply is not None:
-            reply['id'] = request_id
-            self.send(client_id, reply)
+            self.send(client_id, protocol.encode_signalling(reply, request_id))
 
     def disconnect(self, client_id: str):
         """Close the peer of a control session that ended, and any start still under way."""
@@ -580,7 +578,7 @@ class WebRtcService:
                                 'a newer webrtc_start or webrtc_stop replaced this one')
 
     async def _start(self, session: _SessionSignalling, request: protocol.WebRtcStart,
-                     topic_streams: bool = True) -> dict:
+                     topic_streams: bool = True) -> protocol.WebRtcOffer:
         client_id = session.client_id
         # At most one start per MIN_START_INTERVAL per session; a newer one supersedes a
         # waiting one (the page only cares about its latest), so a flood costs one peer a second.
@@ -610,7 +608,8 @@ class WebRtcService:
             await asyncio.shield(self._close_peer(peer))
             raise
 
-    async def _offer(self, session: _SessionSignalling, turn: int, peer: Peer) -> dict:
+    async def _offer(self, session: _SessionSignalling, turn: int,
+                     peer: Peer) -> protocol.WebRtcOffer:
         """Make a new peer's connection and its offer; the connect deadline starts with it."""
         from aiortc import (RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection,
                             RTCRtpSender)
@@ -673,9 +672,8 @@ class WebRtcService:
             timeout, self._connect_overdue, peer)
         self.offers += 1
         self.log.info('webrtc peer %s: offering %s of stream %r', client_id, codec, stream.name)
-        return {'type': 'webrtc_offer', 'sdp': sdp,
-                'codec': codec, 'stream': stream.name,
-                'layers': list(stream.settings.video_bitrates)}
+        return protocol.WebRtcOffer(sdp, codec, stream.name,
+                                    tuple(stream.settings.video_bitrates))
 
     def _connect_overdue(self, peer: Peer):
         """Close a peer not connected by its deadline: its slot is free again."""
@@ -801,10 +799,8 @@ class WebRtcService:
         if self.peers.get(client_id) is peer:
             del self.peers[client_id]
             if reason is not None:
-                stopped = {'type': 'webrtc_stopped', 'id': None, 'reason': reason}
-                if code is not None:
-                    stopped['code'] = code
-                self.send(client_id, stopped)
+                self.send(client_id, protocol.encode_signalling(
+                    protocol.WebRtcStopped(reason, code)))
         if peer.closed:
             return
         peer.close()
@@ -890,9 +886,9 @@ class WebRtcService:
             if kind not in CHANNEL_TYPES:
                 if not self.charge(peer.client_id):
                     return
-                self.send(peer.client_id, {
-                    'type': 'webrtc_error', 'id': None, 'code': ErrorCode.BAD_CHANNEL_MESSAGE,
-                    'message': 'the data channel carries teleop commands only'})
+                self.send(peer.client_id, protocol.encode_signalling(protocol.WebRtcError(
+                    ErrorCode.BAD_CHANNEL_MESSAGE,
+                    'the data channel carries teleop commands only')))
                 return
             self.deliver(peer.client_id, data)
 

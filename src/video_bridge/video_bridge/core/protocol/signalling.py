@@ -167,3 +167,66 @@ def _candidate(line) -> Optional[str]:
             not (fields[5].isascii() and fields[5].isdigit()):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, 'not an ICE candidate')
     return line
+
+
+# --- replies (bridge -> client) ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WebRtcConfigReply:
+    """What the page needs to start: whether WebRTC is on, its codecs, ICE servers to use."""
+
+    enabled: bool
+    codecs: Tuple[str, ...]
+    ice_servers: Tuple[dict, ...]       # RTCIceServer dicts (urls, username, credential)
+    kind: ClassVar[str] = 'webrtc_config'
+
+
+@dataclass(frozen=True)
+class WebRtcOffer:
+    """The bridge's SDP offer (all its candidates in it), with the codec, stream and layers."""
+
+    sdp: str
+    codec: str
+    stream: str
+    layers: Tuple[int, ...]             # bits/s of each layer, top first
+    kind: ClassVar[str] = 'webrtc_offer'
+
+
+@dataclass(frozen=True)
+class WebRtcError:
+    """A signalling request was refused (``code``: an ErrorCode), or the data channel misused."""
+
+    code: str
+    message: str
+    kind: ClassVar[str] = 'webrtc_error'
+
+
+@dataclass(frozen=True)
+class WebRtcStopped:
+    """The session's peer is closed: asked for (no reason), or by the bridge (reason, code)."""
+
+    reason: Optional[str] = None
+    code: Optional[str] = None
+    kind: ClassVar[str] = 'webrtc_stopped'
+
+
+SignallingReply = Union[WebRtcConfigReply, WebRtcOffer, WebRtcError, WebRtcStopped]
+
+
+def encode_signalling(reply: SignallingReply, request_id: RequestId = None) -> dict:
+    """Return the JSON object of a reply (``id``: the request's, None when unprompted)."""
+    if isinstance(reply, WebRtcConfigReply):
+        obj = {'enabled': reply.enabled, 'codecs': list(reply.codecs),
+               'ice_servers': list(reply.ice_servers)}
+    elif isinstance(reply, WebRtcOffer):
+        obj = {'sdp': reply.sdp, 'codec': reply.codec, 'stream': reply.stream,
+               'layers': list(reply.layers)}
+    elif isinstance(reply, WebRtcError):
+        obj = {'code': reply.code, 'message': reply.message}
+    elif isinstance(reply, WebRtcStopped):
+        obj = {} if reply.reason is None else {'reason': reply.reason}
+        if reply.code is not None:
+            obj['code'] = reply.code
+    else:
+        raise TypeError(f'not a signalling reply: {reply!r}')
+    return {'type': reply.kind, 'id': request_id, **obj}
