@@ -168,7 +168,8 @@ def test_webrtc_config_tells_the_page_each_codecs_mime_type():
     from video_bridge.net.webrtc import WebRtcConfig, WebRtcService
     service = WebRtcService(StreamHub(), ice.IceSettings(), WebRtcConfig(),
                             send=lambda *a: None, deliver=lambda *a: None)
-    message = service.config_message('c1')
+    from video_bridge.core.protocol import encode_signalling
+    message = encode_signalling(service.config_message('c1'))
     assert message['codecs'] == list(registry.WEBRTC_CODECS)
     assert message['mime_types'] == {c: registry.get(c).mime_type for c in registry.WEBRTC_CODECS}
 

@@ -1,9 +1,9 @@
 """One list of error codes (core.protocol.ErrorCode), held to by the code, the docs and the page.
 
-Every machine-readable ``code`` the package can send is a member: found in the source by the
-Python parser (string constants given to ProtocolError, to the teleop core's refusals, to
-the WebRTC service's signalling errors, and as a dict's ``'code'``), so a module still using a
-bare string cannot add a code the list does not have. docs/protocol.md names every member,
+Every machine-readable ``code`` the package can send is a member, and is written as one: found
+in the source by the Python parser (what is given to ProtocolError, to the teleop core's
+refusals, to the WebRTC service's signalling errors, and as a dict's ``'code'``), a bare
+string is refused, and a member the list does not have is too. docs/protocol.md names every member,
 and the page's notices (web/js/protocol.js ERROR_TEXT) exist only for real codes.
 """
 
@@ -18,7 +18,8 @@ from video_bridge.core.protocol import ErrorCode
 
 PACKAGE = os.path.join(REPO, 'src', 'video_bridge', 'video_bridge')
 # Calls that take an error code: the position of the code among their arguments (or code=).
-CODE_CALLS = {'ProtocolError': 0, '_signal_error': 0, 'refuse': 2}
+CODE_CALLS = {'ProtocolError': 0, '_signal_error': 0, 'refuse': 2, 'WebRtcError': 0,
+              'WebRtcStopped': 1}
 
 
 def codes_in_source() -> dict:
@@ -45,10 +46,22 @@ def codes_in_source() -> dict:
                     candidates += [v for k, v in zip(node.keys, node.values)
                                    if isinstance(k, ast.Constant) and k.value == 'code']
                 for value in candidates:
+                    where = f'{os.path.relpath(path, REPO)}:{node.lineno}'
                     if isinstance(value, ast.Constant) and isinstance(value.value, str):
-                        where = f'{os.path.relpath(path, REPO)}:{node.lineno}'
                         found.setdefault(value.value, []).append(where)
+                    elif isinstance(value, ast.Attribute) and \
+                            getattr(value.value, 'id', None) == 'ErrorCode':
+                        member = ErrorCode.__members__.get(value.attr)
+                        code = member.value if member is not None else f'ErrorCode.{value.attr}'
+                        found.setdefault(code, []).append(f'{where} (member)')
     return found
+
+
+def bare_strings_in_source() -> dict:
+    """The codes given as string literals, not as ErrorCode members: {code: [file:line]}."""
+    return {code: [w for w in where if not w.endswith('(member)')]
+            for code, where in codes_in_source().items()
+            if any(not w.endswith('(member)') for w in where)}
 
 
 def test_every_code_the_package_sends_is_in_the_one_list():
@@ -56,6 +69,11 @@ def test_every_code_the_package_sends_is_in_the_one_list():
     assert len(found) >= 5, f'the scan found almost nothing: {found}'
     unknown = {code: where for code, where in found.items() if code not in set(ErrorCode)}
     assert not unknown, f'codes outside core.protocol.ErrorCode: {unknown}'
+
+
+def test_every_code_is_given_as_a_member_not_a_string():
+    bare = bare_strings_in_source()
+    assert not bare, f'use core.protocol.ErrorCode members, not strings: {bare}'
 
 
 def test_the_list_is_the_wire_strings():

@@ -32,6 +32,7 @@ from typing import Callable, Dict, Optional
 
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
+from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.rate_limit import ClientBuckets, RateLimiter, Verdict
 from video_bridge.core.teleop import Effects, TeleopCore
 
@@ -201,7 +202,7 @@ class ControlService:
             return
         if verdict is Verdict.REJECT:
             self.apply(self.core.refuse(
-                client_id, request_id, 'rate_limited',
+                client_id, request_id, ErrorCode.RATE_LIMITED,
                 f'more than {self.commands_per_second:g} messages per second'))
         elif isinstance(decoded, protocol.ProtocolError):
             self.apply(self.core.refuse(client_id, request_id, decoded.code, decoded.message))

@@ -21,6 +21,7 @@ import struct
 from typing import Dict, List, Optional, Tuple
 
 from video_bridge.core import codec_registry, encoders
+from video_bridge.net import internals
 
 _PACKERS: Dict[str, object] = {}   # codec name -> aiortc's encoder, used only for pack()
 
@@ -91,7 +92,4 @@ class PeerPacker:
 
 def install(sender) -> bool:
     """Give an aiortc sender the pass-through encoder; False if this aiortc has no such slot."""
-    if not hasattr(sender, '_RTCRtpSender__encoder'):
-        return False
-    sender._RTCRtpSender__encoder = PrepackedEncoder()
-    return True
+    return internals.install_sender_encoder(sender, PrepackedEncoder())
