@@ -173,7 +173,8 @@ def _candidate(line) -> Optional[str]:
 
 @dataclass(frozen=True)
 class WebRtcConfigReply:
-    """What the page needs to start: whether WebRTC is on, its codecs, ICE servers to use.
+    """
+    What the page needs to start: whether WebRTC is on, its codecs, ICE servers to use.
 
     ``mime_types`` pairs each codec with its MIME type (the codec registry's), so the page
     matches them against the browser's decoders without a codec list of its own.
