@@ -308,7 +308,10 @@ def alternating(sides: list, index: int) -> list:
     """``sides`` in order for an even ``index``, reversed for an odd one (ABBA ...).
 
     Cases run one after another on a shared machine; alternating which side goes first spreads
-    a change of load over both sides instead of charging it to one.
+    a change of load over both sides instead of charging it to one. Pass the round plus the
+    case's position in it: then every case swaps its order from round to round, also when a
+    round has an even number of cases (a running count would give such a case the same order
+    in every round).
     """
     return list(sides) if index % 2 == 0 else list(sides)[::-1]
 

@@ -53,10 +53,10 @@ def run_cases(options) -> list:
     --before.
     """
     sides = ['now', 'before'] if options.before else ['']
-    results, index = [], 0
+    results = []
     for round_index in range(options.rounds):
-        for k in options.viewers:
-            for side in benchlib.alternating(sides, index):
+        for position, k in enumerate(options.viewers):
+            for side in benchlib.alternating(sides, round_index + position):
                 name = ' '.join(filter(None, (side, f'round {round_index + 1}'
                                               if options.rounds > 1 else '')))
                 print(f'K={k}{f" ({name})" if name else ""}: measuring ...', flush=True)
@@ -64,7 +64,6 @@ def run_cases(options) -> list:
                                 profile=round_index == 0)
                 stats['side'] = side
                 results.append((k, name, stats))
-            index += 1
     return results
 
 

@@ -279,10 +279,10 @@ def run_cases(log: CmdVelLog, options) -> list:
     """Both conditions, per round, each with both bridges under --before (alternating)."""
     sides = ['now', 'before'] if options.before else ['']
     conditions = (('no viewers', 0), (f'{options.viewers} viewers @30fps', options.viewers))
-    results, index = [], 0
+    results = []
     for round_index in range(options.rounds):
-        for condition, viewers in conditions:
-            for side in benchlib.alternating(sides, index):
+        for position, (condition, viewers) in enumerate(conditions):
+            for side in benchlib.alternating(sides, round_index + position):
                 name = ' '.join(filter(None, (side, f'round {round_index + 1}'
                                               if options.rounds > 1 else '')))
                 print(f'{condition}{f" ({name})" if name else ""}: measuring ...', flush=True)
@@ -290,7 +290,6 @@ def run_cases(log: CmdVelLog, options) -> list:
                                  options.before if side == 'before' else '')
                 result.update(bridge=name, side=side, viewers=viewers)
                 results.append(result)
-            index += 1
     return results
 
 
