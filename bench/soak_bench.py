@@ -1,7 +1,7 @@
 """Soak benchmark: issue 16's hostile-client soak, timed, before and after, in one run.
 
-Why: test/test_hostile_soak.py holds the bridge to bounds a loaded 2-core CI machine keeps; the
-issue's goals are tighter (viewer >= 28 fps, command p99 <= 5 ms, RSS growth < 20 MB, every
+Why: test/node/test_hostile_soak.py holds the bridge to bounds a loaded 2-core CI machine keeps;
+the issue's goals are tighter (viewer >= 28 fps, command p99 <= 5 ms, RSS growth < 20 MB, every
 slot free afterwards) and are measured here, over a full minute, with the figures printed.
 
 Each round runs that test (pytest, in this process's namespace and ROS domain) once per side:

@@ -21,29 +21,16 @@ from support.waiting import wait_for  # noqa: F401 (the tests import it from her
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 
-# Test tiers: every module of test/ in exactly one, so `scripts/test -m unit` (or net, node,
-# page, lab, lint) runs a tier; a module missing here fails the collection (name its tier).
+# Test tiers: the folder a module lives in (test/<tier>/test_*.py), so `scripts/test test/unit`
+# or `scripts/test test -m unit` runs one tier; a module outside the tier folders fails the
+# collection.
 #   unit  pure Python and the page's Node tests: no sockets, no ROS node, milliseconds
 #   net   the network edge in-process: real sockets, aiohttp, aiortc on both ends; no ROS
 #   node  live rclpy nodes: bridge_node / camera_node processes, ROS tools, real clients
 #   page  the page in headless Chromium against live nodes
 #   lab   network-namespace labs (netlab): NAT, tunnel, nginx, coturn, emulated links
 #   lint  flake8, ShellCheck and the page's syntax beyond the package's own linters
-TIERS = {
-    'unit': ('access', 'cdr', 'demand', 'docs_links', 'encoders', 'error_codes', 'h264', 'ice',
-             'image_codec', 'layers', 'parameter_docs', 'protocol', 'rate_limit', 'rtp_packing',
-             'sfu_core', 'sources', 'stream_reconfigure', 'streams', 'teleop', 'web_js'),
-    'net': ('net_edge', 'send_backlog', 'webrtc_service'),
-    'node': ('bridge_control', 'bridge_http', 'bridge_video', 'camera_node', 'control_fuzz',
-             'demo', 'diagnostics', 'edge_attacks', 'edge_limits', 'edge_slots',
-             'hostile_soak', 'lineup', 'protocol_doc', 'rights', 'ros2_cli',
-             'runtime_parameters', 'secret_files', 'webrtc_client', 'webrtc_slots',
-             'wvs_compat'),
-    'page': ('h264_passthrough', 'web_page', 'webrtc_page'),
-    'lab': ('deploy_topology', 'link_emulator', 'links', 'sfu_janus'),
-    'lint': ('lint',),
-}
-TIER_OF = {f'test_{name}': tier for tier, names in TIERS.items() for name in names}
+TIERS = ('unit', 'net', 'node', 'page', 'lab', 'lint')
 PACKAGE_SRC = os.path.join(REPO, 'src', 'video_bridge')
 if PACKAGE_SRC not in sys.path:
     sys.path.insert(0, PACKAGE_SRC)
@@ -224,7 +211,7 @@ def cmd_vel(ros):
 @pytest.fixture
 def coturn():
     """A real coturn on 127.0.0.1 for one test, stopped however the test ends."""
-    from webrtc_support import Coturn
+    from support.webrtc_support import Coturn
     server = Coturn()   # set up before a bridge fixture, so it is stopped after it
     yield server
     server.stop()
@@ -412,22 +399,21 @@ def many_file_descriptors():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every test of test/ with its module's tier (TIERS); refuse an unlisted module."""
+    """Mark every test of test/ with its tier (its folder); refuse a module outside them."""
     test_dir = os.path.join(REPO, 'test')
-    unlisted = set()
+    stray = set()
     for item in items:
         path = str(item.path)
-        if os.path.dirname(path) != test_dir:
+        if not path.startswith(test_dir + os.sep):
             continue          # the package's linters (src/video_bridge/test) carry 'linter'
-        module = os.path.splitext(os.path.basename(path))[0]
-        tier = TIER_OF.get(module)
-        if tier is None:
-            unlisted.add(module)
-        else:
+        tier = os.path.basename(os.path.dirname(path))
+        if os.path.dirname(os.path.dirname(path)) == test_dir and tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
-    if unlisted:
-        raise pytest.UsageError(f'test modules in no tier: {sorted(unlisted)}; add them to '
-                                'TIERS in test/conftest.py')
+        else:
+            stray.add(os.path.relpath(path, REPO))
+    if stray:
+        raise pytest.UsageError(f'test modules outside the tier folders: {sorted(stray)}; move '
+                                f'each into test/<tier>/ (one of {", ".join(TIERS)})')
 
 
 INTERFACES = os.path.join(REPO, 'test', 'interfaces')

@@ -1,7 +1,7 @@
 """Test support shared by the tests (test/) and the benchmarks (bench/).
 
 * link_emulator: link profiles (link_profiles.yaml) on a router spliced into a lab link
-  (test/netlab.py ``Lab.wire``): delay, jitter, loss, blackouts, rates;
+  (test/support/netlab.py ``Lab.wire``): delay, jitter, loss, blackouts, rates;
 * delay_line: the userspace half of it, a child process on TUN devices;
 * remote_session: an operator (aiortc viewer, /control, /video, a held key) whose sockets live
   in a lab namespace;

@@ -1,4 +1,5 @@
-"""A link emulator for the namespace labs of test/netlab.py: delay, jitter, loss, outages, rate.
+"""A link emulator for the namespace labs of test/support/netlab.py: delay, jitter, loss, outages,
+rate.
 
 This kernel has no netem and no NFQUEUE, so a profile (test/support/link_profiles.yaml) is split
 between what the kernel does and a small userspace delay line:
@@ -53,7 +54,7 @@ DIRECTION_KEYS = ('delay_ms', 'jitter_ms', 'jitter_interval_ms', 'reorder', 'los
 
 def why_unavailable():
     """Why this machine cannot run the emulator (root, tools, TUN), or None when it can."""
-    import netlab
+    from support import netlab
     if os.geteuid() != 0:
         return 'needs root (network namespaces, TUN, nftables, tc)'
     missing = netlab.missing_tools('ip', 'nft', 'tc')
@@ -334,7 +335,7 @@ def emulated_path(spec, log_dir: str, seed=None, edge: str = None):
     ``edge``: an existing namespace name to use as the edge (e.g. one ``Lab.adopt`` would
     give); by default a new one. The far side is always new.
     """
-    import netlab   # test/netlab.py: test/ is on sys.path for tests and benchmarks
+    from support import netlab   # test/ is on sys.path for tests and benchmarks
     lab = netlab.Lab(log_dir)
     try:
         edge_ns = lab.adopt('edge') if edge == 'self' else (edge or lab.namespace('edge'))

@@ -1,6 +1,6 @@
 """An operator on the far side of an emulated link: /control, an aiortc viewer, a driver.
 
-Shared by test/test_links.py and bench/links_bench.py. The operator's asyncio loop runs on a
+Shared by test/lab/test_links.py and bench/links_bench.py. The operator's asyncio loop runs on a
 thread that has joined the operator's network namespace (netlab.enter_namespace), so every socket
 aiortc and websockets open is that namespace's, while this process's other threads (rclpy on
 /cmd_vel, the test) stay where they are and time everything with the same clocks.
@@ -23,7 +23,7 @@ import struct
 import threading
 import time
 
-import netlab
+from support import netlab
 
 STEP = 1e-4     # linear.x of command i is 0.1 + i * STEP: distinct, and never zero
 

@@ -1,11 +1,12 @@
 """
 Every attack of issue 16 at once, from a process of its own, for a bounded time.
 
-``test/test_hostile_soak.py`` runs this while its own well-behaved viewer and driver measure the
-bridge: the attackers live in another process so their threads never hold the measuring clients'
-interpreter lock. Each attack is one :class:`Stopwatch` thread (a bounded loop: it ends when the
-soak's time is up) of hostile clients from ``hostile_clients``; every socket is closed by its
-owner. At the end one JSON line on stdout says what each attack did and what the bridge answered.
+``test/node/test_hostile_soak.py`` runs this while its own well-behaved viewer and driver measure
+the bridge: the attackers live in another process so their threads never hold the measuring
+clients' interpreter lock. Each attack is one :class:`Stopwatch` thread (a bounded loop: it ends
+when the soak's time is up) of hostile clients from ``hostile_clients``; every socket is closed by
+its owner. At the end one JSON line on stdout says what each attack did and what the bridge
+answered.
 
     python soak_attacks.py --port P --seconds 60 [--token-free]
 
@@ -26,7 +27,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import hostile_clients as hc  # noqa: E402  (test/ is this script's package root)
+from support import hostile_clients as hc  # noqa: E402  (test/ is this script's package root)
 
 TLS = hc.insecure_client_context()
 START = json.dumps({'type': 'webrtc_start', 'id': 1, 'stream': 'camera', 'codecs': ['h264']})

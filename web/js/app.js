@@ -7,6 +7,8 @@ import { GamepadInput, Joystick, KeyboardInput } from './input.js';
 import { controlPath, errorNotice, streamChoices, streamsPath, videoPath,
          websocketBase } from './protocol.js';
 import { formatBitrate, formatDuration, statsTooltip, transportLabel } from './stats.js';
+import { PathPolicy, pathChoice } from './sfu.js';
+import { SfuVideo } from './sfu_video.js';
 import { safeStorage, TokenKeeper } from './token.js';
 import { TransportPolicy, transportChoice } from './transport.js';
 import { VideoClient } from './video.js';
@@ -16,6 +18,7 @@ const $ = (id) => document.getElementById(id);
 const STREAM_KEY = 'video_bridge.stream';
 const SPEED_KEY = 'video_bridge.speed';
 const TRANSPORT_KEY = 'video_bridge.transport';  // auto | webrtc | websocket
+const PATH_KEY = 'video_bridge.path';            // auto | direct | sfu
 
 const session = safeStorage(window.sessionStorage);
 
@@ -27,6 +30,8 @@ if (search !== null) history.replaceState(null, '', location.pathname + search +
 
 // ?transport=websocket|webrtc|auto picks the video transport; ?relay=1 forces TURN relay.
 if (pageParams.has('transport')) session.set(TRANSPORT_KEY, pageParams.get('transport'));
+// ?path=direct|sfu|auto picks the path where the bridge has an SFU (docs/sfu.md).
+if (pageParams.has('path')) session.set(PATH_KEY, pageParams.get('path'));
 const relayOnly = pageParams.get('relay') === '1';
 const wsBase = websocketBase(location);
 
@@ -39,6 +44,7 @@ const ui = {
   noticeLevel: 'info',
   noticeTimer: null,
   gamepad: null,
+  path: 'direct',       // the path applied last: 'direct' or 'sfu' (sfu.js decides)
 };
 
 // --- sockets -------------------------------------------------------------------------------------
@@ -51,7 +57,10 @@ const control = new ControlClient({
     tokens.hello(hello);
     video.retrySoon();
     loadStreams().then(() => {
-      if (!['starting', 'playing'].includes(webrtc.status)) restartVideo();
+      if (!['starting', 'playing'].includes(webrtc.status)
+          && !['starting', 'playing'].includes(sfu.status)) {
+        restartVideo();
+      }
     });
     render();
   },
@@ -64,6 +73,10 @@ const control = new ControlClient({
       webrtc.refused(message.message || message.code);
       return;
     }
+    if (request?.type?.startsWith('sfu_')) {     // a bridge without an SFU
+      sfu.refused(message.message || message.code);
+      return;
+    }
     drive.reply(message, request);
     if (message.type === 'error') {
       showNotice(errorNotice(message.code, message.message), 'warn');
@@ -72,11 +85,13 @@ const control = new ControlClient({
   onClose(info) {
     drive.setDisconnected();
     webrtc.stop();
+    sfu.stop();   // the bridge stops publishing for a closed session: the next hello starts afresh
     showVideoTransport();
     if (info.meaning.needsToken) tokenRefused(info);
     render();
   },
-  onOther: (message) => webrtc.message(message),
+  onOther: (message) => (message.type?.startsWith('sfu_') ? sfu.message(message)
+    : webrtc.message(message)),
 });
 
 const video = new VideoClient($('video'), {
@@ -140,22 +155,106 @@ function startWebRtc() {
 }
 
 // While WebRTC plays, the <video> shows it and the JPEG socket is closed; otherwise the canvas.
+// The SFU's <video> shows while it plays on the SFU path, or until the direct path shows.
 function showVideoTransport() {
-  const plan = transports.show(transportContext());
-  $('webrtc-video').hidden = !plan.webrtcVisible;
-  $('video').hidden = plan.webrtcVisible;
-  applyJpeg(plan.jpeg);
+  const plan = showVideoElements();
+  if (ui.path === 'direct') applyJpeg(plan.jpeg);
 }
 
-function restartVideo() {
+function showVideoElements() {
+  const sfuShown = sfu.status === 'playing' && (ui.path === 'sfu' || !directShows());
+  $('sfu-video').hidden = !sfuShown;
+  const plan = transports.show(transportContext());
+  $('webrtc-video').hidden = sfuShown || !plan.webrtcVisible;
+  $('video').hidden = sfuShown || plan.webrtcVisible;
+  return plan;
+}
+
+function restartDirect() {
   const plan = transports.restart(transportContext());
   webrtc.stop();
   applyJpeg(plan.jpeg);
   if (plan.webrtc === 'start') webrtc.start(streamName(ui.choice));
 }
 
+/** A fresh start of the video (a new stream, transport, path or hello) on the path it takes. */
+function restartVideo() {
+  ui.path = paths.path(pathContext());
+  if (ui.path === 'direct') restartDirect();
+  else stopDirect();
+  applyPath();   // starts the SFU unless it already plays this stream
+}
+
 // Auto's wait for WebRTC runs out on its own clock, not when the view happens to render.
-setInterval(() => applyJpeg(transports.tick(transportContext())), 250);
+setInterval(() => {
+  if (ui.path === 'direct') applyJpeg(transports.tick(transportContext()));
+  applyPath();
+}, 250);
+
+// --- the SFU path (sfu.js): observers watch through the cloud's Janus, the driver directly ----
+
+const paths = new PathPolicy({ now: pageNow });
+const sfu = new SfuVideo($('sfu-video'), {
+  control,
+  iceServers: () => webrtc.config?.ice_servers ?? [],
+  onStatus: () => {
+    applyPath();
+    showVideoTransport();
+    render();
+  },
+  onFailed: () => paths.failed(),
+});
+
+function pathWanted() {
+  return pathChoice(session.get(PATH_KEY));
+}
+
+function directShows() {
+  return webrtc.status === 'playing' || (video.status === 'open' && video.connectionFrames > 0);
+}
+
+// What the path policy reads (sfu.js): a snapshot of the page, taken per decision.
+function pathContext() {
+  return {
+    wanted: pathWanted(),
+    available: Boolean(ui.choice?.sfu) && transportWanted() !== 'websocket'
+      && control.status === 'connected' && (control.hello?.protocol ?? 1) >= 2,
+    driving: drive.youDrive || drive.acquireId !== null,
+    stream: streamName(ui.choice),
+    direct: directShows(),
+    sfu: { status: sfu.status, stream: sfu.stream },
+  };
+}
+
+function stopDirect() {
+  transports.fallbackAt = null;
+  if (webrtc.status !== 'off') webrtc.stop();
+  if (video.status !== 'disconnected' || video.retryAt !== null) video.stop();
+}
+
+let applyingPath = false;
+
+/** Carry out the path policy's decisions (re-entered from status callbacks: once at a time). */
+function applyPath() {
+  if (applyingPath) return;
+  applyingPath = true;
+  try {
+    const ctx = pathContext();
+    const path = paths.path(ctx);
+    const sfuAction = paths.sfu(ctx, path);
+    const directAction = paths.direct(ctx, path);
+    const switched = path !== ui.path;
+    ui.path = path;
+    if (sfuAction === 'start') sfu.start(ctx.stream);
+    else if (sfuAction === 'stop') sfu.stop();
+    if (directAction === 'stop') stopDirect();
+    else if (directAction === 'run' && switched) restartDirect();
+    if (sfu.status === 'playing') paths.playing(sfu.playedFor());
+    showVideoElements();
+  } finally {
+    applyingPath = false;
+  }
+}
 
 function tokenRefused(info) {
   if (tokens.refused(info.meaning)) queueMicrotask(reconnectAll);  // once, not per socket
@@ -210,6 +309,11 @@ function fillStreamSelect(selected) {
     return option;
   }));
   select.disabled = ui.choices.length === 0;
+}
+
+// The path selector shows only where the chosen stream can be watched through an SFU.
+function showPathPicker() {
+  $('path-picker').hidden = !ui.choice?.sfu;
 }
 
 // --- driving -------------------------------------------------------------------------------------
@@ -287,6 +391,13 @@ $('stream').addEventListener('change', (event) => {
   render();
 });
 $('stream').addEventListener('focus', loadStreams);  // topics come and go
+$('path').value = pathWanted();
+$('path').addEventListener('change', (event) => {
+  session.set(PATH_KEY, event.target.value);
+  paths.chosen();
+  applyPath();
+  render();
+});
 $('transport').value = transportWanted();
 $('transport').addEventListener('change', (event) => {
   session.set(TRANSPORT_KEY, event.target.value);
@@ -297,7 +408,7 @@ $('transport').addEventListener('change', (event) => {
 // After a change made with the mouse or a finger, focus leaves the slider and the selector so
 // the arrow keys drive again; keyboard users keep focus (and the arrows) where they are.
 let pointerChange = false;
-for (const element of [speedInput, $('stream')]) {
+for (const element of [speedInput, $('stream'), $('path')]) {
   element.addEventListener('pointerdown', () => { pointerChange = true; });
   element.addEventListener('keydown', () => { pointerChange = false; });
   element.addEventListener('change', () => {
@@ -375,9 +486,17 @@ function videoOverlayText(stats) {
   if (ui.videoProblem) return ui.videoProblem;
   if (ui.streamsLoaded && !ui.choice) return 'This bridge offers no video stream.';
   if (!ui.choice) return 'Looking for video streams…';
-  if (webrtc.status === 'playing') {
+  if (sfu.status === 'playing' || webrtc.status === 'playing') {
     return stats.frameAge !== null && stats.frameAge > 2
       ? `No new frame for ${Math.floor(stats.frameAge)} s` : '';
+  }
+  if (ui.path === 'sfu') {
+    if (sfu.status === 'starting') return 'Starting video through the cloud server…';
+    if (sfu.status === 'failed') {
+      return paths.retryAt !== null
+        ? `Cloud server video lost · trying again in ${seconds(paths.retryAt)} s`
+        : 'Cloud server video lost';
+    }
   }
   if (webrtc.status === 'starting' && video.status === 'disconnected') {
     return 'Starting WebRTC video…';
@@ -465,15 +584,20 @@ function render() {
 }
 
 function renderVideo() {
+  const viaSfu = !$('sfu-video').hidden;
   const viaWebRtc = webrtc.status === 'playing';
-  const stats = viaWebRtc ? webrtc.stats() : video.stats();
+  const stats = viaSfu ? sfu.stats() : viaWebRtc ? webrtc.stats() : video.stats();
   const transport = $('stat-transport');
   const [transportText, transportValue] = transportLabel({
     webrtc: webrtc.status, websocket: video.status, codec: stats.codec ?? '',
+    sfu: viaSfu || (ui.path === 'sfu' && sfu.status === 'starting') ? sfu.status : 'off',
     candidateType: stats.candidateType ?? '' });
   setText(transport, transportText);
   setAttr(transport, 'data-value', transportValue);
-  transport.title = webrtc.problem ? `WebRTC: ${webrtc.problem}` : '';
+  transport.title = [webrtc.problem ? `WebRTC: ${webrtc.problem}` : '',
+    sfu.problem ? `Cloud server: ${sfu.problem}` : ''].filter(Boolean).join('\n');
+  showPathPicker();
+  setAttr($('path'), 'data-path', ui.path);
   const overlay = $('video-overlay');
   const text = videoOverlayText(stats);
   setText(overlay, text);
@@ -497,7 +621,7 @@ $('stats').title = statsTooltip(PROBE_PERIOD);
 setInterval(render, 250);
 
 // Devtools and tests read the live objects here; nothing on the page depends on it.
-window.videoBridge = { control, video, drive, ui, webrtc, tokens, transports };
+window.videoBridge = { control, video, drive, ui, webrtc, tokens, transports, sfu, paths };
 
 control.start();
 loadStreams();

@@ -63,7 +63,7 @@ export function streamChoices(doc) {
   const shown = new Set();
   for (const stream of doc?.streams ?? []) {
     choices.push({ label: stream.name, video: stream.video ?? VIDEO_PREFIX + quoteStream(stream.name),
-                   kind: stream.kind, name: stream.name });
+                   kind: stream.kind, name: stream.name, sfu: stream.sfu === true });
     shown.add(stream.topic);
     shown.add(stream.name);
   }
@@ -71,7 +71,7 @@ export function streamChoices(doc) {
     if (shown.has(topic.topic)) continue;
     shown.add(topic.topic);
     choices.push({ label: `${topic.topic} (topic)`, video: VIDEO_PREFIX + quoteStream(topic.topic),
-                   kind: topic.kind, name: topic.topic });
+                   kind: topic.kind, name: topic.topic, sfu: false });
   }
   return choices;
 }

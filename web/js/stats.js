@@ -105,13 +105,15 @@ export function plausibleLatency(seconds) {
  * `websocket` the video socket's (disconnected | connecting | open).
  * Returns [text, data-value].
  */
-export function transportLabel({ webrtc, websocket, codec = '', candidateType = '' }) {
+export function transportLabel({ webrtc, websocket, sfu = 'off', codec = '', candidateType = '' }) {
+  if (sfu === 'playing') return [`SFU ${codec.toUpperCase()}`.trim(), 'sfu'];
   if (webrtc === 'playing') {
     return [`WebRTC ${codec.toUpperCase()}${candidateType === 'relay' ? ' relay' : ''}`.trim(),
       'webrtc'];
   }
   if (websocket === 'open') return ['WebSocket JPEG', 'websocket'];
   if (webrtc === 'starting') return ['WebRTC…', 'webrtc-starting'];
+  if (sfu === 'starting') return ['SFU…', 'sfu-starting'];
   if (websocket === 'connecting') return ['WebSocket…', 'websocket-connecting'];
   return ['–', ''];
 }

@@ -22,7 +22,6 @@ import { Backoff, RetryTimer } from './backoff.js';
 import { pageNow } from './clock.js';
 import { plausibleLatency, RateMeter, RecentMedian } from './stats.js';
 
-export const WEBRTC_CODECS = ['h264', 'vp8'];
 export const CHANNEL_COMMANDS = new Set(['command', 'velocity']);
 const START_TIMEOUT = 10000;    // ms from start to the first displayed frame
 // ms from connected (ICE and DTLS done) to playing: normally a few hundred (the join keyframe);
@@ -34,14 +33,25 @@ export const STALL_TIMEOUT = 3000;   // ms without video bytes while playing
 export const RETRY_BACKOFF = Object.freeze({ base: 2000, max: 30000 });
 const STEADY = 30000;           // ms of playing after which the retry backoff starts afresh
 
-/** Codec names (h264, vp8) this browser can decode, from RTCRtpReceiver capabilities. */
-export function decodableCodecs(capabilities) {
+/**
+ * The bridge's codecs this browser can decode, in the bridge's order.
+ *
+ * `mimeTypes` is webrtc_config's {codec name: MIME type} (the bridge's codec registry), so
+ * the page names no codec itself; `capabilities` is RTCRtpReceiver.getCapabilities('video').
+ */
+export function decodableCodecs(capabilities, mimeTypes) {
   const found = new Set();
-  for (const codec of capabilities?.codecs ?? []) {
-    const name = String(codec.mimeType).toLowerCase().replace('video/', '');
-    if (WEBRTC_CODECS.includes(name)) found.add(name);
-  }
-  return WEBRTC_CODECS.filter((name) => found.has(name));
+  for (const codec of capabilities?.codecs ?? []) found.add(String(codec.mimeType).toLowerCase());
+  return Object.entries(mimeTypes ?? {})
+    .filter(([, mime]) => found.has(String(mime).toLowerCase()))
+    .map(([name]) => name);
+}
+
+/** The bridge's name of a MIME type from the stats (null when it names no codec of the bridge). */
+export function codecName(mimeType, mimeTypes) {
+  const wanted = String(mimeType).toLowerCase();
+  const entry = Object.entries(mimeTypes ?? {}).find(([, m]) => String(m).toLowerCase() === wanted);
+  return entry ? entry[0] : null;
 }
 
 const RTP_CLOCK = 90000;         // Hz: the bridge's RTP timestamps are header.stamp on this clock
@@ -148,13 +158,7 @@ export class WebRtcVideo {
       this.setStatus('unavailable', 'This browser has no WebRTC.');
       return;
     }
-    const codecs = decodableCodecs(globalThis.RTCRtpReceiver?.getCapabilities?.('video'));
-    if (!codecs.length) {
-      this.setStatus('unavailable', 'This browser decodes neither H.264 nor VP8.');
-      return;
-    }
     this.setStatus('starting');
-    this.wantedCodecs = codecs;
     this.configId = this.control.send({ type: 'webrtc_config' });
     this.startId = null;
     if (this.configId === null) {
@@ -233,6 +237,13 @@ export class WebRtcVideo {
           return;
         }
         this.config = message;
+        this.wantedCodecs = decodableCodecs(globalThis.RTCRtpReceiver?.getCapabilities?.('video'),
+                                            message.mime_types);
+        if (!this.wantedCodecs.length) {
+          this.setStatus('unavailable', 'This browser decodes none of the bridge\'s codecs '
+                         + `(${(message.codecs ?? []).join(', ') || 'none'}).`);
+          return;
+        }
         this.startId = this.control.send({ type: 'webrtc_start', stream: this.stream,
                                            codecs: this.wantedCodecs });
         return;
@@ -379,7 +390,8 @@ export class WebRtcVideo {
         this.lastBytes = { at, bytes: entry.bytesReceived };
         this.framesDecoded = entry.framesDecoded;
         const codec = report.get(entry.codecId);
-        if (codec?.mimeType) this.codec = codec.mimeType.replace('video/', '').toLowerCase();
+        const name = codec?.mimeType ? codecName(codec.mimeType, this.config?.mime_types) : null;
+        if (name) this.codec = name;
       }
       if (entry.type === 'candidate-pair' && entry.state === 'succeeded' && entry.nominated) {
         const local = report.get(entry.localCandidateId);

@@ -511,7 +511,8 @@ describe('WebRTC start: connected without video', () => {
       const signal = async () => {   // the bridge's side of one start
         const config = sent.findLast((m) => m.type === 'webrtc_config');
         await webrtc.message({ type: 'webrtc_config', id: sent.indexOf(config) + 1,
-                               enabled: true, ice_servers: [] });
+                               enabled: true, ice_servers: [], codecs: ['h264'],
+                               mime_types: { h264: 'video/H264' } });
         const start = sent.findLast((m) => m.type === 'webrtc_start');
         await webrtc.message({ type: 'webrtc_offer', id: sent.indexOf(start) + 1, sdp: 'v=0',
                                codec: 'h264' });

@@ -182,4 +182,14 @@ describe('URLs and the stream list', () => {
     ]);
     assert.deepEqual(streamChoices({}), []);
   });
+
+  it('carries whether a stream can be watched through the SFU (topics never can)', () => {
+    const doc = {
+      streams: [{ name: 'camera', topic: '/camera/image_raw', sfu: true },
+                { name: 'depth', topic: '/depth' }],
+      topics: [{ topic: '/other', kind: 'raw' }],
+    };
+    assert.deepEqual(streamChoices(doc).map((c) => [c.name, c.sfu]),
+                     [['camera', true], ['depth', false], ['/other', false]]);
+  });
 });

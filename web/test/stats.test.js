@@ -20,6 +20,15 @@ describe('transportLabel (the "via" figure)', () => {
       'WebSocket JPEG');
   });
 
+  it('says SFU when the picture comes through the SFU, before what the direct path shows', () => {
+    assert.deepEqual(transportLabel({ webrtc: 'playing', websocket: 'disconnected', sfu: 'playing',
+      codec: 'h264' }), ['SFU H264', 'sfu']);
+    assert.deepEqual(transportLabel({ webrtc: 'off', websocket: 'disconnected', sfu: 'starting' }),
+      ['SFU…', 'sfu-starting']);
+    assert.deepEqual(transportLabel({ webrtc: 'playing', websocket: 'disconnected', sfu: 'starting',
+      codec: 'h264' }), ['WebRTC H264', 'webrtc']);
+  });
+
   it('says WebSocket JPEG when the video socket draws the picture', () => {
     assert.deepEqual(transportLabel({ webrtc: 'starting', websocket: 'open' }),
       ['WebSocket JPEG', 'websocket']);

@@ -3,14 +3,52 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { CHANNEL_COMMANDS, decodableCodecs, StampTable } from '../js/webrtc.js';
+import { CHANNEL_COMMANDS, codecName, decodableCodecs, StampTable,
+         WebRtcVideo } from '../js/webrtc.js';
+import { FakeTimers } from './helpers.js';
 
-test('decodableCodecs keeps the codecs the bridge encodes, in its order', () => {
-  const capabilities = { codecs: [{ mimeType: 'video/VP9' }, { mimeType: 'video/VP8' },
-    { mimeType: 'video/H264' }, { mimeType: 'video/H264' }, { mimeType: 'video/rtx' }] };
-  assert.deepEqual(decodableCodecs(capabilities), ['h264', 'vp8']);
-  assert.deepEqual(decodableCodecs({ codecs: [{ mimeType: 'video/AV1' }] }), []);
-  assert.deepEqual(decodableCodecs(null), []);
+// what webrtc_config's mime_types says (the bridge's codec registry), here with a third codec
+const MIME_TYPES = { h264: 'video/H264', vp8: 'video/VP8', av1: 'video/AV1' };
+
+test('decodableCodecs keeps the codecs the bridge offers that this browser decodes, in its order',
+  () => {
+    const capabilities = { codecs: [{ mimeType: 'video/VP9' }, { mimeType: 'video/vp8' },
+      { mimeType: 'video/H264' }, { mimeType: 'video/H264' }, { mimeType: 'video/rtx' }] };
+    assert.deepEqual(decodableCodecs(capabilities, MIME_TYPES), ['h264', 'vp8']);
+    assert.deepEqual(decodableCodecs({ codecs: [{ mimeType: 'video/AV1' }] }, MIME_TYPES),
+      ['av1'], 'a codec the bridge adds needs no change here');
+    assert.deepEqual(decodableCodecs(capabilities, { vp8: 'video/VP8' }), ['vp8']);
+    assert.deepEqual(decodableCodecs(capabilities, undefined), []);
+    assert.deepEqual(decodableCodecs(null, MIME_TYPES), []);
+  });
+
+test('codecName names a MIME type of the stats by the bridge\'s name for it', () => {
+  assert.equal(codecName('video/H264', MIME_TYPES), 'h264');
+  assert.equal(codecName('video/av1', MIME_TYPES), 'av1');
+  assert.equal(codecName('video/VP9', MIME_TYPES), null);
+  assert.equal(codecName('video/VP8', undefined), null);
+});
+
+test('a browser decoding none of the offered codecs asks for no peer and says why', async () => {
+  const saved = [globalThis.RTCPeerConnection, globalThis.RTCRtpReceiver];
+  globalThis.RTCPeerConnection = class {};
+  globalThis.RTCRtpReceiver = { getCapabilities: () => ({ codecs: [{ mimeType: 'video/VP9' }] }) };
+  try {
+    const timers = new FakeTimers();
+    const sent = [];
+    const control = { status: 'connected', send: (m) => { sent.push(m); return sent.length; } };
+    const webrtc = new WebRtcVideo({ srcObject: null }, { control, clock: { age: () => null },
+                                                         timers, now: timers.now });
+    webrtc.start('camera');
+    assert.deepEqual(sent.map((m) => m.type), ['webrtc_config']);
+    await webrtc.message({ type: 'webrtc_config', id: 1, enabled: true, ice_servers: [],
+                           codecs: ['h264', 'vp8'], mime_types: MIME_TYPES });
+    assert.equal(webrtc.status, 'unavailable');
+    assert.match(webrtc.problem, /decodes none of the bridge's codecs \(h264, vp8\)/);
+    assert.deepEqual(sent.map((m) => m.type), ['webrtc_config'], 'no webrtc_start');
+  } finally {
+    [globalThis.RTCPeerConnection, globalThis.RTCRtpReceiver] = saved;
+  }
 });
 
 test('StampTable maps full 32-bit RTP timestamps and forgets the oldest', () => {

@@ -7,6 +7,8 @@ JPEG units are self-contained pictures; H.264 and VP8 units are one frame of a c
 stream, so their encoder keeps state and can be asked for a keyframe (a join, a PLI/FIR, a
 layer switch). Every peer watching the same variant shares its units: no encoder per viewer.
 
+Which FFmpeg encoders a codec has, and their options, come from the codec registry
+(:mod:`video_bridge.core.codec_registry`); this module holds no codec's settings of its own.
 H.264 is constrained baseline from libx264 at ``ultrafast`` + ``zerolatency`` (no B-frames, no
 lookahead: one unit per input frame, ~1.4 ms at 640x480), with SPS/PPS repeated on every
 keyframe so a peer can start at any of them. VP8 is libvpx in realtime mode at a fixed speed
@@ -30,25 +32,24 @@ from dataclasses import dataclass
 import fractions
 import logging
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import cv2
-from video_bridge.core import h264 as h264_units, image_codec
+from video_bridge.core import codec_registry, h264 as h264_units, image_codec
 
-JPEG = 'jpeg'
-H264 = 'h264'
-VP8 = 'vp8'
-VIDEO_CODECS = (H264, VP8)
-CODECS = (JPEG,) + VIDEO_CODECS
-CLOCK_RATE = 90000  # RTP video clock (RFC 3551): timestamps in 1/90000 s
+JPEG, H264, VP8 = codec_registry.JPEG, codec_registry.H264, codec_registry.VP8
+VIDEO_CODECS = codec_registry.VIDEO_CODECS
+CODECS = codec_registry.CODECS
+CLOCK_RATE = codec_registry.RTP_VIDEO_CLOCK  # RTP video clock (RFC 3551): timestamps in 1/90000 s
 TIME_BASE = fractions.Fraction(1, CLOCK_RATE)
 MIN_BITRATE = 50_000
 MAX_BITRATE = 20_000_000
-KEYFRAME_INTERVAL = 300  # frames between keyframes the encoder makes by itself (10 s at 30 fps)
+KEYFRAME_INTERVAL = codec_registry.KEYFRAME_INTERVAL
 
-LIBX264 = 'libx264'
+_H264 = codec_registry.get(H264)
+LIBX264 = _H264.software_encoder.name
 # H.264 encoders of the PyPI av wheel besides libx264, in the order ``auto`` tries them.
-HARDWARE_H264 = ('h264_nvenc', 'h264_qsv', 'h264_v4l2m2m')
+HARDWARE_H264 = tuple(e.name for e in _H264.encoders if e.hardware)
 H264_ENCODERS = ('auto', LIBX264) + HARDWARE_H264
 PROBE_SIZE = 64           # pixels, the side of the test picture an encoder must encode
 PROBE_TIMEOUT = 5.0       # s one probe may take (a driver that hangs is given up on)
@@ -104,7 +105,12 @@ class Encoder:
 
 
 class JpegEncoder(Encoder):
-    """A stateless JPEG encoder at one quality and size bound (what protocol v1 sends)."""
+    """
+    A stateless JPEG encoder at one quality and size bound (what protocol v1 sends).
+
+    Stateless and cheap to make (the hub makes one per JPEG variant and frame); every unit is
+    a keyframe.
+    """
 
     codec = JPEG
 
@@ -118,28 +124,6 @@ class JpegEncoder(Encoder):
         self.encodes += 1
         return EncodedUnit(image_codec.encode_jpeg(picture, self.quality, self.max_width,
                                                    self.max_height))
-
-
-def _video_options(codec: str, bitrate: int, fps: int) -> Dict[str, str]:
-    if codec == H264:
-        kbit = max(1, bitrate // 1000)
-        return {'preset': 'ultrafast', 'tune': 'zerolatency', 'profile': 'baseline',
-                'level': '31',
-                # no scene-cut keyframes (they come on request), a VBV cap so a keyframe never
-                # bursts far beyond the link, and headers in-band on every keyframe.
-                'x264-params': (f'keyint={KEYFRAME_INTERVAL}:min-keyint={KEYFRAME_INTERVAL}:'
-                                f'scenecut=0:vbv-maxrate={kbit}:vbv-bufsize={max(1, kbit // 2)}'
-                                f':repeat-headers=1:sliced-threads=0:threads=1')}
-    # cpu-used: in realtime mode a positive value is a time budget, not a speed (libvpx spends
-    # up to (16 - n) / 16 of the frame interval and picks its speed from wall-clock time: 8 took
-    # ~3.5 ms per 640x480 frame and varied with machine load); a negative value fixes the speed.
-    # Speed 12 measured 1.3-1.9 ms CPU per frame at 0.3-1.2 Mbit/s within 1.5 % of the target
-    # rate and 0.4-1 dB PSNR below cpu-used 8 at 1 Mbit/s; speed 14-16 were not faster on
-    # textured scenes, lost 3-12 dB there and overshot a 300 kbit/s target 2.7-3x (qmax reached).
-    return {'deadline': 'realtime', 'cpu-used': '-12', 'lag-in-frames': '0',
-            'minrate': str(bitrate), 'maxrate': str(bitrate), 'bufsize': str(bitrate),
-            'static-thresh': '1', 'undershoot-pct': '100', 'overshoot-pct': '15',
-            'noise-sensitivity': '0', 'error-resilient': '1'}
 
 
 def _video_frame(av, i420, width: int, height: int):
@@ -166,12 +150,9 @@ class VideoEncoder(Encoder):
                  fall_back: bool = True):
         if codec not in VIDEO_CODECS:
             raise ValueError(f'unknown video codec {codec!r} (known: {", ".join(VIDEO_CODECS)})')
-        encoder_name = encoder_name or (LIBX264 if codec == H264 else 'libvpx')
-        if codec == H264 and encoder_name not in (LIBX264,) + HARDWARE_H264:
-            raise ValueError(f'unknown H.264 encoder {encoder_name!r} (known: '
-                             f'{", ".join((LIBX264,) + HARDWARE_H264)})')
-        self.encoder_name = encoder_name
-        self.fall_back = fall_back     # hardware failing later: go on with libx264
+        self._codec = codec_registry.get(codec)
+        self._spec = self._codec.encoder(encoder_name)   # ValueError for an unknown name
+        self.fall_back = fall_back     # hardware failing later: go on with the software one
         self._headers = None
         if not MIN_BITRATE <= bitrate <= MAX_BITRATE:
             raise ValueError(f'bitrate must be within {MIN_BITRATE}..{MAX_BITRATE} bit/s')
@@ -186,22 +167,19 @@ class VideoEncoder(Encoder):
 
     def _open(self, width: int, height: int):
         av = self._av
-        context = av.CodecContext.create(self.encoder_name, 'w')
+        spec = self._spec
+        context = av.CodecContext.create(spec.name, 'w')
         context.width, context.height = width, height
-        context.pix_fmt = _PIXEL_FORMATS.get(self.encoder_name, 'yuv420p')
+        context.pix_fmt = spec.pixel_format
         context.time_base = TIME_BASE
         context.framerate = fractions.Fraction(self.fps, 1)
         context.bit_rate = self.bitrate
         context.gop_size = KEYFRAME_INTERVAL
-        if self.codec == VP8:
-            context.qmin, context.qmax = 4, 56
-            context.thread_count = 1
-        if self.encoder_name in HARDWARE_H264:
-            context.max_b_frames = 0
-            context.options = _HARDWARE_OPTIONS.get(self.encoder_name, {})
-            self._headers = h264_units.H264Source()   # keyframes with SPS/PPS, whatever it does
-        else:
-            context.options = _video_options(self.codec, self.bitrate, self.fps)
+        for attribute, value in spec.settings.items():
+            setattr(context, attribute, value)
+        context.options = spec.options(self.bitrate)
+        if spec.hardware:   # (H.264 only) keyframes with SPS/PPS, whatever the encoder does
+            self._headers = h264_units.H264Source()
         context.open()     # here, so a missing device fails now, not at the first encode
         self._context = context
         self._size = (width, height)
@@ -227,7 +205,7 @@ class VideoEncoder(Encoder):
         try:
             packets = self._context.encode(frame)
         except av.error.FFmpegError as exc:
-            if self.encoder_name not in HARDWARE_H264 or not self.fall_back:
+            if not self._spec.hardware or not self.fall_back:
                 raise
             self._fall_back(exc)      # the next picture opens libx264 with a keyframe
             return None
@@ -245,20 +223,27 @@ class VideoEncoder(Encoder):
             self.keyframes += 1
         return EncodedUnit(data, is_key, pts)
 
+    @property
+    def encoder_name(self) -> str:
+        """Return the FFmpeg encoder in use (the software one after a hardware failure)."""
+        return self._spec.name
+
     def _open_or_fall_back(self, width: int, height: int):
         try:
             self._open(width, height)
         except self._av.error.FFmpegError as exc:
-            if self.encoder_name not in HARDWARE_H264 or not self.fall_back:
+            if not self._spec.hardware or not self.fall_back:
                 raise
             self._fall_back(exc)
             self._open(width, height)
 
     def _fall_back(self, exc):
-        """Go on with libx264 after a hardware encoder that passed its probe failed later."""
-        logging.getLogger(__name__).warning('H.264 encoder %s failed (%s): using libx264 for '
-                                            'this layer', self.encoder_name, exc)
-        self.encoder_name = LIBX264
+        """Go on with the software encoder after a hardware one that passed its probe failed."""
+        software = self._codec.software_encoder
+        logging.getLogger(__name__).warning('%s encoder %s failed (%s): using %s for this '
+                                            'layer', self._codec.label, self.encoder_name, exc,
+                                            software.name)
+        self._spec = software
         self.close()
 
     def close(self):
@@ -266,21 +251,6 @@ class VideoEncoder(Encoder):
         self._context = None
         self._size = (0, 0)
         self._headers = None
-
-
-# Low-latency settings of the hardware encoders: no B-frames, no lookahead, keyframes on request
-_HARDWARE_OPTIONS = {
-    'h264_nvenc': {'preset': 'p1', 'tune': 'ull', 'zerolatency': '1', 'rc': 'cbr',
-                   'delay': '0', 'forced-idr': '1', 'profile': 'baseline'},
-    'h264_qsv': {'preset': 'veryfast', 'async_depth': '1', 'look_ahead': '0',
-                 'forced_idr': '1', 'profile': 'baseline'},
-    'h264_v4l2m2m': {},
-}
-_PIXEL_FORMATS = {'h264_qsv': 'nv12'}
-_PROBE_HINTS = {'h264_nvenc': 'no usable NVIDIA GPU and driver',
-                'h264_qsv': 'no usable Intel Quick Sync (media driver)',
-                'h264_v4l2m2m': 'no V4L2 memory-to-memory H.264 encoder device',
-                LIBX264: 'libx264 cannot encode'}
 
 
 class PassthroughH264(Encoder):
@@ -322,7 +292,7 @@ class H264Decoder:
         if self._context is None:
             if not unit.keyframe:
                 return None
-            self._context = self._av.CodecContext.create('h264', 'r')
+            self._context = self._av.CodecContext.create(_H264.decoder, 'r')
             self._context.thread_count = 1
         self.decodes += 1
         try:
@@ -377,7 +347,9 @@ def probe_h264_encoder(name: str, timeout: float = PROBE_TIMEOUT) -> Optional[st
             outcome.append('no unit came out of 8 pictures')
         except Exception as exc:  # PyAV raises its own error types (no device, no library)
             detail = getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__
-            outcome.append(f'{_PROBE_HINTS.get(name, "cannot open it")} ({detail[:120]})')
+            hint = _H264.encoder(name).unavailable_hint if name in H264_ENCODERS[1:] else \
+                'cannot open it'
+            outcome.append(f'{hint} ({detail[:120]})')
     thread = threading.Thread(target=attempt, name=f'probe-{name}', daemon=True)
     thread.start()
     thread.join(timeout)
@@ -429,7 +401,13 @@ def video_available(codec: str) -> Optional[str]:
         import av
     except ImportError:
         return 'PyAV (python3-av / pip av) is not installed'
-    name = 'libx264' if codec == H264 else 'libvpx'
+    try:
+        entry = codec_registry.get(codec)
+    except ValueError as exc:
+        return str(exc)
+    if not entry.video:
+        return f'{codec} is not a video codec'
+    name = entry.software_encoder.name
     try:
         av.codec.Codec(name, 'w')
     except Exception as exc:  # PyAV raises its own error types for unknown codecs

@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from video_bridge.core import encoders, h264, image_codec
+from video_bridge.core import codec_registry, encoders, h264, image_codec
 from video_bridge.core.layers import KeyframeGate
 from video_bridge.core.protocol import (
     FLAG_COLORMAPPED, FLAG_PASSTHROUGH, FLAG_SCALED, FrameHeader, pack_frame_header, Variant)
@@ -82,23 +82,24 @@ class SourceImage:
 
 
 class EncodedFrame:
-    """One frame of one variant, ready to send; wire forms are built once and shared."""
+    """
+    One frame of one variant, ready to send; wire forms are built once and shared.
 
-    __slots__ = ('header', 'jpeg', 'payload', '_wire', 'codec', 'data', 'keyframe', 'pts')
+    ``data`` is the encoded unit in its codec (a JPEG picture, an H.264 access unit, a VP8
+    frame); ``payload`` is what the ``/video`` websocket sends (JPEG: the frame header, then
+    the picture).
+    """
 
-    def __init__(self, header: FrameHeader, jpeg: bytes, codec: str = encoders.JPEG,
+    __slots__ = ('header', 'payload', '_wire', 'codec', 'data', 'keyframe', 'pts')
+
+    def __init__(self, header: FrameHeader, data: bytes, codec: str = codec_registry.JPEG,
                  keyframe: bool = True, pts: int = 0):
         self.header = header
         self.codec = codec
-        self.data = jpeg          # the encoded bytes, whatever the codec
+        self.data = data          # the encoded bytes, whatever the codec
         self.keyframe = keyframe  # video: a decoder can start here (JPEG: always)
         self.pts = pts            # video: presentation time in encoders.TIME_BASE units
-        if codec == encoders.JPEG:
-            self.jpeg = jpeg
-            self.payload = pack_frame_header(header) + jpeg
-        else:
-            self.jpeg = b''
-            self.payload = jpeg
+        self.payload = pack_frame_header(header) + data if codec == codec_registry.JPEG else data
         self._wire: Dict[str, bytes] = {}
 
     @property
@@ -509,8 +510,8 @@ class Stream:
                 source_size = (source_width, source_height)
                 width, height = image_codec.scaled_size(source_width, source_height,
                                                         variant.max_width, variant.max_height)
-                jpeg = image_codec.encode_jpeg(shown, variant.quality, variant.max_width,
-                                               variant.max_height)
+                jpeg = encoders.JpegEncoder(variant.quality, variant.max_width,
+                                            variant.max_height).encode(shown).data
                 encodes += 1
                 flags = FLAG_COLORMAPPED if picture_cache[1] else 0
                 if (width, height) != (source_width, source_height):

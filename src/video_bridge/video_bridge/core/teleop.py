@@ -213,6 +213,8 @@ class Effects:
     state_changed: bool = False  # send the new ControlState to every control client
     events: list = field(default_factory=list)  # control events to log once each
     disconnect: list = field(default_factory=list)  # (client_id, close code, reason)
+    # The e-stop changed: latch this on the lock topic (twist_mux ``locks``); None: no change.
+    estop: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -348,10 +350,12 @@ class TeleopCore:
                 self._stop(effects, now)
                 self._estop = True
                 effects.state_changed = True
+                effects.estop = True
                 effects.events.append(f'emergency stop engaged by {source}')
         elif self._estop:
             self._estop = False
             effects.state_changed = True
+            effects.estop = False
             effects.events.append(f'emergency stop released by {source}')
         return effects
 

@@ -1,12 +1,15 @@
 """
 The bridge's aiohttp application: every route in one place, one middleware, one headers hook.
 
-Routes: the page's files (:mod:`static`), ``/api/streams``, ``/snapshot/<s>`` and
-``/mjpeg/<s>`` (:mod:`mjpeg`), ``/video/<s>`` (:mod:`video_ws`) and ``/control``
-(:mod:`control_ws`), plus whatever ``extra_routes`` add. The middleware parses the request
-target once (``request['video_bridge.target']``, standard query decoding), refuses a bad Host or
-Origin, and notes that the connection sent a request. Every response gets the security headers
-(and CORS headers where configured) just before it is sent.
+Routes (aiohttp's own, declared in :func:`build_app`): the page's files (:mod:`static`),
+``/api/streams``, ``/snapshot/{stream}`` and ``/mjpeg/{stream}`` (:mod:`mjpeg`),
+``/video/{stream}`` (:mod:`video_ws`) and ``/control`` (:mod:`control_ws`), plus whatever
+``extra_routes`` add (web_video_server's ``/stream?topic=`` ...). A stream route's handler
+gets the checked name from ``request.match_info`` in ``request['video_bridge.target']``; a
+path under a stream prefix that is not one stream segment (``/video/a/b``) is answered 400,
+not 404. The middleware decodes the query once (``request['video_bridge.query']``, standard
+decoding), refuses a bad Host or Origin, and notes that the connection sent a request. Every
+response gets the security headers (and CORS headers where configured) just before it is sent.
 """
 
 import json
@@ -18,7 +21,9 @@ from video_bridge.core import protocol
 from video_bridge.net import auth, control_ws, listener, mjpeg, static, video_ws
 
 SERVER_KEY = 'video_bridge.server'
-TARGET_KEY = 'video_bridge.target'
+TARGET_KEY = 'video_bridge.target'  # a stream route's protocol.Target (kind, stream, query)
+QUERY_KEY = 'video_bridge.query'    # every request's single-valued query
+PATH_KEY = 'video_bridge.path'      # its decoded path, for messages and logs
 CLIENT_KEY = 'video_bridge.client'   # who the request counts for (see client_key)
 SECURITY_HEADERS = {
     'X-Content-Type-Options': 'nosniff',
@@ -55,14 +60,14 @@ async def edge_middleware(request: web.Request, handler):
     server = request.app[SERVER_KEY]
     server.listener.mark_request(request.transport)
     try:
-        request[TARGET_KEY] = target = protocol.parse_target(request.raw_path)
+        path, request[QUERY_KEY] = protocol.split_target(request.raw_path)
     except protocol.ProtocolError as exc:
         return _text(400, exc.message)
-    request['video_bridge.query'] = target.query
+    request[PATH_KEY] = path
     problem = auth.host_origin_problem(request)
     if problem is not None:
         status, reason = problem
-        server.log_throttled(f'refused_{status}', 'refused %s from %s: %s', target.path[:80],
+        server.log_throttled(f'refused_{status}', 'refused %s from %s: %s', path[:80],
                              auth.client_name(request), reason, level=logging.WARNING)
         return _text(status, reason)
     key = client_key(request)
@@ -71,7 +76,7 @@ async def edge_middleware(request: web.Request, handler):
     refused = server.listener.admit(request.transport, key,
                                     grant.problem is None and grant.drive)
     if refused:
-        server.log_throttled('refused_full', 'refused %s from %s: %s', target.path[:80],
+        server.log_throttled('refused_full', 'refused %s from %s: %s', path[:80],
                              grant.client, refused, level=logging.WARNING)
         response = _text(503, refused, {'Retry-After': '5'})
         response.force_close()  # the connection's slot is what it was refused
@@ -83,7 +88,7 @@ async def edge_middleware(request: web.Request, handler):
     except (ConnectionError, OSError):
         raise web.HTTPBadRequest() from None
     except Exception:
-        server.log_error_once('error serving %s', target.path[:80])
+        server.log_error_once('error serving %s', path[:80])
         return _text(500, 'internal error')
 
 
@@ -125,6 +130,39 @@ def _websocket_only(handler):
     return route
 
 
+def _stream_route(kind: str, handler):
+    """
+    Wrap a stream route's handler: the stream name from ``match_info``, checked, or a 400.
+
+    The check comes before the handler's own (a websocket endpoint's 426), as a malformed
+    target is refused before anything else; the fallback route of a prefix has no ``stream``.
+    """
+    async def route(request: web.Request) -> web.StreamResponse:
+        path = request[PATH_KEY]
+        try:
+            stream = protocol.stream_name(request.match_info.get('stream'), path)
+        except protocol.ProtocolError as exc:
+            return _text(400, exc.message)
+        request[TARGET_KEY] = protocol.Target(kind, stream, path, request[QUERY_KEY])
+        return await handler(request)
+    return route
+
+
+def _add_stream_routes(router, prefix: str, kind: str, handlers: dict):
+    """
+    ``{prefix}{stream}`` (one path segment, %2F allowed) and, after it, a 400 for the rest.
+
+    ``handlers``: method -> handler; GET answers HEAD as well (as ``add_get`` does).
+    """
+    for pattern in (prefix + '{stream}', prefix + '{tail:.*}'):
+        for method, handler in handlers.items():
+            route = _stream_route(kind, handler)
+            if method == 'GET':
+                router.add_get(pattern, route)
+            else:
+                router.add_route(method, pattern, route)
+
+
 async def _on_shutdown(app: web.Application):
     """Close every websocket (going away) when the runner cleans up."""
     await app[SERVER_KEY].close_connections()
@@ -141,10 +179,11 @@ def build_app(server, extra_routes=()) -> web.Application:
     served = static.add_routes(app, server.config.web_root)
     router.add_get(protocol.STREAMS_PATH, stream_list)
     router.add_route('OPTIONS', protocol.STREAMS_PATH, _preflight)
-    router.add_get(protocol.SNAPSHOT_PREFIX + '{tail:.*}', mjpeg.handle_snapshot)
-    router.add_route('OPTIONS', protocol.SNAPSHOT_PREFIX + '{tail:.*}', _preflight)
-    router.add_get(protocol.MJPEG_PREFIX + '{tail:.*}', mjpeg.handle_mjpeg)
-    router.add_get(protocol.VIDEO_PREFIX + '{tail:.*}', _websocket_only(video_ws.handle))
+    _add_stream_routes(router, protocol.SNAPSHOT_PREFIX, 'snapshot',
+                       {'GET': mjpeg.handle_snapshot, 'OPTIONS': _preflight})
+    _add_stream_routes(router, protocol.MJPEG_PREFIX, 'mjpeg', {'GET': mjpeg.handle_mjpeg})
+    _add_stream_routes(router, protocol.VIDEO_PREFIX, 'video',
+                       {'GET': _websocket_only(video_ws.handle)})
     router.add_get(protocol.CONTROL_PATH, _websocket_only(control_ws.handle))
     for add in extra_routes:
         add(app, server)

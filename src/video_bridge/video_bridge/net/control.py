@@ -32,6 +32,7 @@ from typing import Callable, Dict, Optional
 
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
+from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.rate_limit import ClientBuckets, RateLimiter, Verdict
 from video_bridge.core.teleop import Effects, TeleopCore
 
@@ -92,7 +93,6 @@ class ControlService:
         self.clock = clock
         self.signalling = None
         self.on_estop = on_estop      # told the e-stop state at start and on every change
-        self._estop_told = None
         self.sfu = None           # sfu_* messages: the same interface as signalling
         self._client_buckets = ClientBuckets(commands_per_second, command_burst)
         self._sessions: Dict[str, _Session] = {}
@@ -110,7 +110,8 @@ class ControlService:
         """Start the core's clock on the running loop."""
         self._wake = asyncio.Event()
         self._clock_task = asyncio.get_running_loop().create_task(self._run_clock())
-        self._tell_estop(self.core.state())
+        if self.on_estop is not None:   # latched from the start; then the core's estop effects
+            self.on_estop(self.core.state().estop)
 
     async def stop(self):
         """Publish zero (shutdown) and stop the clock; sessions stay open and keep answering."""
@@ -201,7 +202,7 @@ class ControlService:
             return
         if verdict is Verdict.REJECT:
             self.apply(self.core.refuse(
-                client_id, request_id, 'rate_limited',
+                client_id, request_id, ErrorCode.RATE_LIMITED,
                 f'more than {self.commands_per_second:g} messages per second'))
         elif isinstance(decoded, protocol.ProtocolError):
             self.apply(self.core.refuse(client_id, request_id, decoded.code, decoded.message))
@@ -267,6 +268,8 @@ class ControlService:
         """Carry out the core's decisions: publish first, then tell the clients, then log."""
         if effects.publish is not None:
             self.publish(effects.publish)
+        if effects.estop is not None and self.on_estop is not None:
+            self.on_estop(effects.estop)
         for client_id, message in effects.replies:
             session = self._sessions.get(client_id)
             if session is not None:
@@ -282,13 +285,6 @@ class ControlService:
         if self._wake is not None:
             self._wake.set()
 
-    def _tell_estop(self, state):
-        """Tell ``on_estop`` the e-stop state if it changed (ROS latches it for twist_mux)."""
-        engaged = bool(state.estop)
-        if self.on_estop is not None and engaged != self._estop_told:
-            self._estop_told = engaged
-            self.on_estop(engaged)
-
     def _state_changed(self):
         """
         Broadcast the state: driver or e-stop changes at once, velocity at most every period.
@@ -297,7 +293,6 @@ class ControlService:
         watchers then costs 2000 x 5 sends a second, not 80,000 (STATE_PERIOD).
         """
         state = self.core.state()
-        self._tell_estop(state)
         key = (state.driver, state.estop)
         now = self.clock()
         waited = now - self._last_broadcast

@@ -28,11 +28,11 @@ import logging
 import resource
 import socket
 import ssl
-import sys
 import time
 import traceback
 from typing import Callable, Dict, Optional, Set
 
+from video_bridge.net import internals
 from video_bridge.net.auth import normalise_address
 
 FD_RESERVE = 128           # descriptors kept for DDS, files and logs beyond connections
@@ -74,26 +74,18 @@ REFUSAL = ('HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charse
 # is plenty; a bigger message takes more reads (a 16 KB TLS record: four). Measured with 300
 # idle wss control sockets: 75 KB each with 32 KB, 47 KB each with 4 KB.
 TLS_READ_BUFFER = 4 * 1024
-TLS_BUFFER_CHECKED = ((3, 11), (3, 12), (3, 13))   # Pythons whose sslproto was read for this
+TLS_BUFFER_CHECKED = internals.CHECKED['python']   # Pythons whose sslproto was read for this
 
 
 def bound_tls_read_buffers(size: int = TLS_READ_BUFFER) -> bool:
     """
     Make asyncio's TLS connections preallocate ``size`` bytes, not 256 KB (process-wide).
 
-    The one reach into asyncio's internals here: ``asyncio.sslproto.SSLProtocol.max_size``, a
-    class attribute its ``__init__`` sizes the read buffer with (and ``get_buffer`` and the
-    plaintext reads are bounded by). Only on the Pythons in ``TLS_BUFFER_CHECKED``: elsewhere
-    it returns False and changes nothing (the bridge warns), and test/test_edge_slots.py fails
-    loudly, so a Python whose sslproto was not read for this is seen.
+    Through :func:`video_bridge.net.internals.bound_tls_read_buffer` (asyncio has no setting
+    for it): only on the Pythons whose sslproto was read for this; elsewhere it returns False
+    and changes nothing (the bridge warns), and test/net/test_internals.py fails loudly.
     """
-    from asyncio import sslproto
-    protocol = getattr(sslproto, 'SSLProtocol', None)
-    if sys.version_info[:2] not in TLS_BUFFER_CHECKED or \
-            not isinstance(getattr(protocol, 'max_size', None), int):
-        return False
-    protocol.max_size = size
-    return True
+    return internals.bound_tls_read_buffer(size)
 
 
 def raise_file_limit() -> int:

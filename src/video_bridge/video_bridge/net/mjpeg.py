@@ -45,9 +45,9 @@ def mjpeg_part(frame) -> bytes:
     """One part of a multipart/x-mixed-replace MJPEG response."""
     header = frame.header
     head = (f'--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n'
-            f'Content-Length: {len(frame.jpeg)}\r\n'
+            f'Content-Length: {len(frame.data)}\r\n'
             f'X-Timestamp: {header.stamp_sec}.{header.stamp_nanosec:09d}\r\n\r\n')
-    return head.encode() + frame.jpeg + b'\r\n'
+    return head.encode() + frame.data + b'\r\n'
 
 
 def error_response(exc: protocol.ProtocolError) -> web.Response:
@@ -184,7 +184,7 @@ async def serve_snapshot(request: web.Request, stream_name: str,
     if frame is None:
         return web.Response(status=503, text='client went away\n')
     header = frame.header
-    return web.Response(body=frame.jpeg, content_type='image/jpeg', headers={
+    return web.Response(body=frame.data, content_type='image/jpeg', headers={
         **NO_CACHE, 'X-Timestamp': f'{header.stamp_sec}.{header.stamp_nanosec:09d}',
         'X-Sequence': str(header.seq)})
 

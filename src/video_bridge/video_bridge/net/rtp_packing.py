@@ -8,18 +8,22 @@ extra peer cost the bridge in Python (py-spy at 10 peers). Here the payloads are
 unit and kept with the unit (``EncodedFrame.wire``); each peer's sender gets a
 :class:`PrepackedEncoder` whose ``pack()`` only hands them back.
 
-VP8 payloads carry a picture id that counts up per peer (a gap reads as a lost frame, and a
-peer skips units when it changes layer), so each peer writes its own id into its copy. The
-packetising itself is aiortc's, so the payloads are byte for byte what ``pack()`` would make.
+Which packetiser a codec gets is aiortc's for the codec's MIME type in the registry
+(:mod:`video_bridge.core.codec_registry`), through aiortc's public ``get_encoder(...).pack()``,
+so the payloads are byte for byte what aiortc would make. A codec whose payloads carry a picture id
+that counts up per peer (VP8: a gap reads as a lost frame, and a peer skips units when it
+changes layer) names those bytes in its entry (``rtp_picture_id``); each peer writes its own
+id into its copy.
 """
 
 import random
 import struct
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from video_bridge.core import encoders
+from video_bridge.core import codec_registry, encoders
+from video_bridge.net import internals
 
-VP8_PICTURE_ID = slice(2, 4)  # aiortc's VP8 descriptor: X|S|PID, I, M + 15-bit picture id
+_PACKERS: Dict[str, object] = {}   # codec name -> aiortc's encoder, used only for pack()
 
 
 class PackedUnit:
@@ -46,13 +50,23 @@ def shared_payloads(frame) -> Tuple[bytes, ...]:
 
 
 def _packetize(frame) -> Tuple[bytes, ...]:
-    if frame.codec == encoders.H264:
-        from aiortc.codecs.h264 import H264Encoder
-        return tuple(H264Encoder._packetize(H264Encoder._split_bitstream(frame.data)))
-    if frame.codec == encoders.VP8:
-        from aiortc.codecs.vpx import Vp8Encoder
-        return tuple(Vp8Encoder._packetize(frame.data, 0))
-    raise ValueError(f'no RTP packetisation for {frame.codec!r}')
+    """Cut one unit into RTP payloads with aiortc's packetiser for the codec's MIME type."""
+    codec = codec_registry.get(frame.codec)
+    if not codec.video:
+        raise ValueError(f'no RTP packetisation for {frame.codec!r}')
+    packer = _PACKERS.get(codec.name)
+    if packer is None:
+        from aiortc import RTCRtpCodecParameters
+        from aiortc.codecs import get_encoder
+        packer = _PACKERS[codec.name] = get_encoder(RTCRtpCodecParameters(
+            mimeType=codec.mime_type, clockRate=codec.clock_rate))
+    import av
+    packet = av.Packet(frame.data)
+    packet.pts, packet.time_base = 0, encoders.TIME_BASE   # the timestamp is not used
+    if codec.rtp_picture_id is not None:
+        packer.picture_id = 0        # each peer writes its own (PeerPacker)
+    payloads, _ = packer.pack(packet)
+    return tuple(payloads)
 
 
 class PeerPacker:
@@ -60,16 +74,17 @@ class PeerPacker:
 
     def __init__(self, codec: str, picture_id: Optional[int] = None):
         self.codec = codec
+        self._picture_id_at = codec_registry.get(codec).rtp_picture_id
         self.picture_id = random.randrange(1 << 15) if picture_id is None else picture_id
 
     def unit(self, frame) -> PackedUnit:
         """Return what the peer's sender sends for ``frame``."""
         payloads = shared_payloads(frame)
-        if self.codec == encoders.VP8:
+        if self._picture_id_at is not None:
+            start, stop = self._picture_id_at
             picture_id = struct.pack('!H', 0x8000 | self.picture_id)
             self.picture_id = (self.picture_id + 1) & 0x7FFF
-            payloads = [p[:VP8_PICTURE_ID.start] + picture_id + p[VP8_PICTURE_ID.stop:]
-                        for p in payloads]
+            payloads = [p[:start] + picture_id + p[stop:] for p in payloads]
         else:
             payloads = list(payloads)
         return PackedUnit(payloads, frame.pts & 0xFFFFFFFF)
@@ -77,7 +92,4 @@ class PeerPacker:
 
 def install(sender) -> bool:
     """Give an aiortc sender the pass-through encoder; False if this aiortc has no such slot."""
-    if not hasattr(sender, '_RTCRtpSender__encoder'):
-        return False
-    sender._RTCRtpSender__encoder = PrepackedEncoder()
-    return True
+    return internals.install_sender_encoder(sender, PrepackedEncoder())

@@ -7,9 +7,9 @@ uplink slower than even the lowest video layer, RTP would pile up in the bridge:
 and every frame waits behind all the older ones. The peer asks :class:`SendBacklog` before it
 hands aiortc a unit, and skips to a keyframe while the backlog is over its bound.
 
-The selected ICE pair is found through aiortc and aioice internals (the DTLS transport's ICE
-connection, its nominated pair, a TURN allocation's inner transport); when one is missing the
-backlog reads 0 and nothing is skipped. For TURN over TCP or TLS the socket also gets
+The selected ICE pair is found through aiortc and aioice internals (:mod:`.internals`: the DTLS
+transport's ICE connection, its nominated pair, a TURN allocation's inner transport); when one is
+missing the backlog reads 0 and nothing is skipped. For TURN over TCP or TLS the socket also gets
 ``TCP_NOTSENT_LOWAT``: the kernel then keeps only that much unsent data beyond what is in
 flight, instead of a send buffer that grows to megabytes, so the backlog shows up here where
 the bound applies.
@@ -17,6 +17,8 @@ the bound applies.
 
 import socket
 from typing import Optional
+
+from video_bridge.net import internals
 
 # bytes the kernel may hold unsent on a TURN TCP/TLS socket beyond what is in flight
 TCP_NOTSENT_LOWAT = 16 * 1024
@@ -26,22 +28,20 @@ _NOTSENT_LOWAT_OPTION = getattr(socket, 'TCP_NOTSENT_LOWAT', 25)   # Linux's val
 def _selected_transport(sender) -> Optional[object]:
     """Find the asyncio transport under the selected ICE pair (None: not yet, or gone)."""
     dtls = getattr(sender, 'transport', None)
-    connection = getattr(getattr(dtls, 'transport', None), '_connection', None)
-    nominated = getattr(connection, '_nominated', None)
-    if not nominated:
+    pair = internals.nominated_pair(internals.ice_connection(getattr(dtls, 'transport', None)))
+    if pair is None:
         return None
-    pair = nominated.get(1)
     transport = getattr(getattr(pair, 'protocol', None), 'transport', None)
-    relay = getattr(transport, '_TurnTransport__inner_protocol', None)
+    relay = internals.turn_server_transport(transport)
     if relay is not None:           # a TURN allocation: what counts is its link to the server
-        transport = getattr(relay, 'transport', None)
+        transport = relay
     return transport
 
 
 def _buffered(transport) -> int:
     """Bytes an asyncio transport holds unsent (for TLS: both the TLS and the TCP layer)."""
     size = transport.get_write_buffer_size()
-    inner = getattr(getattr(transport, '_ssl_protocol', None), '_transport', None)
+    inner = internals.tls_inner_transport(transport)
     if inner is not None:
         size += inner.get_write_buffer_size()
     return size

@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
+from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.streams import (CapacityError, NotPermitted, StreamHub, UnknownStream,
                                        Viewer)
 from video_bridge.net import websocket
@@ -92,6 +93,7 @@ class BridgeServer:
         self.list_topics = list_topics
         self.extra_routes = list(extra_routes)
         self.webrtc = None  # the WebRTC service, if any: its figures join /api/streams
+        self.sfu = None     # the SFU service, if any: /api/streams says which streams it offers
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.app: Optional[web.Application] = None
         self.listener: Optional[Listener] = None
@@ -245,20 +247,20 @@ class BridgeServer:
         if grant.problem:
             self.log_throttled('refused_viewer', 'refused %s to %s: %s', stream_name,
                                grant.client, grant.problem, level=logging.WARNING)
-            raise protocol.ProtocolError('unauthorized', grant.problem)
+            raise protocol.ProtocolError(ErrorCode.UNAUTHORIZED, grant.problem)
         try:
             stream = self.hub.lookup(stream_name, self.resolve_stream,
                                      getattr(grant, 'topic_streams', False))
         except NotPermitted as exc:
-            raise protocol.ProtocolError('unauthorized', str(exc)) from None
+            raise protocol.ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
         except UnknownStream:
             names = ', '.join(s.name for s in self.hub.streams()) or 'none'
-            raise protocol.ProtocolError(
-                'unknown_stream', f'unknown stream {stream_name!r} (streams: {names})') from None
+            raise protocol.ProtocolError(ErrorCode.UNKNOWN_STREAM, f'unknown stream '
+                                         f'{stream_name!r} (streams: {names})') from None
         try:
             return stream.attach(variant)
         except CapacityError as exc:
-            raise protocol.ProtocolError('capacity', str(exc)) from None
+            raise protocol.ProtocolError(ErrorCode.CAPACITY, str(exc)) from None
 
     async def next_frame(self, viewer: Viewer, request=None):
         """
@@ -301,7 +303,9 @@ class BridgeServer:
                 'video_encoders': counters.video_encoders,
                 'video_encodes': counters.video_encodes,
                 'video_decoders': counters.video_decoders,
-                'malformed': {k: v for k, v in counters.malformed.items() if v}})
+                'malformed': {k: v for k, v in counters.malformed.items() if v},
+                # watchable through the SFU (sfu_watch on /control): configured streams only
+                'sfu': self.sfu is not None and not stream.settings.topic_stream})
         document = {'protocol': protocol.PROTOCOL_VERSION, 'streams': streams,
                     'topics': self.list_topics(),
                     'access': {'token_required': self.access.token_required,

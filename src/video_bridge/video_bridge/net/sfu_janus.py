@@ -35,7 +35,7 @@ import secrets
 import time
 from typing import Callable, Dict, Optional, Set, Union
 
-from video_bridge.core import encoders, sfu as sfu_core
+from video_bridge.core import codec_registry, encoders, sfu as sfu_core
 from video_bridge.core.layers import LayerPolicy
 from video_bridge.core.streams import StreamHub
 from video_bridge.net import rtp_packing, webrtc
@@ -89,8 +89,9 @@ class JanusSettings:
                                  f'websocket transport), not {value[:100]!r}')
         if not 0 < self.room < 2 ** 53:
             raise ValueError('sfu: the Janus room id (sfu_room) must be a positive integer')
-        if self.codec not in (encoders.H264, encoders.VP8):
-            raise ValueError(f'sfu: the codec must be h264 or vp8, not {self.codec!r}')
+        if self.codec not in codec_registry.WEBRTC_CODECS:
+            raise ValueError('sfu: the codec must be one of '
+                             f'{", ".join(codec_registry.WEBRTC_CODECS)}, not {self.codec!r}')
 
     def weaknesses(self) -> list:
         """Say what this configuration leaves open (logged at start)."""
@@ -473,12 +474,8 @@ class JanusPublisher:
                                    webrtc.SEND_BACKLOG_LOW)
         if rtp_packing.install(peer.sender):
             peer.packer = rtp_packing.PeerPacker(peer.codec)
-        mime = 'video/H264' if peer.codec == encoders.H264 else 'video/VP8'
-        capabilities = RTCRtpSender.getCapabilities('video').codecs
-        preferred = [c for c in capabilities if c.mimeType == mime and (
-            peer.codec != encoders.H264 or c.parameters.get('packetization-mode') == '1')]
-        transceiver.setCodecPreferences(
-            preferred + [c for c in capabilities if c.mimeType == 'video/rtx'])
+        transceiver.setCodecPreferences(codec_registry.sdp_preferences(
+            peer.codec, RTCRtpSender.getCapabilities('video').codecs))
         # PLI/FIR from Janus -> the shared encoder's rate-limited keyframe; REMB/RR -> layer
         webrtc.WebRtcService._hook_sender(self, peer)
         async with asyncio.timeout(webrtc.GATHER_TIMEOUT):

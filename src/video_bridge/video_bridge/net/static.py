@@ -2,7 +2,8 @@
 The page's own files, and nothing else from ``web/``.
 
 An explicit allow-list built once at start from the web root: ``*.html`` at the top, ``js/*.js``,
-``css/*.css`` and images (top level or under ``images/``). ``README.md``, ``package.json``,
+``vendor/<library>/*.js`` (third-party scripts, unmodified), ``css/*.css`` and images (top level
+or under ``images/``). ``README.md``, ``package.json``,
 ``test/`` and anything added later by accident are not served. Files go out through aiohttp's
 ``FileResponse``: keep-alive, HEAD, ETag / Last-Modified (304), Range, 405 for other methods.
 """
@@ -31,6 +32,8 @@ def _allowed(relative: str) -> bool:
         return name.endswith(('.js', '.mjs'))
     if folder == 'css' and len(parts) == 2:
         return name.endswith('.css')
+    if folder == 'vendor' and len(parts) == 3:   # vendor/<library>/<file>.js, unmodified
+        return name.endswith('.js')
     if folder == 'images':
         return name.endswith(IMAGE_EXTENSIONS)
     return False

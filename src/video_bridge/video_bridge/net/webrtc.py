@@ -24,12 +24,14 @@ A thin adapter over aiortc (ICE, DTLS, SRTP, RTP, SCTP are its job). What is our
   so the page maps a displayed frame's RTP timestamp (requestVideoFrameCallback) to the
   frame's ``header.stamp``.
 
-Five aiortc internals are used on purpose, each guarded: the sender's ``_send_keyframe`` and
-``_handle_rtcp_packet`` hooks (PLI/FIR and REMB, which aiortc otherwise hands only to its own
-encoders), its last RTP timestamp (aiortc keeps the random RTP timestamp origin private),
-its encoder slot (a pass-through for the shared payloads; without it aiortc packs av.Packets),
-its SCTP receive window (to bound what a peer's unfinished messages hold), and the selected
-ICE pair's transport (to skip video while the uplink is behind: :mod:`.send_backlog`).
+Some aiortc and aioice internals are used on purpose, each guarded and all through
+:mod:`.internals` (which says why each is needed): the sender's RTCP and keyframe hooks (PLI/FIR
+and REMB, which aiortc otherwise hands only to its own encoders), its last RTP timestamp
+(aiortc keeps the random RTP timestamp origin private), its encoder slot (a pass-through for
+the shared payloads; without it aiortc packs av.Packets), its SCTP receive window (to bound
+what a peer's unfinished messages hold), ICE's local candidates and sockets (to offer only
+allowed host addresses), and the selected ICE pair's transport (to skip video while the
+uplink is behind: :mod:`.send_backlog`).
 """
 
 import asyncio
@@ -44,17 +46,17 @@ import traceback
 from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
+from video_bridge.core.codec_registry import mime_types, sdp_preferences, WEBRTC_CODECS
 from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
+from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
-from video_bridge.net import rtp_packing
+from video_bridge.net import internals, rtp_packing
 from video_bridge.net.send_backlog import SendBacklog
 
 MAX_QUEUE = 12            # units waiting for aiortc before the peer restarts at a keyframe
-MAX_SDP = 16384
-MAX_CANDIDATE = 512
-# A browser trickles a few dozen at most (host, server-reflexive and relay, per interface);
-# each one costs a check pair per local candidate, kept for the peer's life.
-MAX_TRICKLED_CANDIDATES = 64
+MAX_SDP = protocol.MAX_SDP            # the signalling messages' bounds (core.protocol.signalling)
+MAX_CANDIDATE = protocol.MAX_CANDIDATE
+MAX_TRICKLED_CANDIDATES = protocol.MAX_TRICKLED_CANDIDATES
 CHANNEL_LABEL = protocol.DATA_CHANNEL_LABEL
 CHANNEL_TYPES = protocol.DATA_CHANNEL_COMMANDS
 CHANNEL_STOP = json.dumps({'type': 'command', 'name': 'stop'})
@@ -82,7 +84,7 @@ SEND_BACKLOG_LOW = 8 * 1024
 class WebRtcConfig:
     """WebRTC settings of the bridge (ROS parameters of bridge_node)."""
 
-    codecs: Tuple[str, ...] = (encoders.H264, encoders.VP8)
+    codecs: Tuple[str, ...] = WEBRTC_CODECS   # preferred first (core.codec_registry names)
     max_peers: int = 20
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
     policy: LayerPolicy = field(default_factory=LayerPolicy)
@@ -286,7 +288,7 @@ class Peer:
 
     def _note_timestamp(self, frame):
         """Learn aiortc's RTP timestamp origin, then tell the page which frame is which."""
-        rtp = getattr(self.sender, '_RTCRtpSender__rtp_timestamp', None)
+        rtp = internals.sender_rtp_timestamp(self.sender)
         if self.rtp_origin is None and rtp and self._last_pts is not None:
             self.rtp_origin = (rtp - self._last_pts) & 0xFFFFFFFF
         self._last_pts = frame.pts
@@ -473,7 +475,7 @@ class WebRtcService:
 
     # -- the signalling hook ---------------------------------------------------------------
 
-    def config_message(self, client_id: str, relay: bool = True) -> dict:
+    def config_message(self, client_id: str, relay: bool = True) -> protocol.WebRtcConfigReply:
         """
         Build what the page needs to start: codecs offered, ICE servers with credentials.
 
@@ -482,8 +484,8 @@ class WebRtcService:
         """
         servers = [server.as_dict() for server in self.ice.servers(client_id, self.wall_clock())
                    if relay or not any(ice.is_turn(url) for url in server.urls)]
-        return {'type': 'webrtc_config', 'enabled': bool(self.codecs),
-                'codecs': list(self.codecs), 'ice_servers': servers}
+        return protocol.WebRtcConfigReply(bool(self.codecs), self.codecs, tuple(servers),
+                                          tuple(mime_types(self.codecs).items()))
 
     def handle(self, client_id: str, grant, message: dict):
         """
@@ -499,44 +501,40 @@ class WebRtcService:
 
     async def _handle(self, session: _SessionSignalling, grant, message: dict):
         client_id = session.client_id
-        kind = message.get('type')
-        request_id = message.get('id')
-        if isinstance(request_id, str) and len(request_id) > protocol.MAX_REQUEST_ID:
-            request_id = None
+        kind = str(message.get('type'))[:64]
+        request_id = protocol.signalling_request_id(message)
         peer = self.peers.get(client_id)   # the peer an answer or a candidate is about
         try:
             if not getattr(grant, 'view', True):
-                raise _signal_error('unauthorized', 'watching needs a token')
-            if kind == 'webrtc_config':
+                raise _signal_error(ErrorCode.UNAUTHORIZED, 'watching needs a token')
+            request_id, request = protocol.decode_signalling(message)
+            if isinstance(request, protocol.WebRtcConfigRequest):
                 reply = self.config_message(client_id, getattr(grant, 'relay', True))
-            elif kind == 'webrtc_start':
-                reply = await self._start(session, message,
+            elif isinstance(request, protocol.WebRtcStart):
+                reply = await self._start(session, request,
                                           getattr(grant, 'topic_streams', True))
-            elif kind == 'webrtc_answer':
-                reply = await self._answer(client_id, message)
-            elif kind == 'webrtc_ice':
-                reply = await self._candidate(client_id, message)
-            elif kind == 'webrtc_stop':
+            elif isinstance(request, protocol.WebRtcAnswer):
+                reply = await self._answer(client_id, request)
+            elif isinstance(request, protocol.WebRtcCandidate):
+                reply = await self._candidate(client_id, request)
+            else:                                   # WebRtcStop
                 session.turn += 1                   # a start under way ends too
                 await self._close(client_id)
-                reply = {'type': 'webrtc_stopped'}
-            else:
-                raise _signal_error('unknown_type', f'unknown message type {str(kind)[:64]!r}')
+                reply = protocol.WebRtcStopped()
         except protocol.ProtocolError as exc:
-            reply = {'type': 'webrtc_error', 'code': exc.code, 'message': exc.message}
+            reply = protocol.WebRtcError(exc.code, exc.message)
         except Exception as exc:  # aiortc refusing an SDP, say: log it, keep serving
             # The library's words stay in the log (throttled): they describe the bridge's
             # internals, not the page's mistake, and a client could provoke them at will.
             self._quiet.warning(f'{kind}:{type(exc).__name__}',
-                                'webrtc: %s from %s failed: %s: %s', str(kind)[:64], client_id,
+                                'webrtc: %s from %s failed: %s: %s', kind, client_id,
                                 type(exc).__name__, str(exc)[:200])
             if kind in ('webrtc_answer', 'webrtc_ice') and peer is not None:
                 await self._close_peer(peer)   # that peer is unusable; a newer one is not
-            reply = {'type': 'webrtc_error', 'code': 'webrtc_failed',
-                     'message': FAILED_MESSAGES.get(kind, 'the bridge could not do that')}
+            reply = protocol.WebRtcError(
+                ErrorCode.WEBRTC_FAILED, FAILED_MESSAGES.get(kind, 'the bridge could not do that'))
         if reply is not None:
-            reply['id'] = request_id
-            self.send(client_id, reply)
+            self.send(client_id, protocol.encode_signalling(reply, request_id))
 
     def disconnect(self, client_id: str):
         """Close the peer of a control session that ended, and any start still under way."""
@@ -550,30 +548,24 @@ class WebRtcService:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _find_stream(self, name, topic_streams: bool = True):
-        if not isinstance(name, str) or not 0 < len(name) <= protocol.MAX_STREAM_NAME:
-            raise _signal_error('bad_message', "'stream' must be a stream name")
+    def _find_stream(self, name: str, topic_streams: bool = True):
         try:
             return self.hub.lookup(name, self.resolve_stream, topic_streams)
         except NotPermitted as exc:
-            raise _signal_error('unauthorized', str(exc)) from None
+            raise _signal_error(ErrorCode.UNAUTHORIZED, str(exc)) from None
         except UnknownStream:
-            raise _signal_error('unknown_stream', f'unknown stream {name!r}') from None
+            raise _signal_error(ErrorCode.UNKNOWN_STREAM, f'unknown stream {name!r}') from None
 
-    def _pick_codec(self, wanted, source: str = '') -> str:
+    def _pick_codec(self, wanted: Optional[Tuple[str, ...]], source: str = '') -> str:
         if not self.codecs:
-            raise _signal_error('webrtc_unavailable', 'this bridge offers no WebRTC video')
+            raise _signal_error(ErrorCode.WEBRTC_UNAVAILABLE, 'this bridge offers no WebRTC video')
         if wanted is None:
-            wanted = list(self.codecs)
-        if not isinstance(wanted, list) or len(wanted) > 8 or \
-                not all(isinstance(c, str) for c in wanted):
-            raise _signal_error('bad_message', "'codecs' must be a list of codec names")
-        wanted = [c.lower() for c in wanted]
+            wanted = self.codecs
         # a stream that already is H.264 offers it first: passed through, nothing encoded
         for codec in sorted(self.codecs, key=lambda c: c != source):
             if codec in wanted:
                 return codec
-        raise _signal_error('no_common_codec',
+        raise _signal_error(ErrorCode.NO_COMMON_CODEC,
                             f'the bridge encodes {", ".join(self.codecs)}; the page decodes '
                             f'{", ".join(wanted)[:100] or "none"}')
 
@@ -581,14 +573,14 @@ class WebRtcService:
                       peer: Optional[Peer] = None):
         """After an await in a start: go on only if nothing ended or replaced it meanwhile."""
         if session.gone:
-            raise _signal_error('superseded', 'the control session ended')
+            raise _signal_error(ErrorCode.SUPERSEDED, 'the control session ended')
         if session.turn != turn or (peer is not None and
                                     self.peers.get(session.client_id) is not peer):
-            raise _signal_error('superseded', 'a newer webrtc_start or webrtc_stop replaced '
-                                'this one')
+            raise _signal_error(ErrorCode.SUPERSEDED,
+                                'a newer webrtc_start or webrtc_stop replaced this one')
 
-    async def _start(self, session: _SessionSignalling, message: dict,
-                     topic_streams: bool = True) -> dict:
+    async def _start(self, session: _SessionSignalling, request: protocol.WebRtcStart,
+                     topic_streams: bool = True) -> protocol.WebRtcOffer:
         client_id = session.client_id
         # At most one start per MIN_START_INTERVAL per session; a newer one supersedes a
         # waiting one (the page only cares about its latest), so a flood costs one peer a second.
@@ -598,16 +590,17 @@ class WebRtcService:
             await asyncio.sleep(MIN_START_INTERVAL - (self.clock() - last))
             self._still_wanted(session, turn)
         session.last_start = self.clock()
-        stream = self._find_stream(message.get('stream'), topic_streams)
-        codec = self._pick_codec(message.get('codecs'), stream.settings.kind)
+        stream = self._find_stream(request.stream, topic_streams)
+        codec = self._pick_codec(request.codecs, stream.settings.kind)
         await self._close(client_id)   # one peer per control session: a new start replaces it
         self._still_wanted(session, turn)
         if len(self.peers) >= self.config.max_peers:
-            raise _signal_error('capacity', f'WebRTC peer limit reached ({self.config.max_peers})')
+            raise _signal_error(ErrorCode.CAPACITY,
+                                f'WebRTC peer limit reached ({self.config.max_peers})')
         try:
             peer = Peer(self, client_id, stream, codec)
         except CapacityError as exc:
-            raise _signal_error('capacity', str(exc)) from None
+            raise _signal_error(ErrorCode.CAPACITY, str(exc)) from None
         # Stored before the first await of its own: the session's disconnect (or a stop, or a
         # newer start) finds it and closes it while it is still being made.
         self.peers[client_id] = peer
@@ -617,7 +610,8 @@ class WebRtcService:
             await asyncio.shield(self._close_peer(peer))
             raise
 
-    async def _offer(self, session: _SessionSignalling, turn: int, peer: Peer) -> dict:
+    async def _offer(self, session: _SessionSignalling, turn: int,
+                     peer: Peer) -> protocol.WebRtcOffer:
         """Make a new peer's connection and its offer; the connect deadline starts with it."""
         from aiortc import (RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection,
                             RTCRtpSender)
@@ -635,12 +629,8 @@ class WebRtcService:
         peer.backlog = SendBacklog(peer.sender, SEND_BACKLOG_HIGH, SEND_BACKLOG_LOW)
         if rtp_packing.install(peer.sender):
             peer.packer = rtp_packing.PeerPacker(codec)
-        mime = 'video/H264' if codec == encoders.H264 else 'video/VP8'
-        capabilities = RTCRtpSender.getCapabilities('video').codecs
-        preferred = [c for c in capabilities if c.mimeType == mime and (
-            codec != encoders.H264 or c.parameters.get('packetization-mode') == '1')]
-        transceiver.setCodecPreferences(
-            preferred + [c for c in capabilities if c.mimeType == 'video/rtx'])
+        transceiver.setCodecPreferences(sdp_preferences(
+            codec, RTCRtpSender.getCapabilities('video').codecs))
         self._hook_sender(peer)
         channel = peer.channel = pc.createDataChannel(CHANNEL_LABEL, ordered=False,
                                                       maxRetransmits=0)
@@ -670,8 +660,8 @@ class WebRtcService:
                              'credentials refused, or a turns: certificate this machine does '
                              'not trust)', client_id, ', '.join(self.ice.turn_urls))
         if 'a=candidate:' not in sdp:   # nothing the browser could reach: say so at once
-            raise _signal_error('webrtc_unavailable', 'the bridge has no ICE candidates (no '
-                                'address but loopback, or all filtered) and ' + (
+            raise _signal_error(ErrorCode.WEBRTC_UNAVAILABLE, 'the bridge has no ICE candidates '
+                                '(no address but loopback, or all filtered) and ' + (
                                     'its TURN server gave no relay candidate' if relay_failed
                                     else 'no TURN server'))
         peer.offered = ice.offered_addresses(sdp)
@@ -680,9 +670,8 @@ class WebRtcService:
             timeout, self._connect_overdue, peer)
         self.offers += 1
         self.log.info('webrtc peer %s: offering %s of stream %r', client_id, codec, stream.name)
-        return {'type': 'webrtc_offer', 'sdp': sdp,
-                'codec': codec, 'stream': stream.name,
-                'layers': list(stream.settings.video_bitrates)}
+        return protocol.WebRtcOffer(sdp, codec, stream.name,
+                                    tuple(stream.settings.video_bitrates))
 
     def _connect_overdue(self, peer: Peer):
         """Close a peer not connected by its deadline: its slot is free again."""
@@ -699,7 +688,7 @@ class WebRtcService:
                             getattr(pc, 'connectionState', '?'))
         self._spawn(self._close_peer(
             peer, f'not connected within {self.config.connect_timeout:g} s of the offer',
-            code='connect_timeout'))
+            code=ErrorCode.CONNECT_TIMEOUT))
 
     def _restrict_host_candidates(self, pc):
         """
@@ -715,9 +704,9 @@ class WebRtcService:
             return
         for transceiver in pc.getTransceivers():
             gatherer = transceiver.sender.transport.transport.iceGatherer
-            connection = getattr(gatherer, '_connection', None)
-            candidates = getattr(connection, '_local_candidates', None)
-            protocols = getattr(connection, '_protocols', None)
+            connection = internals.ice_connection(gatherer)
+            candidates = internals.local_candidates(connection)
+            protocols = internals.stun_protocols(connection)
             if candidates is None:
                 continue
             candidates[:] = [c for c in candidates if c.type != 'host'
@@ -735,22 +724,20 @@ class WebRtcService:
                 protocols.remove(stun)
                 stun.transport.close()
 
-    async def _answer(self, client_id: str, message: dict):
+    async def _answer(self, client_id: str, request: protocol.WebRtcAnswer):
         from aiortc import RTCSessionDescription
         peer = self._peer(client_id)
-        sdp = message.get('sdp')
-        if not isinstance(sdp, str) or not 0 < len(sdp) <= MAX_SDP:
-            raise _signal_error('bad_message', "'sdp' must be an SDP answer")
+        sdp = request.sdp
         if peer.pc.signalingState != 'have-local-offer':
-            raise _signal_error('bad_state', 'no offer is waiting for an answer')
+            raise _signal_error(ErrorCode.BAD_STATE, 'no offer is waiting for an answer')
         problem = ice.answer_problem(sdp)
         if problem is not None:
-            raise _signal_error('bad_answer', f'the SDP answer is incomplete: {problem}')
+            raise _signal_error(ErrorCode.BAD_ANSWER, f'the SDP answer is incomplete: {problem}')
         # Its candidates pass the same checks as trickled ones, and count against the same cap.
         sdp, refused, count = ice.filter_remote_candidates(sdp, peer.offered)
         if count > MAX_TRICKLED_CANDIDATES:
-            raise _signal_error('too_many_candidates', f'at most {MAX_TRICKLED_CANDIDATES} '
-                                'ICE candidates per WebRTC session')
+            raise _signal_error(ErrorCode.TOO_MANY_CANDIDATES, f'at most '
+                                f'{MAX_TRICKLED_CANDIDATES} ICE candidates per WebRTC session')
         if refused:
             self.log.info('webrtc peer %s: %d candidates of its answer not used (%s)',
                           client_id, len(refused), '; '.join(refused[:3])[:300])
@@ -759,28 +746,27 @@ class WebRtcService:
         peer.trickled = count
         return None
 
-    async def _candidate(self, client_id: str, message: dict):
+    async def _candidate(self, client_id: str, request: protocol.WebRtcCandidate):
         from aiortc.sdp import candidate_from_sdp
         peer = self._peer(client_id)
-        candidate = message.get('candidate')
-        if candidate in (None, ''):
+        candidate = request.candidate
+        if candidate is None:
             return None               # end of candidates: aiortc needs no marker
-        if not isinstance(candidate, str) or len(candidate) > MAX_CANDIDATE:
-            raise _signal_error('bad_message', "'candidate' must be an ICE candidate line")
         if peer.trickled >= MAX_TRICKLED_CANDIDATES:
-            raise _signal_error('too_many_candidates', f'at most {MAX_TRICKLED_CANDIDATES} '
-                                'ICE candidates per WebRTC session')
+            raise _signal_error(ErrorCode.TOO_MANY_CANDIDATES, f'at most '
+                                f'{MAX_TRICKLED_CANDIDATES} ICE candidates per WebRTC session')
         try:
             parsed = candidate_from_sdp(candidate.split(':', 1)[1]
                                         if candidate.startswith('candidate:') else candidate)
         except (ValueError, IndexError):
-            raise _signal_error('bad_message', 'not an ICE candidate') from None
+            raise _signal_error(ErrorCode.BAD_MESSAGE, 'not an ICE candidate') from None
         # Nothing the bridge would not reach anyway: no names (aioice resolves them, mDNS
         # too), no broadcast or multicast, no loopback or link-local it did not offer.
         problem = ice.remote_candidate_problem(parsed.ip, parsed.port, parsed.protocol,
                                                peer.offered)
         if problem is not None:
-            raise _signal_error('candidate_refused', f'candidate not used: {problem}'[:200])
+            raise _signal_error(ErrorCode.CANDIDATE_REFUSED,
+                                f'candidate not used: {problem}'[:200])
         # max-bundle: every section shares the first one's transport, so that is where any
         # candidate goes, whichever section the page named
         parsed.sdpMid, parsed.sdpMLineIndex = peer.pc.getTransceivers()[0].mid, 0
@@ -791,7 +777,7 @@ class WebRtcService:
     def _peer(self, client_id: str) -> Peer:
         peer = self.peers.get(client_id)
         if peer is None:
-            raise _signal_error('bad_state', 'no WebRTC session: send webrtc_start first')
+            raise _signal_error(ErrorCode.BAD_STATE, 'no WebRTC session: send webrtc_start first')
         return peer
 
     async def _close(self, client_id: str):
@@ -811,10 +797,8 @@ class WebRtcService:
         if self.peers.get(client_id) is peer:
             del self.peers[client_id]
             if reason is not None:
-                stopped = {'type': 'webrtc_stopped', 'id': None, 'reason': reason}
-                if code is not None:
-                    stopped['code'] = code
-                self.send(client_id, stopped)
+                self.send(client_id, protocol.encode_signalling(
+                    protocol.WebRtcStopped(reason, code)))
         if peer.closed:
             return
         peer.close()
@@ -833,40 +817,35 @@ class WebRtcService:
     def _hook_sender(self, peer: Peer):
         """Route PLI/FIR to the shared encoder and REMB / loss to the layer choice."""
         from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK,
-                                RTP_HISTORY_SIZE,
                                 RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket,
                                 unpack_remb_fci)
         sender = peer.sender
-        original = sender._handle_rtcp_packet
         media = peer.media
 
-        async def handle_rtcp(packet):
+        def on_rtcp(packet):
             try:
                 if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                     media['nacked'] += len(packet.lost)
-                    history = getattr(sender, '_RTCRtpSender__rtp_history', {})
-                    media['retransmitted'] += sum(
-                        1 for seq in packet.lost
-                        if getattr(history.get(seq % RTP_HISTORY_SIZE), 'sequence_number',
-                                   None) == seq)
+                    media['retransmitted'] += internals.sender_resent(sender, packet.lost)
                 elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
                     media['pli'] += 1
                 elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_FIR:
                     media['fir'] += 1
                 elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
                     bitrate, ssrcs = unpack_remb_fci(packet.fci)
-                    if sender._ssrc in ssrcs:
+                    if internals.sender_ssrc(sender) in ssrcs:
                         peer.feedback(estimate=bitrate)
                 elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                    ssrc = internals.sender_ssrc(sender)
                     for report in packet.reports:
-                        if report.ssrc == sender._ssrc:
+                        if report.ssrc == ssrc:
                             peer.feedback(loss=report.fraction_lost / 256.0)
             except ValueError:
                 pass
-            await original(packet)
 
-        sender._handle_rtcp_packet = handle_rtcp
-        sender._send_keyframe = peer.request_keyframe
+        if not internals.hook_sender(sender, on_rtcp, peer.request_keyframe):
+            self.log.warning('webrtc peer %s: this aiortc has no RTCP hooks: no layer '
+                             'choice, keyframes only on their own schedule', peer.client_id)
 
     def _bound_channel_buffer(self, peer: Peer):
         """
@@ -878,21 +857,13 @@ class WebRtcService:
         small whole commands (max-message-size is tiny next to this bound). aiortc counts the
         bytes it holds in its receive window; the peer is closed once they pass the bound.
         """
-        transport = getattr(peer.pc, 'sctp', None)
-        receive = getattr(transport, '_receive_data_chunk', None)
-        window = getattr(transport, '_advertised_rwnd', None)
-        if receive is None or not isinstance(window, int):
-            return
-
-        async def receive_data_chunk(chunk):
-            await receive(chunk)
-            held = window - transport._advertised_rwnd
+        def on_held(held: int):
             if held > MAX_CHANNEL_BUFFER and self.peers.get(peer.client_id) is peer:
                 self.log.warning('webrtc peer %s: %d bytes of unfinished data-channel messages; '
                                  'closing it', peer.client_id, held)
                 self._spawn(self._close_peer(peer, 'data channel: too much unfinished data'))
 
-        transport._receive_data_chunk = receive_data_chunk
+        internals.watch_sctp_held(peer.pc, on_held)
 
     def _wire_channel(self, peer: Peer, channel):
         limit = self.config.max_message_size
@@ -913,9 +884,9 @@ class WebRtcService:
             if kind not in CHANNEL_TYPES:
                 if not self.charge(peer.client_id):
                     return
-                self.send(peer.client_id, {
-                    'type': 'webrtc_error', 'id': None, 'code': 'bad_channel_message',
-                    'message': 'the data channel carries teleop commands only'})
+                self.send(peer.client_id, protocol.encode_signalling(protocol.WebRtcError(
+                    ErrorCode.BAD_CHANNEL_MESSAGE,
+                    'the data channel carries teleop commands only')))
                 return
             self.deliver(peer.client_id, data)
 

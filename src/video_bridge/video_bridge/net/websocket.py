@@ -13,6 +13,8 @@ from typing import Optional
 
 from aiohttp import web, WSMsgType
 
+from video_bridge.net import internals
+
 MAX_UNSENT_BYTES = 256 * 1024  # per connection: written, not yet taken by the kernel
 CLOSE_TIMEOUT = 2.0            # s to wait for the client's close frame after ours
 MAX_CLOSE_REASON = 123         # bytes (RFC 6455 5.5: control payloads <= 125 incl. the code)
@@ -85,7 +87,7 @@ async def _await_close_frame(ws: web.WebSocketResponse, deadline: float):
     data in the kernel when the connection is closed, the kernel answers with a reset, and the
     client never reads our close frame or its reason.
     """
-    reader = getattr(ws, '_reader', None)  # aiohttp 3.8's is the only way to read on
+    reader = internals.websocket_reader(ws)  # aiohttp 3.8's is the only way to read on
     if reader is None or ws.close_code != 1006 or \
             not isinstance(ws.exception(), asyncio.TimeoutError):
         return

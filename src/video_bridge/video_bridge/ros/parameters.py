@@ -13,6 +13,18 @@ is read once at start and declared read-only; its description says that it needs
 from types import SimpleNamespace
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from video_bridge.core import codec_registry
+
+# Codec names and H.264 encoders the parameters accept: the codec registry's, nothing else.
+_H264 = codec_registry.get(codec_registry.H264)
+H264_ENCODERS = ('auto',) + tuple(encoder.name for encoder in _H264.encoders)
+_HARDWARE_H264 = [encoder.name for encoder in _H264.encoders if encoder.hardware]
+
+
+def _either(names) -> str:
+    """Spell a choice for a description: 'a, b or c'."""
+    names = list(names)
+    return ', '.join(names[:-1]) + ' or ' + names[-1] if len(names) > 1 else ''.join(names)
 
 
 # name: (default, description, (min, max) or None)
@@ -114,7 +126,9 @@ BRIDGE_PARAMETERS = {
     # webrtc (issue 10)
     'webrtc_enabled': (True, 'Offer WebRTC video and data-channel teleop on /control (the page '
                        'falls back to websocket JPEG without it).', None),
-    'webrtc_codecs': (['h264', 'vp8'], 'Video codecs offered over WebRTC, preferred first.', None),
+    'webrtc_codecs': (list(codec_registry.WEBRTC_CODECS), 'Video codecs offered over WebRTC, '
+                      f'preferred first (any of {", ".join(codec_registry.WEBRTC_CODECS)}).',
+                      None),
     'webrtc_bitrate': (1200000, 'Bit/s of the full WebRTC layer; further layers at 1/2, 1/4 '
                        '(a change restarts the encoders at the new rate with a keyframe).',
                        (50000, 20000000)),
@@ -127,9 +141,10 @@ BRIDGE_PARAMETERS = {
                                'connected (ICE and DTLS done); else it is closed and its slot '
                                'freed.', (1.0, 120.0)),
     'h264_encoder': ('auto', 'H.264 encoder of the layers the bridge encodes: auto (the first '
-                     'of h264_nvenc, h264_qsv, h264_v4l2m2m that passes a test encode at '
-                     'start, else libx264), libx264, h264_v4l2m2m, h264_nvenc or h264_qsv (one '
-                     'that fails its test encode falls back to libx264).', None),
+                     f'of {", ".join(_HARDWARE_H264)} that passes a test encode at start, else '
+                     f'{_H264.software_encoder.name}), {_either(H264_ENCODERS[1:])} (one that '
+                     f'fails its test encode falls back to {_H264.software_encoder.name}).',
+                     None),
     'ice_servers': ([''], 'STUN/TURN URLs for the page and the bridge: stun:host:3478, '
                     'turn:host:3478?transport=udp, turns:host:443?transport=tcp (TURN over TLS). '
                     'turn:/turns: entries use turn_secret_file or turn_username/'
@@ -162,8 +177,8 @@ BRIDGE_PARAMETERS = {
                              None),
     'sfu_room_pin_file': ('', "File with the room's pin: needed to join it; given to pages "
                           'that passed the view check.', None),
-    'sfu_codec': ('h264', 'Codec the bridge publishes to Janus: h264 or vp8 (the room must '
-                  'allow it).', None),
+    'sfu_codec': (codec_registry.H264, 'Codec the bridge publishes to Janus: '
+                  f'{_either(codec_registry.WEBRTC_CODECS)} (the room must allow it).', None),
     'sfu_token_ttl': (300.0, 'Seconds a minted Janus token stays valid (pages renew theirs '
                       'with their sfu_watch heartbeat).', (30.0, 86400.0)),
 }
@@ -257,6 +272,23 @@ def _refuse_removed_token(node):
             raise ValueError(reason)
 
 
+def check_codec_parameters(webrtc_codecs, sfu_codec: str, h264_encoder: str) -> tuple:
+    """
+    Check ``webrtc_codecs``, ``sfu_codec`` and ``h264_encoder`` against the codec registry.
+
+    Returns them normalised (codec names lower-cased, blanks dropped); ValueError names the
+    parameter and what it accepts. One place, so the parameters accept exactly the registry's
+    names: a codec added there is accepted here with no change.
+    """
+    allowed = codec_registry.WEBRTC_CODECS
+    webrtc_codecs = codec_registry.check_names('webrtc_codecs', webrtc_codecs, allowed)
+    sfu_codec = (codec_registry.check_names('sfu_codec', [sfu_codec], allowed) or [''])[0]
+    if h264_encoder not in H264_ENCODERS:
+        raise ValueError(f'h264_encoder: unknown H.264 encoder {h264_encoder!r} (one of: '
+                         f'{", ".join(H264_ENCODERS)})')
+    return webrtc_codecs, sfu_codec, h264_encoder
+
+
 class _Values:
     """Attribute access to declared parameter values."""
 
@@ -279,8 +311,14 @@ class BridgeParameters(_Values):
             setattr(self, name, [value.strip() for value in getattr(self, name)
                                  if value.strip() and value.strip() != '__same_origin__'])
         self.stream_names = [name for name in self.stream_names if name]
+        self._check_codecs()
         for name in self.stream_names:
             self.stream(name)  # declare now so a typo in the YAML fails at startup
+
+    def _check_codecs(self):
+        """Refuse codec and encoder names the registry does not know (a typo fails at start)."""
+        self.webrtc_codecs, self.sfu_codec, self.h264_encoder = check_codec_parameters(
+            self.webrtc_codecs, self.sfu_codec, self.h264_encoder)
 
     def stream_defaults(self) -> SimpleNamespace:
         """Stream settings for a stream with no parameters of its own (an ad-hoc topic)."""

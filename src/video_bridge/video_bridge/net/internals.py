@@ -1,0 +1,230 @@
+"""
+Every reach into a library's private names, in one place.
+
+The bridge needs a few things aiortc, aioice, aiohttp and asyncio do not offer publicly (each
+function below says which and why). Everything else in the package uses only these functions,
+so an upgrade that removes or renames one of those names breaks here and nowhere else:
+test/net/test_internals.py uses each function on a real object of the installed library and
+fails loudly, and also checks that no other module names them.
+
+Checked against (``CHECKED``): aiortc 1.16.0, aioice 0.13.0 (the locked versions, also used by
+the lowest-versions pass), aiohttp 3.14.5 and 3.8.6 (locked and lowest), CPython 3.11 to 3.13's
+asyncio. Every function is guarded: when the name is missing it returns None or False (the
+feature it serves is off and the caller says so), it never raises AttributeError.
+"""
+
+import sys
+from typing import Any, Callable, Iterable, List, Optional
+
+CHECKED = {
+    'aiortc': ('1.16.0',),
+    'aioice': ('0.13.0',),
+    'aiohttp': ('3.8.6', '3.14.5'),
+    'python': ((3, 11), (3, 12), (3, 13)),
+}
+
+# Private names reached, for the test that no other module names them. Name-mangled ones are
+# spelt as Python stores them (``_Class__name``).
+REACHED = (
+    '_RTCRtpSender__encoder', '_RTCRtpSender__rtp_timestamp', '_RTCRtpSender__rtp_history',
+    '_handle_rtcp_packet', '_send_keyframe', '_ssrc',
+    '_receive_data_chunk', '_advertised_rwnd',
+    '_connection', '_local_candidates', '_protocols', '_nominated',
+    '_TurnTransport__inner_protocol',
+    '_ssl_protocol', 'sslproto',
+    '_reader',
+)
+
+_MISSING = object()
+
+
+# --- asyncio ----------------------------------------------------------------------------------
+
+def bound_tls_read_buffer(size: int) -> bool:
+    """
+    Make asyncio's TLS connections preallocate ``size`` bytes for reads (process-wide).
+
+    ``asyncio.sslproto.SSLProtocol.max_size`` is a class attribute its ``__init__`` sizes every
+    TLS connection's read buffer with (256 KB, idle or not; ``get_buffer`` and the plaintext
+    reads are bounded by it too); asyncio has no setting for it. Only on the Pythons in
+    ``CHECKED['python']`` (whose sslproto.py was read for this): elsewhere False, nothing changed.
+    """
+    from asyncio import sslproto
+    protocol = getattr(sslproto, 'SSLProtocol', None)
+    if sys.version_info[:2] not in CHECKED['python'] or \
+            not isinstance(getattr(protocol, 'max_size', None), int):
+        return False
+    protocol.max_size = size
+    return True
+
+
+def tls_inner_transport(transport) -> Optional[Any]:
+    """
+    Return the TCP transport under an asyncio TLS transport (None: not a TLS one).
+
+    asyncio's TLS transport reports only its own write buffer; bytes OpenSSL already encrypted
+    wait in the TCP transport under it (``_SSLProtocolTransport._ssl_protocol._transport``),
+    which is not exposed. The send backlog of a TURN-over-TLS peer needs both.
+    """
+    return getattr(getattr(transport, '_ssl_protocol', None), '_transport', None)
+
+
+# --- aiohttp ------------------------------------------------------------------------------------
+
+def websocket_reader(ws) -> Optional[Any]:
+    """
+    Return a prepared aiohttp WebSocketResponse's message queue (its ``read()``), or None.
+
+    To read on to the client's close frame after our close (aiohttp 3.8's ``close()`` gives
+    up after one message; see net/websocket.py) there is no public way on 3.8: ``receive()``
+    refuses once closing. ``WebSocketResponse._reader`` on 3.8.6 and 3.14.5.
+    """
+    reader = getattr(ws, '_reader', None)
+    return reader if callable(getattr(reader, 'read', None)) else None
+
+
+# --- aiortc: the RTP sender ------------------------------------------------------------------
+
+def install_sender_encoder(sender, encoder) -> bool:
+    """
+    Put ``encoder`` into an RTCRtpSender's encoder slot; False if this aiortc has none.
+
+    aiortc picks its own encoder per codec and has no way to hand it payloads already cut into
+    RTP packets; the slot (``RTCRtpSender.__encoder``, used when the track yields frames, asked
+    for ``pack(packet)``) takes a pass-through one, so one packetisation serves every peer.
+    """
+    if not hasattr(sender, '_RTCRtpSender__encoder'):
+        return False
+    sender._RTCRtpSender__encoder = encoder
+    return True
+
+
+def sender_rtp_timestamp(sender) -> Optional[int]:
+    """
+    Return the RTP timestamp of the last packet an RTCRtpSender sent (None: not readable).
+
+    aiortc adds a random origin to every timestamp and keeps it private; the bridge learns it
+    from the last timestamp sent, to tell the page which frame a displayed RTP timestamp is.
+    """
+    value = getattr(sender, '_RTCRtpSender__rtp_timestamp', None)
+    return value if isinstance(value, int) else None
+
+
+def sender_ssrc(sender) -> Optional[int]:
+    """Return an RTCRtpSender's SSRC (aiortc keeps it in ``_ssrc``; RTCP reports name it)."""
+    value = getattr(sender, '_ssrc', None)
+    return value if isinstance(value, int) else None
+
+
+def sender_resent(sender, lost: Iterable[int]) -> int:
+    """
+    Count the sequence numbers of a NACK that the sender can still retransmit.
+
+    aiortc answers a NACK from its private RTP history (``RTCRtpSender.__rtp_history``, keyed
+    by sequence number modulo ``aiortc.rtp.RTP_HISTORY_SIZE``) and counts nothing; the bridge
+    reports how many it could resend.
+    """
+    from aiortc.rtp import RTP_HISTORY_SIZE
+    history = getattr(sender, '_RTCRtpSender__rtp_history', None)
+    if not isinstance(history, dict):
+        return 0
+    return sum(1 for seq in lost
+               if getattr(history.get(seq % RTP_HISTORY_SIZE), 'sequence_number', None) == seq)
+
+
+def hook_sender(sender, on_rtcp: Callable[[Any], None],
+                request_keyframe: Callable[[], None]) -> bool:
+    """
+    See every RTCP packet an RTCRtpSender gets, and take its keyframe requests.
+
+    aiortc hands REMB, receiver reports and PLI/FIR only to its own encoders: the sender's
+    ``_handle_rtcp_packet`` coroutine (wrapped: ``on_rtcp(packet)`` first, then aiortc's) and
+    ``_send_keyframe`` (replaced: a keyframe of the shared encoder instead). False (nothing
+    changed) when this aiortc has neither.
+    """
+    original = getattr(sender, '_handle_rtcp_packet', None)
+    if not callable(original) or not callable(getattr(sender, '_send_keyframe', None)):
+        return False
+
+    async def handle_rtcp(packet):
+        on_rtcp(packet)
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp
+    sender._send_keyframe = request_keyframe
+    return True
+
+
+# --- aiortc: SCTP (the data channel) ---------------------------------------------------------
+
+def watch_sctp_held(pc, on_held: Callable[[int], None]) -> bool:
+    """
+    Call ``on_held(bytes)`` after every data chunk aiortc's SCTP transport of ``pc`` receives.
+
+    aiortc keeps every chunk until its message is whole, with no limit; what it holds is its
+    initial receive window minus ``RTCSctpTransport._advertised_rwnd``. The chunk handler is
+    ``_receive_data_chunk`` (wrapped). False when this aiortc has neither.
+    """
+    transport = getattr(pc, 'sctp', None)
+    receive = getattr(transport, '_receive_data_chunk', None)
+    window = getattr(transport, '_advertised_rwnd', None)
+    if not callable(receive) or not isinstance(window, int):
+        return False
+
+    async def receive_data_chunk(chunk):
+        await receive(chunk)
+        on_held(window - transport._advertised_rwnd)
+
+    transport._receive_data_chunk = receive_data_chunk
+    return True
+
+
+# --- aiortc / aioice: ICE ----------------------------------------------------------------------
+
+def ice_connection(ice_object) -> Optional[Any]:
+    """
+    Return the aioice Connection of an RTCIceGatherer or RTCIceTransport (None: not found).
+
+    aiortc wraps aioice and shows neither its sockets nor its nominated pair; both need the
+    Connection (``_connection`` on the gatherer and on the transport).
+    """
+    return getattr(ice_object, '_connection', None)
+
+
+def local_candidates(connection) -> Optional[List[Any]]:
+    """
+    Return the aioice Connection's own list of local candidates (edit it in place), or None.
+
+    aioice offers and pairs every candidate it gathered; the bridge drops host candidates of
+    addresses it must not offer (``Connection._local_candidates``).
+    """
+    value = getattr(connection, '_local_candidates', None)
+    return value if isinstance(value, list) else None
+
+
+def stun_protocols(connection) -> Optional[List[Any]]:
+    """
+    Return the aioice Connection's own list of its sockets' protocols (edit it in place).
+
+    aioice checks connectivity from every socket it gathered on, offered or not; the bridge
+    removes (and closes) the ones of addresses it must not use (``Connection._protocols``).
+    """
+    value = getattr(connection, '_protocols', None)
+    return value if isinstance(value, list) else None
+
+
+def nominated_pair(connection, component: int = 1) -> Optional[Any]:
+    """Return the aioice Connection's nominated candidate pair (``_nominated``), or None."""
+    nominated = getattr(connection, '_nominated', None)
+    return nominated.get(component) if isinstance(nominated, dict) else None
+
+
+def turn_server_transport(transport) -> Optional[Any]:
+    """
+    Return the asyncio transport to the TURN server under an aioice relay transport, or None.
+
+    A relayed pair's transport is aioice's TurnTransport; what the uplink holds back waits in
+    its link to the server (``TurnTransport.__inner_protocol.transport``), not exposed.
+    """
+    inner = getattr(transport, '_TurnTransport__inner_protocol', None)
+    return None if inner is None else getattr(inner, 'transport', None)

@@ -1,0 +1,753 @@
+"""The SFU path with the real Janus (Debian's janus 1.1): the bridge's publisher dials out to
+it over WebRTC, aiortc viewers subscribe through the Janus API with tokens the bridge minted.
+
+Janus runs inside the test's private namespace (scripts/test), from the configs in
+deploy/cloud/ with test secrets, and is stopped by its PID however the test ends. The lab's
+pieces (Janus, nginx, the fed hub, the viewers, the veth pair Janus gathers candidates on) are
+in test/support/janus_lab.py, which bench/sfu_bench.py uses too.
+"""
+
+import asyncio
+import contextlib
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+from support.janus_lab import (ADDRESS, ADMIN_KEY, busy_picture, count_frames, Feeder,
+                               forward_feed, Janus, janus_cpu_seconds, JanusEdge, JanusViewer,
+                               lab_interface, media_ports, OTHER_ROOM, process_cpu_seconds,
+                               publisher, ROOM, uplink_rate)
+from support.waiting import wait_for
+from support.webrtc_support import wait_until
+from video_bridge.core import sfu
+
+pytest.importorskip('aiortc')
+
+
+@pytest.fixture
+def janus():
+    with lab_interface():
+        server = Janus()
+        try:
+            yield server
+        finally:
+            server.close()
+
+
+def test_one_stream_up_for_one_or_five_viewers(janus):
+    """Five viewers through Janus cost the robot's uplink what one does; one encoder.
+
+    The viewers come in through nginx with deploy/cloud's location, as pages would.
+    """
+    edge = JanusEdge(janus)
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder)
+        published.start()
+        published.set_wanted({'cam'})
+        viewers = []
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            feed = published.feeds['cam']
+            access = published.viewer_access('cam', 'page-1')
+            assert access['feed'] == feed.feed_id and access['room'] == ROOM
+            first = JanusViewer(edge.url)
+            viewers.append(first)
+            await first.watch(access)
+            await wait_until(lambda: first.frames >= 30, 20, 'the first viewer gets frames')
+            one = await uplink_rate(feed, 3.0)
+            for index in range(4):
+                viewer = JanusViewer(edge.url)
+                viewers.append(viewer)
+                await viewer.watch(published.viewer_access('cam', f'page-{index + 2}'))
+            await wait_until(lambda: all(v.frames >= 30 for v in viewers), 30,
+                             'five viewers get frames')
+            five = await uplink_rate(feed, 3.0)
+            waits = [v.first_frame_at - v.started_at for v in viewers]
+            print('first frame after subscribing: ' + ', '.join(f'{w:.2f}' for w in waits))
+            # a new viewer's first frame soon: its PLI reaches the shared encoder through
+            # Janus (the keyframe gate allows one per 0.5 s). Measured from the subscription's
+            # start, so the viewer's ICE and DTLS are included: 0.07-0.6 s, once 1.1 s on the
+            # shared 2-core machine; the goal is 1 s, the bound leaves room for that load.
+            assert sorted(waits)[len(waits) // 2] <= 1.0 and max(waits) <= 1.5, waits
+            counts = [v.frames for v in viewers]
+            await asyncio.sleep(1.0)   # a window over which every viewer keeps receiving
+            assert all(v.frames > c for v, c in zip(viewers, counts)), 'a viewer stalled'
+            print(f'robot uplink: {one / 1000:.0f} kbit/s for 1 viewer, '
+                  f'{five / 1000:.0f} kbit/s for 5')
+            assert one > 0 and five < one * 1.25 + 50_000
+            counters = feeder.stream.counters()
+            assert counters.video_encoders == 1       # the SFU adds no encode per viewer
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+        edge.close()
+
+
+def test_janus_refuses_what_the_bridge_did_not_mint(janus):
+    """No token, a forged or expired one, another room's, a wrong pin; viewers cannot publish."""
+    from video_bridge.net.sfu_janus import JanusError
+
+    async def refused(token, body=None):
+        viewer = JanusViewer(janus.url)
+        try:
+            handle = await viewer.session(token)
+            if body is not None:
+                await viewer.janus.message(handle, body)
+        except JanusError as exc:
+            return exc
+        finally:
+            await viewer.close()
+        return None
+
+    async def scenario():
+        now = time.time()
+        grant = sfu.room_grant(janus.token_secret, ROOM, now)
+        good = grant.token
+        assert (await refused(None)).code == 403
+        forged = sfu.room_grant('not-the-secret', ROOM, now).token
+        assert (await refused(forged)).code == 403
+        expired = sfu.mint_token(janus.token_secret, now - 5, (sfu.VIDEOROOM,))
+        assert (await refused(expired)).code == 403
+        edited = good.replace(sfu.VIDEOROOM, 'janus.plugin.streaming')
+        assert (await refused(edited)).code == 403
+        listing = {'request': 'listparticipants', 'room': ROOM}
+        assert await refused(good, listing) is None        # the minted one is good
+        subscribe = {'request': 'join', 'ptype': 'subscriber', 'room': ROOM, 'pin': janus.pin,
+                     'streams': [{'feed': 1}]}
+        # the room wants its room token: none, forged, expired, another room's are refused
+        assert 'wrong token' in (await refused(good, subscribe)).reason
+        for token in (sfu.room_grant('not-the-secret', ROOM, now).room_token,
+                      sfu.mint_token(janus.token_secret, now - 5, (sfu.room_descriptor(ROOM),),
+                                     sfu.VIDEOROOM),
+                      sfu.room_grant(janus.token_secret, OTHER_ROOM, now).room_token):
+            assert 'wrong token' in (await refused(good, dict(subscribe, token=token))).reason
+        other_room = dict(subscribe, room=OTHER_ROOM, pin='other', token=grant.room_token)
+        assert 'wrong token' in (await refused(good, other_room)).reason
+        wrong_pin = dict(subscribe, pin='nope', token=grant.room_token)
+        assert (await refused(good, wrong_pin)).code == 433
+        # the robot's own session puts its token on the room's allowed list; a viewer's
+        # token, good for the room, is not on it and may not publish
+        feeder = Feeder()
+        published = publisher(janus, feeder)
+        published.start()
+        published.set_wanted({'cam'})
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            as_publisher = {'request': 'join', 'ptype': 'publisher', 'room': ROOM,
+                            'pin': janus.pin, 'token': grant.room_token}
+            assert 'allowed' in (await refused(good, as_publisher)).reason
+        finally:
+            await published.stop()
+            feeder.close()
+
+    asyncio.run(scenario())
+
+
+def test_publishing_resumes_after_janus_restarts(janus):
+    """Janus goes away and comes back: the publisher publishes again by itself."""
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder)
+        published.start()
+        published.set_wanted({'cam'})
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            first_id = published.feeds['cam'].feed_id
+            await asyncio.get_running_loop().run_in_executor(None, janus.stop)
+            await wait_until(lambda: not published.feeds['cam'].published, 20,
+                             'the publisher notices Janus is gone')
+            await asyncio.get_running_loop().run_in_executor(None, janus.start)
+            await wait_until(lambda: published.feeds['cam'].published, 30,
+                             'published again after the restart')
+            assert published.feeds['cam'].publishes == 2
+            await a_viewer_gets_frames(janus, published.viewer_access('cam', 'page'), 10,
+                                       'a viewer after the restart')
+            print(f'feed {first_id} before the restart, {published.feeds["cam"].feed_id} after')
+        finally:
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+def test_publishes_only_while_sfu_viewers_watch(janus):
+    """sfu_watch starts publishing; after the last viewer leaves, the linger, then nothing."""
+    from video_bridge.net.sfu import SfuService
+    feeder = Feeder()
+    sent = []
+
+    async def participants():
+        viewer = JanusViewer(janus.url)
+        try:
+            handle = await viewer.session(sfu.room_grant(janus.token_secret, ROOM,
+                                                         time.time()).token)
+            data, _ = await viewer.janus.message(handle, {'request': 'listparticipants',
+                                                          'room': ROOM})
+            return [p for p in data['participants'] if p.get('publisher')]
+        finally:
+            await viewer.close()
+
+    async def allowed_list():
+        viewer = JanusViewer(janus.url)
+        try:
+            handle = await viewer.session(sfu.room_grant(janus.token_secret, ROOM,
+                                                         time.time()).token)
+            data, _ = await viewer.janus.message(handle, {
+                'request': 'allowed', 'room': ROOM, 'secret': janus.room_secret,
+                'action': 'add', 'allowed': []})
+            return data['allowed']
+        finally:
+            await viewer.close()
+
+    async def scenario():
+        published = publisher(janus, feeder)
+        service = SfuService(published, feeder.hub, lambda cid, m: sent.append((cid, m)),
+                             sfu.SfuWatchers(ttl=30.0, linger=1.0))
+        service.start()
+        try:
+            assert await participants() == []
+            service.handle('page', None, {'type': 'sfu_watch', 'id': 1, 'stream': 'cam'})
+            assert sent[-1][1]['type'] == 'sfu_access' and sent[-1][1]['token']
+            await wait_until(lambda: 'cam' in published.feeds and
+                             published.feeds['cam'].published, 20, 'published')
+            assert len(await participants()) == 1
+            service.handle('page', None, {'type': 'sfu_watch', 'id': 2, 'stream': 'nope'})
+            assert sent[-1][1]['code'] == 'unknown_stream'
+            service.handle('other', None, {'type': 'sfu_watch', 'id': 3, 'stream': 'cam'})
+            service.handle('other', None, {'type': 'sfu_leave', 'id': 4})
+            assert sent[-1] == ('other', {'type': 'sfu_left', 'id': 4})
+            assert service.watchers.watchers('cam') == 1
+            service.handle('page', None, {'type': 'sfu_watch', 'id': 5, 'stream': 'cam'})
+            service.disconnect('page')                # the page's control session ended
+            assert 'cam' in published.feeds           # the linger: still published
+            await wait_until(lambda: 'cam' not in published.feeds, 5, 'publishing stopped')
+            for _ in range(50):                       # Janus forgets the publisher at once
+                if not await participants():
+                    break
+                await asyncio.sleep(0.1)              # a poll interval
+            assert await participants() == []
+            assert feeder.stream.counters().video_encoders == 0   # the encoder is gone too
+            assert await allowed_list() == []   # the robot took its token off the list
+        finally:
+            await service.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+def sfu_parameters(janus, tmp_path) -> dict:
+    """bridge_node's SFU parameters, its secrets in files (mode 0600)."""
+    parameters = {'sfu_janus_url': janus.url, 'sfu_room': ROOM}
+    for name, value in (('sfu_token_secret_file', janus.token_secret),
+                        ('sfu_room_secret_file', janus.room_secret),
+                        ('sfu_room_pin_file', janus.pin)):
+        path = tmp_path / name
+        path.write_text(value + '\n')
+        path.chmod(0o600)
+        parameters[name] = str(path)
+    return parameters
+
+
+def test_bridge_node_publishes_to_janus_for_pages_that_may_watch(ros, start_bridge, janus,
+                                                                 tmp_path):
+    """The real bridge_node: sfu_watch on /control with the token gets Janus tokens and the
+    stream is published; a page without the robot's token gets no Janus token."""
+    from conftest import FramePublisher
+    import websockets
+    bridge = start_bridge(token='robot-token', **sfu_parameters(janus, tmp_path))
+
+    async def ask(ws, message):
+        await ws.send(json.dumps(message))
+        async with asyncio.timeout(10):
+            while True:
+                reply = json.loads(await ws.recv())
+                if reply.get('id') == message['id']:
+                    return reply
+
+    async def scenario():
+        async with websockets.connect(f'{bridge.ws}/control') as stranger:
+            try:
+                reply = await ask(stranger, {'type': 'sfu_watch', 'id': 1, 'stream': 'camera'})
+            except websockets.ConnectionClosed:
+                reply = None
+            # watching needs the token (view_requires_token): /control is closed to it
+            assert reply is None, reply
+        async with websockets.connect(f'{bridge.ws}/control?token=robot-token') as page:
+            access = await ask(page, {'type': 'sfu_watch', 'id': 2, 'stream': 'camera'})
+            assert access['type'] == 'sfu_access' and access['room'] == ROOM, access
+            assert sfu.read_token(access['token'], janus.token_secret, time.time())
+            for _ in range(100):                  # the heartbeat: until the feed is up
+                if access.get('feed'):
+                    break
+                await asyncio.sleep(0.2)          # the page's heartbeat interval, shortened
+                access = await ask(page, {'type': 'sfu_watch', 'id': 3, 'stream': 'camera'})
+            assert access.get('feed'), access
+            await a_viewer_gets_frames(janus, access, 15, 'frames through Janus')
+
+    with FramePublisher(ros.node, '/camera/image_raw', width=320, height=240):
+        asyncio.run(scenario())
+
+
+@contextlib.contextmanager
+def link_down(janus_port: int):
+    """Drop everything between the robot and Janus (API and media) in this namespace."""
+    table = 'sfu_link_down'
+    rules = f"""table inet {table} {{
+        chain output {{
+            type filter hook output priority 0; policy accept;
+            tcp dport {janus_port} drop
+            tcp sport {janus_port} drop
+            ip saddr {ADDRESS} udp dport 1-65535 drop
+        }}
+    }}"""
+    subprocess.run(['nft', '-f', '-'], input=rules, text=True, check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(['nft', 'delete', 'table', 'inet', table], capture_output=True)
+
+
+def test_publishing_resumes_after_the_link_comes_back(janus):
+    """The robot's link to Janus drops (nothing passes): the publisher notices through its
+    keepalive, backs off, and publishes again by itself once the link is back."""
+    if shutil.which('nft') is None:
+        pytest.skip('nft (nftables) is not installed: scripts/bootstrap installs it')
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder, keepalive=1.0, request_timeout=3.0)
+        published.start()
+        published.set_wanted({'cam'})
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            with link_down(janus.port):
+                await wait_until(lambda: not published.feeds['cam'].published, 15,
+                                 'the publisher notices the link is gone')
+                attempts = published.feeds['cam'].attempts
+                await wait_until(lambda: published.feeds['cam'].attempts > attempts + 1, 20,
+                                 'attempts while the link is down')
+                assert not published.feeds['cam'].published
+            await wait_until(lambda: published.feeds['cam'].published, 20,
+                             'published again once the link is back')
+            await a_viewer_gets_frames(janus, published.viewer_access('cam', 'page'), 10,
+                                       'a viewer after the outage')
+        finally:
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+async def a_viewer_gets_frames(janus, access, frames: int, what: str):
+    """A viewer through Janus with ``access`` gets ``frames`` frames within 20 s, then leaves."""
+    viewer = JanusViewer(janus.url)
+    try:
+        await viewer.watch(access)
+        await wait_until(lambda: viewer.frames >= frames, 20, what)
+    finally:
+        await viewer.close()
+
+
+def test_uplink_stays_one_stream_at_640x480_for_one_or_five_viewers(janus):
+    """640x480 at the top layer: the robot's uplink at 1 and 5 viewers through Janus
+    (viewers count frames without decoding), every viewer's frame rate, Janus's CPU.
+    A quick check: bench/run sfu measures 1, 5, 20 and 50 viewers, and robot CPU."""
+    feeder = Feeder(busy_picture())
+
+    async def scenario():
+        published = publisher(janus, feeder)
+        published.start()
+        published.set_wanted({'cam'})
+        viewers = []
+        rows = []
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            feed = published.feeds['cam']
+            for target in (1, 5):
+                while len(viewers) < target:
+                    viewer = JanusViewer(janus.url)
+                    viewers.append(viewer)
+                    await viewer.watch(published.viewer_access('cam', f'p{len(viewers)}'),
+                                       decode=False)
+                await wait_until(lambda: all(v.frames >= 30 for v in viewers), 40,
+                                 f'{target} viewers get frames')
+                frames = [v.frames for v in viewers]
+                cpu, started = janus_cpu_seconds(janus), time.monotonic()
+                rate = await uplink_rate(feed, 3.0)
+                elapsed = time.monotonic() - started
+                fps = [(v.frames - f) / elapsed for v, f in zip(viewers, frames)]
+                janus_cpu = (janus_cpu_seconds(janus) - cpu) / elapsed
+                rows.append((target, rate, min(fps), janus_cpu))
+                print(f'{target:3d} viewers: robot uplink {rate / 1000:5.0f} kbit/s, '
+                      f'slowest viewer {min(fps):4.1f} fps, Janus {janus_cpu * 100:4.1f} % '
+                      f'of a core, layer {feed.peer.chooser.current}')
+            one = rows[0][1]
+            for target, rate, slowest, _ in rows:
+                assert rate < one * 1.15 + 50_000, (target, rate, one)
+                assert slowest >= 20, (target, slowest)   # ~30 fps sent; a loaded CI machine
+            assert feeder.stream.counters().video_encoders == 1
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+@pytest.fixture
+def camera():
+    """The real camera node in its own process (started before the lab's veth: it checks
+    that it runs in a private namespace with loopback only)."""
+    from conftest import camera_node
+    with camera_node() as process:
+        yield process
+
+
+def test_the_drivers_direct_video_and_commands_are_unchanged_while_sfu_viewers_watch(
+        cmd_vel, start_bridge, camera, janus, tmp_path):
+    """The real bridge_node and camera_node: a driver on the direct peer, then one and five
+    observers through Janus. The driver's frame rate stays, its commands still reach
+    cmd_vel, and bridge_node's CPU does not grow with the observers."""
+    from support.webrtc_support import AiortcViewer, Control, session
+    bridge = start_bridge(token='robot-token', webrtc_host_addresses=[ADDRESS],
+                          **sfu_parameters(janus, tmp_path))
+    cmd_vel.wait_publisher()
+
+    direct_frames = []
+
+    def frames_in() -> int:
+        """Frames the bridge received from the camera so far (/api/streams)."""
+        import urllib.request
+        with urllib.request.urlopen(f'{bridge.http}/api/streams?token=robot-token',
+                                    timeout=5) as reply:
+            document = json.load(reply)
+        return next(s['frames_in'] for s in document['streams'] if s['name'] == 'camera')
+
+    async def direct_fps(viewer, seconds=3.0):
+        """The driver's frames per second, and the share of the camera's it got."""
+        loop = asyncio.get_running_loop()
+        count, camera = len(direct_frames), await loop.run_in_executor(None, frames_in)
+        started = time.monotonic()
+        await asyncio.sleep(seconds)   # the measuring window
+        got = len(direct_frames) - count
+        camera = await loop.run_in_executor(None, frames_in) - camera
+        return got / (time.monotonic() - started), got / max(camera, 1)
+
+    async def drive(channel, control, speed):
+        mark = cmd_vel.mark()
+        channel.send(json.dumps({'type': 'velocity', 'id': f'v{speed}',
+                                 'linear': {'x': speed}}))
+        await control.wait('ack', f'v{speed}')
+        await wait_until(lambda: any(abs(m[1] - speed) < 1e-6 for m in cmd_vel.since(mark)),
+                         5, f'cmd_vel {speed}')
+
+    async def observe(index):
+        control = Control(await session(bridge.ws, 'robot-token'))
+        for attempt in range(100):                 # heartbeat until the feed is up
+            await control.send(type='sfu_watch', id=attempt, stream='camera')
+            access = await control.wait('sfu_access', attempt)
+            if access.get('feed'):
+                break
+            await asyncio.sleep(0.2)               # the page's heartbeat, shortened
+        viewer = JanusViewer(janus.url)
+        await viewer.watch(access, decode=False)
+        return control, viewer
+
+    async def scenario():
+        driver = Control(await session(bridge.ws, 'robot-token'))
+        direct = AiortcViewer()
+        observers = []
+        try:
+            await driver.send(type='webrtc_start', id='s', stream='camera')
+            offer = await driver.wait('webrtc_offer', 's')
+            answer = await direct.answer(offer['sdp'])
+            count_frames(direct.pc, lambda: direct_frames.append(time.monotonic()))
+            await driver.send(type='webrtc_answer', id='a', sdp=answer)
+            await wait_until(lambda: len(direct_frames) >= 30, 30, 'direct frames')
+            await asyncio.wait_for(direct.channel_open.wait(), 10)
+            direct.channel.send(json.dumps({'type': 'acquire', 'id': 'lock'}))
+            await driver.wait('ack', 'lock')
+            await drive(direct.channel, driver, 0.2)
+            before, share_before = await direct_fps(direct)
+            cpu = {}
+            for count in (1, 5):
+                while len(observers) < count:
+                    observers.append(await observe(len(observers)))
+                await wait_until(lambda: all(v.frames >= 30 for _, v in observers), 30,
+                                 f'{count} observers get frames through Janus')
+                started = process_cpu_seconds(bridge.process.proc.pid), time.monotonic()
+                after, share = await direct_fps(direct)
+                cpu[count] = (process_cpu_seconds(bridge.process.proc.pid) - started[0]) / \
+                    (time.monotonic() - started[1])
+                print(f'{count} SFU viewers: driver direct {after:.1f} fps, {share:.0%} of '
+                      f"the camera's frames (alone {before:.1f} fps, {share_before:.0%}), "
+                      f'bridge_node {cpu[count] * 100:.0f} % of a core')
+                # the camera's own rate moves with the shared machine's load: what must not
+                # drop is the share of its frames the driver gets
+                assert share >= min(share_before, 1.0) - 0.15, (share_before, share)
+            await drive(direct.channel, driver, 0.3)
+            # the robot's CPU does not grow with SFU viewers (loosely: a shared machine)
+            assert cpu[5] < cpu[1] * 1.3 + 0.05, cpu
+        finally:
+            for control, viewer in observers:
+                await viewer.close()
+                await control.socket.close()
+            await direct.close()
+            await driver.socket.close()
+
+    asyncio.run(scenario())
+
+
+def test_publishing_outlives_its_tokens(janus):
+    """Janus checks the session token on every request, keepalives too: a publication lasts
+    longer than any one token (sfu_token_ttl), without renegotiating."""
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder, token_ttl=2.0, keepalive=0.5)
+        published.start()
+        published.set_wanted({'cam'})
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            await asyncio.sleep(4.0)   # a window two token lifetimes long (keepalives in it)
+            feed = published.feeds['cam']
+            assert feed.published and feed.publishes == 1 and feed.attempts == 1, \
+                published.counters()
+            await a_viewer_gets_frames(janus, published.viewer_access('cam', 'page'), 10,
+                                       'frames after 4 s')
+        finally:
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+
+
+def test_nginx_spreads_viewers_over_two_nodes(janus):
+    """deploy/cloud's upstream: viewers through nginx's /janus-view land on node A or node B
+    (B fed by A with the feed's own id), all get frames, the robot still sends one stream."""
+    second = Janus(rtp_ports='41000-41999')
+    edge = JanusEdge(janus, spread=(janus, second))
+    feeder = Feeder()
+
+    async def scenario():
+        published = publisher(janus, feeder, codec='vp8')   # see the test below: VP8
+        published.start()
+        published.set_wanted({'cam'})
+        viewers = []
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            feed = published.feeds['cam']
+            await forward_feed(janus, second, feed.feed_id, 'vp8')
+            first = JanusViewer(edge.viewers_url)
+            viewers.append(first)
+            await first.watch(published.viewer_access('cam', 'page-0'), decode=False)
+            await wait_until(lambda: first.frames >= 15, 20, 'the first viewer gets frames')
+            one = await uplink_rate(feed, 2.0)
+            for index in range(1, 4):
+                viewer = JanusViewer(edge.viewers_url)
+                viewers.append(viewer)
+                await viewer.watch(published.viewer_access('cam', f'page-{index}'),
+                                   decode=False)
+            await wait_until(lambda: all(v.frames >= 15 for v in viewers), 20,
+                             'four viewers get frames')
+            four = await uplink_rate(feed, 2.0)
+            nodes = ['A' if all(40000 <= p < 41000 for p in media_ports(v)) else
+                     'B' if all(41000 <= p < 42000 for p in media_ports(v)) else '?'
+                     for v in viewers]
+            print(f'viewers landed on {nodes}; robot uplink {one / 1000:.0f} kbit/s for one '
+                  f'viewer, {four / 1000:.0f} kbit/s for four on two nodes')
+            assert sorted(nodes) == ['A', 'A', 'B', 'B'], nodes   # least_conn: two each
+            assert four < one * 1.25 + 50_000, (one, four)
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+        edge.close()
+        second.close()
+
+
+def test_a_second_node_gets_the_robots_feed_from_the_first(janus):
+    """Janus 1.1's remote publishers: node A forwards the robot's feed to node B (plain RTP,
+    with RTCP back for PLIs); a viewer on B watches; the robot still sends one stream."""
+    second = Janus(rtp_ports='41000-41999')
+    feeder = Feeder()
+
+    async def request(node, body):
+        viewer = JanusViewer(node.url)
+        try:
+            handle = await viewer.session(sfu.session_token(node.token_secret, time.time()))
+            data, _ = await viewer.janus.message(handle, body)
+            return data
+        finally:
+            await viewer.close()
+
+    async def scenario():
+        # VP8: 1.1.2 offers a remote publisher's H.264 without its fmtp line, which a
+        # browser (and aiortc) cannot match
+        published = publisher(janus, feeder, codec='vp8')
+        published.start()
+        published.set_wanted({'cam'})
+        viewers = []
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            feed = published.feeds['cam']
+            one_node = await uplink_rate(feed, 3.0)
+            # on B: a remote publisher waiting for the feed; on A: forward it there
+            remote = await request(second, {
+                'request': 'add_remote_publisher', 'room': ROOM, 'secret': second.room_secret,
+                'admin_key': ADMIN_KEY, 'display': 'car1 via node A', 'iface': ADDRESS,
+                'streams': [{'type': 'video', 'mid': '0', 'mindex': 0, 'codec': 'vp8'}]})
+            await request(janus, {
+                'request': 'publish_remotely', 'room': ROOM, 'publisher_id': feed.feed_id,
+                'secret': janus.room_secret, 'admin_key': ADMIN_KEY, 'remote_id': 'node-b',
+                'host': ADDRESS, 'port': remote['port'], 'rtcp_port': remote['rtcp_port']})
+            on_a = JanusViewer(janus.url)
+            viewers.append(on_a)
+            await on_a.watch(published.viewer_access('cam', 'page-a'))
+            on_b = JanusViewer(second.url)
+            viewers.append(on_b)
+            access = dict(published.viewer_access('cam', 'page-b'), feed=remote['id'])
+            await on_b.watch(access)
+            await wait_until(lambda: on_a.frames >= 30 and on_b.frames >= 30, 30,
+                             'viewers on both nodes get frames')
+            two_nodes = await uplink_rate(feed, 3.0)
+            print(f'robot uplink: {one_node / 1000:.0f} kbit/s to one node, '
+                  f'{two_nodes / 1000:.0f} kbit/s with a viewer on each of two nodes')
+            assert two_nodes < one_node * 1.25 + 50_000
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
+        second.close()
+
+
+def test_the_page_watches_through_janus_and_the_driver_directly(cmd_vel, start_bridge, camera,
+                                                                janus, tmp_path, request):
+    """Headless Chromium with the real bridge_node, camera_node, Janus and nginx in front of
+    it (the pages' way to Janus, sfu_viewer_url): an observer's page watches through Janus
+    (janus.js, decoded frames, no direct peer on the robot); a page that drives takes the
+    direct path and its commands reach cmd_vel; the selector moves the observer to the direct
+    path and back; when Janus goes away the observer falls back to the direct path, and
+    watches through Janus again once it is back."""
+    import urllib.request
+    from conftest import chromium, WEBRTC_CHROMIUM_ARGS
+    from support.page_probes import RECEIVER_STATS
+    edge = JanusEdge(janus)                      # pages reach Janus through nginx, as deployed
+    request.addfinalizer(edge.close)
+    bridge = start_bridge(token='robot-token', webrtc_host_addresses=[ADDRESS],
+                          sfu_viewer_url=edge.url, sfu_token_ttl=30.0,
+                          **sfu_parameters(janus, tmp_path))
+    cmd_vel.wait_publisher()
+    sfu_stats = RECEIVER_STATS.replace('videoBridge.webrtc.pc', 'videoBridge.sfu.pc')
+    assert sfu_stats != RECEIVER_STATS
+
+    def streams() -> dict:
+        with urllib.request.urlopen(f'{bridge.http}/api/streams?token=robot-token',
+                                    timeout=5) as reply:
+            return json.load(reply)
+
+    assert [s['sfu'] for s in streams()['streams'] if s['name'] == 'camera'] == [True]
+
+    def via(page, value, timeout=20000):
+        page.wait_for_function(
+            f"document.getElementById('stat-transport').dataset.value === '{value}'",
+            timeout=timeout)
+
+    def decoded(page, frames):
+        """Chromium decoded ``frames`` more frames of the SFU subscription (getStats)."""
+        start = page.evaluate(sfu_stats).get('framesDecoded', 0)
+        wait_for(lambda: page.evaluate(sfu_stats).get('framesDecoded', 0) >= start + frames,
+                 15, f'{frames} frames decoded through Janus')
+
+    with chromium(WEBRTC_CHROMIUM_ARGS) as browser:
+        pages = []
+
+        def open_page():
+            page = browser.new_context(viewport={'width': 1280, 'height': 800}).new_page()
+            page.errors = []
+            page.on('pageerror', lambda error: page.errors.append(str(error)))
+            page.goto(f'{bridge.http}/?token=robot-token')
+            pages.append(page)
+            return page
+
+        observer = open_page()
+        via(observer, 'sfu')
+        decoded(observer, 30)
+        assert observer.evaluate('window.videoBridge.webrtc.status') == 'off'
+        assert observer.locator('#path-picker').is_visible()
+        assert observer.locator('#sfu-video').is_visible()
+        assert streams()['webrtc']['peers'] == 0, 'the observer has no peer on the robot'
+
+        # A fresher token than the session's (30 s tokens: at once): a new subscription is
+        # made, and the old one destroyed only once the new one has video, without a gap.
+        subscribed = observer.evaluate('window.videoBridge.sfu.subscriptions')
+        resubscribed = f"""() => {{ const sfu = window.videoBridge.sfu;
+            if (sfu.subscriptions === {subscribed}) sfu.watch();   // the heartbeat, now
+            return sfu.subscriptions > {subscribed} && sfu.next === null; }}"""
+        wait_for(lambda: observer.evaluate(resubscribed), 15,
+                 'a new subscription with the fresher token')
+        shown = observer.evaluate('window.videoBridge.sfu.displayed')
+        observer.wait_for_function(f'window.videoBridge.sfu.displayed >= {shown + 15}')
+        assert observer.evaluate('window.videoBridge.sfu.failures') == 0
+        assert observer.evaluate('window.videoBridge.sfu.status') == 'playing'
+
+        driver = open_page()
+        via(driver, 'sfu')
+        mark = cmd_vel.mark()
+        driver.keyboard.down('ArrowUp')          # takes the lock: the driver goes direct
+        cmd_vel.wait_last(mark, 0.25, 0.0, 'the driver drives')
+        via(driver, 'webrtc')
+        driver.wait_for_function("window.videoBridge.sfu.status === 'off'", timeout=10000)
+        driver.keyboard.up('ArrowUp')
+        cmd_vel.wait_last(mark, 0.0, 0.0, 'the driver stops')
+        assert streams()['webrtc']['peers'] == 1, 'only the driver has a peer on the robot'
+        decoded(observer, 15)                    # the observer watched on meanwhile
+
+        observer.select_option('#path', 'direct')
+        via(observer, 'webrtc')
+        observer.wait_for_function("window.videoBridge.sfu.status === 'off'", timeout=10000)
+        observer.select_option('#path', 'sfu')
+        via(observer, 'sfu')
+        observer.wait_for_function("window.videoBridge.webrtc.status === 'off'", timeout=10000)
+        decoded(observer, 15)
+
+        observer.select_option('#path', 'auto')  # an observer: still through Janus
+        janus.stop()                             # the SFU goes away: Auto falls back
+        via(observer, 'webrtc')
+        janus.start()                            # and comes back: so does the observer
+        via(observer, 'sfu', timeout=40000)
+        decoded(observer, 15)
+        for page in pages:
+            assert not page.errors, page.errors

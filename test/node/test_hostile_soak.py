@@ -1,0 +1,253 @@
+"""
+Issue 16's hostile-client soak: every attack at once while a viewer and a driver use the bridge.
+
+One real bridge_node over TLS, with a token (watching left open: ``view_requires_token: false``,
+the setting that lets anonymous clients reach the most slots), fed by the real camera_node
+(640x480 at 30 fps).
+``support/soak_attacks.py`` runs rows 1, 2, 3, 4, 8, 9 and 10 of the issue together from a
+process of its own for ``HOSTILE_SOAK_SECONDS`` (60 by default) while this process measures a
+normal wss viewer (its frame rate), a driver holding the lock (each command from its send to
+its arrival on ``/cmd_vel``, a real rclpy subscription), and the bridge's RSS. Afterwards every
+slot is free again: no WebRTC peer, no viewer, the bridge's descriptors back where they were.
+"""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import camera_node, wait_for
+from geometry_msgs.msg import Twist
+import pytest
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from support import hostile_clients as hc
+from support.webrtc_support import HOST_ADDRESS, host_address
+
+pytest.importorskip('aiortc')
+websockets = pytest.importorskip('websockets')
+
+SECONDS = float(os.environ.get('HOSTILE_SOAK_SECONDS', '60'))
+ROWS = os.environ.get('HOSTILE_SOAK_ROWS', '1,2,3,4,8,9,10')   # fewer while looking into one
+# Another checkout's bridge (its src/video_bridge first on the bridge's PYTHONPATH; messages,
+# config and everything else from here): bench/soak_bench.py measures before and after with it.
+BRIDGE_SOURCE = os.environ.get('HOSTILE_SOAK_BRIDGE_SOURCE', '')
+TOKEN = 'soak-token-0123456789'
+VIEWER_FPS = 28.0
+# Bounds a loaded, shared 2-core CI machine keeps; the figures themselves are printed, and the
+# issue's goals (5 ms, 20 MB) are measured by bench/run soak (bench/soak_bench.py), not here.
+# Commands are never late enough to trip the deadman (command_timeout 0.5 s): on a 2-core
+# machine shared with other work (load average 4 to 10) the p99 of one bridge moved between
+# 12 ms and 2.5 s from run to run, so no tighter. Memory is bounded by what the caps admit:
+# 300 idle TLS control sockets are about 14 MB of it, the WebRTC peers of rows 1 and 3 about
+# 12 MB; 41 MB is the most seen over a minute (the bridge before it: 56 MB).
+COMMAND_P99 = 0.250
+RSS_GROWTH_MB = 60.0
+COMMAND_PERIOD = 0.05      # a driver's 20 Hz
+TEST_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ATTACKS = os.path.join(TEST_DIR, 'support', 'soak_attacks.py')
+
+
+pytestmark = pytest.mark.usefixtures('many_file_descriptors')
+
+
+class Driver(threading.Thread):
+    """Holds the driver lock and sends a distinct velocity every 50 ms; records each send."""
+
+    def __init__(self, url, tls, duration):
+        super().__init__(daemon=True)
+        self.url, self.tls, self.duration = url, tls, duration
+        self.sent = []              # (monotonic send time, linear.x)
+        self.error = None
+        self.ready = threading.Event()
+        self._halt = threading.Event()
+
+    def run(self):
+        from websockets.sync.client import connect
+        try:
+            with connect(self.url, ssl=self.tls, open_timeout=10) as ws:
+                assert json.loads(ws.recv(timeout=10))['type'] == 'hello'
+                ws.send(json.dumps({'type': 'acquire', 'id': 1}))
+                reply = {}
+                while reply.get('id') != 1:   # state broadcasts may come first
+                    reply = json.loads(ws.recv(timeout=10))
+                assert reply['type'] == 'ack', reply
+                self.ready.set()
+                deadline = time.monotonic() + self.duration
+                index = 0
+                next_send = time.monotonic()
+                while not self._halt.is_set() and time.monotonic() < deadline:
+                    index += 1
+                    x = round(0.1 + 0.001 * (index % 300), 3)   # distinct for 15 s
+                    self.sent.append((time.monotonic(), x))
+                    ws.send(json.dumps({'type': 'velocity', 'id': index + 1,
+                                        'linear': {'x': x}}))
+                    next_send += COMMAND_PERIOD
+                    while time.monotonic() < next_send:   # read acks until the next send
+                        try:
+                            ws.recv(timeout=max(0.001, next_send - time.monotonic()))
+                        except TimeoutError:
+                            break
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+            self.ready.set()
+
+    def stop(self):
+        self._halt.set()
+        self.join(15)
+
+
+def command_latencies(sent, arrivals):
+    """For each send, the delay to the first /cmd_vel message with its value after it."""
+    latencies = []
+    for t_send, x in sent:
+        first = next((t for t, value in arrivals if t >= t_send and abs(value - x) < 1e-9),
+                     None)
+        if first is not None:
+            latencies.append(first - t_send)
+    return latencies
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def api_streams(port, tls):
+    import urllib.request
+    with urllib.request.urlopen(f'https://127.0.0.1:{port}/api/streams?token={TOKEN}',
+                                timeout=5, context=tls) as response:
+        return json.loads(response.read())
+
+
+def slots(port, tls):
+    doc = api_streams(port, tls)
+    return doc['webrtc']['peers'], sum(stream['viewers'] for stream in doc['streams'])
+
+
+def start_webrtc_once(port, tls):
+    """
+    What a normal page does first: ask for a WebRTC offer (then go, and the peer with it).
+
+    The bridge loads aiortc for its first peer (about 14 MB, once per process): before the
+    baseline, so the soak's RSS growth is what the attacks cost, not that import.
+    """
+    ws = hc.RawWebSocket(port, f'/control?token={TOKEN}', timeout=10, tls=tls)
+    try:
+        assert ws.accepted, ws.response
+        ws.send_text(json.dumps({'type': 'webrtc_start', 'id': 1, 'stream': 'camera',
+                                 'codecs': ['h264']}))
+        deadline = time.monotonic() + 20
+        reply = {}
+        while reply.get('type') not in ('webrtc_offer', 'webrtc_error') and \
+                time.monotonic() < deadline:
+            reply = ws.recv_json(max(0.1, deadline - time.monotonic())) or {}
+        assert reply.get('type') == 'webrtc_offer', reply
+    finally:
+        ws.close()
+    wait_for(lambda: slots(port, tls)[0] == 0, 15, 'the first WebRTC peer gone')
+
+
+@pytest.mark.soak
+def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
+        ros, start_bridge, tmp_path):
+    """
+    All of issue 16's attacks together for a minute: the viewer keeps >= 28 fps, the driver's
+    commands reach /cmd_vel with no deadman stop (p99 within COMMAND_P99), RSS stays within
+    RSS_GROWTH_MB, no token is guessed, and afterwards no peer, viewer or connection is left.
+    """
+    cert, key = hc.self_signed_cert(str(tmp_path))
+    tls = hc.insecure_client_context()
+    arrivals = []
+    subscription = ros.node.create_subscription(
+        Twist, '/cmd_vel', lambda msg: arrivals.append((time.monotonic(), msg.linear.x)),
+        QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+    # The camera is a process of its own: this process's DDS participant was made before
+    # host_address() added an interface, and raw frames from it then arrive at half rate.
+    with host_address(), camera_node():
+        env = {'PYTHONPATH': os.pathsep.join([os.path.join(BRIDGE_SOURCE, 'src', 'video_bridge'),
+                                              os.environ.get('PYTHONPATH', '')])} \
+            if BRIDGE_SOURCE else None
+        bridge = start_bridge(token=TOKEN, tls_cert=cert, tls_key=key, env=env,
+                              view_requires_token=False, webrtc_host_addresses=[HOST_ADDRESS],
+                              webrtc_connect_timeout=4.0, webrtc_max_peers=6)
+        pid = bridge.process.proc.pid
+        if True:
+            viewer = hc.Viewer(f'wss://127.0.0.1:{bridge.port}/video/camera?token={TOKEN}',
+                               ssl_context=tls, duration=SECONDS + 60)
+            viewer.start()
+            wait_for(lambda: len(viewer.frames) >= 30 or viewer.error, 20, 'viewer frames')
+            assert viewer.error is None, repr(viewer.error)
+            driver = Driver(f'wss://127.0.0.1:{bridge.port}/control?token={TOKEN}', tls,
+                            SECONDS + 30)
+            driver.start()
+            assert driver.ready.wait(15) and driver.error is None, repr(driver.error)
+            wait_for(lambda: subscription.get_publisher_count() > 0, 10, 'cmd_vel matched')
+            wait_for(lambda: len(arrivals) > 5, 10, 'the driver on /cmd_vel')
+            start_webrtc_once(bridge.port, tls)
+            fds_before = hc.open_fds(pid)
+            rss_before = hc.rss_mb(pid)
+            started = time.monotonic()
+            attack = subprocess.Popen(
+                [sys.executable, ATTACKS, '--port', str(bridge.port), '--seconds', str(SECONDS),
+                 '--rows', ROWS],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                # Attackers are other machines: here they share the bridge's two cores, so they
+                # run at the lowest priority instead of taking CPU a real attacker could not.
+                preexec_fn=lambda: os.nice(19))
+            try:
+                peak = rss_before
+                while attack.poll() is None and time.monotonic() - started < SECONDS + 90:
+                    peak = max(peak, hc.rss_mb(pid))
+                    threading.Event().wait(0.5)   # the RSS probe's period, not synchronisation
+                output, errors = attack.communicate(timeout=30)
+            finally:
+                if attack.poll() is None:
+                    attack.kill()
+                    attack.wait(10)
+            ended = time.monotonic()
+            driver.stop()
+            viewer.stop()
+            report = json.loads(output.strip().splitlines()[-1]) if output.strip() else {}
+            print('attacks:', json.dumps(report, sort_keys=True))
+            assert bridge.process.proc.poll() is None, 'the bridge died'
+            assert not report.get('errors'), (report, errors[-2000:])
+            fps = viewer.fps(started + 1, min(ended, started + SECONDS))
+            latencies = command_latencies(
+                [(t, x) for t, x in driver.sent if started + 1 <= t <= started + SECONDS],
+                list(arrivals))
+            p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+            rss_after = hc.rss_mb(pid)
+            summary = (f'viewer {fps:.1f} fps; commands {len(latencies)} p50 {p50 * 1e3:.2f} '
+                       f'ms p99 {p99 * 1e3:.2f} ms; RSS {rss_before:.1f} -> peak {peak:.1f} / '
+                       f'after {rss_after:.1f} MB')
+            print(summary)
+            counts = collections.defaultdict(dict, report['counts'])
+            # The attacks reached the bridge (else the test proves nothing).
+            reached = {'1': ('rounds', 5), '3': ('webrtc_offer', 2), '4': ('opened', 100),
+                       '9': ('opened', 500), '10': ('101', 50)}
+            for row in set(ROWS.split(',')) & set(reached):
+                what, least = reached[row]
+                assert counts[f'row{row}'].get(what, 0) >= least, (row, counts[f'row{row}'])
+            assert 'GUESSED' not in counts['row10'], counts['row10']
+            assert fps >= VIEWER_FPS, summary
+            assert len(latencies) >= 0.95 * SECONDS / COMMAND_PERIOD * 0.9, summary
+            assert p99 <= COMMAND_P99, summary
+            stops = [t for t, x in arrivals if started <= t <= started + SECONDS and x == 0.0]
+            assert not stops, f'{len(stops)} deadman stops while the driver drove; {summary}'
+            assert max(peak, rss_after) - rss_before < RSS_GROWTH_MB, summary
+        # every slot free again: no peer, no viewer, the descriptors of before
+        seen = []
+
+        def free():
+            seen.append((slots(bridge.port, tls), hc.open_fds(pid)))
+            (peers, viewers), fds = seen[-1]
+            return peers == 0 and viewers == 0 and fds <= fds_before
+        try:
+            wait_for(free, 20, 'every slot free again')
+        except BaseException:
+            pytest.fail(f'((peers, viewers), descriptors) stayed {seen[-1]}; '
+                        f'{fds_before} descriptors before the attack')
+    ros.node.destroy_subscription(subscription)
