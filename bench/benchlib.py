@@ -239,25 +239,81 @@ def start_bridge(rig: Rig, topic: str, extra_params=(), env=None, name: str = 'b
     """
     Start the installed bridge_node on a free port of 127.0.0.1; return (child, port).
 
-    ``source``: run the bridge_node of another checkout instead (its src/video_bridge and its
-    config/bridge.yaml; messages and share/ from this install), e.g. an older commit built in a
-    temporary git worktree, for side-by-side comparisons.
+    ``source``: run the bridge_node of another checkout instead (see :func:`add_before_option`:
+    its src/video_bridge and its config/bridge.yaml, plus :data:`BEFORE_PARAMS`; messages and
+    share/ from this install), for side-by-side comparisons in one run.
     """
     port = free_port()
-    params = [f'host:={HOST}', f'port:={port}', f'streams.camera.topic:={topic}', *extra_params]
+    params = [f'host:={HOST}', f'port:={port}', f'streams.camera.topic:={topic}']
     if source:
         package = os.path.join(source, 'src', 'video_bridge')
         program = ('import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = "bridge_node"; '
                    'from video_bridge.ros.bridge_node import main; main()')
+        params_file = os.path.join(source, 'config', 'bridge.yaml')
         argv = [sys.executable, '-c', program, package, '--ros-args', '--params-file',
-                os.path.join(source, 'config', 'bridge.yaml')]
+                params_file]
+        params += before_params(params_file)
     else:
         argv = [sys.executable, BRIDGE_NODE, '--ros-args', '--params-file', BRIDGE_PARAMS]
-    for param in params:
+    for param in [*params, *extra_params]:  # the caller's last: a later -p wins
         argv += ['-p', param]
     child = rig.start(name, argv, env)
     wait_for_port(port, child)
     return child, port
+
+
+# -- another checkout's bridge (--before) ------------------------------------------------------
+#
+# The commit before a change runs from an exported copy of its src/ and config/ (no build: its
+# Python package goes first on sys.path, the messages come from this install, which must still
+# match them). Everything a bridge of another checkout needs to be measured like this one is
+# here, for every benchmark that takes --before.
+
+# Parameters given to another checkout's bridge on top of its own config/bridge.yaml, so that
+# both bridges serve the benchmark's load alike; each only if that file names it. Every viewer
+# of a benchmark comes from 127.0.0.1: older bridges allowed 64 connections per address.
+BEFORE_PARAMS = {'max_connections_per_client': '256'}
+
+
+def before_params(params_file: str) -> list:
+    """The :data:`BEFORE_PARAMS` that a checkout's config/bridge.yaml declares, as ``-p`` items.
+
+    A parameter the old bridge does not have is left out rather than passed: it would only be
+    logged as unknown, and the figures would then rest on a setting that did nothing.
+    """
+    with open(params_file) as handle:
+        keys = {line.split(':', 1)[0].strip() for line in handle if ':' in line}
+    return [f'{name}:={value}' for name, value in BEFORE_PARAMS.items() if name in keys]
+
+
+def add_before_option(parser):
+    """Add --before DIR: measure that checkout's bridge_node too, alternating with this one."""
+    parser.add_argument('--before', default='', metavar='DIR',
+                        help='a copy of another commit (git archive COMMIT src config | tar -x '
+                        '-C DIR) whose bridge_node is measured too, in the same run, '
+                        'alternating with this one')
+
+
+def check_before(parser, options):
+    """Make options.before absolute; a parser error unless it holds a bridge to run."""
+    if options.before:
+        options.before = os.path.abspath(options.before)
+        for part in (('src', 'video_bridge', 'video_bridge', 'ros', 'bridge_node.py'),
+                     ('config', 'bridge.yaml')):
+            if not os.path.isfile(os.path.join(options.before, *part)):
+                parser.error(f'--before {options.before}: no {os.path.join(*part)} there')
+
+
+def alternating(sides: list, index: int) -> list:
+    """``sides`` in order for an even ``index``, reversed for an odd one (ABBA ...).
+
+    Cases run one after another on a shared machine; alternating which side goes first spreads
+    a change of load over both sides instead of charging it to one. Pass the round plus the
+    case's position in it: then every case swaps its order from round to round, also when a
+    round has an even number of cases (a running count would give such a case the same order
+    in every round).
+    """
+    return list(sides) if index % 2 == 0 else list(sides)[::-1]
 
 
 def start_publisher(rig: Rig, topic: str, seconds: float, kind: str = 'raw', fps: float = 30.0,
@@ -552,20 +608,21 @@ def add_rig_options(parser):
 
 
 def video_case(paths: list, options, kind: str = 'raw', params=(),
-               profile_seconds: float = 0) -> dict:
+               profile_seconds: float = 0, source: str = '') -> dict:
     """Run publisher, bridge and one viewer per path: warm up, measure a window, profile.
 
     Everything is started fresh for the case and stopped (SIGINT, by PID) before returning.
     Returns frame_stats() of the window plus the bridge's CPU and memory, the CPU of the other
     processes, and (with ``profile_seconds``) a Profile taken after the window, so the
-    profilers never disturb the measured figures.
+    profilers never disturb the measured figures. ``source``: another checkout's bridge
+    (:func:`start_bridge`).
     """
     run_for = options.warmup + options.duration + profile_seconds
     params = list(params) + ([f'streams.camera.type:={kind}'] if kind != 'raw' else [])
     env = dict(item.split('=', 1) for item in options.bridge_env)
     with Rig(options.keep_logs) as rig:
         bridge, port = start_bridge(rig, VIDEO_TOPIC, params, env=env,
-                                    source=getattr(options, 'bridge_source', ''))
+                                    source=source or getattr(options, 'bridge_source', ''))
         publisher, stamps_path = start_publisher(rig, VIDEO_TOPIC, run_for + 60, kind=kind,
                                                  reliable=options.reliable)
         workers, outputs = start_viewers(rig, port, paths, run_for + 60, options.per_worker)
@@ -607,11 +664,15 @@ def video_case(paths: list, options, kind: str = 'raw', params=(),
     return stats
 
 
-def print_versions():
-    """Say which bridge was measured: the tables are only meaningful with the code they ran."""
-    def git(*args):
+def print_versions(before: str = ''):
+    """Say which bridge was measured: the tables are only meaningful with the code they ran.
+
+    ``before``: the other checkout of a side-by-side run (--before), named by its commit when it
+    is a git checkout; an exported copy carries none, so the command line must say it.
+    """
+    def git(*args, where=ROOT):
         try:
-            return subprocess.run(['git', '-C', ROOT, *args], capture_output=True, text=True,
+            return subprocess.run(['git', '-C', where, *args], capture_output=True, text=True,
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return '?'
@@ -620,6 +681,11 @@ def print_versions():
           f'{" + uncommitted changes in src/video_bridge" if dirty else ""}; '
           f'machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; '
           f'ROS_DOMAIN_ID={os.environ.get("ROS_DOMAIN_ID")}')
+    if before:
+        inside = git('rev-parse', '--show-toplevel', where=before) == before
+        commit = git('rev-parse', '--short', 'HEAD', where=before) if inside else ''
+        print(f'before: the bridge in {before}'
+              f'{f" (commit {commit})" if commit else " (not a git checkout)"}')
 
 
 # -- profiling ---------------------------------------------------------------------------------

@@ -281,9 +281,7 @@ def main():
                         type=lambda text: [k for k in text.split(',') if k],
                         help='source kinds: raw, h264 (default both); h264-before is added '
                         'with --before')
-    parser.add_argument('--before', default='',
-                        help='a checkout (say, the commit before a change: git archive into a '
-                        'directory) whose bridge_node is measured too, as kind h264-before')
+    benchlib.add_before_option(parser)  # its bridge is the kind h264-before
     parser.add_argument('--browser', default='raw,h264',
                         type=lambda text: [k for k in text.split(',') if k],
                         help='kinds measured in headless Chromium too ("" none)')
@@ -300,19 +298,20 @@ def main():
     parser.add_argument('--markdown', default='', help='also write the table to this file')
     parser.add_argument('--keep-logs', action='store_true', help='keep process logs and data')
     options = parser.parse_args()
+    benchlib.check_before(parser, options)
     if options.before:
         options.kinds = options.kinds + ['h264-before']
     if not set(options.kinds + options.browser) <= set(TOPICS) or not options.viewers \
             or min(options.viewers) < 1 or max(options.viewers) > 20:
         parser.error('--kinds takes raw,h264; --viewers 1..20 (webrtc_max_peers)')
     benchlib.require_loopback_only()
-    benchlib.print_versions()
+    benchlib.print_versions(options.before)
     shm_before = benchlib.shm_segments()
     added = sh('ip', 'addr', 'add', f'{HOST_ADDRESS}/32', 'dev', 'lo', check=False)
     results, browser_results = [], []
     try:
         for index, count in enumerate(options.viewers):
-            kinds = options.kinds if index % 2 == 0 else options.kinds[::-1]
+            kinds = benchlib.alternating(options.kinds, index)
             for kind in kinds:
                 try:
                     stats = run_case(kind, count, options)

@@ -18,12 +18,20 @@ Phases, each once with no viewers and once while --viewers (default 50) viewers 
 * socket drop: a fresh driver connection sends a velocity, then its TCP connection is aborted
   (no close frame); time abort -> zero Twist; --drop-trials times.
 
+With --before DIR the bridge_node of another checkout (say, the commit before a change; see
+bench/README.md) is measured too, in the same run: in each condition both bridges run one after
+the other, which one goes first alternating from condition to condition and round to round
+(--rounds), so a change in the machine's load falls on both alike; the table gets a ``bridge``
+column (now / before).
+
 Run through bench/run (private network namespace, own ROS_DOMAIN_ID).
 """
 
 import argparse
 import asyncio
 import json
+import math
+import statistics
 import threading
 import time
 
@@ -236,12 +244,15 @@ async def run_phases(port: int, log: CmdVelLog, options) -> dict:
     return result
 
 
-def measure(condition: str, viewers: int, log: CmdVelLog, options) -> dict:
-    """Start a bridge (plus camera and viewers under load) and run the phases against it."""
+def measure(condition: str, viewers: int, log: CmdVelLog, options, source: str = '') -> dict:
+    """Start a bridge (plus camera and viewers under load) and run the phases against it.
+
+    ``source``: another checkout's bridge (benchlib.start_bridge), for --before.
+    """
     log.arrivals = []
     with benchlib.Rig(options.keep_logs) as rig:
         env = dict(item.split('=', 1) for item in options.bridge_env)
-        bridge, port = benchlib.start_bridge(rig, TOPIC, env=env)
+        bridge, port = benchlib.start_bridge(rig, TOPIC, env=env, source=source)
         workers = []
         if viewers:
             budget = options.duration + options.deadman_trials * 1.0 + \
@@ -264,34 +275,83 @@ def measure(condition: str, viewers: int, log: CmdVelLog, options) -> dict:
     return result
 
 
+def run_cases(log: CmdVelLog, options) -> list:
+    """Both conditions, per round, each with both bridges under --before (alternating)."""
+    sides = ['now', 'before'] if options.before else ['']
+    conditions = (('no viewers', 0), (f'{options.viewers} viewers @30fps', options.viewers))
+    results = []
+    for round_index in range(options.rounds):
+        for position, (condition, viewers) in enumerate(conditions):
+            for side in benchlib.alternating(sides, round_index + position):
+                name = ' '.join(filter(None, (side, f'round {round_index + 1}'
+                                              if options.rounds > 1 else '')))
+                print(f'{condition}{f" ({name})" if name else ""}: measuring ...', flush=True)
+                result = measure(condition, viewers, log, options,
+                                 options.before if side == 'before' else '')
+                result.update(bridge=name, side=side, viewers=viewers)
+                results.append(result)
+    return results
+
+
 def report(results: list, options):
     """Print the latency / deadman / drop table and the targets."""
     print(f'\nTeleop: velocity commands at {options.rate:g} Hz for {options.duration:g} s; '
           f'deadman x{options.deadman_trials}; socket drop x{options.drop_trials}')
+    named = any(r['bridge'] for r in results)
+    first = ['condition', 'bridge'] if named else ['condition']
+
+    def lead(r):
+        return [r['condition'], r['bridge']] if named else [r['condition']]
+    results = sorted(results, key=lambda r: (r['viewers'], r['bridge']))
     rows = []
     for r in results:
         dead, drop = r['deadman'], r['drop']
-        rows.append([r['condition'], f'{r["matched"]}/{r["sent"]}', fmt(r['p50'], 2),
-                     fmt(r['p99'], 2), fmt(r['max'], 2),
-                     f'{fmt(r["ack_p50"], 2)}/{fmt(r["ack_p99"], 2)}/{fmt(r["ack_max"], 2)}',
-                     f'{fmt(pct(dead, 50))}/{fmt(pct(dead, 95))}/'
-                     f'{fmt(max(dead) if dead else None)} ({len(dead)})',
-                     f'{fmt(pct(drop, 50))}/{fmt(max(drop) if drop else None)} ({len(drop)})',
-                     fmt(r['cpu']), fmt(r['others'])])
-    print(table(['condition', 'matched', 'p50 ms', 'p99 ms', 'max ms', 'ack RTT p50/p99/max',
-                 'deadman +ms p50/p95/max (n)', 'drop->zero ms p50/max (n)', 'bridge CPU %',
-                 'others CPU %'],
-                rows))
+        rows.append(lead(r) + [
+            f'{r["matched"]}/{r["sent"]}', fmt(r['p50'], 2), fmt(r['p99'], 2), fmt(r['max'], 2),
+            f'{fmt(r["ack_p50"], 2)}/{fmt(r["ack_p99"], 2)}/{fmt(r["ack_max"], 2)}',
+            f'{fmt(pct(dead, 50))}/{fmt(pct(dead, 95))}/'
+            f'{fmt(max(dead) if dead else None)} ({len(dead)})',
+            f'{fmt(pct(drop, 50))}/{fmt(max(drop) if drop else None)} ({len(drop)})',
+            fmt(r['cpu']), fmt(r['others'])])
+    print(table(first + ['matched', 'p50 ms', 'p99 ms', 'max ms', 'ack RTT p50/p99/max',
+                         'deadman +ms p50/p95/max (n)', 'drop->zero ms p50/max (n)',
+                         'bridge CPU %', 'others CPU %'], rows))
     print('Targets: command p99 <= 5 ms in both conditions; deadman zero within '
           f'command_timeout ({COMMAND_TIMEOUT:g} s) + 20 ms.')
     rows = []
     for r in results:
-        rows.append([r['condition']] + [f'{fmt(pct(r["split"][hop], 50), 2)}/'
-                                        f'{fmt(pct(r["split"][hop], 99), 2)}'
-                                        for hop in ('to_publish', 'dds', 'callback')])
+        rows.append(lead(r) + [f'{fmt(pct(r["split"][hop], 50), 2)}/'
+                               f'{fmt(pct(r["split"][hop], 99), 2)}'
+                               for hop in ('to_publish', 'dds', 'callback')])
     print('\nCommand latency by hop, ms p50/p99 (wall clock; DDS source and reception stamps):')
-    print(table(['condition', 'send -> bridge publishes', 'DDS delivery',
-                 'reception -> callback (bench)'], rows))
+    print(table(first + ['send -> bridge publishes', 'DDS delivery',
+                         'reception -> callback (bench)'], rows))
+    if options.before:
+        report_comparison(results)
+
+
+# (heading, figure of one result, digits) of the before/now table
+COMPARED = (('p50 ms', lambda r: r['p50'], 2), ('p99 ms', lambda r: r['p99'], 2),
+            ('max ms', lambda r: r['max'], 2),
+            ('deadman +ms p50', lambda r: pct(r['deadman'], 50), 1),
+            ('drop->zero ms p50', lambda r: pct(r['drop'], 50), 1),
+            ('bridge CPU %', lambda r: r['cpu'], 1), ('others CPU %', lambda r: r['others'], 0))
+
+
+def report_comparison(results: list):
+    """Per condition and figure: before -> now, medians over the rounds."""
+    rows = []
+    for condition in dict.fromkeys(r['condition'] for r in results):
+        row = [condition]
+        for _, figure, digits in COMPARED:
+            side = {want: statistics.median([figure(r) for r in results
+                                             if r['condition'] == condition
+                                             and r['side'] == want] or [math.nan])
+                    for want in ('before', 'now')}
+            row.append(f'{fmt(side["before"], digits)} -> {fmt(side["now"], digits)}')
+        rows.append(row)
+    print('\nBefore -> now, median of the rounds:')
+    print(table(['condition'] + [heading for heading, *_ in COMPARED], rows))
 
 
 def main():
@@ -303,10 +363,16 @@ def main():
     parser.add_argument('--drop-trials', type=int, default=10)
     parser.add_argument('--viewers', type=int, default=50, help='viewers in the load case')
     parser.add_argument('--warmup', type=float, default=3.0, help='load warm-up (s)')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='times every case runs (with --before: before/now pairs)')
+    benchlib.add_before_option(parser)
     benchlib.add_rig_options(parser)
     options = parser.parse_args()
+    benchlib.check_before(parser, options)
+    if options.rounds < 1:
+        parser.error('--rounds must be at least 1')
     benchlib.require_loopback_only()
-    benchlib.print_versions()
+    benchlib.print_versions(options.before)
     shm_before = benchlib.shm_segments()
     rclpy.init()
     node = rclpy.create_node('teleop_bench')
@@ -317,10 +383,7 @@ def main():
     spinner.start()
     results = []
     try:
-        for condition, viewers in (('no viewers', 0),
-                                   (f'{options.viewers} viewers @30fps', options.viewers)):
-            print(f'{condition}: measuring ...', flush=True)
-            results.append(measure(condition, viewers, log, options))
+        results = run_cases(log, options)
     finally:
         executor.shutdown(timeout_sec=2.0)
         spinner.join(timeout=2.0)
