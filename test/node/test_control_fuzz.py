@@ -9,9 +9,7 @@ import json
 import math
 
 from conftest import wait_for
-from geometry_msgs.msg import Twist
 from hypothesis import given, HealthCheck, settings, strategies as st
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 import websockets
 
 MAX_LINEAR, MAX_ANGULAR = 0.5, 1.0
@@ -94,12 +92,10 @@ class Session:
         self.loop.close()
 
 
-def test_control_socket_survives_random_and_malformed_messages(ros, start_bridge):
+def test_control_socket_survives_random_and_malformed_messages(start_bridge, cmd_vel):
     bridge = start_bridge(commands_per_second=1000.0, command_burst=1000,
                           max_linear=MAX_LINEAR, max_angular=MAX_ANGULAR, holonomic=True)
-    published = []
-    ros.node.create_subscription(Twist, '/cmd_vel', published.append,
-                                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+    mark = cmd_vel.mark()
     session = Session(f'{bridge.ws}/control')
     session.run(session.connect())
     sent = []
@@ -127,8 +123,8 @@ def test_control_socket_survives_random_and_malformed_messages(ros, start_bridge
         session.close()
     assert len(sent) >= 10000
     assert bridge.process.proc.poll() is None, 'the bridge crashed'
-    wait_for(lambda: published, 5, 'at least one cmd_vel from the fuzzed commands')
-    for twist in published:
+    wait_for(lambda: cmd_vel.since(mark), 5, 'at least one cmd_vel from the fuzzed commands')
+    for twist in (sample.msg for sample in cmd_vel.since(mark)):
         values = (twist.linear.x, twist.linear.y, twist.linear.z,
                   twist.angular.x, twist.angular.y, twist.angular.z)
         assert all(math.isfinite(v) for v in values)

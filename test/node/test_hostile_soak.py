@@ -20,9 +20,7 @@ import threading
 import time
 
 from conftest import camera_node, wait_for
-from geometry_msgs.msg import Twist
 import pytest
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from support import hostile_clients as hc
 from support.webrtc_support import HOST_ADDRESS, host_address
 
@@ -152,7 +150,7 @@ def start_webrtc_once(port, tls):
 
 @pytest.mark.soak
 def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
-        ros, start_bridge, tmp_path):
+        start_bridge, cmd_vel, tmp_path):
     """
     All of issue 16's attacks together for a minute: the viewer keeps >= 28 fps, the driver's
     commands reach /cmd_vel with no deadman stop (p99 within COMMAND_P99), RSS stays within
@@ -160,10 +158,10 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
     """
     cert, key = hc.self_signed_cert(str(tmp_path))
     tls = hc.insecure_client_context()
-    arrivals = []
-    subscription = ros.node.create_subscription(
-        Twist, '/cmd_vel', lambda msg: arrivals.append((time.monotonic(), msg.linear.x)),
-        QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+    mark = cmd_vel.mark()
+
+    def arrivals():
+        return [(sample.at, sample.linear_x) for sample in cmd_vel.since(mark)]
     # The camera is a process of its own: this process's DDS participant was made before
     # host_address() added an interface, and raw frames from it then arrive at half rate.
     with host_address(), camera_node():
@@ -184,8 +182,8 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
                             SECONDS + 30)
             driver.start()
             assert driver.ready.wait(15) and driver.error is None, repr(driver.error)
-            wait_for(lambda: subscription.get_publisher_count() > 0, 10, 'cmd_vel matched')
-            wait_for(lambda: len(arrivals) > 5, 10, 'the driver on /cmd_vel')
+            wait_for(lambda: cmd_vel.subscription.get_publisher_count() > 0, 10, 'cmd_vel matched')
+            wait_for(lambda: len(cmd_vel.since(mark)) > 5, 10, 'the driver on /cmd_vel')
             start_webrtc_once(bridge.port, tls)
             fds_before = hc.open_fds(pid)
             rss_before = hc.rss_mb(pid)
@@ -217,7 +215,7 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
             fps = viewer.fps(started + 1, min(ended, started + SECONDS))
             latencies = command_latencies(
                 [(t, x) for t, x in driver.sent if started + 1 <= t <= started + SECONDS],
-                list(arrivals))
+                arrivals())
             p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
             rss_after = hc.rss_mb(pid)
             summary = (f'viewer {fps:.1f} fps; commands {len(latencies)} p50 {p50 * 1e3:.2f} '
@@ -235,7 +233,7 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
             assert fps >= VIEWER_FPS, summary
             assert len(latencies) >= 0.95 * SECONDS / COMMAND_PERIOD * 0.9, summary
             assert p99 <= COMMAND_P99, summary
-            stops = [t for t, x in arrivals if started <= t <= started + SECONDS and x == 0.0]
+            stops = [t for t, x in arrivals() if started <= t <= started + SECONDS and x == 0.0]
             assert not stops, f'{len(stops)} deadman stops while the driver drove; {summary}'
             assert max(peak, rss_after) - rss_before < RSS_GROWTH_MB, summary
         # every slot free again: no peer, no viewer, the descriptors of before
@@ -250,4 +248,3 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
         except BaseException:
             pytest.fail(f'((peers, viewers), descriptors) stayed {seen[-1]}; '
                         f'{fds_before} descriptors before the attack')
-    ros.node.destroy_subscription(subscription)

@@ -462,8 +462,12 @@ def test_foxglove_compressed_video_is_passed_through_too(start_bridge, foxglove_
     import sys
     from conftest import ChildProcess
     with host_address():
+        # This file as the publisher's script: test/ on its path for conftest and support.
+        test_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**foxglove_env,
+               'PYTHONPATH': os.pathsep.join([test_dir, foxglove_env['PYTHONPATH']])}
         publisher = ChildProcess([sys.executable, __file__, VIDEO_TOPIC], 'cv_publisher',
-                                 env=foxglove_env)
+                                 env=env)
         try:
             publisher.wait_output('publishing', 30)
             bridge = start_bridge(webrtc_host_addresses=[HOST_ADDRESS], env=foxglove_env, **{

@@ -1,8 +1,9 @@
 """The one /cmd_vel recorder of the tests: what the car would have been told, and when.
 
-A real reliable rclpy subscription (depth 100) on the test's node records every message with
-its arrival time (``time.monotonic()``) as a :class:`Sample`; ``Twist`` and ``TwistStamped``
-alike (``stamped=True``), the latter's ``twist`` unpacked. Samples index as
+A real reliable rclpy subscription (depth 1000: a fuzzer's or a soak's bursts while the test's
+executor is busy) on the test's node records every message with its arrival time
+(``time.monotonic()``) as a :class:`Sample`; ``Twist`` and ``TwistStamped`` alike
+(``stamped=True``), the latter's ``twist`` unpacked. Samples index as
 ``(at, linear_x, linear_y, angular_z, msg)``; ``msg`` is the message itself, for the header of
 a TwistStamped or a field the sample does not copy.
 """
@@ -31,14 +32,14 @@ class Sample(NamedTuple):
 class CmdVelRecorder:
     """Every Twist (or TwistStamped) published on ``topic``, with the time it arrived."""
 
-    def __init__(self, node, topic: str = '/cmd_vel', stamped: bool = False):
+    def __init__(self, node, topic: str = '/cmd_vel', stamped: bool = False, depth: int = 1000):
         from geometry_msgs.msg import Twist, TwistStamped
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         self.node, self.topic = node, topic
         self.messages: List[Sample] = []
         self.subscription = node.create_subscription(
             TwistStamped if stamped else Twist, topic, self._record,
-            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+            QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE))
 
     def _record(self, msg):
         twist = getattr(msg, 'twist', msg)
