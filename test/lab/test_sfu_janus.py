@@ -16,9 +16,9 @@ import time
 
 import pytest
 from support.janus_lab import (ADDRESS, ADMIN_KEY, busy_picture, count_frames, Feeder,
-                               forward_feed, Janus, janus_cpu_seconds, JanusEdge, JanusViewer,
-                               lab_interface, media_ports, OTHER_ROOM, process_cpu_seconds,
-                               publisher, ROOM, uplink_rate)
+                               forward_feed, Janus, janus_cpu_seconds, janus_request, JanusEdge,
+                               JanusViewer, lab_interface, media_ports, OTHER_ROOM,
+                               process_cpu_seconds, publisher, ROOM, uplink_rate)
 from support.waiting import wait_for
 from support.webrtc_support import wait_until
 from video_bridge.core import sfu
@@ -599,15 +599,6 @@ def test_a_second_node_gets_the_robots_feed_from_the_first(janus):
     second = Janus(rtp_ports='41000-41999')
     feeder = Feeder()
 
-    async def request(node, body):
-        viewer = JanusViewer(node.url)
-        try:
-            handle = await viewer.session(sfu.session_token(node.token_secret, time.time()))
-            data, _ = await viewer.janus.message(handle, body)
-            return data
-        finally:
-            await viewer.close()
-
     async def scenario():
         # VP8: 1.1.2 offers a remote publisher's H.264 without its fmtp line, which a
         # browser (and aiortc) cannot match
@@ -620,11 +611,11 @@ def test_a_second_node_gets_the_robots_feed_from_the_first(janus):
             feed = published.feeds['cam']
             one_node = await uplink_rate(feed, 3.0)
             # on B: a remote publisher waiting for the feed; on A: forward it there
-            remote = await request(second, {
+            remote = await janus_request(second, {
                 'request': 'add_remote_publisher', 'room': ROOM, 'secret': second.room_secret,
                 'admin_key': ADMIN_KEY, 'display': 'car1 via node A', 'iface': ADDRESS,
                 'streams': [{'type': 'video', 'mid': '0', 'mindex': 0, 'codec': 'vp8'}]})
-            await request(janus, {
+            await janus_request(janus, {
                 'request': 'publish_remotely', 'room': ROOM, 'publisher_id': feed.feed_id,
                 'secret': janus.room_secret, 'admin_key': ADMIN_KEY, 'remote_id': 'node-b',
                 'host': ADDRESS, 'port': remote['port'], 'rtcp_port': remote['rtcp_port']})

@@ -18,6 +18,7 @@ import time
 import aiohttp
 from conftest import PACKAGE_SRC, REPO
 from support.pictures import raw
+from support.ws_client import receive_json
 from video_bridge.assembly import (Bridge, BridgeConfig, COMPRESSED_VIDEO_TYPE, IMAGE_TYPE,
                                    StreamConfig)
 from video_bridge.core import protocol
@@ -108,18 +109,6 @@ def run(scenario, bridge_config, topics=()):
             await session.close()
             await bridge.stop()
     return asyncio.run(main())
-
-
-async def receive_json(socket, kind, timeout=5.0):
-    """The next message of type ``kind`` on a websocket (others are skipped)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await socket.receive()
-            if message.type != aiohttp.WSMsgType.TEXT:
-                raise AssertionError(f'socket ended while waiting for {kind}: {message}')
-            data = json.loads(message.data)
-            if data.get('type') == kind:
-                return data
 
 
 async def first_frame(socket, timeout=5.0):

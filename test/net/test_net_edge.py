@@ -18,6 +18,7 @@ import time
 
 import aiohttp
 from conftest import REPO
+from support.ws_client import receive_json
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
 from video_bridge.core.streams import StreamHub, StreamSettings
@@ -74,18 +75,6 @@ def run(scenario, **edge):
         async with Edge(**edge) as edge_:
             return await asyncio.wait_for(scenario(edge_), 20)
     return asyncio.run(main())
-
-
-async def receive_json(socket, kind, timeout=5.0):
-    """The next message of type ``kind`` on a websocket (others are skipped)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await socket.receive()
-            if message.type != aiohttp.WSMsgType.TEXT:
-                raise AssertionError(f'socket ended while waiting for {kind}: {message}')
-            data = json.loads(message.data)
-            if data.get('type') == kind:
-                return data
 
 
 async def until(predicate, timeout, what):
