@@ -38,14 +38,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import benchlib
 from benchlib import fmt, pct, table
 
 sys.path.insert(0, os.path.join(benchlib.ROOT, 'test'))
 from support import link_emulator  # noqa: E402 (test/ on sys.path first)
-from support.page_probes import RECEIVER_STATS  # noqa: E402
+from support.page_probes import RECEIVER_STATS, sender_media  # noqa: E402
 from support.remote_session import (Control, Driver, run_in_namespace, start_session,  # noqa
                                     until, WebsocketSender, WebsocketViewer)
 
@@ -172,17 +171,6 @@ def measure(result: dict, cmd_vel: list, delay_ms: float) -> dict:
     }
 
 
-def bridge_counters(port: int) -> dict:
-    """The bridge's frames in and its one WebRTC peer's media counters (/api/streams)."""
-    request = urllib.request.Request(f'http://127.0.0.1:{port}/api/streams',
-                                     headers={'Authorization': f'Bearer {TOKEN}'})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        document = json.load(response)
-    media = list(document.get('webrtc', {}).get('media', {}).values())
-    return {'frames_in': sum(s['frames_in'] for s in document['streams']),
-            **(media[0] if media else {})}
-
-
 def operate_chromium(far: str, url: str, port: int, warmup: float, duration: float,
                      cmd_vel: 'CmdVelLog', jitter_target=None) -> dict:
     """The page in headless Chromium in namespace ``far``: watch and hold ArrowUp."""
@@ -212,13 +200,14 @@ def operate_chromium(far: str, url: str, port: int, warmup: float, duration: flo
             page.keyboard.down('ArrowUp')
             page.wait_for_timeout(warmup * 1000)
             page.evaluate(TAKE_FRAMES)
-            before = (page.evaluate(RECEIVER_STATS), bridge_counters(port))
+            bridge = f'http://127.0.0.1:{port}'
+            before = (page.evaluate(RECEIVER_STATS), sender_media(bridge, TOKEN))
             mark = len(cmd_vel.arrivals)
             window = (time.monotonic(), time.time())
             page.wait_for_timeout(duration * 1000)
             frames = page.evaluate(TAKE_FRAMES)
             end = (time.monotonic(), time.time())
-            after = (page.evaluate(RECEIVER_STATS), bridge_counters(port))
+            after = (page.evaluate(RECEIVER_STATS), sender_media(bridge, TOKEN))
             held = cmd_vel.arrivals[mark:]     # before the key goes up (and the car stops)
             page.keyboard.up('ArrowUp')
             if page.evaluate(state) != generation:

@@ -29,13 +29,12 @@ import math
 import os
 import statistics
 import time
-import urllib.request
 
 from conftest import camera_node, chromium, only_loopback, OUTPUT_DIR, WEBRTC_CHROMIUM_ARGS
 import pytest
 from support import netlab
 from support.link_emulator import EDGE_ADDRESS, emulated_path, why_unavailable
-from support.page_probes import RECEIVER_STATS
+from support.page_probes import RECEIVER_STATS, sender_media
 from support.remote_session import Driver, run_in_namespace, start_session, until
 
 pytest.importorskip('aiortc')
@@ -193,17 +192,6 @@ TAKE_AGES = """() => { const v = window.videoBridge.webrtc;
     const ages = v.latencySamples.slice(); v.latencySamples.length = 0; return ages; }"""
 
 
-def bridge_media(bridge) -> dict:
-    """The bridge's frames in and its one WebRTC peer's media counters (/api/streams)."""
-    request = urllib.request.Request(f'{bridge.http}/api/streams',
-                                     headers={'Authorization': f'Bearer {TOKEN}'})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        document = json.load(response)
-    media = list(document.get('webrtc', {}).get('media', {}).values())
-    return {'frames_in': sum(s['frames_in'] for s in document['streams']),
-            **(media[0] if media else {})}
-
-
 # 10 s windows the lte-poor page test watches (the minute-long figures: bench/run links).
 WINDOWS = 4
 
@@ -237,14 +225,14 @@ def test_the_page_holds_a_slow_live_link_on_lte_poor_without_a_growing_lag(remot
         held = cmd_vel.mark()
         page.evaluate(TAKE_AGES)
         receiver = [page.evaluate(RECEIVER_STATS)]
-        sender = [bridge_media(lab.bridge)]
+        sender = [sender_media(lab.bridge.http, TOKEN)]
         ages = []
         for _ in range(WINDOWS):                # watched in 10 s windows
             page.wait_for_timeout(10000)
             ages.append(page.evaluate(TAKE_AGES))
             assert page.evaluate(PAGE_STATE)['status'] == 'playing'
         receiver.append(page.evaluate(RECEIVER_STATS))
-        sender.append(bridge_media(lab.bridge))
+        sender.append(sender_media(lab.bridge.http, TOKEN))
         twists = cmd_vel.since(held)
         page.keyboard.up('ArrowUp')
         after = page.evaluate(PAGE_STATE)
