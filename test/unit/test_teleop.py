@@ -829,7 +829,7 @@ CONFIGS = st.builds(
     holonomic=st.booleans(), allow_takeover=st.booleans(), default_speed=st.floats(0, 1))
 
 
-@settings(max_examples=5500, deadline=None, database=None)
+@settings(max_examples=2000, deadline=None, database=None)
 @given(config=CONFIGS, velocity=VELOCITIES, now=st.floats(0, 1e6))
 def test_any_velocity_command_publishes_within_limits_or_nothing(config, velocity, now):
     """Whatever is asked, what is published is finite and within every limit."""
@@ -849,7 +849,7 @@ def test_any_velocity_command_publishes_within_limits_or_nothing(config, velocit
         assert reply.code == 'bad_number' and effects.publish is None
 
 
-@settings(max_examples=3000, deadline=None, database=None)
+@settings(max_examples=1500, deadline=None, database=None)
 @given(linear=st.dictionaries(st.sampled_from('xyz'), JSON_NUMBERS),
        angular=st.dictionaries(st.sampled_from('xyz'), JSON_NUMBERS),
        holonomic=st.booleans())
@@ -1200,7 +1200,7 @@ class TeleopMachine(RuleBasedStateMachine):
 
 
 TeleopMachine.TestCase.settings = settings(
-    max_examples=1500, stateful_step_count=30, deadline=None, database=None)
+    max_examples=600, stateful_step_count=30, deadline=None, database=None)
 test_teleop_state_machine = TeleopMachine.TestCase
 
 
