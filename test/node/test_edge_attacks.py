@@ -226,6 +226,23 @@ class Attack:
         return next((t.error for t in self.threads if t.error), None)
 
 
+def soak_reconnecting(ros, live, topic, first, then, pause, row, what, **options):
+    """Soak ``live`` with a ReconnectingAttacker on /control and on /video while a viewer
+    watches; assert the soak's bounds and that the attackers sent at least 5 MB."""
+    with FramePublisher(ros.node, topic) as publisher:
+        viewer = start_viewer(live)
+        attackers = [ReconnectingAttacker(live.port, path, first, then, pause, **options)
+                     for path in ('/control', '/video/camera')]
+        try:
+            figures = soak(live, viewer, Attack(attackers, SOAK_SECONDS), publisher)
+        finally:
+            viewer.stop()
+    sent = sum(a.sent for a in attackers) / 1e6
+    print(f'{row}: sent {sent:.1f} MB {what}, {sum(a.connects for a in attackers)} connections')
+    assert_soak(figures, f'{row} ({sent:.1f} MB {what})')
+    assert sent >= 5, f'the attack did not reach the bridge: {sent:.1f} MB sent'
+
+
 # -- rows 1, 2, 6: the soaks --------------------------------------------------------------------
 
 @pytest.mark.soak
@@ -235,22 +252,10 @@ def test_empty_continuation_frames_do_not_grow_memory_or_starve_viewers(ros, bri
     /video) for SOAK_SECONDS (15 s). Proves per-connection memory is bounded whatever a client
     sends (bridge RSS grows < 20 MB) and that a normal viewer keeps >= 28 fps meanwhile.
     """
-    live = bridge(**{'streams.camera.topic': '/a1/image'})
-    empty_fragments = hc.ws_frame(hc.OP_CONT, b'', fin=False) * 10000  # 60 KB of frames
-    with FramePublisher(ros.node, '/a1/image') as publisher:
-        viewer = start_viewer(live)
-        attackers = [ReconnectingAttacker(live.port, path, hc.ws_frame(hc.OP_TEXT, b'', False),
-                                          empty_fragments, 0.05)
-                     for path in ('/control', '/video/camera')]
-        try:
-            figures = soak(live, viewer, Attack(attackers, SOAK_SECONDS), publisher)
-        finally:
-            viewer.stop()
-    sent = sum(a.sent for a in attackers) / 1e6
-    print(f'row 1: sent {sent:.1f} MB of empty continuation frames, '
-          f'{sum(a.connects for a in attackers)} connections')
-    assert_soak(figures, f'row 1 ({sent:.1f} MB of empty fragments)')
-    assert sent >= 5, f'the attack did not reach the bridge: {sent:.1f} MB sent'
+    soak_reconnecting(ros, bridge(**{'streams.camera.topic': '/a1/image'}), '/a1/image',
+                      hc.ws_frame(hc.OP_TEXT, b'', False),
+                      hc.ws_frame(hc.OP_CONT, b'', fin=False) * 10000,  # 60 KB of frames
+                      0.05, 'row 1', 'of empty continuation frames')
 
 
 @pytest.mark.soak
@@ -260,22 +265,9 @@ def test_pings_without_reading_do_not_pile_up_pongs(ros, bridge):
     /video, for SOAK_SECONDS (15 s). Proves unsent data per connection is bounded (the client is
     closed, pongs do not pile up: RSS grows < 20 MB) and a normal viewer keeps >= 28 fps.
     """
-    live = bridge(**{'streams.camera.topic': '/a2/image'})
-    pings = hc.ws_frame(hc.OP_PING, b'p' * 125) * 100
-    with FramePublisher(ros.node, '/a2/image') as publisher:
-        viewer = start_viewer(live)
-        attackers = [ReconnectingAttacker(live.port, path, hc.ws_frame(hc.OP_PING, b'p'),
-                                          pings, 0.01, rcvbuf=4096)
-                     for path in ('/control', '/video/camera')]
-        try:
-            figures = soak(live, viewer, Attack(attackers, SOAK_SECONDS), publisher)
-        finally:
-            viewer.stop()
-    sent = sum(a.sent for a in attackers) / 1e6
-    print(f'row 2: sent {sent:.1f} MB of pings, {sum(a.connects for a in attackers)} '
-          'connections')
-    assert_soak(figures, f'row 2 ({sent:.1f} MB of pings never read)')
-    assert sent >= 5, f'the attack did not reach the bridge: {sent:.1f} MB sent'
+    soak_reconnecting(ros, bridge(**{'streams.camera.topic': '/a2/image'}), '/a2/image',
+                      hc.ws_frame(hc.OP_PING, b'p'), hc.ws_frame(hc.OP_PING, b'p' * 125) * 100,
+                      0.01, 'row 2', 'of pings never read', rcvbuf=4096)
 
 
 class TlsSquatters:
