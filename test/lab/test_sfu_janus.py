@@ -94,7 +94,11 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
 
 
 def test_janus_refuses_what_the_bridge_did_not_mint(janus):
-    """No token, a forged or expired one, another room's, a wrong pin; viewers cannot publish."""
+    """No token, a forged or expired one, another room's, a wrong pin; viewers cannot publish.
+
+    Two robots on one Janus (deploy/cloud's two rooms, each its own secret, pin and tokens):
+    each robot's viewer watches its own robot, and a viewer's access minted for robot A is
+    refused in robot B's room, even with B's pin."""
     from video_bridge.net.sfu_janus import JanusError
 
     async def refused(token, body=None):
@@ -131,23 +135,44 @@ def test_janus_refuses_what_the_bridge_did_not_mint(janus):
                                      sfu.VIDEOROOM),
                       sfu.room_grant(janus.token_secret, OTHER_ROOM, now).room_token):
             assert 'wrong token' in (await refused(good, dict(subscribe, token=token))).reason
-        other_room = dict(subscribe, room=OTHER_ROOM, pin='other', token=grant.room_token)
-        assert 'wrong token' in (await refused(good, other_room)).reason
         wrong_pin = dict(subscribe, pin='nope', token=grant.room_token)
         assert (await refused(good, wrong_pin)).code == 433
         # the robot's own session puts its token on the room's allowed list; a viewer's
-        # token, good for the room, is not on it and may not publish
+        # token, good for the room, is not on it and may not publish. A second robot
+        # publishes into its own room with its own secret and pin.
         feeder = Feeder()
         published = publisher(janus, feeder)
-        published.start()
-        published.set_wanted({'cam'})
+        robot_b = publisher(janus, feeder, room=OTHER_ROOM, room_secret=janus.other_room_secret,
+                            room_pin=janus.other_pin)
+        viewers = []
+        for robot in (published, robot_b):
+            robot.start()
+            robot.set_wanted({'cam'})
         try:
-            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            await wait_until(lambda: published.feeds['cam'].published and
+                             robot_b.feeds['cam'].published, 20, 'both robots published')
             as_publisher = {'request': 'join', 'ptype': 'publisher', 'room': ROOM,
                             'pin': janus.pin, 'token': grant.room_token}
             assert 'allowed' in (await refused(good, as_publisher)).reason
+            access_a = published.viewer_access('cam', 'page-a')
+            access_b = robot_b.viewer_access('cam', 'page-b')
+            assert access_b['room'] == OTHER_ROOM and access_b['pin'] == janus.other_pin
+            for access in (access_a, access_b):   # each robot's viewer watches its robot
+                viewer = JanusViewer(janus.url)
+                viewers.append(viewer)
+                await viewer.watch(access, decode=False)
+            await wait_until(lambda: all(v.frames >= 10 for v in viewers), 15,
+                             "each robot's viewer gets frames")
+            # robot A's viewer access in robot B's room: refused, with A's pin or B's
+            for pin in (janus.pin, janus.other_pin):
+                into_b = dict(subscribe, room=OTHER_ROOM, pin=pin, token=access_a['room_token'],
+                              streams=[{'feed': access_b['feed']}])
+                assert 'wrong token' in (await refused(access_a['token'], into_b)).reason
         finally:
-            await published.stop()
+            for viewer in viewers:
+                await viewer.close()
+            for robot in (published, robot_b):
+                await robot.stop()
             feeder.close()
 
     asyncio.run(scenario())
@@ -669,7 +694,9 @@ def test_the_forwarder_keeps_the_robots_feed_on_a_second_node(janus):
             await published.stop()
 
     try:
-        forwarder = Forwarder(janus, [second])
+        forwarder = Forwarder(janus, [second], rooms=(
+            (ROOM, janus.room_secret, janus.pin),
+            (OTHER_ROOM, janus.other_room_secret, janus.other_pin)))
         asyncio.run(scenario())
         assert 'Traceback' not in forwarder.process.output()
     finally:

@@ -61,9 +61,13 @@ class Janus:
         self.token_secret = 'test-token-secret'
         self.room_secret = 'test-room-secret'
         self.pin = 'test-pin'
+        self.other_room_secret = 'other-secret'   # the second robot's room (OTHER_ROOM)
+        self.other_pin = 'other'
         values = {'TOKEN_AUTH_SECRET': self.token_secret, 'ADMIN_SECRET': 'test-admin',
                   'ADMIN_KEY': ADMIN_KEY, 'ROOM': str(ROOM), 'ROBOT': 'car1',
-                  'ROOM_SECRET': self.room_secret, 'ROOM_PIN': self.pin}
+                  'ROOM_SECRET': self.room_secret, 'ROOM_PIN': self.pin,
+                  'ROOM2': str(OTHER_ROOM), 'ROBOT2': 'car2',
+                  'ROOM2_SECRET': self.other_room_secret, 'ROOM2_PIN': self.other_pin}
         for name in ('janus.jcfg', 'janus.transport.websockets.jcfg',
                      'janus.plugin.videoroom.jcfg'):
             with open(os.path.join(DEPLOY, name)) as template:
@@ -72,10 +76,7 @@ class Janus:
             text = text.replace('"/etc/janus"', f'"{self.dir}"')
             text = text.replace('ws_port = 8188', f'ws_port = {self.port}')
             text = text.replace('"20000-40000"', f'"{rtp_ports}"')
-            if name == 'janus.plugin.videoroom.jcfg':   # a second robot's room
-                text += (f'\nroom-{OTHER_ROOM}: {{\n\tsecret = "other-secret"\n'
-                         '\tpin = "other"\n\tsigned_tokens = true\n\tpublishers = 6\n'
-                         '\tvideocodec = "h264,vp8"\n}\n')
+            assert '@' not in re.sub(r'#.*', '', text), (name, 'a placeholder left')
             with open(os.path.join(self.dir, name), 'w') as out:
                 out.write(text)
         self.process = None

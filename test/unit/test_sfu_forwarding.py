@@ -211,3 +211,14 @@ def test_config_refuses_what_could_never_work(tmp_path, change):
     from video_bridge.sfu_forwarder import load_config
     with pytest.raises(ValueError):
         load_config(config(secret_files(tmp_path), **change))
+
+
+def test_the_forwarder_needs_no_ros_and_no_media_stack():
+    """It runs on a cloud host with aiohttp and PyYAML: importing it pulls in nothing else."""
+    import subprocess
+    import sys
+    code = ('import sys, video_bridge.sfu_forwarder; '
+            "print([m for m in ('rclpy', 'cv2', 'aiortc', 'av', 'numpy') if m in sys.modules])")
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == '[]', result
