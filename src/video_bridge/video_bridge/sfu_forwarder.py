@@ -169,6 +169,7 @@ class Node:
         self.delay = 1.0
         self.retry_at = 0.0
         self.up = False
+        self._connecting: Optional[asyncio.Task] = None
 
     def _token(self) -> Optional[str]:
         if not self.config.token_secret:
@@ -176,29 +177,44 @@ class Node:
         return sfu_core.session_token(self.config.token_secret, time.time(),
                                       self.config.token_ttl)
 
-    async def ready(self) -> bool:
-        """Tell whether the node can take requests now (connecting if its backoff is over)."""
-        if self.janus is not None and not self.janus.closed.is_set():
-            return True
-        if self.janus is not None:
-            await self.fail('its session closed')
-        if self.clock() < self.retry_at:
-            return False
-        janus = JanusSession(self.settings, self._token, LOG)
+    def alive(self) -> bool:
+        """Tell whether the node's session is open (requests may go out)."""
+        return self.janus is not None and not self.janus.closed.is_set()
+
+    def connecting(self) -> Optional[asyncio.Task]:
+        """
+        Start connecting if the node has no session and its backoff is over; the task.
+
+        The connection is made in a task of its own, so a node that does not answer (its
+        connect waits ``request_timeout``) holds up no round: the round waits for it at most
+        a poll interval, and uses it from the round after it is up.
+        """
+        if self._connecting is None and not self.alive() and self.clock() >= self.retry_at:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        return self._connecting
+
+    async def _connect(self):
         try:
-            await janus.connect()
-            self.handle = await janus.attach(sfu_core.VIDEOROOM)
-        except (JanusError, ConnectionError, asyncio.TimeoutError, OSError, KeyError,
-                TypeError) as exc:
-            await janus.close()
-            self._back_off(f'{type(exc).__name__}: {exc}'[:200])
-            return False
-        self.janus = janus
-        if not self.up:
-            LOG.info('sfu_forwarder: connected to %s (%s)', self.name, self.settings.url)
-        self.up = True
-        self.delay = 1.0
-        return True
+            if self.janus is not None:      # Janus went away under the session
+                await self.fail('its session closed')
+                if self.clock() < self.retry_at:
+                    return
+            janus = JanusSession(self.settings, self._token, LOG)
+            try:
+                await janus.connect()
+                handle = await janus.attach(sfu_core.VIDEOROOM)
+            except (JanusError, ConnectionError, asyncio.TimeoutError, OSError, KeyError,
+                    TypeError) as exc:
+                await janus.close()
+                self._back_off(f'{type(exc).__name__}: {exc}'[:200])
+                return
+            self.janus, self.handle = janus, handle
+            if not self.up:
+                LOG.info('sfu_forwarder: connected to %s (%s)', self.name, self.settings.url)
+            self.up = True
+            self.delay = 1.0
+        finally:
+            self._connecting = None
 
     def _back_off(self, why: str):
         if self.up or self.delay == 1.0:
@@ -249,6 +265,10 @@ class Node:
         return plan_core.feed_streams(data.get('streams'))
 
     async def close(self):
+        """Stop connecting; close the session."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.wait([self._connecting])
         if self.janus is not None:
             await self.janus.close()
             self.janus = None
@@ -286,14 +306,17 @@ class Forwarder:
 
     async def one_round(self):
         """One round over every room; a node that fails is skipped until its backoff ends."""
-        origin_up = await self.origin.ready()
-        edges_up = {name: await node.ready() for name, node in self.edges.items()}
+        nodes = (self.origin, *self.edges.values())
+        connecting = [task for task in (node.connecting() for node in nodes) if task]
+        if connecting:   # bounded: a slow node is used from a later round
+            await asyncio.wait(connecting, timeout=self.config.poll_interval)
         budget = MAX_ACTIONS
         for room in self.config.rooms:
-            feeds = await self._origin_feeds(room) if origin_up else None
-            edges = {}
-            for name, node in self.edges.items():
-                edges[name] = await self._edge_remotes(node, room) if edges_up[name] else None
+            feeds = await self._origin_feeds(room) if self.origin.alive() else None
+            names = list(self.edges)    # the edges are read side by side: a slow one stalls
+            remotes = await asyncio.gather(*(   # the round once, not once per edge
+                self._edge_remotes(self.edges[name], room) for name in names))
+            edges = dict(zip(names, remotes))
             if feeds is not None:
                 plan_core.forget(self.streams[room.room], feeds)
             for action in plan_core.plan(room.room, feeds, edges, self.streams[room.room]):
@@ -303,7 +326,7 @@ class Forwarder:
                 await self._do(room, action)
 
     async def _read(self, node: Node, body: dict) -> Optional[dict]:
-        if node.janus is None:
+        if not node.alive():
             return None
         try:
             return await node.call(body)
@@ -328,6 +351,8 @@ class Forwarder:
         return feeds
 
     async def _edge_remotes(self, node: Node, room: Room):
+        if not node.alive():
+            return None
         answer = await self._read(node, {'request': 'listparticipants', 'room': room.room})
         return None if answer is None else plan_core.edge_remotes(answer)
 
