@@ -64,8 +64,8 @@ class FakeJanus:
             {'id': 11, 'publisher': True}, {'id': 'x', 'publisher': True},
             {'id': -5, 'publisher': True}, 'junk',
             {'id': 2 ** 62, 'publisher': True}, {'id': 3, 'publisher': 'yes'}]}
-        if body.get('request') == 'listremotes':
-            data = {'videoroom': 'success', 'list': 'not a list'}
+        if body.get('request') == 'listremotes':   # not even plugin data
+            return {'janus': 'success', 'transaction': transaction, 'plugindata': 'x'}
         elif body.get('request') == 'join':
             data = {'videoroom': 'attached', 'streams': [{'type': 'video', 'codec': 'evil',
                                                           'feed_mid': '0'}]}
@@ -121,8 +121,8 @@ def test_a_node_that_fails_holds_no_round_and_is_retried_after_a_backoff(tmp_pat
 
 
 def test_hostile_answers_are_not_forwarded(tmp_path):
-    """Participants with odd ids, a listremotes without a list, a probe naming an unknown
-    codec: nothing is linked, the forwarder asks again next round and stays connected."""
+    """Participants with odd ids, a listremotes answer without plugin data, a probe naming an
+    unknown codec: nothing is linked, the forwarder asks again next round and stays connected."""
     async def scenario():
         origin, edge = FakeJanus('hostile'), FakeJanus('hostile')
         for node in (origin, edge):

@@ -34,6 +34,8 @@ from video_bridge.net.janus_api import JanusError, JanusSession
 MAX_ACTIONS = 64                 # change requests per round (the rest wait for the next)
 MAX_ROOMS = 64
 MAX_EDGES = 16
+WARN_EVERY = 60.0                # s between two warnings of one repeating failure
+MAX_WARNED = 1024                # failures remembered for that
 KEEPALIVE = 25.0
 LOG = logging.getLogger('video_bridge.sfu_forwarder')
 
@@ -284,7 +286,7 @@ class Forwarder:
         self.edge_config = {e.name: e for e in config.edges}
         self.streams: Dict[int, Dict[int, tuple]] = {r.room: {} for r in config.rooms}
         self.rooms = {r.room: r for r in config.rooms}
-        self.warned_h264 = set()
+        self._warned: Dict[tuple, float] = {}    # what was logged when (bounded below)
 
     async def run(self, stop: asyncio.Event):
         """Round after round until ``stop`` is set."""
@@ -294,7 +296,10 @@ class Forwarder:
         try:
             while not stop.is_set():
                 started = time.monotonic()
-                await self.one_round()
+                try:
+                    await self.one_round()
+                except Exception:   # a bug must not end the forwarding: log it, go on
+                    LOG.exception('sfu_forwarder: round failed')
                 wait = max(0.0, self.config.poll_interval - (time.monotonic() - started))
                 try:
                     await asyncio.wait_for(stop.wait(), wait)   # the poll period
@@ -333,8 +338,9 @@ class Forwarder:
         except ConnectionError:
             return None
         except JanusError as exc:
-            LOG.warning('sfu_forwarder: %s refused %s in room %s: %s', node.name,
-                        body.get('request'), body.get('room'), exc.reason)
+            self._warn((node.name, body.get('request'), body.get('room')),
+                       'sfu_forwarder: %s refused %s in room %s: %s', node.name,
+                       body.get('request'), body.get('room'), exc.reason)
             return None
 
     async def _origin_feeds(self, room: Room):
@@ -360,11 +366,9 @@ class Forwarder:
         try:
             if isinstance(action, plan_core.Probe):
                 streams = await self.origin.probe(room, action.feed)
-                if streams is not None:
+                if streams is not None:     # learnt once per feed: warned once per feed
                     self.streams[room.room][action.feed] = streams
-                    if any(s.codec == 'h264' for s in streams) and \
-                            action.feed not in self.warned_h264:
-                        self.warned_h264.add(action.feed)
+                    if any(s.codec == 'h264' for s in streams):
                         LOG.warning('sfu_forwarder: feed %s in room %s is H.264: Janus 1.1.2 '
                                     'offers a forwarded H.264 feed without its fmtp line, '
                                     'which browsers refuse; publish VP8 to rooms with edges',
@@ -386,8 +390,19 @@ class Forwarder:
                 LOG.info('sfu_forwarder: room %s: remote publisher %s removed from %s',
                          room.room, action.feed, action.edge)
         except (JanusError, ConnectionError) as exc:
-            LOG.warning('sfu_forwarder: room %s: %s failed (%s); next round tries again',
-                        room.room, type(action).__name__, exc)
+            self._warn((room.room, type(action).__name__, getattr(action, 'edge', '')),
+                       'sfu_forwarder: room %s: %s failed (%s); next round tries again',
+                       room.room, type(action).__name__, exc)
+
+    def _warn(self, key: tuple, message: str, *args):
+        """Log a failure that repeats every round at most once a minute per kind."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -WARN_EVERY) < WARN_EVERY:
+            return
+        if len(self._warned) >= MAX_WARNED:
+            self._warned.clear()
+        self._warned[key] = now
+        LOG.warning(message, *args)
 
     async def _link(self, room: Room, action):
         edge = self.edge_config[action.edge]

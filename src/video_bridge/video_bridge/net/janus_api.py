@@ -122,7 +122,10 @@ class JanusSession:
         if jsep is not None:
             request['jsep'] = jsep
         reply = await self.request(request)
-        data = reply.get('plugindata', {}).get('data', {})
+        plugindata = reply.get('plugindata', {})
+        data = plugindata.get('data', {}) if isinstance(plugindata, dict) else None
+        if not isinstance(data, dict):
+            raise JanusError(None, 'malformed answer: no plugin data object')
         if 'error_code' in data or 'error' in data:
             raise JanusError(data.get('error_code'), str(data.get('error'))[:200])
         return data, reply.get('jsep')
