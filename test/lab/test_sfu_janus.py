@@ -633,8 +633,8 @@ def test_the_forwarder_keeps_the_robots_feed_on_a_second_node(janus):
     gives node B the robot's feed from node A (Janus 1.1's remote publishers: plain RTP, RTCP
     back for PLIs) with no request made by hand, under the feed's own id: a viewer on B
     watches. The robot publishes again (a new feed id): B gets the new feed and drops the
-    old one, a new viewer on B watches. B restarts: the forwarder reconnects and feeds it
-    again. The robot stops: B's remote publisher goes."""
+    old one, a new viewer on B watches. B restarts, then A: the forwarder reconnects and feeds
+    B again. The robot stops: B's remote publisher goes."""
     second = Janus(rtp_ports='41000-41999')
     feeder = Feeder()
     forwarder = None
@@ -678,13 +678,27 @@ def test_the_forwarder_keeps_the_robots_feed_on_a_second_node(janus):
             await until_remote_publishers(second, {again}, 15, 'B fed again after its restart')
             await watch_on_b(published, 'a viewer on the restarted B gets frames')
             after_restart = time.monotonic() - restarted_at
+            # the origin restarts: the robot publishes anew there (its own backoff), the
+            # forwarder reconnects, B gets the new feed and drops the one that died with A
+            await asyncio.get_running_loop().run_in_executor(None, janus.stop)
+            origin_restarted_at = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(None, janus.start)
+            await wait_until(lambda: 'cam' in published.feeds and
+                             published.feeds['cam'].published and
+                             published.feeds['cam'].feed_id != again, 30,
+                             'published again after the origin restarted')
+            third = published.feeds['cam'].feed_id
+            await until_remote_publishers(second, {third}, 15,
+                                          'B gets the feed the robot published after A restarted')
+            await watch_on_b(published, 'a viewer on B after the origin restarted')
+            after_origin = time.monotonic() - origin_restarted_at
             await published.stop()
             gone = await until_remote_publishers(second, set(), 10,
                                                  "the robot's feed gone from B")
             print(f'B had the feed {took:.2f} s after the publish; after a republish, B had '
                   f'it in {relinked:.2f} s and a viewer there its first frame in {back:.2f} '
-                  f's; B restarted and watched again in {after_restart:.2f} s; the feed left '
-                  f'B {gone:.2f} s after the robot stopped')
+                  f's; B restarted and watched again in {after_restart:.2f} s, A in '
+                  f'{after_origin:.2f} s; the feed left B {gone:.2f} s after the robot stopped')
             # bound: the forwarder's round (0.5 s here, 1 s deployed), a probe and two
             # requests, then the viewer's own subscription, ICE, DTLS and first keyframe
             assert back < 5.0, back
