@@ -45,6 +45,7 @@ setup(
             'camera_node = video_bridge.ros.camera_node:main',
             'bridge_node = video_bridge.ros.bridge_node:main',
             'runner = video_bridge.ros.runner:main',
+            'sfu_forwarder = video_bridge.sfu_forwarder:main',
         ],
     },
 )

@@ -212,7 +212,7 @@ class World:
         # The lab has no vbtunnel account; root stands in for it (the Match block is the same).
         write(self.path('sshd-video-bridge-tunnel.conf'),
               rewrite(deploy_file('cloud', 'sshd-video-bridge-tunnel.conf'),
-                      {'Match User vbtunnel': 'Match User root'}))
+                      {'Match User vbtunnel,vbtunnel-*': 'Match User root'}))
         write(self.path('sshd_config'), f"""
 ListenAddress {CLOUD}:22
 HostKey {self.path('host_ed25519')}
@@ -510,17 +510,110 @@ def command_latencies(world, page, cycles=15):
 
 @pytest.mark.skipif(not shutil.which('systemd-analyze'), reason='systemd-analyze is not installed')
 def test_robot_units_are_valid(tmp_path):
-    """systemd accepts both robot units as written (ExecStart pointed at this checkout)."""
+    """systemd accepts both robot units and the cloud's SFU forwarder unit as written
+    (ExecStart pointed at this checkout)."""
     start = os.path.join(DEPLOY, 'robot', 'video-bridge-start')
     netlab.run('bash', '-n', start)
     units = []
-    for name in ('video-bridge.service', 'video-bridge-tunnel.service'):
-        text = deploy_file('robot', name).replace(
+    for where, name in (('robot', 'video-bridge.service'),
+                        ('robot', 'video-bridge-tunnel.service'),
+                        ('cloud', 'video-bridge-sfu-forwarder.service')):
+        text = deploy_file(where, name).replace(
             '/usr/local/lib/video_bridge/video-bridge-start', start)
         units.append(write(str(tmp_path / name), text, 0o644))
     result = netlab.run('systemd-analyze', 'verify', *units, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not result.stderr.strip(), result.stderr
+
+
+@pytest.mark.skipif(not shutil.which('nginx') or not os.path.exists('/usr/sbin/sshd'),
+                    reason='nginx and sshd are needed')
+def test_a_second_robot_gets_its_own_site_and_tunnel_account(tmp_path):
+    """Two robots on one cloud host: deploy/cloud/video-bridge-robot-site makes robot car2's
+    nginx site beside car1's (both load; each robot's token opens only its own site), and
+    sshd's tunnel block restricts both robots' accounts (vbtunnel, vbtunnel-car2), nobody else.
+
+    That a key can bind only its own account's socket is file ownership of the accounts'
+    homes (mode 750): the lab has no accounts to check that with (root stands in for them,
+    and adding users to this shared machine is not the test's to do)."""
+    tmp = str(tmp_path)
+    netlab.run('openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+               'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', f'/CN={NAME}',
+               '-addext', f'subjectAltName=DNS:{NAME},DNS:car2.{NAME}',
+               '-keyout', f'{tmp}/tls.key', '-out', f'{tmp}/tls.crt')
+    robot_site = os.path.join(DEPLOY, 'cloud', 'video-bridge-robot-site')
+    sites = {'car1': deploy_file('cloud', 'nginx-video-bridge.conf'),
+             'car2': netlab.run(robot_site, 'car2', f'car2.{NAME}').stdout}
+    tokens = {'car1': secrets.token_hex(32), 'car2': secrets.token_hex(32)}
+    includes = []
+    for robot, host, tokens_map, log, sock in (
+            ('car1', NAME, 'video-bridge-tokens.map', 'video-bridge.access.log',
+             '/var/lib/vbtunnel/'),
+            ('car2', f'car2.{NAME}', 'video-bridge-car2-tokens.map',
+             'video-bridge-car2.access.log', '/var/lib/vbtunnel-car2/')):
+        write(f'{tmp}/{tokens_map}', f'"{tokens[robot]}" 1;\n')
+        includes.append(write(f'{tmp}/{robot}.conf', rewrite(sites[robot], {
+            f'/etc/letsencrypt/live/{host}/fullchain.pem': f'{tmp}/tls.crt',
+            f'/etc/letsencrypt/live/{host}/privkey.pem': f'{tmp}/tls.key',
+            f'/etc/nginx/{tokens_map}': f'{tmp}/{tokens_map}',
+            f'/var/log/nginx/{log}': f'{tmp}/{log}', '/var/www/html': tmp,
+            f'{sock}bridge.sock': f'{tmp}/{robot}.sock'})))
+    temp = ''.join(f'{name}_temp_path {tmp}/t-{name}; ' for name in
+                   ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
+    write(f'{tmp}/nginx.conf', f"""
+pid {tmp}/nginx.pid;
+events {{}}
+http {{
+    access_log off;
+    {temp}
+    include {includes[0]};
+    include {includes[1]};
+}}
+""")
+    command = ['nginx', '-e', 'stderr', '-p', tmp, '-c', f'{tmp}/nginx.conf']
+    netlab.run(*command, '-t')
+    nginx = subprocess.Popen([*command, '-g', 'daemon off;'], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+
+    def status(host, token):
+        return netlab.run(
+            'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '3',
+            '--cacert', f'{tmp}/tls.crt', '--resolve', f'{host}:443:127.0.0.1',
+            '-H', f'Authorization: Bearer {token}', f'https://{host}/api/streams',
+            check=False).stdout.strip()
+    try:
+        wait_for(lambda: status(NAME, 'x') == '401', 10, 'nginx up with both sites')
+        # the right token passes nginx (502: no robot behind the socket); the other's: 401
+        assert status(NAME, tokens['car1']) == '502'
+        assert status(NAME, tokens['car2']) == '401'
+        assert status(f'car2.{NAME}', tokens['car2']) == '502'
+        assert status(f'car2.{NAME}', tokens['car1']) == '401'
+    finally:
+        nginx.send_signal(signal.SIGTERM)
+        nginx.wait(10)
+    # sshd: the tunnel block applies to each robot's account
+    netlab.run('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', f'{tmp}/host_key')
+    tunnel_conf = os.path.join(DEPLOY, 'cloud', 'sshd-video-bridge-tunnel.conf')
+    write(f'{tmp}/sshd_config',
+          f'HostKey {tmp}/host_key\nPidFile none\nUsePAM no\nInclude {tunnel_conf}\n')
+    made_privsep_dir = not os.path.isdir('/run/sshd')
+    if made_privsep_dir:   # sshd's privilege separation directory, as the lab makes it
+        os.makedirs('/run/sshd', mode=0o755)
+    try:
+        def effective(user):
+            out = netlab.run('/usr/sbin/sshd', '-T', '-f', f'{tmp}/sshd_config', '-C',
+                             f'user={user},host=robot,addr=198.51.100.2').stdout
+            return dict(line.split(' ', 1) for line in out.splitlines() if ' ' in line)
+        tunnel = {'permitlisten': 'none', 'maxsessions': '0', 'permittty': 'no',
+                  'allowstreamlocalforwarding': 'remote', 'allowtcpforwarding': 'remote',
+                  'forcecommand': '/usr/sbin/nologin', 'gatewayports': 'no'}
+        for user in ('vbtunnel', 'vbtunnel-car2'):
+            settings = effective(user)
+            assert {k: settings.get(k) for k in tunnel} == tunnel, user
+        assert effective('admin').get('forcecommand') == 'none'   # nobody else
+    finally:
+        if made_privsep_dir:
+            os.rmdir('/run/sshd')
 
 
 # --- the lab ---------------------------------------------------------------------------------

@@ -61,9 +61,13 @@ class Janus:
         self.token_secret = 'test-token-secret'
         self.room_secret = 'test-room-secret'
         self.pin = 'test-pin'
+        self.other_room_secret = 'other-secret'   # the second robot's room (OTHER_ROOM)
+        self.other_pin = 'other'
         values = {'TOKEN_AUTH_SECRET': self.token_secret, 'ADMIN_SECRET': 'test-admin',
                   'ADMIN_KEY': ADMIN_KEY, 'ROOM': str(ROOM), 'ROBOT': 'car1',
-                  'ROOM_SECRET': self.room_secret, 'ROOM_PIN': self.pin}
+                  'ROOM_SECRET': self.room_secret, 'ROOM_PIN': self.pin,
+                  'ROOM2': str(OTHER_ROOM), 'ROBOT2': 'car2',
+                  'ROOM2_SECRET': self.other_room_secret, 'ROOM2_PIN': self.other_pin}
         for name in ('janus.jcfg', 'janus.transport.websockets.jcfg',
                      'janus.plugin.videoroom.jcfg'):
             with open(os.path.join(DEPLOY, name)) as template:
@@ -72,10 +76,7 @@ class Janus:
             text = text.replace('"/etc/janus"', f'"{self.dir}"')
             text = text.replace('ws_port = 8188', f'ws_port = {self.port}')
             text = text.replace('"20000-40000"', f'"{rtp_ports}"')
-            if name == 'janus.plugin.videoroom.jcfg':   # a second robot's room
-                text += (f'\nroom-{OTHER_ROOM}: {{\n\tsecret = "other-secret"\n'
-                         '\tpin = "other"\n\tsigned_tokens = true\n\tpublishers = 6\n'
-                         '\tvideocodec = "h264,vp8"\n}\n')
+            assert '@' not in re.sub(r'#.*', '', text), (name, 'a placeholder left')
             with open(os.path.join(self.dir, name), 'w') as out:
                 out.write(text)
         self.process = None
@@ -384,3 +385,51 @@ def media_ports(viewer: 'JanusViewer') -> set:
     sdp = viewer.pc.remoteDescription.sdp
     return {int(m.group(1)) for m in re.finditer(
         rf'a=candidate:\S+ \d+ udp \d+ {re.escape(ADDRESS)} (\d+)', sdp, re.IGNORECASE)}
+
+
+class Forwarder:
+    """The cloud's SFU forwarder as its own process (python3 -m video_bridge.sfu_forwarder),
+    from a config like deploy/cloud/sfu-forwarder.yaml: ``origin`` to the ``edges`` (Janus
+    nodes of this lab), the lab's rooms, its secrets in files of the origin's directory."""
+
+    def __init__(self, origin: 'Janus', edges, rooms=((ROOM, 'test-room-secret', 'test-pin'),),
+                 poll_interval: float = 0.5):
+        import sys
+        import yaml
+        secrets_dir = os.path.join(origin.dir, 'forwarder')
+        os.makedirs(secrets_dir, mode=0o700, exist_ok=True)
+
+        def secret(name, value):
+            path = os.path.join(secrets_dir, name)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as out:
+                out.write(value + '\n')
+            return path
+        config = {
+            'origin': {'url': origin.url},
+            'edges': [{'name': f'node-{index + 1}', 'url': edge.url, 'address': ADDRESS}
+                      for index, edge in enumerate(edges)],
+            'rooms': [{'room': room, 'secret_file': secret(f'room-{room}-secret', room_secret),
+                       'pin_file': secret(f'room-{room}-pin', pin)}
+                      for room, room_secret, pin in rooms],
+            'admin_key_file': secret('admin-key', ADMIN_KEY),
+            'token_secret_file': secret('token-secret', origin.token_secret),
+            'poll_interval': poll_interval, 'request_timeout': 3.0, 'backoff_max': 2.0}
+        self.config_path = os.path.join(secrets_dir, 'sfu-forwarder.yaml')
+        with open(self.config_path, 'w') as out:
+            yaml.safe_dump(config, out)
+        self.process = ChildProcess([sys.executable, '-m', 'video_bridge.sfu_forwarder',
+                                     '--config', self.config_path], 'sfu-forwarder')
+        try:
+            self.process.wait_output('sfu_forwarder: rooms', 20)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        self.process.stop(signal.SIGTERM, 10)
+
+
+async def remote_publishers(node, room: int = ROOM) -> set:
+    """The ids of the remote publishers ``node`` has in ``room`` (what forwards feed it)."""
+    answer = await janus_request(node, {'request': 'listparticipants', 'room': room})
+    return {p['id'] for p in answer.get('participants', []) if p.get('remote')}

@@ -21,45 +21,33 @@ answers). What is ours:
   to 1 s after a publish that lasted). Every request has a deadline; the session is kept
   alive every ``keepalive`` s.
 
-Bounded: one feed per wanted stream (only configured streams, see :mod:`.sfu`), one pending
-request per transaction with a deadline, websocket messages up to ``MAX_MESSAGE``, events
-kept only as the newest few.
+Bounded: one feed per wanted stream (only configured streams, see :mod:`.sfu`); the Janus API
+client (:mod:`.janus_api`) holds one pending request per transaction with a deadline, bounds
+its messages and keeps only the newest few events.
 """
 
 import asyncio
-import collections
 from dataclasses import dataclass
-import itertools
 import logging
 import secrets
 import time
-from typing import Callable, Dict, Optional, Set, Union
+from typing import Callable, Dict, Optional, Set
 
 from video_bridge.core import codec_registry, encoders, sfu as sfu_core
 from video_bridge.core.layers import LayerPolicy
 from video_bridge.core.streams import StreamHub
 from video_bridge.net import rtp_packing, webrtc
+# the Janus API client lives in janus_api (the cloud forwarder shares it); named here too
+from video_bridge.net.janus_api import CLOSE_TIMEOUT, JanusError, JanusSession  # noqa: F401
 from video_bridge.net.send_backlog import SendBacklog
 
-MAX_MESSAGE = 256 * 1024     # bytes of one Janus API message (an SDP is a few kB)
-MAX_EVENTS = 16              # unsolicited events kept per session (newest)
 REQUEST_TIMEOUT = 10.0       # s for any Janus API answer
 CONNECT_TIMEOUT = 15.0       # s from the publish request to a connected media path
 KEEPALIVE = 25.0             # s between keepalives (Janus's session_timeout defaults to 60)
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0          # s of publishing after which the backoff starts again at its min
-CLOSE_TIMEOUT = 2.0
 STOP_TIMEOUT = 5.0           # s a stopping feed may take to say goodbye to Janus
-
-
-class JanusError(RuntimeError):
-    """Janus (core or plugin) refused a request; ``code`` is its error code."""
-
-    def __init__(self, code, reason: str):
-        super().__init__(f'janus error {code}: {reason}')
-        self.code = code
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -108,147 +96,6 @@ class JanusSettings:
             problems.append(f'{self.url} is not TLS: tokens and pins cross the network in '
                             'the clear (use wss://, nginx in front of Janus)')
         return problems
-
-
-class JanusSession:
-    """One Janus API session over a websocket: requests by transaction, events, keepalives."""
-
-    def __init__(self, settings: JanusSettings, token: Union[None, str, Callable[[], str]],
-                 log: logging.Logger):
-        """``token``: a Janus token, or a callable minting a fresh one for each request."""
-        self.settings = settings
-        self.token = token
-        self.log = log
-        self.http = None
-        self.ws = None
-        self.session_id = None
-        self.closed = asyncio.Event()
-        self.events = collections.deque(maxlen=MAX_EVENTS)
-        self.event = asyncio.Event()    # set on each unsolicited event
-        self._pending: Dict[str, tuple] = {}   # transaction -> (future, wants ack)
-        self._ids = itertools.count(1)
-        self._tasks = []
-
-    async def connect(self):
-        """Connect, create the Janus session, start reading and keeping it alive."""
-        import aiohttp
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
-            total=None, connect=self.settings.request_timeout))
-        self.ws = await asyncio.wait_for(self.http.ws_connect(
-            self.settings.url, protocols=('janus-protocol',), max_msg_size=MAX_MESSAGE,
-            autoping=True, heartbeat=self.settings.keepalive),
-            self.settings.request_timeout)
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._read()))
-        reply = await self.request({'janus': 'create'})
-        self.session_id = reply['data']['id']
-        self._tasks.append(loop.create_task(self._keepalive()))
-
-    async def close(self):
-        """Destroy the session if Janus is still there; close the socket (bounded)."""
-        if self.ws is not None and not self.ws.closed and self.session_id is not None:
-            try:
-                await self.request({'janus': 'destroy'}, timeout=CLOSE_TIMEOUT)
-            except (JanusError, ConnectionError, asyncio.TimeoutError, OSError):
-                pass
-        for task in self._tasks:
-            task.cancel()
-        if self.ws is not None:
-            try:
-                await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
-            except (asyncio.TimeoutError, OSError):
-                pass
-        if self.http is not None:
-            await self.http.close()
-        self._fail_pending(ConnectionError('janus session closed'))
-        self.closed.set()
-
-    async def request(self, body: dict, ack: bool = False, timeout: Optional[float] = None):
-        """Send one request; return Janus's reply (``ack``: the ack is the reply)."""
-        if self.ws is None or self.ws.closed:
-            raise ConnectionError('janus websocket closed')
-        transaction = f't{next(self._ids)}'
-        message = dict(body, transaction=transaction)
-        if self.session_id is not None and body.get('janus') != 'create':
-            message.setdefault('session_id', self.session_id)
-        token = self.token() if callable(self.token) else self.token
-        if token:
-            message['token'] = token
-        future = asyncio.get_running_loop().create_future()
-        self._pending[transaction] = (future, ack)
-        try:
-            await asyncio.wait_for(self.ws.send_json(message),
-                                   timeout or self.settings.request_timeout)
-            return await asyncio.wait_for(future, timeout or self.settings.request_timeout)
-        finally:
-            self._pending.pop(transaction, None)
-
-    async def attach(self, plugin: str) -> int:
-        """Attach a plugin; return the handle id."""
-        reply = await self.request({'janus': 'attach', 'plugin': plugin})
-        return reply['data']['id']
-
-    async def message(self, handle: int, body: dict, jsep: Optional[dict] = None):
-        """Send a plugin request; return (plugin data, jsep) of its answer or event."""
-        request = {'janus': 'message', 'handle_id': handle, 'body': body}
-        if jsep is not None:
-            request['jsep'] = jsep
-        reply = await self.request(request)
-        data = reply.get('plugindata', {}).get('data', {})
-        if 'error_code' in data or 'error' in data:
-            raise JanusError(data.get('error_code'), str(data.get('error'))[:200])
-        return data, reply.get('jsep')
-
-    async def _read(self):
-        import aiohttp
-        try:
-            async for frame in self.ws:
-                if frame.type != aiohttp.WSMsgType.TEXT:
-                    break
-                try:
-                    message = frame.json()
-                except ValueError:
-                    continue
-                if isinstance(message, dict):
-                    self._dispatch(message)
-        finally:
-            self._fail_pending(ConnectionError('janus websocket closed'))
-            self.closed.set()
-
-    def _dispatch(self, message: dict):
-        kind = message.get('janus')
-        entry = self._pending.get(message.get('transaction'))
-        if entry is not None:
-            future, wants_ack = entry
-            if kind == 'ack' and not wants_ack:
-                return          # an async plugin request: its event follows
-            if future.done():
-                return
-            if kind == 'error':
-                error = message.get('error') or {}
-                future.set_exception(JanusError(error.get('code'),
-                                                str(error.get('reason'))[:200]))
-            else:
-                future.set_result(message)
-            return
-        if kind in ('hangup', 'detached', 'timeout', 'webrtcup', 'media', 'slowlink', 'event'):
-            self.events.append(message)
-            self.event.set()
-
-    def _fail_pending(self, exc: Exception):
-        for future, _ in list(self._pending.values()):
-            if not future.done():
-                future.set_exception(exc)
-
-    async def _keepalive(self):
-        try:
-            while True:
-                await asyncio.sleep(self.settings.keepalive)   # the keepalive's period
-                await self.request({'janus': 'keepalive'}, ack=True)
-        except (JanusError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
-            self.log.warning('sfu: janus keepalive failed (%s); closing the session', exc)
-            if self.ws is not None:
-                await self.ws.close()
 
 
 class _PeerHost:
