@@ -237,6 +237,15 @@ def test_publishes_only_while_sfu_viewers_watch(janus):
         finally:
             await viewer.close()
 
+    async def polled(fetch, good, tries=50):
+        """What ``fetch()`` answers once ``good`` holds (polled every 0.1 s, ``tries`` times)."""
+        for _ in range(tries):
+            found = await fetch()
+            if good(found):
+                break
+            await asyncio.sleep(0.1)              # a poll interval
+        return found
+
     async def scenario():
         published = publisher(janus, feeder)
         service = SfuService(published, feeder.hub, lambda cid, m: sent.append((cid, m)),
@@ -248,7 +257,8 @@ def test_publishes_only_while_sfu_viewers_watch(janus):
             assert sent[-1][1]['type'] == 'sfu_access' and sent[-1][1]['token']
             await wait_until(lambda: 'cam' in published.feeds and
                              published.feeds['cam'].published, 20, 'published')
-            assert len(await participants()) == 1
+            # Janus lists a publisher once its PeerConnection is up, a moment after it answered
+            assert len(await polled(participants, lambda found: len(found) == 1)) == 1
             service.handle('page', None, {'type': 'sfu_watch', 'id': 2, 'stream': 'nope'})
             assert sent[-1][1]['code'] == 'unknown_stream'
             service.handle('other', None, {'type': 'sfu_watch', 'id': 3, 'stream': 'cam'})
@@ -259,11 +269,7 @@ def test_publishes_only_while_sfu_viewers_watch(janus):
             service.disconnect('page')                # the page's control session ended
             assert 'cam' in published.feeds           # the linger: still published
             await wait_until(lambda: 'cam' not in published.feeds, 5, 'publishing stopped')
-            for _ in range(50):                       # Janus forgets the publisher at once
-                if not await participants():
-                    break
-                await asyncio.sleep(0.1)              # a poll interval
-            assert await participants() == []
+            assert await polled(participants, lambda found: found == []) == []
             assert feeder.stream.counters().video_encoders == 0   # the encoder is gone too
             assert await allowed_list() == []   # the robot took its token off the list
         finally:
