@@ -259,14 +259,16 @@ def count_frames(pc, counted, sized=None):
 class JanusViewer:
     """A page's half in aiortc: a Janus session, a VideoRoom subscriber, frames counted."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, keep_sizes: bool = False):
+        """``keep_sizes``: keep (time.monotonic(), bytes) of every frame counted without
+        decoding, in ``sizes`` (the caller bounds the run)."""
         from video_bridge.net.sfu_janus import JanusSession, JanusSettings
         self.settings = JanusSettings(url=url, room=ROOM)
         self.session_class = JanusSession
         self.janus = None
         self.pc = None
         self.frames = 0
-        self.payload_bytes = 0      # of the frames counted without decoding
+        self.sizes = [] if keep_sizes else None
         self.first_frame_at = None
 
     async def session(self, token):
@@ -311,7 +313,8 @@ class JanusViewer:
                 self.first_frame_at = time.monotonic()
 
         def sized(size):
-            self.payload_bytes += size
+            if self.sizes is not None:
+                self.sizes.append((time.monotonic(), size))
         count_frames(self.pc, counted, sized)
 
     async def _read(self, track):

@@ -26,6 +26,7 @@ from its LAN, and what goes to Janus's media ports.
 import json
 import os
 import shutil
+import time
 
 from conftest import wait_for
 from support import netlab
@@ -167,13 +168,14 @@ table inet sfulab {{
         assert self.coturn.alive(), self.coturn.output()[-2000:]
 
     def counters(self) -> dict:
-        """Bytes the robot's router passed up so far: {'uplink': all, 'to_janus': media}."""
-        got = {}
-        for name in ('uplink', 'to_janus'):
-            shown = json.loads(self.lab.ns_run(self.rnat, 'nft', '-j', 'list', 'counter', 'inet',
-                                               'sfulab', name).stdout)
-            got[name] = next(item['counter']['bytes'] for item in shown['nftables']
-                             if 'counter' in item)
+        """Bytes the robot's router passed up so far: {'uplink': all, 'to_janus': media}, and
+        'at', when they were read (time.monotonic(), the middle of the one read)."""
+        started = time.monotonic()
+        shown = json.loads(self.lab.ns_run(self.rnat, 'nft', '-j', 'list', 'counters', 'table',
+                                           'inet', 'sfulab').stdout)
+        got = {item['counter']['name']: item['counter']['bytes'] for item in shown['nftables']
+               if 'counter' in item}
+        got['at'] = (started + time.monotonic()) / 2
         return got
 
     def uplink_cap_mbit(self):
