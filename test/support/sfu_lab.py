@@ -1,10 +1,11 @@
 """The SFU's namespace lab: the robot behind NAT on an emulated cellular uplink, the cloud with
 nginx, coturn and Janus from deploy/cloud/, the viewers behind another NAT.
 
-    robot: this namespace      uplink wire       rnat         cloud              onat     viewers
-    camera_node, bridge_node  -- lte, up at --  NAT, no  --  203.0.113.10   --  NAT  --  driver and
-    /cmd_vel recorder            2 Mbit/s        inbound      nginx, coturn,               observers
-    192.0.2.2                                                 Janus                        192.0.2.130
+    robot: this namespace    uplink wire     rnat      cloud            onat    viewers
+    camera_node,          -- lte, up at  --  NAT, no --  203.0.113.10 --  NAT --  driver,
+    bridge_node,             2 Mbit/s        inbound     nginx, coturn,           observers
+    /cmd_vel recorder                                    Janus
+    192.0.2.2                                                                     192.0.2.130
 
 The robot's namespace is the test's own (scripts/test gives it one; netlab ``Lab.adopt`` names
 it), so bridge_node, camera_node and the /cmd_vel recorder run there as in the other node tests;
@@ -192,4 +193,3 @@ table inet sfulab {{
         if self.link is not None:
             self.link.stop()
         self.lab.close()
-
