@@ -1,9 +1,9 @@
 """The SFU on the namespace lab: the robot behind NAT on a capped cellular uplink, the cloud with
 nginx, coturn and Janus from deploy/cloud/, a driver and twenty observers behind another NAT.
 
-    robot (this namespace)        NAT      cloud             NAT      viewers
-    camera_node, bridge_node  --  lte, up capped  --  nginx, coturn, Janus  --  driver,
-    /cmd_vel recorder             at 2 Mbit/s                                   20 observers
+    robot (this namespace)      uplink          cloud                   viewers
+    camera_node, bridge_node -- lte, capped -- NAT -- nginx, coturn, -- NAT -- driver,
+    /cmd_vel recorder           at 2 Mbit/s           Janus                   20 observers
 
 support/sfu_lab.py builds it (the topology and what stands in for the deployment's tunnel are
 described there). The real camera_node and bridge_node run in the test's own namespace, the
@@ -15,12 +15,13 @@ it arrives and commands on the data channel, 20 a second, to /cmd_vel. Observers
 for Janus access on their own /control (sfu_watch) and subscribe through nginx, counting frames
 without decoding them (twenty decoders would not fit two cores).
 
-Checked, with the driver alone, then one observer, then twenty: the robot's uplink to Janus
-(counted on its router) is one stream, per frame the camera gave, whether one or twenty watch;
-every observer gets >= 25 frames a second; a new observer's first frame comes within a second
-(median); the driver's frame rate and command latency are the same with twenty observers as
-with none; bridge_node's CPU does not grow with observers. Figures print with an 'sfu lab'
-prefix (-s).
+Checked, with the driver alone, then one observer, then twenty: what the robot sends Janus
+(counted on its router) is one stream, against what one observer received of it, whether one
+or twenty watch; every observer gets >= 25 frames a second (or all the camera gives, when
+camera_node on a loaded machine gives fewer); a new observer's first frame comes within a
+second (median); the driver gets the same share of the camera's frames and the same command
+latency with twenty observers as with none; bridge_node's CPU per frame does not grow with
+observers. Figures print with an 'sfu lab' prefix (-s).
 """
 
 import asyncio
@@ -61,8 +62,8 @@ def camera():
 
 
 def secret_files(tmp_path, janus) -> dict:
-    """bridge_node's SFU parameters, its secrets in files (mode 0600)."""
-    parameters = {'sfu_janus_url': None, 'sfu_room': ROOM}
+    """bridge_node's SFU secrets, in files (mode 0600)."""
+    parameters = {}
     for name, value in (('sfu_token_secret_file', janus.token_secret),
                         ('sfu_room_secret_file', janus.room_secret),
                         ('sfu_room_pin_file', janus.pin)):
@@ -212,12 +213,12 @@ def test_one_stream_up_and_the_driver_unchanged_while_twenty_watch_through_janus
     try:
         port = free_port()
         lab.build(port)
-        parameters = secret_files(tmp_path, lab.janus)
-        parameters['sfu_janus_url'] = lab.edge.url              # through nginx, as deployed
         bridge = start_bridge(
             port=port, host='0.0.0.0', token=TOKEN, webrtc_host_addresses=[ROBOT],
             ice_servers=[f'stun:{CLOUD}:3478', f'turn:{CLOUD}:3478?transport=udp'],
-            turn_secret_file=lab.path('turn_secret'), **parameters)
+            turn_secret_file=lab.path('turn_secret'),
+            sfu_janus_url=lab.edge.url, sfu_room=ROOM,          # through nginx, as deployed
+            **secret_files(tmp_path, lab.janus))
         cmd_vel.wait_publisher()
         watchers = Watchers(lab, cmd_vel, bridge)
 
