@@ -1,17 +1,18 @@
 """The SFU on the namespace lab: the robot behind NAT on a capped cellular uplink, the cloud with
 nginx, coturn and Janus from deploy/cloud/, a driver and twenty observers behind another NAT.
 
-    robot (this namespace)      uplink          cloud                   viewers
-    camera_node, bridge_node -- lte, capped -- NAT -- nginx, coturn, -- NAT -- driver,
-    /cmd_vel recorder           at 2 Mbit/s           Janus                   20 observers
+    robot (this namespace)      uplink                          cloud: nginx, coturn, Janus
+    camera_node, bridge_node -- lte, capped -- NAT -- internet --
+    /cmd_vel recorder           at 2 Mbit/s                     NAT -- driver, 20 observers
 
 support/sfu_lab.py builds it (the topology and what stands in for the deployment's tunnel are
 described there). The real camera_node and bridge_node run in the test's own namespace, the
 robot's; the driver and the observers run on one asyncio loop on a thread inside the viewers'
 namespace (remote_session.run_in_namespace) and reach the bridge through nginx as pages do.
 The driver has the direct path: its own WebRTC peer on the robot with the ICE servers the
-bridge hands out (coturn relays it: the cloud routes nothing between the NATs), video counted as
-it arrives and commands on the data channel, 20 a second, to /cmd_vel. Observers ask the bridge
+bridge hands out (ICE pairs the robot's server-reflexive address, which coturn tells it, with
+the driver's: straight through both NATs, no relay), video counted as it arrives and commands
+on the data channel, 20 a second, to /cmd_vel. Observers ask the bridge
 for Janus access on their own /control (sfu_watch) and subscribe through nginx, counting frames
 without decoding them (twenty decoders would not fit two cores).
 

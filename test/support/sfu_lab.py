@@ -1,24 +1,20 @@
 """The SFU's namespace lab: the robot behind NAT on an emulated cellular uplink, the cloud with
 nginx, coturn and Janus from deploy/cloud/, the viewers behind another NAT.
 
-    robot: this namespace    uplink wire     rnat      cloud            onat    viewers
-    camera_node,          -- lte, up at  --  NAT, no --  203.0.113.10 --  NAT --  driver,
-    bridge_node,             2 Mbit/s        inbound     nginx, coturn,           observers
-    /cmd_vel recorder                                    Janus
-    192.0.2.2                                                                     192.0.2.130
+    robot: this namespace   uplink wire     rnat               internet    cloud: 203.0.113.10
+    camera_node,         -- lte, up at  --  NAT, nothing  --  router  --  nginx, coturn,
+    bridge_node,            2 Mbit/s        new inbound         |         Janus
+    /cmd_vel recorder                                         onat: NAT -- viewers: driver,
+    192.0.2.2                                                              observers
 
 The robot's namespace is the test's own (scripts/test gives it one; netlab ``Lab.adopt`` names
 it), so bridge_node, camera_node and the /cmd_vel recorder run there as in the other node tests;
 everything else is a lab namespace. The robot dials out only: to Janus through nginx (the
-publisher), to coturn. The pages' way to the bridge is nginx too, as deployed; the deployment's
-ssh tunnel from the robot is stood in for by a port forward on the robot's router, which only
-nginx uses (the cloud forwards no packets between its links, as in test_deploy_topology.py, so
-viewers reach the robot's media only through coturn's relay). The cloud's public address is on
-its loopback, as in test_deploy_topology.py: coturn listens and relays there, nginx listens
-there. Janus gathers no candidates on loopback: it offers the cloud's addresses on its links
-(198.51.100.1 towards the robot's router, 198.51.100.5 towards the viewers'), which every
-side reaches through its NAT. (Gathering on the public address alone, on an interface of its
-own that the traffic never arrives by, left Janus's checks unanswered.)
+publisher), to coturn, to its viewers' addresses as ICE finds them. The pages' way to the bridge
+is nginx too, as deployed; the deployment's ssh tunnel from the robot is stood in for by a port
+forward on the robot's router, which only nginx uses. The internet router forwards between the
+NAT routers and the cloud host, which has one interface with its public address: Janus gathers
+its candidates there, coturn listens and relays there.
 
 What the robot sends up is counted on its router (nftables counters in ``rnat``): everything
 from its LAN, and what goes to Janus's media ports.
@@ -91,16 +87,19 @@ class SfuLab:
         """The network, then coturn, Janus and nginx (in front of Janus and of the bridge)."""
         lab = self.lab
         self.robot = lab.adopt('robot')
-        self.rnat, self.cloud = lab.namespace('rnat'), lab.namespace('cloud')
-        self.onat, self.viewers = lab.namespace('onat'), lab.namespace('viewers')
+        self.rnat, self.internet = lab.namespace('rnat'), lab.namespace('internet')
+        self.cloud, self.onat = lab.namespace('cloud'), lab.namespace('onat')
+        self.viewers = lab.namespace('viewers')
         self.wire = lab.wire(self.robot, f'{ROBOT}/25', self.rnat, '192.0.2.1/25', 'uplink')
         rnat_lan = self.wire.far_peer[1]
-        rnat_wan, _ = lab.link(self.rnat, '198.51.100.2/30', self.cloud, '198.51.100.1/30')
-        onat_wan, _ = lab.link(self.onat, '198.51.100.6/30', self.cloud, '198.51.100.5/30')
+        rnat_wan, _ = lab.link(self.rnat, '198.51.100.2/30', self.internet, '198.51.100.1/30')
+        onat_wan, _ = lab.link(self.onat, '198.51.100.6/30', self.internet, '198.51.100.5/30')
+        lab.link(self.cloud, f'{CLOUD}/24', self.internet, '203.0.113.1/24')
         _, onat_lan = lab.link(self.viewers, f'{VIEWERS}/25', self.onat, '192.0.2.129/25')
-        lab.address(self.cloud, f'{CLOUD}/32')   # on lo, as in test_deploy_topology.py
+        lab.ns_run(self.internet, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1')
         lab.route(self.robot, 'default', '192.0.2.1')
         lab.route(self.rnat, 'default', '198.51.100.1')
+        lab.route(self.cloud, 'default', '203.0.113.1')
         lab.route(self.onat, 'default', '198.51.100.5')
         lab.route(self.viewers, 'default', '192.0.2.129')
         lab.nat_router(self.rnat, lan=rnat_lan, wan=rnat_wan)
@@ -125,7 +124,7 @@ table inet sfulab {{
     counter to_janus {{}}
     chain forward {{
         type filter hook forward priority -5; policy accept;
-        iifname "{rnat_lan}" udp dport {low}-{high} counter name "to_janus"
+        iifname "{rnat_lan}" ip daddr {CLOUD} udp dport {low}-{high} counter name "to_janus"
         iifname "{rnat_lan}" counter name "uplink"
     }}
 }}
