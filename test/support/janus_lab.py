@@ -4,7 +4,9 @@ aiortc viewers that subscribe through the Janus API, and the readings they are m
 
 Janus gathers ICE candidates on no loopback interface, so :func:`lab_interface` adds a veth
 pair (198.51.100.1/24 on one end) to the caller's private network namespace and removes it
-afterwards; every process here is started by its caller and stopped by its PID.
+afterwards; every process here is started by its caller and stopped by its PID. Janus and
+its nginx also run in a lab namespace of support.netlab (``namespace``), as in
+support/sfu_lab.py.
 """
 
 import asyncio

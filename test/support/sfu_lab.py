@@ -186,9 +186,14 @@ table inet sfulab {{
         return rates[0] * 8 / 1e6 if rates else None
 
     def close(self):
-        for part in (self.edge, self.janus):
-            if part is not None:
-                part.close()
-        if self.link is not None:
-            self.link.stop()
-        self.lab.close()
+        """Stop nginx, Janus and the emulator, then the lab: its processes and namespaces (which
+        also ends, by PID, whatever of the cloud's is left if a stop above failed)."""
+        try:
+            if self.edge is not None:
+                self.edge.close()
+            if self.janus is not None:
+                self.janus.close()
+            if self.link is not None:
+                self.link.stop()
+        finally:
+            self.lab.close()
