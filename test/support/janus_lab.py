@@ -4,7 +4,9 @@ aiortc viewers that subscribe through the Janus API, and the readings they are m
 
 Janus gathers ICE candidates on no loopback interface, so :func:`lab_interface` adds a veth
 pair (198.51.100.1/24 on one end) to the caller's private network namespace and removes it
-afterwards; every process here is started by its caller and stopped by its PID.
+afterwards; every process here is started by its caller and stopped by its PID. Janus and
+its nginx also run in a lab namespace of support.netlab (``namespace``), as in
+support/sfu_lab.py.
 """
 
 import asyncio
@@ -13,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -52,9 +55,12 @@ def lab_interface():
 class Janus:
     """Janus with deploy/cloud's configs (test secrets, a free port), restartable."""
 
-    def __init__(self, rtp_ports='40000-40999'):
+    def __init__(self, rtp_ports='40000-40999', namespace=None, address=ADDRESS):
+        """``namespace``: a lab namespace (support.netlab) to run in instead of this one;
+        ``address``: Janus's public address there (``-i``)."""
         if JANUS is None:
             pytest.skip('janus is not installed: scripts/bootstrap installs it')
+        self.namespace, self.address = namespace, address
         self.dir = tempfile.mkdtemp(prefix='janus-')
         self.port = free_port()
         self.url = f'ws://127.0.0.1:{self.port}'
@@ -87,12 +93,13 @@ class Janus:
             raise
 
     def start(self):
-        self.process = ChildProcess(
-            [JANUS, '-C', os.path.join(self.dir, 'janus.jcfg'), '-F', self.dir, '-o',
-             '-i', ADDRESS], 'janus')
+        command = [JANUS, '-C', os.path.join(self.dir, 'janus.jcfg'), '-F', self.dir, '-o',
+                   '-i', self.address]
+        self.process = ChildProcess(in_namespace(self.namespace) + command, 'janus')
         try:
             self.process.wait_output('WebSockets thread started', 20)
-            wait_for(lambda: port_open(self.port), 10, 'janus websocket port')
+            wait_for(lambda: port_open_in(self.namespace, '127.0.0.1', self.port), 10,
+                     'janus websocket port')
         except BaseException:   # a Janus that never came up is stopped (by its PID) too
             self.stop()
             raise
@@ -107,21 +114,43 @@ class Janus:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def in_namespace(namespace) -> list:
+    """The command prefix that runs a program in lab namespace ``namespace`` (None: here)."""
+    return ['ip', 'netns', 'exec', namespace] if namespace else []
+
+
+def port_open_in(namespace, host: str, port: int) -> bool:
+    """:func:`conftest.port_open` for ``host`` in lab namespace ``namespace`` (None: here)."""
+    if namespace is None and host == '127.0.0.1':
+        return port_open(port)
+    from support import netlab
+
+    def connect():
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+    return netlab.in_namespace(namespace, connect) if namespace else connect()
+
+
 class JanusEdge:
     """nginx with deploy/cloud/janus-nginx-location.conf in front of Janus (ws://.../janus).
 
     With ``spread`` (Janus nodes, the first being ``janus``), also the viewers' location of
     deploy/cloud/janus-nginx-viewers-location.conf over janus-nginx-upstream.conf's upstream,
     its servers replaced by the nodes' ports (``viewers_url``, ws://.../janus-view).
+    In a lab: runs in Janus's namespace, listens on ``listen`` and serves ``extra`` (more
+    nginx lines for the server block) too.
     """
 
-    def __init__(self, janus: 'Janus', spread=()):
+    def __init__(self, janus: 'Janus', spread=(), listen='127.0.0.1', extra=''):
         nginx = shutil.which('nginx') or '/usr/sbin/nginx'
         if not os.path.exists(nginx):
             pytest.skip('nginx is not installed: scripts/bootstrap installs it')
         self.port = free_port()
-        self.url = f'ws://127.0.0.1:{self.port}/janus'
-        self.viewers_url = f'ws://127.0.0.1:{self.port}/janus-view'
+        self.url = f'ws://{listen}:{self.port}/janus'
+        self.viewers_url = f'ws://{listen}:{self.port}/janus-view'
         with open(os.path.join(DEPLOY, 'janus-nginx-location.conf')) as snippet:
             location = snippet.read().replace('127.0.0.1:8188', f'127.0.0.1:{janus.port}')
         includes = [os.path.join(janus.dir, 'janus-location.conf')]
@@ -152,14 +181,20 @@ http {{
     limit_req_zone $binary_remote_addr zone=video_bridge_attempts:1m rate=10r/s;
 {upstream}
     server {{
-        listen 127.0.0.1:{self.port};
+        listen {listen}:{self.port};
 {include_lines}
+{extra}
     }}
 }}
 """)
-        self.process = ChildProcess([nginx, '-c', conf, '-g', 'daemon off;'], 'nginx-janus')
+        self.process = ChildProcess(in_namespace(janus.namespace) +
+                                    [nginx, '-c', conf, '-g', 'daemon off;'], 'nginx-janus')
         try:
-            self.process.wait_port(self.port, 20)
+            def up():
+                if self.process.proc.poll() is not None:
+                    pytest.fail(f'nginx exited:\n{self.process.output()[-3000:]}')
+                return port_open_in(janus.namespace, listen, self.port)
+            wait_for(up, 20, f'nginx to serve port {self.port}')
         except BaseException:
             self.close()
             raise
@@ -193,8 +228,9 @@ class Feeder:
         self.thread.join(5)
 
 
-def count_frames(pc, counted):
-    """Call ``counted()`` per assembled video frame instead of decoding it.
+def count_frames(pc, counted, sized=None):
+    """Call ``counted()`` per assembled video frame instead of decoding it (and ``sized`` with
+    the frame's size, the RTP payloads it was assembled from).
 
     aiortc hands each frame its jitter buffer completes to a decoder thread's queue; the queue
     is swapped for a counter (the end-of-stream marker still reaches the thread). Twenty
@@ -212,6 +248,8 @@ def count_frames(pc, counted):
                 self.queue.put(None)
             else:
                 counted()
+                if sized is not None:
+                    sized(len(item[1].data))    # (codec, the jitter buffer's frame)
 
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
@@ -224,13 +262,16 @@ def count_frames(pc, counted):
 class JanusViewer:
     """A page's half in aiortc: a Janus session, a VideoRoom subscriber, frames counted."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, keep_sizes: bool = False):
+        """``keep_sizes``: keep (time.monotonic(), bytes) of every frame counted without
+        decoding, in ``sizes`` (the caller bounds the run)."""
         from video_bridge.net.sfu_janus import JanusSession, JanusSettings
         self.settings = JanusSettings(url=url, room=ROOM)
         self.session_class = JanusSession
         self.janus = None
         self.pc = None
         self.frames = 0
+        self.sizes = [] if keep_sizes else None
         self.first_frame_at = None
 
     async def session(self, token):
@@ -241,7 +282,7 @@ class JanusViewer:
 
     async def watch(self, access: dict, decode: bool = True):
         """Subscribe to the feed ``access`` names (an ``sfu_access`` message's fields)."""
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
         handle = await self.session(access.get('token'))
         join = {'request': 'join', 'ptype': 'subscriber', 'room': access['room'],
                 'streams': [{'feed': access['feed']}]}
@@ -250,7 +291,9 @@ class JanusViewer:
         if access.get('pin'):
             join['pin'] = access['pin']
         _, jsep = await self.janus.message(handle, join)
-        self.pc = RTCPeerConnection()
+        # no ICE servers, as the page (Janus has a public address); not aiortc's default
+        # (stun.l.google.com), which in a lab without DNS costs the resolver's timeout
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
         @self.pc.on('track')
         def on_track(track):
@@ -271,7 +314,11 @@ class JanusViewer:
             self.frames += 1
             if self.first_frame_at is None:
                 self.first_frame_at = time.monotonic()
-        count_frames(self.pc, counted)
+
+        def sized(size):
+            if self.sizes is not None:
+                self.sizes.append((time.monotonic(), size))
+        count_frames(self.pc, counted, sized)
 
     async def _read(self, track):
         from aiortc.mediastreams import MediaStreamError

@@ -264,6 +264,24 @@ table inet filter {{
 """
         self.ns_run(ns, 'nft', '-f', '-', input=ruleset)
 
+    def port_forward(self, ns: str, wan: str, port: int, to: str):
+        """On a :meth:`nat_router`, pass new TCP connections to ``port`` on ``wan`` to ``to``
+        (the LAN host's address): a router's port forward, e.g. standing in for a tunnel."""
+        ruleset = f"""
+table ip nat {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "{wan}" tcp dport {int(port)} dnat to {_documentation(to)}
+    }}
+}}
+table inet filter {{
+    chain forward {{
+        ct status dnat accept
+    }}
+}}
+"""
+        self.ns_run(ns, 'nft', '-f', '-', input=ruleset)
+
     def shape(self, ns: str, device: str, rate: str, burst: str = '32kbit',
               latency: str = '100ms'):
         """Cap ``device``'s egress with a token bucket (tbf), e.g. rate='2mbit'."""
