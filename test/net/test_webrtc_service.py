@@ -600,3 +600,27 @@ def test_a_session_that_ends_takes_its_peer_along_even_one_still_being_made():
             finally:
                 await harness.close()
     run(scenario())
+
+
+def test_no_ice_servers_configured_means_none_not_aiortcs_default():
+    # aiortc reads iceServers=None as "use stun.l.google.com": a robot must not contact a
+    # third party nobody configured (nor wait for its DNS on a network without one).
+    from video_bridge.net.webrtc import new_peer_connection
+
+    async def scenario():
+        with host_address(), Harness() as harness:
+            try:
+                _, viewer = await harness.connect('c1', ['h264'])
+                await wait_until(lambda: len(viewer.frames) >= 1, 20, 'the viewer to play')
+                connection = ice_connection(harness.service.peers['c1'])
+                assert connection.stun_server is None and connection.turn_server is None
+            finally:
+                await harness.close()
+        publisher = new_peer_connection()     # the SFU publisher's connection
+        try:
+            sender = publisher.addTransceiver('video', direction='sendonly').sender
+            connection = sender.transport.transport.iceGatherer._connection
+            assert connection.stun_server is None and connection.turn_server is None
+        finally:
+            await publisher.close()
+    run(scenario())

@@ -313,8 +313,8 @@ class JanusPublisher:
 
     async def _offer(self, peer: webrtc.Peer):
         """Make the publisher's connection (a direct peer's track, sendonly) and its offer."""
-        from aiortc import RTCPeerConnection, RTCRtpSender
-        pc = peer.pc = RTCPeerConnection()
+        from aiortc import RTCRtpSender
+        pc = peer.pc = webrtc.new_peer_connection()   # Janus's own candidates: no STUN needed
         transceiver = pc.addTransceiver(webrtc._packet_track(peer), direction='sendonly')
         peer.sender = transceiver.sender
         peer.backlog = SendBacklog(peer.sender, webrtc.SEND_BACKLOG_HIGH,

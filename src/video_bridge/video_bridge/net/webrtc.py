@@ -349,6 +349,21 @@ def _media_error():
     return MediaStreamError()
 
 
+def new_peer_connection(servers=()):
+    """
+    Make an RTCPeerConnection with exactly these ICE servers (none: host candidates only).
+
+    aiortc reads ``iceServers=None`` as "use mine" and then asks stun.l.google.com: a robot
+    would contact a third party nobody configured (and wait for its DNS where there is none).
+    max-bundle: video and the data channel share one ICE transport from the start, so a peer
+    gathers once (one TURN allocation, one set of sockets), not once per m-line until the
+    answer bundles them and drops the second.
+    """
+    from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection
+    return RTCPeerConnection(RTCConfiguration(iceServers=list(servers),
+                                              bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+
+
 def _packet_track(peer: Peer):
     """Make an aiortc video track whose frames are the peer's pre-encoded units."""
     from aiortc import MediaStreamTrack
@@ -613,17 +628,12 @@ class WebRtcService:
     async def _offer(self, session: _SessionSignalling, turn: int,
                      peer: Peer) -> protocol.WebRtcOffer:
         """Make a new peer's connection and its offer; the connect deadline starts with it."""
-        from aiortc import (RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection,
-                            RTCRtpSender)
+        from aiortc import RTCIceServer, RTCRtpSender
         client_id, codec, stream = peer.client_id, peer.codec, peer.stream
         servers = [RTCIceServer(urls=list(s.urls), username=s.username or None,
                                 credential=s.credential or None)
                    for s in self.ice.servers(f'bridge-{client_id}', self.wall_clock())]
-        # max-bundle: video and the data channel share one ICE transport from the start, so a
-        # peer gathers once (one TURN allocation, one set of sockets), not once per m-line
-        # until the answer bundles them and drops the second.
-        pc = peer.pc = RTCPeerConnection(RTCConfiguration(
-            iceServers=servers or None, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        pc = peer.pc = new_peer_connection(servers)
         transceiver = pc.addTransceiver(_packet_track(peer), direction='sendonly')
         peer.sender = transceiver.sender
         peer.backlog = SendBacklog(peer.sender, SEND_BACKLOG_HIGH, SEND_BACKLOG_LOW)
