@@ -235,7 +235,7 @@ def measure_chromium(result: dict, delay_ms: float) -> dict:
     page = {k: page1.get(k, 0) - page0.get(k, 0) for k in page1 if k != 'rtt'}
     bridge = {k: bridge1[k] - bridge0.get(k, 0) for k in bridge1
               if isinstance(bridge1[k], (int, float)) and
-              k not in ('estimate', 'keyframe_max', 'layer', 'rtt_ms')}
+              k not in ('estimate', 'keyframe_max', 'layer')}
     per_s = {k: v / seconds for k, v in page.items()}
     return {
         'fps': len(shown) / seconds,

@@ -1006,11 +1006,13 @@ class WebRtcService:
                 'congestion_skips': {cid: p.congestion_skips for cid, p in self.peers.items()},
                 'send_backlog_peak': {cid: p.backlog.peak if p.backlog else 0
                                       for cid, p in self.peers.items()},
+                # aiortc's smoothed round trip (None until a receiver report measured one)
+                'round_trip_ms': {cid: None if p.round_trip is None
+                                  else round(1000 * p.round_trip, 1)
+                                  for cid, p in self.peers.items()},
                 'media': {cid: {**p.media, 'units': p.sent_units, 'bytes': p.sent_bytes,
                                 'playout_delay': list(p.playout.current) if p.playout_delay
                                 else None, 'playout_delay_changes': p.playout.changes,
-                                'rtt_ms': None if p.round_trip is None
-                                else round(1000 * p.round_trip, 1),
                                 'layer': p.chooser.current, 'switches': p.chooser.switches,
                                 'why': dict(p.chooser.reasons),
                                 'estimate': p.estimate}
