@@ -259,6 +259,9 @@ def measure_chromium(result: dict, delay_ms: float) -> dict:
             or '-',
             'jitter buffer ms': 1000 * page.get('jitterBufferDelay', 0) / max(
                 1, page.get('jitterBufferEmittedCount', 0)),
+            'playout delay': '-' if bridge1.get('playout_delay') is None
+            else '{}..{}'.format(*bridge1['playout_delay']),
+            'delay changes': bridge1.get('playout_delay_changes', '-'),
             'kbit/s': page.get('bytesReceived', 0) * 8 / seconds / 1000,
             'rtt ms': 1000 * page1.get('rtt', 0)},
     }
@@ -303,27 +306,37 @@ def main():
     parser.add_argument('--jitter-target', type=float, default=None,
                         help='chromium: set jitterBufferTarget (ms) on the video receiver')
     parser.add_argument('--markdown', help='also write the table (markdown) to this file')
+    benchlib.add_before_option(parser)
     options = parser.parse_args()
+    benchlib.check_before(parser, options)
     options.paths = options.paths.split(',')
     benchlib.require_loopback_only()
     if os.geteuid() != 0:
         sys.exit('needs root: network namespaces, TUN devices, nftables, tc')
-    benchlib.print_versions()
+    benchlib.print_versions(options.before)
     before = benchlib.shm_segments()
     rows = []
+    sides = [('now', '')] + ([('before', options.before)] if options.before else [])
     with benchlib.Rig() as rig:
         # Started while only loopback is up (the publisher checks); the lab comes after.
         publisher, _ = benchlib.start_publisher(rig, benchlib.VIDEO_TOPIC, 3600)
-        bridge, port = benchlib.start_bridge(
-            rig, benchlib.VIDEO_TOPIC, ['host:=0.0.0.0', f'webrtc_host_addresses:=["{EDGE_IP}"]'],
-            env={'VIDEO_BRIDGE_TOKEN': TOKEN})
         cmd_vel = CmdVelLog()
         try:
-            for name in options.profiles.split(','):
-                rows += run_profile(name, options, port, cmd_vel)
+            for index, name in enumerate(options.profiles.split(',')):
+                # with --before, each profile runs both bridges, alternating which goes first
+                for side, source in benchlib.alternating(sides, index):
+                    bridge, port = benchlib.start_bridge(
+                        rig, benchlib.VIDEO_TOPIC,
+                        ['host:=0.0.0.0', f'webrtc_host_addresses:=["{EDGE_IP}"]'],
+                        env={'VIDEO_BRIDGE_TOKEN': TOKEN}, source=source)
+                    try:
+                        label = f' {side}' if options.before else ''
+                        rows += [(profile, kind + label, figures) for profile, kind, figures
+                                 in run_profile(name, options, port, cmd_vel)]
+                    finally:
+                        rig.stop(bridge)
         finally:
             cmd_vel.close()
-            rig.stop(bridge)
             rig.stop(publisher)
     headers = ['profile', 'path', 'fps shown', 'freezes/min', 'g2g p50 +ms', 'p95 +ms',
                'p99 +ms', 'cmd p50 +ms', 'cmd p99 +ms', 'cmds lost', 'false stops', 'problems']
@@ -331,10 +344,10 @@ def main():
               *map(fmt, f['commands']), f['commands_lost'], f['false_stops'],
               '; '.join(f['problems']) or '-'] for name, kind, f in rows]
     print(table(headers, lines))
-    receiver = [(name, f['receiver']) for name, kind, f in rows if 'receiver' in f]
+    receiver = [(f'{name} {kind}', f['receiver']) for name, kind, f in rows if 'receiver' in f]
     receiver_headers, receiver_lines = [], []
     if receiver:
-        receiver_headers = ['profile', *receiver[0][1]]
+        receiver_headers = ['profile path', *receiver[0][1]]
         receiver_lines = [[name, *(fmt(v) if isinstance(v, float) else v
                                    for v in figures.values())] for name, figures in receiver]
         print(table(receiver_headers, receiver_lines))

@@ -113,12 +113,13 @@ def part_viewers(options):
     rows = []
     for kind, count, s in results:
         rows.append([kind, count, fmt(s['fps_min']), fmt(s['kbps_per_viewer'], 0),
-                     fmt(s['p50']), fmt(s['p99']), fmt(s['cpu']), fmt(s['viewers_cpu'])])
+                     fmt(s['p50']), fmt(s['p99']), fmt(s.get('wire_p50')),
+                     fmt(s.get('wire_p99')), fmt(s['cpu']), fmt(s['viewers_cpu'])])
     print(f'\nViewers: 640x480 bgr8 at 30 fps, {options.duration:g} s window after '
           f'{options.warmup:g} s warm-up; kbit/s = encoded video per viewer (WebRTC: payload '
           'before RTP/SRTP/UDP headers; websocket: JPEG + 32-byte header)')
     print(table(['transport', 'K', 'fps min', 'kbit/s/viewer', 'latency p50 ms', 'p99',
-                 'bridge CPU %', 'viewers CPU %'], rows))
+                 'last packet p50 ms', 'p99', 'bridge CPU %', 'viewers CPU %'], rows))
     for side, values in slopes.items():
         if values:
             name = f'{side} bridge ({options.old_source})' if side == 'old' else 'this bridge'
@@ -168,7 +169,7 @@ def webrtc_case(count: int, options, source: str = '') -> dict:
 
 
 def viewer_stats(records, t0, t1, count) -> dict:
-    fps, kbps, latency = [], [], []
+    fps, kbps, latency, wire = [], [], [], []
     for peer in records:
         inside = [r for r in peer if t0 <= r[0] <= t1]
         fps.append(len(inside) / (t1 - t0))
@@ -177,9 +178,12 @@ def viewer_stats(records, t0, t1, count) -> dict:
         if len(sent) >= 2 and sent[-1][0] > sent[0][0]:
             kbps.append((sent[-1][1] - sent[0][1]) * 8 / (sent[-1][0] - sent[0][0]) / 1000)
         latency += [(r[0] - r[1]) * 1000 for r in inside if not math.isnan(r[1])]
+        wire += [(r[3] - r[1]) * 1000 for r in inside
+                 if len(r) > 3 and not math.isnan(r[1]) and not math.isnan(r[3])]
     fps += [0.0] * (count - len(records))
     return {'fps_min': min(fps) if fps else math.nan, 'kbps_per_viewer': pct(kbps, 50),
-            'p50': pct(latency, 50), 'p99': pct(latency, 99)}
+            'p50': pct(latency, 50), 'p99': pct(latency, 99), 'wire_p50': pct(wire, 50),
+            'wire_p99': pct(wire, 99)}
 
 
 def websocket_case(count: int, options) -> dict:
@@ -194,6 +198,80 @@ def websocket_case(count: int, options) -> dict:
 
 # -- browser ---------------------------------------------------------------------------------
 
+# Every frame the page shows over WebRTC, with requestVideoFrameCallback's metadata, all in the
+# bridge's clock (s): camera stamp, bridge received, Chromium's receive time (last packet of the
+# frame), presentation (submitted for composition), and the callback. The page's own callback
+# gives only the total; this one says where it goes.
+FRAME_TIMES_START = """() => { const w = window.videoBridge.webrtc; const rows = [];
+    window.benchFrames = rows;
+    const onFrame = (now, m) => {
+      if (window.benchFrames !== rows) return;
+      const at = performance.now();
+      const e = m.rtpTimestamp !== undefined ? w.stamps.lookup(m.rtpTimestamp) : null;
+      const t = (ms) => (ms === undefined ? NaN : w.clock.bridgeTime(performance.timeOrigin + ms));
+      if (e && w.clock.offset !== null && rows.length < 20000) {
+        rows.push([e.stamp, e.received ?? NaN, t(m.receiveTime), t(m.presentationTime), t(at),
+                   m.processingDuration === undefined ? NaN : m.processingDuration]);
+      }
+      w.video.requestVideoFrameCallback(onFrame);
+    };
+    w.video.requestVideoFrameCallback(onFrame); }"""
+
+# Chromium's own counters of the video receiver (inbound-rtp): where a frame waits inside it
+RECEIVER_COUNTERS = """async () => { const pc = window.videoBridge.webrtc.pc; if (!pc) return null;
+    let found = null;
+    (await pc.getStats()).forEach((e) => {
+      if (e.type === 'inbound-rtp' && e.kind === 'video') found = e; });
+    if (!found) return null;
+    const keys = ['jitterBufferDelay', 'jitterBufferTargetDelay', 'jitterBufferMinimumDelay',
+                  'jitterBufferEmittedCount', 'totalDecodeTime', 'totalProcessingDelay',
+                  'totalAssemblyTime', 'framesAssembledFromMultiplePackets', 'framesDecoded',
+                  'framesDropped', 'framesReceived', 'framesRendered', 'freezeCount'];
+    return Object.fromEntries(keys.map((k) => [k, found[k] ?? null])); }"""
+
+
+def receiver_breakdown(first: dict, last: dict) -> dict:
+    """Per-frame ms inside Chromium over a window, from two getStats snapshots."""
+    if not first or not last:
+        return {}
+
+    def delta(key):
+        a, b = first.get(key), last.get(key)
+        return math.nan if a is None or b is None else b - a
+
+    emitted, decoded = delta('jitterBufferEmittedCount'), delta('framesDecoded')
+    per_emitted = (lambda key: 1000 * delta(key) / emitted if emitted > 0 else math.nan)
+    per_decoded = (lambda key: 1000 * delta(key) / decoded if decoded > 0 else math.nan)
+    return {'jitter_buffer': per_emitted('jitterBufferDelay'),
+            'jitter_target': per_emitted('jitterBufferTargetDelay'),
+            'jitter_minimum': per_emitted('jitterBufferMinimumDelay'),
+            'decode': per_decoded('totalDecodeTime'),
+            'processing': per_decoded('totalProcessingDelay'),
+            'assembly': 1000 * delta('totalAssemblyTime')
+            / delta('framesAssembledFromMultiplePackets')
+            if delta('framesAssembledFromMultiplePackets') > 0 else math.nan,
+            'decoded': decoded, 'dropped': delta('framesDropped'),
+            'freezes': delta('freezeCount')}
+
+
+def stage_breakdown(rows: list) -> dict:
+    """Median ms of each stage of the frames' way, from FRAME_TIMES_START's rows."""
+    if not rows:
+        return {}
+    times = np.array(rows, dtype=float)
+    stamp, received, arrived, presented, called = (times[:, i] for i in range(5))
+
+    def median(values):
+        values = values[np.isfinite(values)] * 1000
+        return float(np.median(values)) if len(values) else math.nan
+
+    return {'to_bridge': median(received - stamp),
+            'bridge_to_chromium': median(arrived - received),
+            'in_chromium': median(presented - arrived), 'to_callback': median(called - presented),
+            'total': median(called - stamp), 'to_arrival_p99': pct(
+                ((arrived - stamp) * 1000)[np.isfinite(arrived - stamp)], 99)}
+
+
 def page_figures(page, transport: str, seconds: float) -> dict:
     """Collect every frame's glass-to-glass latency the page computes, for ``seconds``."""
     if transport == 'websocket':  # the JPEG client keeps medians only: tap each value
@@ -202,6 +280,10 @@ def page_figures(page, transport: str, seconds: float) -> dict:
             v.latency.add = (x) => { v.latencySamples.push(x); add(x); }; }""")
     source = 'webrtc' if transport == 'webrtc' else 'video'
     page.evaluate(f'window.videoBridge.{source}.latencySamples.length = 0')
+    counters = None
+    if transport == 'webrtc':
+        page.evaluate(FRAME_TIMES_START)
+        counters = page.evaluate(RECEIVER_COUNTERS)
     start = page.evaluate(f'window.videoBridge.{source}.'
                           + ('displayed' if transport == 'webrtc' else 'drawn'))
     time.sleep(seconds)
@@ -210,9 +292,14 @@ def page_figures(page, transport: str, seconds: float) -> dict:
                  'webrtc' else 'drawn'}, kbps: s.stats().kbps, codec: s.stats().codec ?? null,
                  layer: s.layer ?? null }}; }}""")
     latency = [x * 1000 for x in figures['samples']]
-    return {'fps': (figures['frames'] - start) / seconds, 'p50': pct(latency, 50),
-            'p99': pct(latency, 99), 'kbps': figures['kbps'], 'codec': figures['codec'],
-            'layer': figures['layer'], 'samples': len(latency)}
+    result = {'fps': (figures['frames'] - start) / seconds, 'p50': pct(latency, 50),
+              'p99': pct(latency, 99), 'kbps': figures['kbps'], 'codec': figures['codec'],
+              'layer': figures['layer'], 'samples': len(latency), 'stages': {}, 'receiver': {}}
+    if transport == 'webrtc':
+        result['stages'] = stage_breakdown(page.evaluate('window.benchFrames'))
+        result['receiver'] = receiver_breakdown(counters, page.evaluate(RECEIVER_COUNTERS))
+        page.evaluate('window.benchFrames = null')
+    return result
 
 
 def browser_run(url: str, options, chromium=CHROMIUM) -> list:
@@ -238,7 +325,7 @@ def browser_run(url: str, options, chromium=CHROMIUM) -> list:
                     print(f'{transport} did not play: {state}')
                     rows.append((transport, {'fps': 0.0, 'p50': math.nan, 'p99': math.nan,
                                              'kbps': 0.0, 'codec': None, 'layer': None,
-                                             'samples': 0}))
+                                             'samples': 0, 'stages': {}, 'receiver': {}}))
                     page.close()
                     continue
                 time.sleep(options.warmup)
@@ -256,18 +343,43 @@ def print_browser(title: str, rows: list):
                 [[t, fmt(s['fps']), fmt(s['p50']), fmt(s['p99']), fmt(s['kbps'], 0),
                   s['codec'] or 'jpeg', '-' if s['layer'] is None else s['layer'],
                   s['samples']] for t, s in rows]))
+    stages = [(t, s['stages'], s['receiver']) for t, s in rows if s.get('stages')]
+    if stages:
+        print("\nWhere a WebRTC frame's time goes (median ms per frame; stamps in the bridge's "
+              'clock: camera stamp, bridge received, Chromium received (the last packet), '
+              "presented, the page's callback; Chromium's getStats per frame over the window):")
+        print(table(['row', 'camera->bridge', 'bridge->Chromium', 'in Chromium',
+                     'presented->callback', 'total', 'arrival p99', 'jitter buffer',
+                     'target', 'decode', 'processing', 'assembly', 'decoded', 'dropped',
+                     'freezes'],
+                    [[t, fmt(g.get('to_bridge')), fmt(g.get('bridge_to_chromium')),
+                      fmt(g.get('in_chromium')), fmt(g.get('to_callback')), fmt(g.get('total')),
+                      fmt(g.get('to_arrival_p99')), fmt(r.get('jitter_buffer')),
+                      fmt(r.get('jitter_target')), fmt(r.get('decode')),
+                      fmt(r.get('processing')), fmt(r.get('assembly')),
+                      fmt(r.get('decoded'), 0), fmt(r.get('dropped'), 0),
+                      fmt(r.get('freezes'), 0)] for t, g, r in stages]))
 
 
 def part_browser(options):
+    """The page in Chromium, WebRTC then JPEG; with --before, that bridge too, alternating."""
     run_for = options.warmup * 2 + options.duration * 2 + 120
-    with benchlib.Rig(options.keep_logs) as rig:
-        _, port = benchlib.start_bridge(rig, benchlib.VIDEO_TOPIC,
-                                        [f'webrtc_host_addresses:=["{HOST_ADDRESS}"]'])
-        benchlib.start_publisher(rig, benchlib.VIDEO_TOPIC, run_for)
-        rows = browser_run(f'http://{benchlib.HOST}:{port}', options)
+    sides = [('now', '')] + ([('before', options.before)] if options.before else [])
+    results = []
+    for round_index in range(options.rounds):
+        for side, source in benchlib.alternating(sides, round_index):
+            with benchlib.Rig(options.keep_logs) as rig:
+                _, port = benchlib.start_bridge(rig, benchlib.VIDEO_TOPIC,
+                                                [f'webrtc_host_addresses:=["{HOST_ADDRESS}"]'],
+                                                source=source)
+                benchlib.start_publisher(rig, benchlib.VIDEO_TOPIC, run_for)
+                rows = browser_run(f'http://{benchlib.HOST}:{port}', options)
+            label = f' {side}' if options.before else ''
+            label += f' #{round_index + 1}' if options.rounds > 1 else ''
+            results += [(transport + label, stats) for transport, stats in rows]
     print_browser('Glass-to-glass in headless Chromium on loopback (camera header.stamp to the '
-                  'frame shown: requestVideoFrameCallback for WebRTC, drawn for JPEG):', rows)
-    return rows
+                  'frame shown: requestVideoFrameCallback for WebRTC, drawn for JPEG):', results)
+    return results
 
 
 # -- cap ---------------------------------------------------------------------------------------
@@ -320,15 +432,18 @@ def main():
     parser.add_argument('--encode-frames', type=int, default=300)
     parser.add_argument('--cap', default='2mbit')
     parser.add_argument('--rounds', type=int, default=1,
-                        help='viewers part: runs of every K (per bridge), median slope reported')
+                        help='viewers part: runs of every K (per bridge), median slope reported; '
+                        'browser part: runs of each bridge')
     parser.add_argument('--old-source', default='',
                         help='viewers part: also measure this checkout (e.g. a git worktree of '
                         'the commit before a change), alternating with this one')
+    benchlib.add_before_option(parser)
     benchlib.add_rig_options(parser)
     options = parser.parse_args()
+    benchlib.check_before(parser, options)
     options.per_worker = min(options.per_worker, 5)
     benchlib.require_loopback_only()
-    benchlib.print_versions()
+    benchlib.print_versions(options.before)
     added = sh('ip', 'addr', 'add', f'{HOST_ADDRESS}/32', 'dev', 'lo', check=False)
     try:
         for part in options.parts.split(','):

@@ -4,7 +4,13 @@ Each peer opens its own /control websocket (as a page does), asks for a WebRTC s
 (``webrtc_start``), answers the bridge's offer and then receives video until --duration is over.
 For every decoded frame it records the arrival time and, through the RTP-to-stamp messages on
 the data channel, the frame's header.stamp and encoded size. At exit it writes
-``[[arrival, stamp or nan, bytes or nan], ...]`` per peer to --out (JSON).
+``[[arrival, stamp or nan, bytes or nan, wire or nan], ...]`` per peer to --out (JSON).
+
+``wire`` is when the frame's last RTP packet came in. aiortc's receiver hands a frame on only
+when the first packet of the *next* frame arrives (its JitterBuffer finds a frame's end by the
+timestamp change), so ``arrival`` is a frame interval (33 ms at 30 fps) later than a browser
+could show it; ``wire`` is what the bridge's side costs. It is taken by wrapping the receiver's
+``_handle_rtp_packet`` (aiortc 1.16; on another version the column is nan).
 
 aiortc decodes what it receives (a browser would too), so these workers cost CPU; they run as
 separate processes and the benchmark reports their CPU next to the bridge's.
@@ -48,6 +54,21 @@ async def peer(port: int, codec: str, deadline: float, records: list, errors: li
     # neighbouring frames' offsets differ).
     offsets = collections.Counter()
     found = []
+    wire = {}    # RTP timestamp -> when its frame's last packet (the marker) came in
+
+    def watch_wire(receiver):
+        handle = getattr(receiver, '_handle_rtp_packet', None)
+        if handle is None:
+            return
+
+        async def handle_rtp_packet(packet, *args, **kwargs):
+            if packet.marker:
+                wire[packet.timestamp] = time.time()
+                if len(wire) > 600:
+                    wire.pop(next(iter(wire)))
+            return await handle(packet, *args, **kwargs)
+
+        receiver._handle_rtp_packet = handle_rtp_packet
 
     @pc.on('track')
     def on_track(track):
@@ -66,7 +87,8 @@ async def peer(port: int, codec: str, deadline: float, records: list, errors: li
                     if rtp is not None and math.isnan(stamp) and newest[0] is not None:
                         delta = ((rtp - newest[0] + 2 ** 31) % 2 ** 32 - 2 ** 31) / 90000
                         stamp = newest[1] + delta if abs(delta) <= 10 else math.nan
-                    records.append((arrived, stamp, newest[2]))
+                    records.append((arrived, stamp, newest[2],
+                                    wire.get(rtp, math.nan) if rtp is not None else math.nan))
             except MediaStreamError:
                 done.set()
         asyncio.ensure_future(read())
@@ -84,6 +106,8 @@ async def peer(port: int, codec: str, deadline: float, records: list, errors: li
                 errors.append(message)
                 return
             await pc.setRemoteDescription(RTCSessionDescription(message['sdp'], 'offer'))
+            for receiver in pc.getReceivers():
+                watch_wire(receiver)
             await pc.setLocalDescription(await pc.createAnswer())
             await ws.send(json.dumps({'type': 'webrtc_answer', 'id': 2,
                                       'sdp': pc.localDescription.sdp}))

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 import sys
 from types import SimpleNamespace
 
@@ -213,3 +214,131 @@ def test_every_reached_name_is_used_in_internals_and_the_scan_sees_them():
     assert all(name in text for name in internals.REACHED)
     names = {name for _, name in _names_in(INTERNALS)}
     assert {'_connection', '_RTCRtpSender__encoder', '_reader'} <= names
+
+
+# --- the playout-delay RTP header extension ---------------------------------------------------
+
+PLAYOUT_DELAY = 'http://www.webrtc.org/experiments/rtp-hdrext/playout-delay'
+
+
+def rtp_extensions(data: bytes) -> dict:
+    """An RTP packet's one-byte header extensions by id (RFC 3550, 8285), parsed here: the test
+    does not read the wire through the library it checks."""
+    if not data[0] & 0x10:
+        return {}
+    start = 12 + 4 * (data[0] & 0x0F)
+    profile, words = struct.unpack_from('!HH', data, start)
+    assert profile == 0xBEDE, f'header extension profile {profile:#x}, not the one-byte form'
+    block, found, at = data[start + 4:start + 4 + 4 * words], {}, 0
+    while at < len(block):
+        if block[at] == 0:          # padding
+            at += 1
+            continue
+        length = (block[at] & 0x0F) + 1
+        found[block[at] >> 4] = block[at + 1:at + 1 + length]
+        at += 1 + length
+    return found
+
+
+def test_playout_delay_value_is_12_bit_min_and_max_in_10_ms_units():
+    assert internals.playout_delay_value(0, 0) == b'\x00\x00\x00'
+    assert internals.playout_delay_value(100, 200) == bytes((0x00, 0xA0, 0x14))
+    assert internals.playout_delay_value(40950, 40950) == b'\xff\xff\xff'
+    with pytest.raises(ValueError):
+        internals.playout_delay_value(200, 100)
+
+
+@pytest.mark.parametrize('answered', [True, False], ids=['answer-takes-it', 'answer-leaves-it'])
+def test_playout_delay_offered_on_video_only_and_on_the_wire_once_answered(answered):
+    """The offer names the extension in its video section (not audio); once the answer takes it
+    (as Chromium's does; aiortc's own answer leaves it out) every video packet carries it,
+    retransmissions too, beside aiortc's own extensions; without it, no packet does."""
+    from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+    from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
+
+    class Units(MediaStreamTrack):        # what the bridge's track hands aiortc: packed units
+        kind = 'video'
+
+        async def recv(self):
+            await asyncio.sleep(1 / 30)  # the camera's frame rate
+            return None
+
+    class Packer:                         # the pass-through encoder (net/rtp_packing.py)
+        timestamp = 0
+
+        def pack(self, unit):
+            self.timestamp += 3000
+            return [b'\x10' * 50, b'\x20' * 50], self.timestamp
+
+    async def scenario():
+        offerer, answerer = RTCPeerConnection(), RTCPeerConnection()
+        try:
+            video = offerer.addTransceiver(Units(), direction='sendonly')
+            offerer.addTransceiver('audio', direction='sendonly')
+            assert internals.install_sender_encoder(video.sender, Packer())
+            offer = await offerer.createOffer()
+            sdp = internals.offer_playout_delay(offerer, offer.sdp,
+                                                internals.playout_delay_value(0, 0))
+            assert sdp is not None, ('offer_playout_delay refused: aiortc has no '
+                                     'RTCRtpSender.__rtp_header_extensions_map any more')
+            await offerer.setLocalDescription(RTCSessionDescription(sdp, 'offer'))
+            offered = offerer.localDescription.sdp
+            ids = internals.sdp_extension_ids(offered, PLAYOUT_DELAY)
+            assert list(ids) == [video.mid], f'playout-delay on video only: {ids}'
+            ident = ids[video.mid]
+            others = re.findall(r'a=extmap:(\d+) (?!' + re.escape(PLAYOUT_DELAY) + ')', offered)
+            assert str(ident) not in others, 'its id is one no other extension has'
+
+            await answerer.setRemoteDescription(offerer.localDescription)
+            await answerer.setLocalDescription(await answerer.createAnswer())
+            answer = answerer.localDescription.sdp
+            assert PLAYOUT_DELAY not in answer
+            if answered:            # Chromium's answer keeps the offered extension and its id
+                first = answer.index('a=extmap:', answer.index('m=video'))
+                answer = f'{answer[:first]}a=extmap:{ident} {PLAYOUT_DELAY}\r\n{answer[first:]}'
+            await offerer.setRemoteDescription(RTCSessionDescription(answer, 'answer'))
+            assert internals.answer_playout_delay(offerer) is answered
+
+            packets = []
+
+            transport = answerer.getReceivers()[0].transport
+            receive = transport._handle_rtp_data
+
+            async def capture(data, *args, **kwargs):   # the wire, after SRTP, before parsing
+                packets.append(data)
+                await receive(data, *args, **kwargs)   # its receiver reports give a round trip
+
+            transport._handle_rtp_data = capture
+            await wait_until(lambda: len(packets) >= 10, 10, '10 RTP packets')
+            first_seq = struct.unpack_from('!H', packets[0], 2)[0]
+            ssrc = internals.sender_ssrc(video.sender)
+            await video.sender._handle_rtcp_packet(RtcpRtpfbPacket(
+                fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=ssrc, lost=[first_seq]))
+            await wait_until(lambda: any(struct.unpack_from('!L', p, 8)[0] != ssrc
+                                         for p in packets), 10, 'the retransmission (RTX)')
+            for data in packets:
+                extensions = rtp_extensions(data)
+                assert extensions.get(1) == video.mid.encode(), "aiortc's mid is kept"
+                if answered:
+                    assert extensions.get(ident) == b'\x00\x00\x00', \
+                        f'packet without playout-delay min = max = 0: {extensions}'
+                else:
+                    assert ident not in extensions
+            if not answered:
+                assert not internals.change_playout_delay(offerer, b'\x00\x00\x01')
+                return
+            # the value changes between packets (the bridge's round-trip rule); aiortc's own
+            # round trip, from the answerer's receiver reports, is what that rule reads
+            assert internals.change_playout_delay(offerer, internals.playout_delay_value(0, 10))
+            seen = len(packets)
+            await wait_until(lambda: len(packets) > seen + 4, 10, 'more packets')
+            assert rtp_extensions(packets[-1]).get(ident) == b'\x00\x00\x01'
+            await wait_until(lambda: internals.sender_round_trip(video.sender) is not None, 10,
+                             'a round trip from receiver reports (RTCRtpSender.__rtt)')
+            assert 0 <= internals.sender_round_trip(video.sender) < 1
+        finally:
+            await offerer.close()
+            await answerer.close()
+
+    with host_address():
+        run(scenario())

@@ -624,3 +624,59 @@ def test_no_ice_servers_configured_means_none_not_aiortcs_default():
         finally:
             await publisher.close()
     run(scenario())
+
+
+PLAYOUT_DELAY = 'http://www.webrtc.org/experiments/rtp-hdrext/playout-delay'
+
+
+def test_playout_delay_goes_out_when_the_answer_takes_it_and_an_unread_aiortc_says_so(
+        monkeypatch, caplog):
+    # The bridge asks browsers for no playout delay (docs/webrtc.md): its offer names the
+    # extension on video; a peer whose answer takes it (as Chromium's does) gets it written into
+    # its packets (test/net/test_internals.py reads them), one whose answer leaves it out (as
+    # aiortc's does) does not. On an aiortc net/internals.py was not read for, the offer
+    # leaves it out and the log says so, once.
+    import logging
+    from video_bridge.net import internals
+
+    async def scenario():
+        with host_address(), Harness() as harness:
+            def takes_it(answer):      # the id of the offer just made, as Chromium answers
+                offer = [m for m in harness.sent[name] if m['type'] == 'webrtc_offer'][-1]
+                ident = internals.sdp_extension_ids(offer['sdp'], PLAYOUT_DELAY)['0']
+                first = answer.index('a=extmap:', answer.index('m=video'))
+                return f'{answer[:first]}a=extmap:{ident} {PLAYOUT_DELAY}\r\n{answer[first:]}'
+
+            try:
+                name = 'taken'
+                offer, _ = await harness.connect(name, ['h264'], edit_answer=takes_it)
+                assert list(internals.sdp_extension_ids(offer['sdp'], PLAYOUT_DELAY)) == ['0']
+                await harness.connect('left', ['h264'])
+                media = harness.service.counters()['media']
+                assert media['taken']['playout_delay'] and not media['left']['playout_delay']
+                monkeypatch.setitem(internals.CHECKED, 'aiortc', ('0.0.0',))
+                for name in ('unread', 'again'):
+                    offer, _ = await harness.connect(name, ['h264'], edit_answer=lambda a: a)
+                    assert PLAYOUT_DELAY not in offer['sdp']
+                    assert not harness.service.counters()['media'][name]['playout_delay']
+            finally:
+                await harness.close()
+
+    with caplog.at_level(logging.INFO):
+        run(scenario())
+    said = [r.getMessage() for r in caplog.records if 'playout-delay' in r.getMessage()]
+    assert len([m for m in said if 'cannot send' in m]) == 1, said
+    assert any('left' in m and 'leaves out' in m for m in said), said
+
+
+def test_playout_delay_goes_to_the_browsers_own_on_a_long_round_trip_and_back():
+    # A lost packet costs a round trip to repair; with no playout delay the picture stands
+    # still for it. Past 100 ms (smoothed) the peer gets the browser's adaptive delay back,
+    # below 80 ms none again; between the two nothing changes (no flapping).
+    from video_bridge.net.webrtc import PlayoutDelayChoice
+    choice = PlayoutDelayChoice()
+    assert choice.current == (0, 0)
+    assert [choice.update(rtt) for rtt in (None, 0.002, 0.065, 0.099)] == [None] * 4
+    assert choice.update(0.12) == (0, 10000)
+    assert [choice.update(rtt) for rtt in (0.15, 0.09, 0.081, 0.1)] == [None] * 4
+    assert choice.update(0.07) == (0, 0) and choice.changes == 2

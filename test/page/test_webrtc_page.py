@@ -97,6 +97,11 @@ def test_webrtc_plays_and_drives_over_the_data_channel(start_bridge, camera, cmd
     wait_webrtc(page)
     stats = page.evaluate('window.videoBridge.webrtc.stats()')
     assert stats['codec'] == 'h264' and (stats['width'], stats['height']) == (640, 480)
+    # Chromium's answer took the playout-delay extension: the bridge writes it (docs/webrtc.md)
+    assert 'rtp-hdrext/playout-delay' in page.evaluate(
+        'window.videoBridge.webrtc.pc.localDescription.sdp')
+    media = list(stream_counters(bridge)['webrtc']['media'].values())
+    assert media and media[0]['playout_delay'], media
     # Chromium's own decoder count (getStats, read once a second by the page)
     page.wait_for_function('window.videoBridge.webrtc.framesDecoded > 60', timeout=10000)
     page.wait_for_function("document.getElementById('stat-latency').dataset.value !== ''")

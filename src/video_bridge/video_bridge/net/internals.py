@@ -228,3 +228,183 @@ def turn_server_transport(transport) -> Optional[Any]:
     """
     inner = getattr(transport, '_TurnTransport__inner_protocol', None)
     return None if inner is None else getattr(inner, 'transport', None)
+
+
+# --- aiortc: the playout-delay RTP header extension (video) ---------------------------------
+#
+# Chromium holds every received video frame for a playout delay (its jitter buffer target and
+# a render time it smooths towards) unless the sender says otherwise with this extension; at
+# min = max = 0 it decodes and shows each frame as soon as it is complete (its low-latency
+# renderer). aiortc 1.16 neither offers the extension nor writes it. Two reaches, both only
+# on the aiortc versions in CHECKED (read for this): the offer's SDP text gets the extension in
+# its video sections (aiortc builds its offer's extensions from a process-wide table, and the
+# bridge changes no library state other peers share), and each video sender's
+# header-extension map (``RTCRtpSender.__rtp_header_extensions_map``, which aiortc asks for
+# every packet's extensions when serialising it, retransmissions included) is replaced by one
+# that adds the extension once the answer took it.
+
+PLAYOUT_DELAY_URI = 'http://www.webrtc.org/experiments/rtp-hdrext/playout-delay'
+PLAYOUT_DELAY_REACHED = ('_RTCRtpSender__rtp_header_extensions_map', '_RTCRtpSender__rtt')
+REACHED = REACHED + PLAYOUT_DELAY_REACHED
+_EXTMAP = 'a=extmap:'
+_ONE_BYTE_IDS = range(1, 15)        # RFC 8285 one-byte header ids (aiortc writes that form)
+_playout_map_class = None
+
+
+def playout_delay_value(min_ms: int, max_ms: int) -> bytes:
+    """Return the extension's 3 bytes: 12-bit minimum and maximum delay, in units of 10 ms."""
+    low, high = min_ms // 10, max_ms // 10
+    if not 0 <= low <= high <= 0xFFF:
+        raise ValueError(f'playout delay {min_ms}..{max_ms} ms is outside 0..40950 ms')
+    return bytes(((low >> 4) & 0xFF, ((low & 0xF) << 4) | (high >> 8), high & 0xFF))
+
+
+def _sdp_sections(sdp: str) -> List[List[str]]:
+    """Cut the SDP's lines into its session part and one part per m= section."""
+    sections: List[List[str]] = [[]]
+    for line in sdp.splitlines():
+        if line.startswith('m='):
+            sections.append([])
+        sections[-1].append(line)
+    return sections
+
+
+def _extmap(line: str) -> Optional[tuple]:
+    """``(id, uri)`` of an ``a=extmap:`` line (a direction after the id is dropped), or None."""
+    if not line.startswith(_EXTMAP):
+        return None
+    parts = line[len(_EXTMAP):].split()
+    head = parts[0].split('/')[0] if parts else ''
+    return (int(head), parts[1]) if len(parts) >= 2 and head.isdigit() else None
+
+
+def sdp_extension_ids(sdp: str, uri: str) -> dict:
+    """Map each m= section's mid to the id the SDP gives ``uri`` there (absent: not in it)."""
+    found = {}
+    for section in _sdp_sections(sdp)[1:]:
+        mid = next((line[6:].strip() for line in section if line.startswith('a=mid:')), None)
+        for line in section:
+            extension = _extmap(line)
+            if extension is not None and extension[1] == uri:
+                found[mid] = extension[0]
+    return found
+
+
+def _aiortc_checked() -> bool:
+    try:
+        import aiortc
+    except ImportError:
+        return False
+    return getattr(aiortc, '__version__', None) in CHECKED['aiortc']
+
+
+def _playout_map(value: bytes):
+    """Make an aiortc HeaderExtensionsMap that adds playout-delay once it has an id."""
+    global _playout_map_class
+    if _playout_map_class is None:
+        from aiortc.rtp import HeaderExtensionsMap, pack_header_extensions, \
+            unpack_header_extensions
+
+        class PlayoutDelayMap(HeaderExtensionsMap):
+            """aiortc's map for a sender's packets, plus the playout-delay extension."""
+
+            def __init__(self, value: bytes):
+                super().__init__()
+                self.playout_id: Optional[int] = None      # set once the answer took it
+                self.playout_value = value                 # may change between packets
+
+            def set(self, values):  # noqa: A003 (aiortc's HeaderExtensionsMap API)
+                profile, data = super().set(values)
+                if self.playout_id is None:
+                    return profile, data
+                return pack_header_extensions(unpack_header_extensions(profile, data)
+                                              + [(self.playout_id, self.playout_value)])
+
+        _playout_map_class = PlayoutDelayMap
+    return _playout_map_class(value)
+
+
+def offer_playout_delay(pc, sdp: str, value: bytes) -> Optional[str]:
+    """
+    Return an offer ``sdp`` of ``pc`` that offers playout-delay on its video, or None.
+
+    The extension goes into every video section of the SDP text (with an id no section of it
+    and no extension aiortc knows uses: with BUNDLE the ids are one space), and every video
+    sender of ``pc`` gets a header-extension map that writes ``value`` into all its packets
+    once :func:`answer_playout_delay` found the extension in the answer. Audio is left alone.
+    None (nothing changed) on an aiortc not in ``CHECKED`` or without the map.
+    """
+    if not _aiortc_checked():
+        return None
+    from aiortc.codecs import HEADER_EXTENSIONS
+    from aiortc.rtp import HeaderExtensionsMap
+    senders = [t.sender for t in pc.getTransceivers() if t.kind == 'video']
+    if not senders or not all(isinstance(getattr(s, '_RTCRtpSender__rtp_header_extensions_map',
+                                                 None), HeaderExtensionsMap) for s in senders):
+        return None
+    used = {e.id for extensions in HEADER_EXTENSIONS.values() for e in extensions}
+    used |= {extension[0] for extension in map(_extmap, sdp.splitlines()) if extension}
+    free = [i for i in _ONE_BYTE_IDS if i not in used]
+    if not free:
+        return None
+    line = f'{_EXTMAP}{free[0]} {PLAYOUT_DELAY_URI}'
+    sections = _sdp_sections(sdp)
+    for section in sections[1:]:
+        if section[0].startswith('m=video'):
+            at = max((i for i, text in enumerate(section) if text.startswith(_EXTMAP)),
+                     default=0)
+            section.insert(at + 1, line)
+    for sender in senders:
+        sender._RTCRtpSender__rtp_header_extensions_map = _playout_map(value)
+    return '\r\n'.join(text for section in sections for text in section) + '\r\n'
+
+
+def answer_playout_delay(pc) -> bool:
+    """
+    After ``pc`` took its answer: start writing playout-delay where the answer accepted it.
+
+    True when at least one video sender now writes it. The answer's id is used (it must be
+    one the answer gives no other extension, as RFC 8285 says); a page whose browser does not
+    know the extension leaves it out of its answer, and nothing is written.
+    """
+    remote = getattr(pc, 'remoteDescription', None)
+    if remote is None or not _aiortc_checked():
+        return False
+    ids = sdp_extension_ids(remote.sdp, PLAYOUT_DELAY_URI)
+    # an id the answer also gives another extension would make both unreadable: not used
+    uris = {}
+    for extension in filter(None, map(_extmap, remote.sdp.splitlines())):
+        uris.setdefault(extension[0], set()).add(extension[1])
+    writing = False
+    for transceiver in pc.getTransceivers():
+        ext_map = getattr(transceiver.sender, '_RTCRtpSender__rtp_header_extensions_map', None)
+        chosen = ids.get(transceiver.mid)
+        if transceiver.kind != 'video' or not hasattr(ext_map, 'playout_id') or \
+                chosen not in _ONE_BYTE_IDS or uris[chosen] != {PLAYOUT_DELAY_URI}:
+            continue
+        ext_map.playout_id = chosen
+        writing = True
+    return writing
+
+
+def change_playout_delay(pc, value: bytes) -> bool:
+    """Write ``value`` into ``pc``'s video packets from now on; False if none carries it."""
+    changed = False
+    for transceiver in pc.getTransceivers():
+        ext_map = getattr(transceiver.sender, '_RTCRtpSender__rtp_header_extensions_map', None)
+        if transceiver.kind == 'video' and hasattr(ext_map, 'playout_value'):
+            ext_map.playout_value = value
+            changed = changed or ext_map.playout_id is not None
+    return changed
+
+
+def sender_round_trip(sender) -> Optional[float]:
+    """
+    Return an RTCRtpSender's smoothed round trip time in s (None: none measured yet).
+
+    aiortc measures it from each receiver report on its latest sender report (against when
+    that report left, which the bridge cannot see) and keeps it private
+    (``RTCRtpSender.__rtt``; public only through the async ``getStats()``).
+    """
+    value = getattr(sender, '_RTCRtpSender__rtt', None)
+    return float(value) if isinstance(value, (int, float)) else None
