@@ -5,17 +5,19 @@ the issue's goals are tighter (viewer >= 28 fps, command p99 <= 5 ms, RSS growth
 slot free afterwards) and are measured here, over a full minute, with the figures printed.
 
 Each round runs that test (pytest, in this process's namespace and ROS domain) once per side:
-``new`` is this checkout's bridge, ``old`` (with --old-source DIR) another checkout's
+``new`` is this checkout's bridge, ``old`` (with --before DIR) another checkout's
 src/video_bridge (see HOSTILE_SOAK_BRIDGE_SOURCE in the test), alternating which goes first, so
-load from other work on the machine falls on both alike. Per run: the viewer's fps, the driver's
-command latency (send to /cmd_vel) p50/p99, the bridge's RSS growth (peak or after, over the
-baseline taken once the viewer, the driver and a first WebRTC offer are up) and whether every
-slot was free again (the test's last check). --markdown FILE also writes the table with the
-date, commit and command.
+load from other work on the machine falls on both alike. Per run: the viewer's fps and the share
+of the frames the bridge took in that reached it, the driver's command latency (send to
+/cmd_vel) p50/p99, the bridge's RSS growth (peak or after, over the baseline taken once the
+viewer, the driver and a first WebRTC offer are up; "after" once every slot is free again), the
+CPU of the bridge and of the attackers (% of one core), the load average, and whether the test
+passed. --markdown FILE also writes the table with the date, commit and command.
 
 Run through bench/run (private network namespace, own ROS_DOMAIN_ID):
 
-    bench/run soak [--duration 60] [--rounds 1] [--rows 1,2,3,4,8,9,10] [--old-source DIR]
+    bench/run soak [--duration 60] [--rounds 1] [--rows 1,2,3,4,8,9,10] [--before DIR]
+                   [--bridge-env NAME=VALUE ...]
 
 An old checkout needs no build: ``git archive COMMIT | tar -x -C DIR`` is enough.
 """
@@ -31,6 +33,7 @@ import benchlib
 from benchlib import fmt, table
 
 TEST = os.path.join(benchlib.ROOT, 'test', 'node', 'test_hostile_soak.py')
+SOAK = TEST + '::test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots'
 SUMMARY = re.compile(r'viewer ([\d.]+) fps \(([\d.]+)% of the frames the bridge took in\); '
                      r'commands (\d+) p50 ([\d.]+) ms p99 ([\d.]+) ms; '
                      r'RSS ([\d.]+) -> peak ([\d.]+) / after ([\d.]+) MB; '
@@ -43,7 +46,7 @@ def run_soak(options, source: str) -> dict:
     env = {**os.environ, 'HOSTILE_SOAK_SECONDS': str(options.duration),
            'HOSTILE_SOAK_ROWS': options.rows, 'HOSTILE_SOAK_BRIDGE_SOURCE': source,
            'HOSTILE_SOAK_BRIDGE_ENV': ' '.join(options.bridge_env)}
-    command = [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-q', '-s', TEST]
+    command = [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-q', '-s', SOAK]
     done = subprocess.run(command, cwd=benchlib.ROOT, env=env, capture_output=True, text=True,
                           timeout=options.duration + 600)
     output = done.stdout + done.stderr

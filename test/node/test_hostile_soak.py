@@ -292,6 +292,18 @@ def control_socket(port, tls, source='127.0.0.1'):
     return ws
 
 
+def ask_offer(ws) -> dict:
+    """Send webrtc_start; return the webrtc_offer or webrtc_error that answers it."""
+    ws.send_text(json.dumps({'type': 'webrtc_start', 'id': 1, 'stream': 'camera',
+                             'codecs': ['h264']}))
+    deadline = time.monotonic() + 20
+    reply = {}
+    while reply.get('type') not in ('webrtc_offer', 'webrtc_error') and \
+            time.monotonic() < deadline:
+        reply = ws.recv_json(max(0.1, deadline - time.monotonic())) or {}
+    return reply
+
+
 def test_an_offer_never_answered_holds_no_viewer_slot_and_no_encoder(start_bridge, tmp_path):
     """
     An unanswered offer (rows 1 and 3 of the soak make them all the time) costs aiortc's side
@@ -305,13 +317,7 @@ def test_an_offer_never_answered_holds_no_viewer_slot_and_no_encoder(start_bridg
                               webrtc_host_addresses=[HOST_ADDRESS])
         ws = control_socket(bridge.port, tls)
         try:
-            ws.send_text(json.dumps({'type': 'webrtc_start', 'id': 1, 'stream': 'camera',
-                                     'codecs': ['h264']}))
-            deadline = time.monotonic() + 20
-            reply = {}
-            while reply.get('type') not in ('webrtc_offer', 'webrtc_error') and \
-                    time.monotonic() < deadline:
-                reply = ws.recv_json(max(0.1, deadline - time.monotonic())) or {}
+            reply = ask_offer(ws)
             assert reply.get('type') == 'webrtc_offer', reply
             doc = api_streams(bridge.port, tls)
             held = (doc['webrtc']['peers'], sum(s['viewers'] for s in doc['streams']),
@@ -360,3 +366,4 @@ def test_memory_a_burst_of_tls_connections_freed_goes_back(start_bridge, tmp_pat
     except BaseException:
         pytest.fail(f'RSS {before:.1f} MB, {held:.1f} with the sockets, {seen[-1]:.1f} after '
                     f'{hc.rss_parts_mb(pid)}')
+
