@@ -366,4 +366,3 @@ def test_memory_a_burst_of_tls_connections_freed_goes_back(start_bridge, tmp_pat
     except BaseException:
         pytest.fail(f'RSS {before:.1f} MB, {held:.1f} with the sockets, {seen[-1]:.1f} after '
                     f'{hc.rss_parts_mb(pid)}')
-
