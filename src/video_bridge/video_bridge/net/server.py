@@ -72,12 +72,14 @@ def freeze_start_up_objects():
     """
     Leave the objects made at start-up out of every later garbage collection (gc.freeze).
 
-    Called once the bridge listens. rclpy, aiortc, av, numpy and the bridge itself are some
-    300,000 objects that live as long as the process; a full collection walked all of them and
-    held the loop (and every thread) for 100 to 220 ms during the hostile soak, long enough to
-    delay a driver's commands by as much. Afterwards a full collection walks only what clients
-    made since. A start-up object that dies later is not collected if it sits in a cycle: a
-    one-off cost, bounded by what start-up made.
+    bridge_node calls it once the bridge listens (a choice for the whole process, so not the
+    server's own: tests run servers inside pytest). rclpy, aiortc, av, numpy and the bridge
+    itself leave about 88,000 tracked objects that live as long as the process, and every full
+    collection walked them again while it held the loop (and every thread): the longest stalls
+    the bridge made itself under the hostile soak, long enough to delay a driver's commands.
+    Afterwards a full collection walks only what clients made since. A start-up object that
+    dies later is not collected if it sits in a cycle: a one-off cost, bounded by what
+    start-up made.
     """
     gc.collect()
     gc.freeze()
@@ -155,7 +157,6 @@ class BridgeServer:
             await self._runner.cleanup()
             raise
         self.listener.start()
-        freeze_start_up_objects()
 
     @property
     def url(self) -> str:
