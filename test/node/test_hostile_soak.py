@@ -334,7 +334,7 @@ def test_the_memory_a_burst_of_connections_freed_is_given_back(start_bridge, tmp
     The bridge keeps freed memory for its frames (glibc's trim threshold is raised), so what
     200 idle wss control sockets took stayed in the process after they closed. The trigger is
     checked here (its log line); how much comes back depends on what else the process has
-    allocated meanwhile (4 to 8 MB after the soak in bench/run soak), so the figures are only
+    allocated meanwhile (4 to 7 MB after the soak in bench/run soak), so the figures are only
     printed.
     """
     cert, key = hc.self_signed_cert(str(tmp_path))
