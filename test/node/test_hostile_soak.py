@@ -6,9 +6,12 @@ the setting that lets anonymous clients reach the most slots), fed by the real c
 (640x480 at 30 fps).
 ``support/soak_attacks.py`` runs rows 1, 2, 3, 4, 8, 9 and 10 of the issue together from a
 process of its own for ``HOSTILE_SOAK_SECONDS`` (60 by default) while this process measures a
-normal wss viewer (its frame rate), a driver holding the lock (each command from its send to
-its arrival on ``/cmd_vel``, a real rclpy subscription), and the bridge's RSS. Afterwards every
+normal wss viewer (its frame rate, and its share of the frames the bridge took in), a driver
+holding the lock (each command from its send to its arrival on ``/cmd_vel``, a real rclpy
+subscription), the bridge's RSS and the CPU of the bridge and of the attackers. Afterwards every
 slot is free again: no WebRTC peer, no viewer, the bridge's descriptors back where they were.
+Two quick tests beside it check two of the fixes the soak's figures led to: an unanswered offer
+holds no viewer slot or encoder, and the memory a burst of connections freed is given back.
 """
 
 import collections
