@@ -5,17 +5,19 @@ the issue's goals are tighter (viewer >= 28 fps, command p99 <= 5 ms, RSS growth
 slot free afterwards) and are measured here, over a full minute, with the figures printed.
 
 Each round runs that test (pytest, in this process's namespace and ROS domain) once per side:
-``new`` is this checkout's bridge, ``old`` (with --old-source DIR) another checkout's
+``new`` is this checkout's bridge, ``old`` (with --before DIR) another checkout's
 src/video_bridge (see HOSTILE_SOAK_BRIDGE_SOURCE in the test), alternating which goes first, so
-load from other work on the machine falls on both alike. Per run: the viewer's fps, the driver's
-command latency (send to /cmd_vel) p50/p99, the bridge's RSS growth (peak or after, over the
-baseline taken once the viewer, the driver and a first WebRTC offer are up) and whether every
-slot was free again (the test's last check). --markdown FILE also writes the table with the
-date, commit and command.
+load from other work on the machine falls on both alike. Per run: the viewer's fps and the share
+of the frames the bridge took in that reached it, the driver's command latency (send to
+/cmd_vel) p50/p99, the bridge's RSS growth (peak or after, over the baseline taken once the
+viewer, the driver and a first WebRTC offer are up; "after" once every slot is free again), the
+CPU of the bridge and of the attackers (% of one core), the load average, and whether the test
+passed. --markdown FILE also writes the table with the date, commit and command.
 
 Run through bench/run (private network namespace, own ROS_DOMAIN_ID):
 
-    bench/run soak [--duration 60] [--rounds 1] [--rows 1,2,3,4,8,9,10] [--old-source DIR]
+    bench/run soak [--duration 60] [--rounds 1] [--rows 1,2,3,4,8,9,10] [--before DIR]
+                   [--bridge-env NAME=VALUE ...]
 
 An old checkout needs no build: ``git archive COMMIT | tar -x -C DIR`` is enough.
 """
@@ -30,17 +32,21 @@ import sys
 import benchlib
 from benchlib import fmt, table
 
-TEST = os.path.join(benchlib.ROOT, 'test', 'test_hostile_soak.py')
-SUMMARY = re.compile(r'viewer ([\d.]+) fps; commands (\d+) p50 ([\d.]+) ms p99 ([\d.]+) ms; '
-                     r'RSS ([\d.]+) -> peak ([\d.]+) / after ([\d.]+) MB')
+TEST = os.path.join(benchlib.ROOT, 'test', 'node', 'test_hostile_soak.py')
+SOAK = TEST + '::test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots'
+SUMMARY = re.compile(r'viewer ([\d.]+) fps \(([\d.]+)% of the frames the bridge took in\); '
+                     r'commands (\d+) p50 ([\d.]+) ms p99 ([\d.]+) ms; '
+                     r'RSS ([\d.]+) -> peak ([\d.]+) / after ([\d.]+) MB; '
+                     r'CPU s bridge ([\d.]+) attackers ([\d.]+) over (\d+) s, load ([\d.]+)')
 GOALS = {'fps': 28.0, 'p99': 5.0, 'rss': 20.0}
 
 
 def run_soak(options, source: str) -> dict:
     """Run the soak test once against ``source`` ('' = this checkout); return its figures."""
     env = {**os.environ, 'HOSTILE_SOAK_SECONDS': str(options.duration),
-           'HOSTILE_SOAK_ROWS': options.rows, 'HOSTILE_SOAK_BRIDGE_SOURCE': source}
-    command = [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-q', '-s', TEST]
+           'HOSTILE_SOAK_ROWS': options.rows, 'HOSTILE_SOAK_BRIDGE_SOURCE': source,
+           'HOSTILE_SOAK_BRIDGE_ENV': ' '.join(options.bridge_env)}
+    command = [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-q', '-s', SOAK]
     done = subprocess.run(command, cwd=benchlib.ROOT, env=env, capture_output=True, text=True,
                           timeout=options.duration + 600)
     output = done.stdout + done.stderr
@@ -48,11 +54,13 @@ def run_soak(options, source: str) -> dict:
     if found is None:
         tail = output.strip().splitlines()[-15:]
         return {'problem': 'no figures: ' + ' | '.join(tail)[-600:]}
-    fps, count, p50, p99, before, peak, after = map(float, found.groups())
+    fps, share, count, p50, p99, before, peak, after, cpu, attackers, seconds, load = \
+        map(float, found.groups())
     failed = re.search(r'^E\s+(.*)$', output, re.MULTILINE)
     problem = failed.group(1) if failed else f'pytest exit {done.returncode}'
-    return {'fps': fps, 'commands': int(count), 'p50': p50, 'p99': p99,
+    return {'fps': fps, 'share': share, 'commands': int(count), 'p50': p50, 'p99': p99,
             'rss': max(peak, after) - before, 'rss_after': after - before,
+            'cpu': 100 * cpu / seconds, 'attackers': 100 * attackers / seconds, 'load': load,
             'passed': done.returncode == 0,
             'problem': '' if done.returncode == 0 else problem[:160]}
 
@@ -62,8 +70,11 @@ def main():
     parser.add_argument('--duration', type=float, default=60.0, help='s of attack per run')
     parser.add_argument('--rounds', type=int, default=1, help='runs per side')
     parser.add_argument('--rows', default='1,2,3,4,8,9,10', help="issue 16's rows to run")
-    parser.add_argument('--old-source', default='',
+    parser.add_argument('--before', '--old-source', dest='old_source', default='',
+                        metavar='DIR',
                         help='another checkout (its src/video_bridge) to measure beside this one')
+    parser.add_argument('--bridge-env', action='append', default=[], metavar='NAME=VALUE',
+                        help='extra environment for the bridges only (both sides; repeatable)')
     parser.add_argument('--markdown', help='also write the table (markdown) to this file')
     options = parser.parse_args()
     if options.old_source and not os.path.isdir(
@@ -82,11 +93,13 @@ def main():
             print(f'  {figures}', flush=True)
             rows.append((name, round_index + 1, figures))
     rows.sort(key=lambda row: (row[0] != 'old', row[1]))
-    headers = ['bridge', 'round', 'viewer fps', 'commands', 'cmd p50 ms', 'cmd p99 ms',
-               'RSS growth MB', 'RSS after MB', 'slots free, test passed', 'problems']
-    lines = [[name, index, fmt(f.get('fps')), f.get('commands', '-'), fmt(f.get('p50'), 2),
-              fmt(f.get('p99'), 2), fmt(f.get('rss')), fmt(f.get('rss_after')),
-              'yes' if f.get('passed') else 'no', f.get('problem') or '-']
+    headers = ['bridge', 'round', 'viewer fps', 'frames delivered %', 'commands', 'cmd p50 ms',
+               'cmd p99 ms', 'RSS growth MB', 'RSS after MB', 'bridge CPU %',
+               'attackers CPU %', 'load', 'test passed', 'problems']
+    lines = [[name, index, fmt(f.get('fps')), fmt(f.get('share')), f.get('commands', '-'),
+              fmt(f.get('p50'), 2), fmt(f.get('p99'), 2), fmt(f.get('rss')),
+              fmt(f.get('rss_after')), fmt(f.get('cpu'), 0), fmt(f.get('attackers'), 0),
+              fmt(f.get('load')), 'yes' if f.get('passed') else 'no', f.get('problem') or '-']
              for name, index, f in rows]
     print(table(headers, lines))
     print(f"goals (issue 16): viewer >= {GOALS['fps']:g} fps, command p99 <= {GOALS['p99']:g} "

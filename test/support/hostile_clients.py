@@ -32,6 +32,24 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f'no VmRSS for {pid}')
 
 
+def rss_parts_mb(pid: int) -> dict:
+    """Resident memory of a process in MB by kind: anon (heap, Python), file (code), shmem."""
+    parts = {}
+    with open(f'/proc/{pid}/status') as status:
+        for line in status:
+            name, _, value = line.partition(':')
+            if name in ('RssAnon', 'RssFile', 'RssShmem'):
+                parts[name[3:].lower()] = int(value.split()[0]) / 1024.0
+    return parts
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in s."""
+    with open(f'/proc/{pid}/stat') as stat:
+        fields = stat.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def open_fds(pid: int) -> int:
     """Number of file descriptors a process has open."""
     return len(os.listdir(f'/proc/{pid}/fd'))
@@ -521,6 +539,18 @@ class Viewer(threading.Thread):
     def fps(self, start: float, end: float) -> float:
         count = sum(1 for t, _, _ in self.frames if start <= t < end)
         return count / max(1e-9, end - start)
+
+    def delivered(self, start: float, end: float) -> float:
+        """
+        The share of the stream's frames in [start, end) that reached this viewer.
+
+        The bridge numbers every frame it takes in (``seq``): the span of numbers seen in the
+        window is what it had to give, whatever rate the camera managed on a loaded machine.
+        """
+        seqs = [seq for t, seq, _ in self.frames if start <= t < end]
+        if not seqs:
+            return 0.0
+        return len(seqs) / (max(seqs) - min(seqs) + 1)
 
     def worst_window(self, start: float, end: float, window: float = 5.0) -> float:
         """The lowest frame rate over consecutive windows of ``window`` seconds."""

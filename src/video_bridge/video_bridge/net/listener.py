@@ -21,8 +21,10 @@ dropped (slowloris, idle sockets); running out of file descriptors is logged at 
 
 import asyncio
 import collections
+import ctypes
 import errno
 import functools
+import gc
 import ipaddress
 import logging
 import resource
@@ -74,6 +76,12 @@ REFUSAL = ('HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charse
 # is plenty; a bigger message takes more reads (a 16 KB TLS record: four). Measured with 300
 # idle wss control sockets: 75 KB each with 32 KB, 47 KB each with 4 KB.
 TLS_READ_BUFFER = 4 * 1024
+# A burst is over when the open connections fell by BURST_OVER from their high-water mark and
+# to half of it: the freed memory is then given back to the kernel, TRIM_DELAY s later (what
+# the closing connections free settles first), at most once per TRIM_PERIOD s.
+BURST_OVER = 100
+TRIM_DELAY = 2.0
+TRIM_PERIOD = 10.0
 TLS_BUFFER_CHECKED = internals.CHECKED['python']   # Pythons whose sslproto was read for this
 
 
@@ -86,6 +94,34 @@ def bound_tls_read_buffers(size: int = TLS_READ_BUFFER) -> bool:
     and changes nothing (the bridge warns), and test/net/test_internals.py fails loudly.
     """
     return internals.bound_tls_read_buffer(size)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc_malloc_trim():
+    try:
+        trim = ctypes.CDLL('libc.so.6').malloc_trim
+    except (OSError, AttributeError):   # not glibc: its allocator returns memory its own way
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_free_memory() -> bool:
+    """
+    Give the heap's free pages back to the kernel (glibc ``malloc_trim(0)``); False elsewhere.
+
+    The bridge tells glibc to keep freed memory (``bridge_node.keep_frame_memory``: frame
+    buffers are reused instead of faulted in again for every frame), so what a burst of
+    connections (TLS state, asyncio and aiohttp buffers, WebRTC peers) freed stays in the
+    process for good: 10 to 25 MB after the hostile soak. Trimming once the burst is over
+    returns it; the frame buffers fault in once and are kept again. Takes milliseconds on a
+    large heap and needs no GIL: run it off the loop.
+    """
+    trim = _glibc_malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def raise_file_limit() -> int:
@@ -242,6 +278,10 @@ class Listener:
         self.waiting = 0
         self._evict_timer = None
         self.peak_handshaking = 0
+        self._high = 0             # open connections' high-water mark since the last trim
+        self._trim_timer = None
+        self._trimmed_at: Optional[float] = None
+        self.memory_trims = 0      # times freed memory was given back after a burst
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -293,6 +333,9 @@ class Listener:
         if self._evict_timer is not None:
             self._evict_timer.cancel()
             self._evict_timer = None
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
         for task in list(self._tasks):
             task.cancel()
 
@@ -628,6 +671,26 @@ class Listener:
             self.per_client[peer] = count
         else:
             self.per_client.pop(peer, None)
+        self._high = max(self._high, self.total)
+        if delta < 0 and self._trim_timer is None and self._high - self.total >= BURST_OVER \
+                and self.total <= self._high // 2:
+            now = time.monotonic()
+            wait = TRIM_DELAY if self._trimmed_at is None else \
+                max(TRIM_DELAY, self._trimmed_at + TRIM_PERIOD - now)
+            self._trim_timer = asyncio.get_running_loop().call_later(wait, self._trim)
+
+    def _trim(self):
+        """Give back what a burst of connections freed, now that it is over (off the loop)."""
+        self._trim_timer = None
+        self._trimmed_at = time.monotonic()
+        self.log.info('a burst of %d connections is over (%d open): giving the memory it '
+                      'freed back', self._high, self.total)
+        self._high = self.total
+        self.memory_trims += 1
+        gc.collect()   # the closed connections' reference cycles, before their pages go back
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(release_free_memory))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _opened(self, tracked: _Tracked):
         self._by_transport[tracked.transport] = tracked

@@ -199,7 +199,8 @@ def _signal_error(code: str, message: str) -> protocol.ProtocolError:
 class Peer:
     """One browser's peer connection: its layer viewers, its track's queue, its data channel."""
 
-    def __init__(self, service: 'WebRtcService', client_id: str, stream, codec: str):
+    def __init__(self, service: 'WebRtcService', client_id: str, stream, codec: str,
+                 media_on_answer: bool = False):
         self.service = service
         self.client_id = client_id
         self.stream = stream
@@ -235,10 +236,25 @@ class Peer:
         self.media = {'nacked': 0, 'retransmitted': 0, 'pli': 0, 'fir': 0, 'keyframes': 0,
                       'keyframe_bytes': 0, 'keyframe_max': 0, 'gap_restarts': 0,
                       'queue_restarts': 0}
-        self._attach(self.chooser.current)
+        self.media_started = False          # holds a viewer slot and its layer's encoder
+        if not media_on_answer:             # else WebRtcService starts it with the answer
+            self.start_media()
+
+    def start_media(self):
+        """
+        Join the stream (a viewer slot, the layer's encoder) once the page has answered.
+
+        Not at the offer: an offer nobody answers then costs no viewer slot, no encoder and no
+        encoding, only aiortc's side of the peer until its deadline. The encoder still starts
+        while ICE and DTLS run, so the first keyframe is there when the peer connects.
+        Raises CapacityError when the hub has no viewer slot left.
+        """
+        if not self.media_started and not self.closed:
+            self.media_started = True
+            self._attach(self.chooser.current)
 
     def _attach(self, layer: int):
-        if layer not in self.viewers:
+        if self.media_started and layer not in self.viewers:
             self.viewers[layer] = self.stream.attach(protocol.Variant(codec=self.codec,
                                                                       layer=layer))
 
@@ -669,10 +685,10 @@ class WebRtcService:
         if len(self.peers) >= self.config.max_peers:
             raise _signal_error(ErrorCode.CAPACITY,
                                 f'WebRTC peer limit reached ({self.config.max_peers})')
-        try:
-            peer = Peer(self, client_id, stream, codec)
-        except CapacityError as exc:
-            raise _signal_error(ErrorCode.CAPACITY, str(exc)) from None
+        if self.hub.viewer_count() >= self.hub.max_viewers:   # the peer joins on its answer
+            raise _signal_error(ErrorCode.CAPACITY,
+                                f'viewer limit reached ({self.hub.max_viewers})')
+        peer = Peer(self, client_id, stream, codec, media_on_answer=True)
         # Stored before the first await of its own: the session's disconnect (or a stop, or a
         # newer start) finds it and closes it while it is still being made.
         self.peers[client_id] = peer
@@ -826,11 +842,18 @@ class WebRtcService:
         await peer.pc.setRemoteDescription(RTCSessionDescription(
             sdp=ice.share_bundle_candidates(sdp), type='answer'))
         peer.trickled = count
+        if self.peers.get(client_id) is not peer:   # closed while the answer was being set
+            return None
         # before aiortc's sender starts (after ICE and DTLS): from its first packet on
         peer.playout_delay = internals.answer_playout_delay(peer.pc)
         if not peer.playout_delay and self._playout_delay_offered:
             self.log.info('webrtc peer %s: its answer leaves out the playout-delay extension '
                           '(the browser holds frames for its own playout delay)', client_id)
+        try:
+            peer.start_media()
+        except CapacityError as exc:
+            await self._close_peer(peer)
+            raise _signal_error(ErrorCode.CAPACITY, str(exc)) from None
         return None
 
     async def _candidate(self, client_id: str, request: protocol.WebRtcCandidate):
