@@ -141,6 +141,9 @@ async def operate(url: str, path_kind: str, warmup: float, duration: float, star
     ``start_at(now)``: the monotonic time the measured window starts at (after the warm-up).
     """
     problems = []
+    if start_at is not None:          # connect just in time: no outage before the window
+        target = start_at(time.monotonic() + warmup + SETUP_S)
+        await asyncio.sleep(max(0.0, target - warmup - SETUP_S - time.monotonic()))
     if path_kind == 'webrtc':
         control, viewer = await start_session(url, TOKEN)
         await until(lambda: len(viewer.records) >= 30, 30, '30 decoded frames')
@@ -222,6 +225,9 @@ def operate_chromium(far: str, url: str, port: int, warmup: float, duration: flo
         with open(wrapper, 'w') as out:
             out.write(f'#!/bin/sh\nexec ip netns exec {far} {CHROMIUM} "$@"\n')
         os.chmod(wrapper, 0o700)
+        if start_at is not None:      # connect just in time: no outage before the window
+            target = start_at(time.monotonic() + warmup + SETUP_S)
+            time.sleep(max(0.0, target - warmup - SETUP_S - time.monotonic()))
         browser = playwright.chromium.launch(executable_path=wrapper, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={'width': 1280, 'height': 800})
@@ -319,6 +325,9 @@ SLIDING_S = 1.0             # the sliding window of that p95
 GRID_S = 0.05               # where the sliding window is evaluated
 LAYER_POLL_S = 0.2
 COMMAND_TIMEOUT = 0.5       # the bridge's default command_timeout (s); the bench keeps it
+# A session connects about this long (+ the warm-up) before its aligned window, so its start
+# sees none of the schedule's outages (the aiortc viewer does not reconnect by itself).
+SETUP_S = 8.0
 
 
 def schedule_period(spec: dict) -> float:
@@ -422,11 +431,13 @@ def event_figures(events: list, frames: list, cmd_vel: list, sessions: list, lay
     for index, event in enumerate(events):
         kind, start = event[0], event[1]
         at = f'{start - w0:.1f}'
+        # the next event of the same family (a blackout's or a rate step's), or the window's end
+        following = next((e[1] for e in events[index + 1:]
+                          if (e[0] == 'blackout') == (kind == 'blackout')), w1)
         if kind == 'blackout':
             stop = event[2]
             length = stop - start
             name = f'blackout {1000 * length:.0f} ms'
-            following = next((e[1] for e in events[index + 1:]), w1)
             back = first_after(shown, stop)
             fresh = next((t for t, captured in frames if t >= stop and captured >= stop), None)
             back_goal = 500 if length < 1 else 1500
@@ -440,6 +451,9 @@ def event_figures(events: list, frames: list, cmd_vel: list, sessions: list, lay
             rows.append((name, at, 'reconnected (or session lost)', 'yes' if lost else 'no',
                          'no' if length < 1 else '-', yes(not lost) if length < 1 else '-'))
             zeros = [t for t, x, z in cmd_vel if x == 0.0 and z == 0.0]
+            driving = [t for t, x, z in cmd_vel if start - 1 <= t < start and (x or z)]
+            rows.append((name, at, 'car moving in the 1 s before it (/cmd_vel)',
+                         'yes' if driving else 'no', 'yes', yes(driving)))
             if length < command_timeout:
                 stops = [t for t in zeros if start <= t < stop + 1]
                 rows.append((name, at, 'false stops (zero Twist, key held)', len(stops), '0',
@@ -457,7 +471,6 @@ def event_figures(events: list, frames: list, cmd_vel: list, sessions: list, lay
                                  'no new press) ms after its end', fmt(value, 0), 'never',
                                  yes(not moving)))
         elif kind == 'down':
-            following = next((e[1] for e in events[index + 1:]), w1)
             name = f'rate {event[2]:g} -> {event[3]:g} Mbit/s'
             bad, peak, t = None, -math.inf, start
             while t + GRID_S <= following:
@@ -476,7 +489,6 @@ def event_figures(events: list, frames: list, cmd_vel: list, sessions: list, lay
             rows.append((name, at, '1 s p95 peak +ms', fmt(peak if peak > -math.inf
                                                            else math.nan, 0), '-', '-'))
         elif kind == 'up':
-            following = next((e[1] for e in events[index + 1:]), w1)
             name = f'rate {event[2]:g} -> {event[3]:g} Mbit/s'
             before = [LayerLog.layer(state) for t, state in layers if t <= start]
             low = [LayerLog.layer(state) for t, state in layers
@@ -492,10 +504,12 @@ def event_figures(events: list, frames: list, cmd_vel: list, sessions: list, lay
             rows.append((name, at, 'back on layer 0 ms', fmt(value, 0)
                          if not math.isnan(value) else f'not by +{following - start:.0f} s',
                          '<= 10000', yes(value <= 10000)))
-    if layers:
-        reasons = list(layers[-1][1].values())[-1][2] if layers[-1][1] else {}
-        switches = list(layers[-1][1].values())[-1][1] if layers[-1][1] else '-'
-        rows.append(('whole session', '-', 'layer switches (reasons wanted)',
+    rows.append(('whole session', '-', 'reconnects or session lost at s (into the window)',
+                 ' '.join(f'{t - w0:.1f}' for t in sessions) or 'none', '-', '-'))
+    with_peer = [state for _, state in layers if state]
+    if with_peer:
+        _, switches, reasons = list(with_peer[-1].values())[-1]
+        rows.append(('whole session', '-', 'layer switches of the last peer (reasons wanted)',
                      f"{switches} ({' '.join(f'{k} {v}' for k, v in (reasons or {}).items())})",
                      '-', '-'))
     return rows
@@ -572,9 +586,15 @@ def run_profile(name: str, options, port: int, cmd_vel: CmdVelLog) -> list:
                             result, cmd_vel.arrivals[mark:], time.time() - time.monotonic())
                     (t0, _), (t1, _) = result['window']
                     events = schedule_events(path.link, spec, t0, t1)
+                    samples = layers.stop()
                     figures['events'] = event_figures(
-                        events, frames, held, sessions, layers.stop(), (t0, t1), delay_ms,
+                        events, frames, held, sessions, samples, (t0, t1), delay_ms,
                         COMMAND_TIMEOUT)
+                    # the raw series behind them (monotonic s), to look into a figure later
+                    with open(os.path.join(log_dir, f'events-{name}-{kind}.json'), 'w') as out:
+                        json.dump({'window': [t0, t1], 'events': events, 'frames': frames,
+                                   'cmd_vel': held, 'sessions': sessions, 'layers': samples,
+                                   'delay_ms': delay_ms}, out)
                     if layers.errors:
                         figures['problems'].append(f'{layers.errors} /api/streams polls failed')
             except Exception as error:   # one path failing leaves the others their rows
