@@ -488,6 +488,9 @@ def event_figures(events: list, frames: list, cmd_vel: list, sessions: list, lay
                          '<= 3000', yes(settled and value <= 3000)))
             rows.append((name, at, '1 s p95 peak +ms', fmt(peak if peak > -math.inf
                                                            else math.nan, 0), '-', '-'))
+        elif kind == 'up' and not any(state for _, state in layers):
+            rows.append((f'rate {event[2]:g} -> {event[3]:g} Mbit/s', at, 'back on layer 0 ms',
+                         'no WebRTC peer', '-', '-'))
         elif kind == 'up':
             name = f'rate {event[2]:g} -> {event[3]:g} Mbit/s'
             before = [LayerLog.layer(state) for t, state in layers if t <= start]
