@@ -375,6 +375,8 @@ class LayerLog:
     def __init__(self, port: int):
         self.url = f'http://127.0.0.1:{port}/api/streams'
         self.samples = []
+        # (monotonic, {peer: [send_backlog_peak, congestion_skips, units sent, bytes sent]})
+        self.sending = []
         self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -388,7 +390,12 @@ class LayerLog:
                                              headers={'Authorization': f'Bearer {TOKEN}'})
             try:
                 with urllib.request.urlopen(request, timeout=2) as response:
-                    media = json.load(response).get('webrtc', {}).get('media', {})
+                    webrtc = json.load(response).get('webrtc', {})
+                media = webrtc.get('media', {})
+                sending = {peer: [webrtc.get('send_backlog_peak', {}).get(peer),
+                                  webrtc.get('congestion_skips', {}).get(peer),
+                                  m.get('units'), m.get('bytes')]
+                           for peer, m in media.items()}
             except Exception:   # counted; one lost poll only blurs a figure by 0.2 s
                 self.errors += 1
                 continue
@@ -397,6 +404,8 @@ class LayerLog:
             if state != last:
                 self.samples.append((time.monotonic(), state))
                 last = state
+            if sending and (not self.sending or self.sending[-1][1] != sending):
+                self.sending.append((time.monotonic(), sending))
 
     def stop(self) -> list:
         self._stop.set()
@@ -597,7 +606,7 @@ def run_profile(name: str, options, port: int, cmd_vel: CmdVelLog) -> list:
                     with open(os.path.join(log_dir, f'events-{name}-{kind}.json'), 'w') as out:
                         json.dump({'window': [t0, t1], 'events': events, 'frames': frames,
                                    'cmd_vel': held, 'sessions': sessions, 'layers': samples,
-                                   'delay_ms': delay_ms}, out)
+                                   'sending': layers.sending, 'delay_ms': delay_ms}, out)
                     if layers.errors:
                         figures['problems'].append(f'{layers.errors} /api/streams polls failed')
             except Exception as error:   # one path failing leaves the others their rows
