@@ -129,7 +129,7 @@ class BridgeConfig:
     handshake_timeout: float = 5.0
     send_timeout: float = 5.0
     ping_interval: float = 2.0
-    ping_timeout: float = 3.0
+    ping_timeout: float = 6.0
     # streams
     streams: Mapping[str, StreamConfig] = field(default_factory=dict)
     default_quality: int = 80

@@ -52,7 +52,7 @@ class ServerConfig:
     snapshot_timeout: float = 5.0
     send_timeout: float = 5.0
     ping_interval: float = 2.0
-    ping_timeout: float = 3.0
+    ping_timeout: float = 6.0
     frames_in_flight: int = 2
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
     max_connections: int = 1000

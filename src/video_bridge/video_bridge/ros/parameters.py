@@ -72,7 +72,8 @@ BRIDGE_PARAMETERS = {
                      'client is dropped and frees its slot).', (0.5, 300.0)),
     'ping_interval': (2.0, 'Seconds of silence after which a websocket is pinged.',
                       (0.2, 600.0)),
-    'ping_timeout': (3.0, 'Seconds to wait for the pong; a silent driver loses the lock within '
+    'ping_timeout': (6.0, 'Seconds to wait for the pong (long enough for a 3 s link outage and '
+                     "TCP's resend backoff after it); a silent driver loses the lock within "
                      '2 x ping_interval + ping_timeout.', (0.2, 600.0)),
     # streams
     'stream_names': (['camera'], 'Streams to offer; each reads streams.<name>.topic.', None),
