@@ -31,6 +31,12 @@ REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
 #   lab   network-namespace labs (netlab): NAT, tunnel, nginx, coturn, emulated links
 #   lint  flake8, ShellCheck and the page's syntax beyond the package's own linters
 TIERS = ('unit', 'net', 'node', 'page', 'lab', 'lint')
+
+# A run started in the background of a non-interactive shell (`scripts/test &`) inherits SIGINT
+# ignored, and so would every process a test starts: a bash script cannot even trap it then.
+# The tests that stop a launch, the demo or a node with SIGINT (as Ctrl-C does) need it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 PACKAGE_SRC = os.path.join(REPO, 'src', 'video_bridge')
 if PACKAGE_SRC not in sys.path:
     sys.path.insert(0, PACKAGE_SRC)
