@@ -41,7 +41,7 @@ import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -363,6 +363,23 @@ class CameraNode(Node):
         self.destroy_node()
 
 
+def spin_until_shutdown(node: Node, wake: float = 0.25) -> None:
+    """
+    Spin ``node`` until its context shuts down, re-checking the context every ``wake`` s.
+
+    rclpy.spin() waits without a timeout, and a shutdown by signal can leave that wait asleep
+    for good (camera_node missed a SIGTERM about one run in ten while its capture thread
+    published; the capture thread saw the context end, the executor never woke).
+    """
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        while node.context.ok():
+            executor.spin_once(timeout_sec=wake)
+    finally:
+        executor.remove_node(node)
+
+
 def main(args=None) -> int:
     """Run camera_node until SIGINT/SIGTERM (exit 0); exit 1 if it cannot start."""
     code = handle_help('camera_node', __doc__, PARAMETERS, args)
@@ -377,7 +394,7 @@ def main(args=None) -> int:
     try:
         node = CameraNode()
         node.start()
-        rclpy.spin(node)
+        spin_until_shutdown(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except StartupError as err:
