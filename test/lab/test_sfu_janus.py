@@ -17,7 +17,7 @@ import time
 import pytest
 from support.janus_lab import (ADDRESS, Feeder, forward_feed, Forwarder, Janus, JanusEdge,
                                JanusViewer, lab_interface, media_ports, OTHER_ROOM, publisher,
-                               remote_publishers, ROOM, uplink_rate)
+                               remote_publishers, ROOM, secret_files, uplink_rate)
 from support.waiting import wait_for
 from support.webrtc_support import wait_until
 from video_bridge.core import sfu
@@ -282,15 +282,7 @@ def test_publishes_only_while_sfu_viewers_watch(janus):
 
 def sfu_parameters(janus, tmp_path) -> dict:
     """bridge_node's SFU parameters, its secrets in files (mode 0600)."""
-    parameters = {'sfu_janus_url': janus.url, 'sfu_room': ROOM}
-    for name, value in (('sfu_token_secret_file', janus.token_secret),
-                        ('sfu_room_secret_file', janus.room_secret),
-                        ('sfu_room_pin_file', janus.pin)):
-        path = tmp_path / name
-        path.write_text(value + '\n')
-        path.chmod(0o600)
-        parameters[name] = str(path)
-    return parameters
+    return {'sfu_janus_url': janus.url, 'sfu_room': ROOM, **secret_files(janus, tmp_path)}
 
 
 def test_bridge_node_publishes_to_janus_for_pages_that_may_watch(ros, start_bridge, janus,

@@ -36,7 +36,8 @@ import urllib.request
 from conftest import camera_node, free_port, only_loopback, OUTPUT_DIR
 import pytest
 from support import netlab
-from support.janus_lab import count_frames, JanusViewer, process_cpu_seconds, ROOM
+from support.janus_lab import (count_frames, JanusViewer, process_cpu_seconds, ROOM,
+                               secret_files)
 from support.remote_session import Control, Driver, run_in_namespace, until
 from support.sfu_lab import CLOUD, ROBOT, SfuLab, UPLINK_MBIT, why_skip
 from support.webrtc_support import AiortcViewer
@@ -60,19 +61,6 @@ def camera():
     """The real camera node (started before the lab: it checks for a loopback-only namespace)."""
     with camera_node() as process:
         yield process
-
-
-def secret_files(tmp_path, janus) -> dict:
-    """bridge_node's SFU secrets, in files (mode 0600)."""
-    parameters = {}
-    for name, value in (('sfu_token_secret_file', janus.token_secret),
-                        ('sfu_room_secret_file', janus.room_secret),
-                        ('sfu_room_pin_file', janus.pin)):
-        path = tmp_path / name
-        path.write_text(value + '\n')
-        path.chmod(0o600)
-        parameters[name] = str(path)
-    return parameters
 
 
 class Watchers:
@@ -219,7 +207,7 @@ def test_one_stream_up_and_the_driver_unchanged_while_twenty_watch_through_janus
             ice_servers=[f'stun:{CLOUD}:3478', f'turn:{CLOUD}:3478?transport=udp'],
             turn_secret_file=lab.path('turn_secret'),
             sfu_janus_url=lab.edge.url, sfu_room=ROOM,          # through nginx, as deployed
-            **secret_files(tmp_path, lab.janus))
+            **secret_files(lab.janus, tmp_path))
         cmd_vel.wait_publisher()
         watchers = Watchers(lab, cmd_vel, bridge)
 

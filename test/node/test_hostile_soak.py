@@ -163,13 +163,7 @@ def start_webrtc_once(port, tls):
     ws = hc.RawWebSocket(port, f'/control?token={TOKEN}', timeout=10, tls=tls)
     try:
         assert ws.accepted, ws.response
-        ws.send_text(json.dumps({'type': 'webrtc_start', 'id': 1, 'stream': 'camera',
-                                 'codecs': ['h264']}))
-        deadline = time.monotonic() + 20
-        reply = {}
-        while reply.get('type') not in ('webrtc_offer', 'webrtc_error') and \
-                time.monotonic() < deadline:
-            reply = ws.recv_json(max(0.1, deadline - time.monotonic())) or {}
+        reply = ask_offer(ws)
         assert reply.get('type') == 'webrtc_offer', reply
     finally:
         ws.close()

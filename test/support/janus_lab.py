@@ -338,6 +338,19 @@ class JanusViewer:
             await self.janus.close()
 
 
+def secret_files(janus, directory) -> dict:
+    """bridge_node's SFU secret parameters for ``janus``, in files in ``directory`` (0600)."""
+    parameters = {}
+    for name, value in (('sfu_token_secret_file', janus.token_secret),
+                        ('sfu_room_secret_file', janus.room_secret),
+                        ('sfu_room_pin_file', janus.pin)):
+        path = directory / name
+        path.write_text(value + '\n')
+        path.chmod(0o600)
+        parameters[name] = str(path)
+    return parameters
+
+
 def publisher(janus, feeder, **overrides):
     from video_bridge.net.sfu_janus import JanusPublisher, JanusSettings
     settings = {'url': janus.url, 'room': ROOM, 'token_secret': janus.token_secret,
