@@ -73,6 +73,14 @@ class FakeJanus:
                 'plugindata': {'plugin': 'janus.plugin.videoroom', 'data': data}}
 
 
+async def close_all(forwarder, *fakes):
+    """Close the forwarder's sessions to its nodes, then stop the fake nodes."""
+    for node in (forwarder.origin, *forwarder.edges.values()):
+        await node.close()
+    for fake in fakes:
+        await fake.stop()
+
+
 def forwarder_for(origin, edge, tmp_path):
     from video_bridge.sfu_forwarder import Forwarder, load_config
     files = {}
@@ -112,10 +120,7 @@ def test_a_node_that_fails_holds_no_round_and_is_retried_after_a_backoff(tmp_pat
                 origin.connections, edge.connections, len(rounds))
             assert len(rounds) >= 8
         finally:
-            for node in (forwarder.origin, *forwarder.edges.values()):
-                await node.close()
-            for node in (origin, edge):
-                await node.stop()
+            await close_all(forwarder, origin, edge)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
@@ -139,9 +144,6 @@ def test_hostile_answers_are_not_forwarded(tmp_path):
             assert 'remove_remote_publisher' not in asked, asked   # no remote ones listed
             assert forwarder.streams[4242] == {}     # the evil codec was not learnt
         finally:
-            for node in (forwarder.origin, *forwarder.edges.values()):
-                await node.close()
-            for node in (origin, edge):
-                await node.stop()
+            await close_all(forwarder, origin, edge)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
