@@ -106,9 +106,8 @@ class SfuLab:
         lab.nat_router(self.onat, lan=onat_lan, wan=onat_wan)
         lab.port_forward(self.rnat, rnat_wan, bridge_port, ROBOT)   # the tunnel's stand-in
         for router in (self.rnat, self.onat):
-            # The lab has no DNS; its routers refuse it at once. (aiortc gives a peer made
-            # without ICE servers its default, stun.l.google.com: bridge_node's publisher is
-            # one; a lookup sent into the lab would cost every publish the resolver's 5 s.)
+            # The lab has no DNS; its routers refuse it at once, so a lookup anything in the
+            # lab still makes fails now instead of after the resolver's 5 s.
             lab.ns_run(router, 'nft', '-f', '-', input="""
 table inet nodns {
     chain forward {
