@@ -280,6 +280,36 @@ def test_pli_and_a_low_estimate_reach_the_shared_encoder():
     run(scenario())
 
 
+def test_receiver_reports_move_a_peer_down_on_loss_over_enough_packets():
+    # Chromium sends a receiver report with every NACK: one lost packet among three reads
+    # 33 %. The layer moves on loss summed over >= loss_packets (50) packets, not on that.
+    from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
+    from video_bridge.net import internals
+
+    def report(ssrc, lost, highest):
+        info = RtcpReceiverInfo(ssrc=ssrc, fraction_lost=85, packets_lost=lost,
+                                highest_sequence=highest, jitter=0, lsr=0, dlsr=0)
+        return RtcpRrPacket(ssrc=1, reports=[info])
+
+    async def scenario():
+        with host_address(), Harness() as harness:
+            try:
+                _, viewer = await harness.connect('c1', ['h264'])
+                await wait_until(lambda: len(viewer.frames) >= 10, 20, 'frames')
+                peer = harness.service.peers['c1']
+                peer.chooser._since -= 10             # past the minimum dwell on a layer ...
+                peer.chooser._joined -= 10            # ... and the start-up grace
+                ssrc = internals.sender_ssrc(peer.sender)
+                for lost, highest in ((0, 1000), (1, 1003), (2, 1010), (2, 1040)):
+                    await peer.sender._handle_rtcp_packet(report(ssrc, lost, highest))
+                assert peer.chooser.pending is None, 'a few packets are not a loss figure'
+                await peer.sender._handle_rtcp_packet(report(ssrc, 10, 1060))  # 10 of 60
+                assert peer.chooser.pending == 1 and peer.chooser.reasons == {'loss': 1}
+            finally:
+                await harness.close()
+    run(scenario())
+
+
 @pytest.mark.parametrize('message,code', [
     ({'type': 'webrtc_start', 'stream': 'nope'}, 'unknown_stream'),
     ({'type': 'webrtc_start', 'stream': 'cam', 'codecs': ['av1']}, 'no_common_codec'),

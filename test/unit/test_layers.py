@@ -2,7 +2,7 @@
 
 import pytest
 from video_bridge.core.layers import (KeyframeGate, layer_bitrates, LayerChooser, LayerPolicy,
-                                      RateMeter)
+                                      LossWindow, RateMeter)
 
 RATES = layer_bitrates(1_200_000, 3)
 POLICY = LayerPolicy(startup=0.0)
@@ -63,7 +63,7 @@ def test_goes_up_one_step_after_room_for_up_hold():
 def test_no_room_restarts_the_wait():
     chooser = LayerChooser(RATES, now=0.0, policy=POLICY, start=2)
     chooser.update(1.0, estimate=450_000, sent=300_000)
-    chooser.update(3.0, estimate=310_000, sent=300_000)   # estimate == sent: no room
+    chooser.update(3.0, estimate=290_000, sent=300_000)   # estimate below sent: no room
     assert chooser.update(5.5, estimate=450_000, sent=300_000) is None
     assert chooser.update(9.5, estimate=450_000, sent=300_000) == 1
 
@@ -95,6 +95,48 @@ def test_high_loss_steps_down_one_layer():
     assert chooser.update(3.2, loss=0.5) == 2
     chooser.accept(2, True, 3.3)
     assert chooser.update(5.0, loss=0.9) is None            # already the lowest
+
+
+def test_loss_between_low_and_high_holds_the_layer():
+    # libwebrtc's bands: <= 2 % may go up, 2-10 % holds, >= 10 % goes down.
+    chooser = LayerChooser(RATES, now=0.0, policy=POLICY, start=2)
+    chooser.update(1.0, estimate=450_000, sent=300_000)   # room starts
+    assert chooser.update(3.0, loss=0.06) is None          # a burst: the wait starts over
+    assert chooser.update(5.0, estimate=450_000, sent=300_000) is None
+    assert chooser.update(9.5, estimate=450_000, sent=300_000) is None  # still 6 % known
+    assert chooser.update(9.6, loss=0.02) is None          # 2 % is low enough
+    chooser.update(9.7, estimate=450_000, sent=300_000)
+    assert chooser.update(13.7, estimate=450_000, sent=300_000) == 1
+
+
+def test_an_estimate_just_above_what_is_sent_is_room():
+    # After congestion Chromium's REMB climbs ~10 kbit/s a second: no margin is waited for.
+    chooser = LayerChooser(RATES, now=0.0, policy=POLICY, start=1)
+    chooser.update(1.0, estimate=610_000, sent=600_000)
+    assert chooser.update(5.0, estimate=615_000, sent=600_000) == 0
+
+
+def test_loss_window_sums_reports_until_enough_packets():
+    window = LossWindow(min_packets=50)
+    assert window.add(lost=0, highest=1000) is None       # the first report starts the span
+    assert window.add(lost=1, highest=1003) is None       # 1 of 3: one report would say 33 %
+    assert window.add(lost=1, highest=1030) is None
+    assert window.add(lost=2, highest=1050) == pytest.approx(2 / 50)
+    assert window.add(lost=2, highest=1060) is None       # a new span began at 1050
+    assert window.add(lost=12, highest=1100) == pytest.approx(10 / 50)
+
+
+def test_loss_window_survives_odd_reports():
+    window = LossWindow(min_packets=10)
+    window.add(lost=5, highest=500)
+    assert window.add(lost=3, highest=520) == 0.0         # duplicates: lost went down
+    assert window.add(lost=50, highest=530) == 1.0        # never above all expected
+    assert window.add(lost=0, highest=10) is None         # the receiver restarted
+    assert window.add(lost=1, highest=20) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        LossWindow(min_packets=0)
+    with pytest.raises(ValueError):
+        LayerPolicy(low_loss=0.2, high_loss=0.1)
 
 
 def test_a_pending_switch_that_becomes_moot_is_dropped():
@@ -148,6 +190,7 @@ def test_the_chooser_counts_why_switches_were_wanted():
     chooser.accept(1, True, 2.1)
     assert chooser.update(3.5, loss=0.5) == 2
     chooser.accept(2, True, 3.6)
+    chooser.update(4.0, loss=0.0)
     chooser.update(4.0, estimate=450_000, sent=300_000)
     assert chooser.update(8.0, estimate=450_000, sent=300_000) == 1
     assert chooser.reasons == {'congested': 1, 'loss': 1, 'room': 1}

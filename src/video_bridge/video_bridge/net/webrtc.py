@@ -48,7 +48,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from video_bridge.core import encoders, ice, protocol
 from video_bridge.core.codec_registry import mime_types, sdp_preferences, WEBRTC_CODECS
-from video_bridge.core.layers import LayerChooser, LayerPolicy, RateMeter
+from video_bridge.core.layers import LayerChooser, LayerPolicy, LossWindow, RateMeter
 from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
 from video_bridge.net import internals, rtp_packing
@@ -212,6 +212,7 @@ class Peer:
         self.congestion_skips = 0           # units not sent because the uplink was behind
         now = service.clock()
         self.chooser = LayerChooser(stream.settings.video_bitrates, now, service.config.policy)
+        self.losses = LossWindow(service.config.policy.loss_packets)   # receiver reports' loss
         self.viewers: Dict[int, object] = {}
         self.trickled = 0                   # remote candidates taken (answer and webrtc_ice)
         self.offered: Tuple[str, ...] = ()  # addresses of the bridge's own candidates
@@ -949,7 +950,9 @@ class WebRtcService:
                     ssrc = internals.sender_ssrc(sender)
                     for report in packet.reports:
                         if report.ssrc == ssrc:
-                            peer.feedback(loss=report.fraction_lost / 256.0)
+                            loss = peer.losses.add(report.packets_lost, report.highest_sequence)
+                            if loss is not None:
+                                peer.feedback(loss=loss)
                             # aiortc's figure up to the report before (it reads this one next)
                             peer.round_trip_known(internals.sender_round_trip(sender))
             except ValueError:
