@@ -185,6 +185,11 @@ class Lab:
             if ns in self.adopted:
                 self.adopted_links.append((ns, interface))
         self.ns_run(ns_a, 'ip', 'link', 'set', if_b, 'netns', ns_b)
+        # No IPv6 link-local address (the lab is IPv4 only): one appears a second or two after
+        # the link comes up, when its duplicate detection ends, and Chromium then aborts a page
+        # load under way with ERR_NETWORK_CHANGED (1 bench run in 9 did).
+        for ns, interface in ((ns_a, if_a), (ns_b, if_b)):
+            self.ns_run(ns, 'ip', 'link', 'set', 'dev', interface, 'addrgenmode', 'none')
         return if_a, if_b
 
     def mac(self, ns: str, interface: str) -> str:
