@@ -255,19 +255,25 @@ def test_more_peers_add_no_encoder_and_the_vp8_path_works(monkeypatch):
     run(scenario())
 
 
+async def settled_peer(harness):
+    """Connect an H.264 peer, wait for its frames, and put it past the layer rules' waits."""
+    _, viewer = await harness.connect('c1', ['h264'])
+    await wait_until(lambda: len(viewer.frames) >= 10, 20, 'frames')
+    peer = harness.service.peers['c1']
+    peer.chooser._since -= 10             # past the minimum dwell on a layer ...
+    peer.chooser._joined -= 10            # ... and the start-up grace
+    return peer, viewer
+
+
 def test_pli_and_a_low_estimate_reach_the_shared_encoder():
     async def scenario():
         with host_address(), Harness() as harness:
             try:
-                _, viewer = await harness.connect('c1', ['h264'])
-                await wait_until(lambda: len(viewer.frames) >= 10, 20, 'frames')
-                peer = harness.service.peers['c1']
+                peer, viewer = await settled_peer(harness)
                 slot = harness.stream._slots[next(iter(harness.stream._slots))]
                 granted = slot.keyframes.granted
                 peer.sender._send_keyframe()          # what aiortc calls on a PLI or FIR
                 await wait_until(lambda: slot.keyframes.granted > granted, 5, 'a keyframe')
-                peer.chooser._since -= 10             # past the minimum dwell on a layer ...
-                peer.chooser._joined -= 10            # ... and the start-up grace
                 peer.feedback(estimate=1_000)         # a REMB far below what is sent
                 assert peer.chooser.pending == 2
                 await wait_until(lambda: peer.chooser.current == 2, 5, 'the switch')
@@ -294,11 +300,7 @@ def test_receiver_reports_move_a_peer_down_on_loss_over_enough_packets():
     async def scenario():
         with host_address(), Harness() as harness:
             try:
-                _, viewer = await harness.connect('c1', ['h264'])
-                await wait_until(lambda: len(viewer.frames) >= 10, 20, 'frames')
-                peer = harness.service.peers['c1']
-                peer.chooser._since -= 10             # past the minimum dwell on a layer ...
-                peer.chooser._joined -= 10            # ... and the start-up grace
+                peer, _ = await settled_peer(harness)
                 ssrc = internals.sender_ssrc(peer.sender)
                 for lost, highest in ((0, 1000), (1, 1003), (2, 1010), (2, 1040)):
                     await peer.sender._handle_rtcp_packet(report(ssrc, lost, highest))
