@@ -104,6 +104,42 @@ def test_aiohttp_websocket_reader_of_a_real_websocket():
     assert internals.websocket_reader(object()) is None
 
 
+def test_receive_estimators_are_built_on_first_use_and_estimate_as_aiortc_does(monkeypatch):
+    """A send-only peer no longer carries aiortc's 1000-bucket estimator; one that receives
+    gets the real one, with the same answers."""
+    import gc
+    from aiortc import RTCPeerConnection, rate, rtcrtpreceiver
+    real = rtcrtpreceiver.RemoteBitrateEstimator
+    monkeypatch.setattr(rtcrtpreceiver, 'RemoteBitrateEstimator', real)   # restored after
+
+    async def tracked_objects_per_peer() -> float:
+        peers = []
+        gc.collect()
+        before = len(gc.get_objects())
+        for _ in range(5):
+            peers.append(RTCPeerConnection())
+            peers[-1].addTransceiver('video', direction='sendonly')
+        gc.collect()
+        grown = (len(gc.get_objects()) - before) / 5
+        for peer in peers:
+            await peer.close()
+        return grown
+
+    eager = run(tracked_objects_per_peer())
+    assert internals.lazy_receive_estimators(), \
+        'aiortc.rtcrtpreceiver.RemoteBitrateEstimator is gone'
+    assert rtcrtpreceiver.RemoteBitrateEstimator is not real
+    lazy = run(tracked_objects_per_peer())
+    assert eager - lazy > 900, (eager, lazy)
+
+    stand_in, estimator = rtcrtpreceiver.RemoteBitrateEstimator(), rate.RemoteBitrateEstimator()
+    assert stand_in._estimator is None
+    answers = [(stand_in.add(t, (t * 262) & 0xFFFFFF, 1200, 7),
+                estimator.add(t, (t * 262) & 0xFFFFFF, 1200, 7)) for t in range(0, 3000, 5)]
+    assert all(a == b for a, b in answers), answers
+    assert stand_in.incoming_bitrate.rate(3000) == estimator.incoming_bitrate.rate(3000) > 0
+
+
 def test_aiortc_and_aioice_internals_on_a_real_connection():
     from aioice import Connection
     from aioice.turn import TurnTransport

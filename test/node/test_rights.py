@@ -332,6 +332,38 @@ def test_wrong_tokens_are_throttled_to_the_stated_rate(start_bridge):
     assert later == 200
 
 
+def test_a_client_past_its_token_budget_gets_no_tls_handshake(start_bridge, tmp_path):
+    """Row 10 at the connection: once a client's wrong tokens spent its budget, its next
+    connection is held unread for about SHUT_OUT_HOLD s and closed, without a TLS handshake
+    (most of what a guess cost the bridge), so a guesser that retries at once tries about once a
+    second. Another client is served at once meanwhile."""
+    import ssl
+    from support import hostile_clients as hc
+    from video_bridge.net.listener import SHUT_OUT_HOLD
+    cert, key = hc.self_signed_cert(str(tmp_path))
+    tls = hc.insecure_client_context()
+    bridge = start_bridge(token=TOKEN, tls_cert=cert, tls_key=key)
+    guesser, other = '127.0.0.21', '127.0.0.22'
+
+    def control(source, token):
+        return hc.RawWebSocket(bridge.port, f'/control?token={token}', source=source,
+                               timeout=5, tls=tls)
+
+    for n in range(WRONG_TOKEN_BURST):
+        guess = control(guesser, f'guess{n}')
+        assert guess.response is not None, 'a guess within the burst is answered'
+        guess.close()
+    started = time.monotonic()
+    with pytest.raises((OSError, ssl.SSLError)):
+        control(guesser, TOKEN)
+    held = time.monotonic() - started
+    welcome = control(other, TOKEN)
+    assert welcome.accepted, welcome.response
+    welcome.close()
+    assert 0.5 * SHUT_OUT_HOLD <= held < 5, held
+    assert 'too many invalid tokens' in bridge.process.output()
+
+
 def test_the_runner_never_echoes_a_refused_value(capsys):
     from video_bridge.ros import runner
     with pytest.raises(SystemExit) as exited:

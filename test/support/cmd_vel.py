@@ -4,8 +4,10 @@ A real reliable rclpy subscription (depth 1000: a fuzzer's or a soak's bursts wh
 executor is busy) on the test's node records every message with its arrival time
 (``time.monotonic()``) as a :class:`Sample`; ``Twist`` and ``TwistStamped`` alike
 (``stamped=True``), the latter's ``twist`` unpacked. Samples index as
-``(at, linear_x, linear_y, angular_z, msg)``; ``msg`` is the message itself, for the header of
-a TwistStamped or a field the sample does not copy.
+``(at, linear_x, linear_y, angular_z, msg, received)``; ``msg`` is the message itself, for the
+header of a TwistStamped or a field the sample does not copy. ``received`` is when the DDS layer
+took the message in (the rmw's reception timestamp, wall clock, s): a latency measured to it
+leaves out the wait of this process's executor for the GIL, which ``at`` includes.
 """
 
 import math
@@ -23,6 +25,7 @@ class Sample(NamedTuple):
     linear_y: float
     angular_z: float
     msg: object
+    received: float = 0.0
 
     @property
     def moving(self) -> bool:
@@ -41,10 +44,10 @@ class CmdVelRecorder:
             TwistStamped if stamped else Twist, topic, self._record,
             QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE))
 
-    def _record(self, msg):
+    def _record(self, msg, info):
         twist = getattr(msg, 'twist', msg)
         self.messages.append(Sample(time.monotonic(), twist.linear.x, twist.linear.y,
-                                    twist.angular.z, msg))
+                                    twist.angular.z, msg, info['received_timestamp'] * 1e-9))
 
     # ------------------------------------------------------------------ reading
     def mark(self) -> int:

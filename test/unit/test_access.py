@@ -171,6 +171,23 @@ def test_wrong_tokens_past_the_burst_are_refused_unchecked_until_the_budget_refi
     assert policy.token_problem(RIGHT, '192.0.2.1') is None
 
 
+def test_a_client_is_shut_out_exactly_while_its_tokens_would_be_refused_unchecked():
+    """What the listener asks before a TLS handshake: the same budget, and asking is free."""
+    clock = Clock()
+    attempts = TokenAttempts(burst=2, per_second=1.0, clock=clock)
+    policy = AccessPolicy(token=TOKEN, attempts=attempts)
+    assert not attempts.shut_out('192.0.2.1')
+    policy.token_problem(WRONG, '192.0.2.1')
+    assert not attempts.shut_out('192.0.2.1')
+    policy.token_problem(WRONG, '192.0.2.1')
+    assert attempts.shut_out('192.0.2.1') and attempts.shut_out('192.0.2.1')
+    assert attempts.refused == 0                     # asking is not a refused token
+    assert not attempts.shut_out('192.0.2.2')
+    assert policy.token_problem(RIGHT, '192.0.2.1') == TOO_MANY_ATTEMPTS
+    clock.now += 1.0
+    assert not attempts.shut_out('192.0.2.1')
+
+
 def test_wrong_tokens_are_throttled_to_the_stated_rate():
     """In 60 s of trying as fast as it can, one client gets burst + 60 x rate tokens checked."""
     clock = Clock()

@@ -149,6 +149,16 @@ class TokenAttempts:
             self.refused += 1
         return locked
 
+    def shut_out(self, client: str) -> bool:
+        """
+        Tell whether this client's budget is empty, without counting a refusal.
+
+        The listener asks before a connection's TLS handshake: a client whose next token would
+        be refused unchecked can do nothing with a connection, so it gets none (the handshake
+        is most of what a guess costs the bridge).
+        """
+        return self._level(client_key(client), self.clock()) < 1.0
+
     def failed(self, client: str):
         """Count a wrong token from this client."""
         key = client_key(client)

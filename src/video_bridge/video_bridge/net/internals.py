@@ -179,6 +179,48 @@ def watch_sctp_held(pc, on_held: Callable[[int], None]) -> bool:
     return True
 
 
+class _EstimatorOnFirstUse:
+    """Stands in for aiortc's RemoteBitrateEstimator until a receiver first uses it."""
+
+    __slots__ = ('_estimator',)
+    make: Optional[Callable[[], Any]] = None   # the real class, set by lazy_receive_estimators
+
+    def __init__(self):
+        self._estimator = None
+
+    def __getattr__(self, name):
+        if self._estimator is None:
+            self._estimator = type(self).make()
+        return getattr(self._estimator, name)
+
+
+def lazy_receive_estimators() -> bool:
+    """
+    Have aiortc's video receivers build their bandwidth estimator when they first use it.
+
+    ``RTCRtpReceiver.__init__`` builds a ``RemoteBitrateEstimator`` for every video
+    transceiver, send-only ones too: a rate counter of 1000 one-millisecond buckets, about 1000
+    of the 1300 objects the garbage collector tracks per peer, and 0.3 ms of the loop. The
+    bridge only sends video, so its receivers never get a packet; under a flood of WebRTC
+    starts those objects were what drove full collections (tens of ms each, every other thread
+    stopped). The module name ``aiortc.rtcrtpreceiver.RemoteBitrateEstimator`` (what
+    ``__init__`` calls) is replaced, process-wide, by a stand-in that builds the real one on
+    first use. Only on the aiortc versions in ``CHECKED``: elsewhere False, nothing changed.
+    """
+    try:
+        from aiortc import rtcrtpreceiver
+    except ImportError:
+        return False
+    current = getattr(rtcrtpreceiver, 'RemoteBitrateEstimator', None)
+    if current is _EstimatorOnFirstUse:
+        return True
+    if not _aiortc_checked() or not isinstance(current, type):
+        return False
+    _EstimatorOnFirstUse.make = current
+    rtcrtpreceiver.RemoteBitrateEstimator = _EstimatorOnFirstUse
+    return True
+
+
 # --- aiortc / aioice: ICE ----------------------------------------------------------------------
 
 def ice_connection(ice_object) -> Optional[Any]:

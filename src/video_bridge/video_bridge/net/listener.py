@@ -11,6 +11,13 @@ sockets are handed to asyncio with ``loop.connect_accepted_socket`` (TLS handsha
 ``handshake_timeout``, at most ``MAX_HANDSHAKES`` under way at once; a TLS one only once its
 first record, the ClientHello, is whole).
 
+A connection from a client the access policy shuts out (its wrong-token budget is empty) is held
+unread for ``SHUT_OUT_HOLD`` s (evictable, within the caps) and then refused, never given a TLS
+handshake: its token would be refused unchecked anyway, the handshake is most of what a guess
+costs the bridge, and a guesser that retries at once is slowed to a try a second instead of
+looping on instant refusals. Behind a trusted proxy the policy counts forwarded clients, so the
+proxy's own connections are never shut out.
+
 Per request, :meth:`Listener.admit` counts a connection behind a trusted proxy for its forwarded
 client, and keeps ``RESERVED_SHARE`` of the connections for clients holding the token.
 
@@ -49,6 +56,9 @@ EMFILE_RETRY = 0.1         # s before accepting again after EMFILE
 MAX_HANDSHAKES = 64
 MAX_HANDSHAKES_PER_CLIENT = 16
 HANDSHAKE_GRACE = 1.0      # s a handshake may take before a waiting connection may evict it
+# s a shut-out client's connection is held before it is refused: one token's refill (the
+# access policy's WRONG_TOKENS_PER_SECOND)
+SHUT_OUT_HOLD = 1.0
 # A TLS connection gets its TLS layer and a handshake slot once its first record is whole.
 TLS_RECORD_HEADER = 5      # content type, version, length
 TLS_HANDSHAKE_RECORD = 0x16
@@ -242,8 +252,11 @@ class Listener:
                  ssl_context: Optional[ssl.SSLContext] = None,
                  max_connections: int = 1000, max_per_client: int = 64,
                  exempt: Set[str] = frozenset(), handshake_timeout: float = 10.0,
+                 shut_out: Callable[[str], str] = lambda key: '',
                  logger: Optional[logging.Logger] = None):
         self.protocol_factory = protocol_factory
+        # client key -> why its connections are refused at once ('' if they are not)
+        self.shut_out = shut_out
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.max_per_client = max_per_client
@@ -537,6 +550,15 @@ class Listener:
             # take a newcomer meanwhile): shut down, not closed, so asyncio ends it itself.
             # Its transport takes its place once made (_opened; this entry goes in finally).
             self._silent[conn] = functools.partial(_shut_down, conn)
+            shut_out = '' if peer in self.exempt else self.shut_out(peer)
+            if shut_out:
+                # Held unread (evictable), then refused: a client that would retry at once
+                # retries about once a SHUT_OUT_HOLD, with no TLS handshake on the bridge.
+                self._silent[conn] = task.cancel
+                await asyncio.sleep(SHUT_OUT_HOLD)
+                self._refuse(conn, peer, shut_out)
+                self._count(peer, -1)
+                return
             if self.ssl_context is not None:
                 # A TLS layer (buffers in asyncio and OpenSSL) and a handshake slot only for a
                 # client that sent its whole first TLS record (the ClientHello), within the
