@@ -349,14 +349,22 @@ def test_a_client_past_its_token_budget_gets_no_tls_handshake(start_bridge, tmp_
         return hc.RawWebSocket(bridge.port, f'/control?token={token}', source=source,
                                timeout=5, tls=tls)
 
-    for n in range(WRONG_TOKEN_BURST):
-        guess = control(guesser, f'guess{n}')
+    answered = 0
+    for n in range(WRONG_TOKEN_BURST + 2):   # its budget is spent within the burst
+        started = time.monotonic()
+        try:
+            guess = control(guesser, f'guess{n}')
+        except (OSError, ssl.SSLError):
+            break
         assert guess.response is not None, 'a guess within the burst is answered'
+        answered += 1
         guess.close()
-    started = time.monotonic()
-    with pytest.raises((OSError, ssl.SSLError)):
-        control(guesser, TOKEN)
+    else:
+        pytest.fail(f'{WRONG_TOKEN_BURST + 2} guesses and the guesser was never shut out')
     held = time.monotonic() - started
+    # each guess counts once (the middleware and the handler both ask for the grant); one more
+    # if the guesses took over a second and the budget refilled one
+    assert WRONG_TOKEN_BURST <= answered <= WRONG_TOKEN_BURST + 1, answered
     welcome = control(other, TOKEN)
     assert welcome.accepted, welcome.response
     welcome.close()

@@ -19,6 +19,7 @@ from video_bridge.core.access import AccessPolicy
 POLICY_KEY = 'video_bridge.access'
 TRUSTED_KEY = 'video_bridge.trusted_proxies'
 SCHEME_KEY = 'video_bridge.scheme'
+GRANT_KEY = 'video_bridge.grant'   # a request's Grant, once decided
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,16 @@ def authenticate(request: web.BaseRequest) -> Grant:
 
     Wrong tokens count against the client (the forwarded one behind a trusted proxy); past
     its budget its tokens are refused unchecked (:class:`~video_bridge.core.access.TokenAttempts`).
+    Decided once per request (the middleware and the handler both ask): a wrong token is one
+    wrong token.
     """
+    decided = request.get(GRANT_KEY)
+    if decided is not None:
+        return decided
     policy: AccessPolicy = request.app[POLICY_KEY]
     rights = policy.rights(presented_token(request), client_address(request))
-    return Grant(client=client_name(request), view=rights.view, drive=rights.drive,
-                 token_required=policy.token_required, problem=rights.problem,
-                 relay=rights.relay, topic_streams=rights.topic_streams)
+    grant = Grant(client=client_name(request), view=rights.view, drive=rights.drive,
+                  token_required=policy.token_required, problem=rights.problem,
+                  relay=rights.relay, topic_streams=rights.topic_streams)
+    request[GRANT_KEY] = grant
+    return grant
