@@ -216,3 +216,17 @@ def test_a_client_over_its_connection_cap_gets_503():
                 await socket.close()
     status, retry_after = run(scenario, max_connections_per_client=2, view_requires_token=False)
     assert status == 503 and retry_after == '5'
+
+
+def test_young_collections_run_less_often_and_the_older_thresholds_stay():
+    """bridge_node's collector setting (net/server.py): only the youngest generation's."""
+    import gc
+    from video_bridge.net.server import collect_young_objects_less_often, \
+        YOUNG_COLLECTION_THRESHOLD
+    saved = gc.get_threshold()
+    try:
+        collect_young_objects_less_often()
+        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *saved[1:])
+        assert YOUNG_COLLECTION_THRESHOLD > saved[0]
+    finally:
+        gc.set_threshold(*saved)

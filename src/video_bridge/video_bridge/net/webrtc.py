@@ -723,6 +723,10 @@ class WebRtcService:
                                                       maxRetransmits=0)
         self._wire_channel(peer, channel)
         self._bound_channel_buffer(peer)
+        # Making a peer and its offer takes milliseconds of Python in aiortc with no await in
+        # it: a turn of the loop between the parts, so a driver's command is not held behind a
+        # whole offer (what is wanted is checked again after the offer, below).
+        await asyncio.sleep(0)
 
         @pc.on('connectionstatechange')
         async def on_state():
@@ -744,6 +748,7 @@ class WebRtcService:
                 self._no_playout_delay()
             else:
                 offer = RTCSessionDescription(sdp=sdp, type='offer')
+            await asyncio.sleep(0)
             await pc.setLocalDescription(offer)
         self._still_wanted(session, turn, peer)
         self._restrict_host_candidates(pc)

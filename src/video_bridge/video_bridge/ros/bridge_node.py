@@ -47,7 +47,8 @@ from video_bridge.assembly import (Bridge, BridgeConfig, COMPRESSED_VIDEO_TYPE, 
 from video_bridge.core import cdr
 from video_bridge.core.image_codec import MalformedImage, UnsupportedEncoding
 from video_bridge.core.streams import COMPRESSED, H264, RAW, SourceImage
-from video_bridge.net.server import freeze_start_up_objects
+from video_bridge.net.server import (collect_young_objects_less_often,
+                                     freeze_start_up_objects)
 from video_bridge.ros.image_intake import ImageIntake
 from video_bridge.ros.parameters import (BRIDGE_PARAMETERS, declare, described,
                                          RUNTIME_PARAMETERS, RUNTIME_STREAM_FIELDS,
@@ -455,6 +456,7 @@ async def run_bridge(args=None) -> int:
             node.get_logger().error(f'cannot listen on {node.p.host}:{node.p.port}: {exc}')
             return 1
         freeze_start_up_objects()   # full collections walk only what clients make
+        collect_young_objects_less_often()
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor,), daemon=True)
         spinner.start()
