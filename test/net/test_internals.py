@@ -109,7 +109,7 @@ def test_receive_estimators_are_built_on_first_use_and_estimate_as_aiortc_does(m
     gets the real one, with the same answers."""
     import gc
     from aiortc import RTCPeerConnection, rate, rtcrtpreceiver
-    real = rtcrtpreceiver.RemoteBitrateEstimator
+    real = rate.RemoteBitrateEstimator   # aiortc's own, whatever an earlier test installed
     monkeypatch.setattr(rtcrtpreceiver, 'RemoteBitrateEstimator', real)   # restored after
 
     async def tracked_objects_per_peer() -> float:

@@ -490,16 +490,19 @@ def test_refusals_are_logged_at_most_once_per_few_seconds(start_bridge):
     """
     Row 10: every refused request wrote a WARN line. Proves 300 refusals of each of three kinds
     (bad Host, wrong token on /video, wrong token on /control) in a few seconds leave at most
-    a few lines per kind, each saying how many it stands for.
+    a few lines per kind, each saying how many it stands for. The requests come from 100
+    addresses, 6 wrong tokens each: within each one's burst, so every token is checked and
+    refused as invalid (past it, a client's connections would be held and closed instead).
     """
     live = start_bridge(token='s3cret', view_requires_token=True)
     started = time.monotonic()
-    for _ in range(300):
+    for n in range(300):
+        source = f'127.0.1.{n % 100 + 1}'
         hc.http_exchange(live.port, b'GET /api/streams HTTP/1.1\r\nHost: evil.example\r\n'
-                         b'Connection: close\r\n\r\n')
-        ws = hc.RawWebSocket(live.port, '/video/camera?token=wrong')
+                         b'Connection: close\r\n\r\n', source=source)
+        ws = hc.RawWebSocket(live.port, '/video/camera?token=wrong', source=source)
         ws.close()
-        ws = hc.RawWebSocket(live.port, '/control?token=wrong')
+        ws = hc.RawWebSocket(live.port, '/control?token=wrong', source=source)
         ws.close()
     took = time.monotonic() - started
     log = live.process.output()
