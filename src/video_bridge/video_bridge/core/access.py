@@ -143,8 +143,7 @@ class TokenAttempts:
 
     def locked(self, client: str) -> bool:
         """Tell whether this client's next token is to be refused without a check."""
-        key = client_key(client)
-        locked = self._level(key, self.clock()) < 1.0
+        locked = self.shut_out(client)
         if locked:
             self.refused += 1
         return locked
@@ -255,6 +254,10 @@ class AccessPolicy:
                 self.attempts.failed(client)
             return 'invalid token'
         return None
+
+    def connection_refusal(self, client: str) -> str:
+        """Why a client's new connections are refused before TLS (its wrong tokens), or ''."""
+        return TOO_MANY_ATTEMPTS if self.token and self.attempts.shut_out(client) else ''
 
     def rights(self, presented: Optional[str], client: Optional[str] = None) -> Rights:
         """

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Optional, Tuple
 import aiohttp
 from aiohttp import web
 from video_bridge.core import protocol
-from video_bridge.core.access import AccessPolicy, TOO_MANY_ATTEMPTS
+from video_bridge.core.access import AccessPolicy
 from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.streams import (CapacityError, NotPermitted, StreamHub, UnknownStream,
                                        Viewer)
@@ -170,19 +170,13 @@ class BridgeServer:
             self._runner.server, ssl_context=context, max_connections=max_connections,
             max_per_client=config.max_connections_per_client,
             exempt=set(config.trusted_proxies), handshake_timeout=config.handshake_timeout,
-            shut_out=self._shut_out, logger=self.log)
+            shut_out=self.access.connection_refusal, logger=self.log)
         try:
             self.port = self.listener.bind(config.host, config.port)
         except OSError:
             await self._runner.cleanup()
             raise
         self.listener.start()
-
-    def _shut_out(self, client: str) -> str:
-        """Why a client's connections are refused before TLS: its wrong tokens ('' if not)."""
-        if self.access.token and self.access.attempts.shut_out(client):
-            return TOO_MANY_ATTEMPTS
-        return ''
 
     @property
     def url(self) -> str:
