@@ -1,6 +1,7 @@
 """bridge_node end to end: real rclpy publisher, real bridge process, real websocket viewers."""
 
 import asyncio
+import os
 import time
 
 from conftest import FramePublisher, wait_for
@@ -54,7 +55,37 @@ def test_frames_arrive_decodable_in_order_with_source_stamps(ros, start_bridge):
     assert latencies[len(latencies) // 2] < 0.1, latencies
 
 
-def test_slow_viewer_skips_frames_and_does_not_slow_a_fast_one(ros, start_bridge):
+def thread_stats(pid: int) -> dict:
+    """Thread id -> (nice, CPU ticks so far) of each thread of a process, from /proc."""
+    stats = {}
+    for tid in os.listdir(f'/proc/{pid}/task'):
+        try:
+            with open(f'/proc/{pid}/task/{tid}/stat') as stat:
+                fields = stat.read().rpartition(')')[2].split()   # after the name: field 3 on
+        except FileNotFoundError:       # the thread ended meanwhile
+            continue
+        stats[int(tid)] = (int(fields[16]), int(fields[11]) + int(fields[12]))
+    return stats
+
+
+def test_video_is_encoded_on_one_thread_of_lower_priority(ros, start_bridge):
+    """
+    The work a viewer costs (taking, converting, encoding each frame) runs on one thread whose
+    niceness is video_thread_nice above the rest of the bridge (network loop, executor).
+    """
+    bridge = start_bridge(**{'streams.camera.topic': '/tn/image', 'video_thread_nice': 7})
+    pid = bridge.process.proc.pid
+    with FramePublisher(ros.node, '/tn/image'):
+        asyncio.run(watch(f'{bridge.ws}/video/camera', 5))
+        before = thread_stats(pid)
+        asyncio.run(watch(f'{bridge.ws}/video/camera?quality=95', 90))
+        after = thread_stats(pid)
+    used = {tid: after[tid][1] - before[tid][1] for tid in after if tid in before}
+    busiest = max(used, key=used.get)
+    niced = [tid for tid, (nice, _) in after.items() if nice != 0]
+    assert niced == [busiest], (after, used)
+    assert after[busiest][0] == 7 and after[pid][0] == 0, after
+
     """
     A viewer that stops reading for 3 s is sent the newest frame when it reads again, not a
     backlog, and a fast viewer meanwhile gets every frame.

@@ -15,7 +15,7 @@ import sys
 
 from hypothesis import given, HealthCheck, settings, strategies as st
 import pytest
-from sensor_msgs.msg import CompressedImage
+from sensor_msgs.msg import CompressedImage, Image
 from video_bridge.core import cdr
 
 serialization = pytest.importorskip('rclpy.serialization')
@@ -42,6 +42,42 @@ def test_compressed_image_fields_are_what_rclpy_serialised(sec, nanosec, frame_i
         (sec, nanosec, frame_id, image_format)
     assert bytes(frame.data) == data
     assert isinstance(frame.data, memoryview) and frame.data.obj is buffer, 'a view, not a copy'
+
+
+def image(sec, nanosec, frame_id, height, width, encoding, is_bigendian, step, data) -> bytes:
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+    msg.header.frame_id, msg.height, msg.width, msg.encoding = frame_id, height, width, encoding
+    msg.is_bigendian, msg.step, msg.data = is_bigendian, step, data
+    return serialization.serialize_message(msg)
+
+
+U32 = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sec=st.integers(-2**31, 2**31 - 1), nanosec=U32, frame_id=TEXT, height=U32, width=U32,
+       encoding=TEXT, is_bigendian=st.integers(0, 255), step=U32,
+       data=st.binary(max_size=300))
+def test_image_fields_are_what_rclpy_serialised(sec, nanosec, frame_id, height, width, encoding,
+                                                is_bigendian, step, data):
+    # every length of frame_id and encoding puts is_bigendian (one byte) and step (4-aligned)
+    # at another offset
+    buffer = image(sec, nanosec, frame_id, height, width, encoding, is_bigendian, step, data)
+    frame = cdr.raw_frame(buffer)
+    assert (frame.stamp_sec, frame.stamp_nanosec, frame.frame_id, frame.height, frame.width,
+            frame.encoding, frame.is_bigendian, frame.step) == \
+        (sec, nanosec, frame_id, height, width, encoding, bool(is_bigendian), step)
+    assert bytes(frame.data) == data
+    assert isinstance(frame.data, memoryview) and frame.data.obj is buffer, 'a view, not a copy'
+
+
+def test_an_image_cut_anywhere_is_refused():
+    buffer = image(1, 2, 'cam', 2, 3, 'rgb8', 1, 9, bytes(range(18)))
+    assert cdr.raw_frame(buffer).is_bigendian
+    for cut in range(len(buffer)):
+        with pytest.raises(cdr.MalformedMessage):
+            cdr.raw_frame(buffer[:cut])
 
 
 def test_a_large_unit_is_read_without_copying_it():
@@ -131,14 +167,14 @@ def test_short_and_foreign_buffers_are_refused(buffer):
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_never_raise_anything_else(data):
-    for layout in (cdr.COMPRESSED_IMAGE, cdr.COMPRESSED_VIDEO):
+    for layout in (cdr.COMPRESSED_IMAGE, cdr.COMPRESSED_VIDEO, cdr.IMAGE):
         for buffer in (data, b'\x00\x01\x00\x00' + data):
             try:
-                frame = cdr.compressed_frame(buffer, layout)
+                fields = cdr.read(buffer, layout)
             except cdr.MalformedMessage as exc:
                 assert exc.kind == cdr.MESSAGE
             else:
-                assert len(frame.data) <= len(buffer)
+                assert len(fields['data']) <= len(buffer)
 
 
 SERIALISE_VIDEO = r"""

@@ -2,16 +2,16 @@
 The few fields the bridge needs, read straight from a serialised (CDR) image message.
 
 Why: rclpy turns every message into Python objects before a callback sees it (a header, a
-Time, two strings, an ``array.array`` copy of the data, each through generated setters). For an
-encoded source the bridge passes the data on untouched, so it subscribes with ``raw=True``
-(rclpy hands over the CDR bytes) and reads here only the header stamp, frame_id, format and a
-view of the data, without copying the data.
+Time, strings, an ``array.array`` copy of the data, each through generated setters). The bridge
+only reads the data (it converts, encodes or passes it on), so it subscribes with ``raw=True``
+(rclpy hands over the CDR bytes) and reads here only the fields it uses and a view of the
+data, without copying the data.
 
 This module is the one place that knows the CDR layout of those messages (ROS 2's rmw
 implementations write plain CDR: XCDR version 1, little or big endian as the 4-byte
 encapsulation header says; each primitive aligned to its size, counted from after that header;
 a string as a uint32 length including its NUL, then the bytes and the NUL; ``uint8[]`` as a
-uint32 count, then the bytes). Pure: no rclpy, no sockets.
+uint32 count, then the bytes; a ``uint8`` as one byte). Pure: no rclpy, no sockets.
 
 Strictly bounded: every length is checked against the bytes that are there before anything is
 read; a message that does not fit (truncated, a length beyond the buffer, a string longer than
@@ -31,7 +31,8 @@ MAX_STRING_BYTES = 4096      # frame_id / format: a few characters in practice
 _BYTE_ORDER = {b'\x00\x00': '>', b'\x00\x01': '<'}    # CDR_BE, CDR_LE
 HEADER_BYTES = 4             # identifier + options
 
-INT32, UINT32, STRING, BYTES = 'int32', 'uint32', 'string', 'bytes'
+INT32, UINT32, UINT8, STRING, BYTES = 'int32', 'uint32', 'uint8', 'string', 'bytes'
+_ALIGNMENT = {INT32: 4, UINT32: 4, UINT8: 1, STRING: 4, BYTES: 4}   # a length is a uint32
 
 # Field layouts, in wire order: (name, type). A nested message is flattened into its fields.
 COMPRESSED_IMAGE = (       # sensor_msgs/msg/CompressedImage
@@ -40,8 +41,13 @@ COMPRESSED_IMAGE = (       # sensor_msgs/msg/CompressedImage
 COMPRESSED_VIDEO = (       # foxglove_msgs/msg/CompressedVideo
     ('sec', INT32), ('nanosec', UINT32),                           # builtin_interfaces/Time
     ('frame_id', STRING), ('data', BYTES), ('format', STRING))
+IMAGE = (                  # sensor_msgs/msg/Image
+    ('sec', INT32), ('nanosec', UINT32), ('frame_id', STRING),     # std_msgs/Header
+    ('height', UINT32), ('width', UINT32), ('encoding', STRING), ('is_bigendian', UINT8),
+    ('step', UINT32), ('data', BYTES))
 LAYOUTS = {'sensor_msgs/msg/CompressedImage': COMPRESSED_IMAGE,
-           'foxglove_msgs/msg/CompressedVideo': COMPRESSED_VIDEO}
+           'foxglove_msgs/msg/CompressedVideo': COMPRESSED_VIDEO,
+           'sensor_msgs/msg/Image': IMAGE}
 
 
 class MalformedMessage(MalformedImage):
@@ -60,6 +66,21 @@ class CompressedFrame:
     stamp_nanosec: int
     frame_id: str
     image_format: str
+    data: memoryview     # a view into the serialised bytes: valid while they are kept
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    """What the bridge uses of a sensor_msgs Image (the data checked by image_codec later)."""
+
+    stamp_sec: int
+    stamp_nanosec: int
+    frame_id: str
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: bool
+    step: int
     data: memoryview     # a view into the serialised bytes: valid while they are kept
 
 
@@ -84,9 +105,14 @@ def read(buffer, layout) -> dict:
     offset = HEADER_BYTES
     fields = {}
     for name, kind in layout:
-        offset += -(offset - HEADER_BYTES) % 4           # every field here starts 4-aligned
-        if offset + 4 > size:
+        alignment = _ALIGNMENT[kind]
+        offset += -(offset - HEADER_BYTES) % alignment
+        if offset + alignment > size:
             raise MalformedMessage(f'cut short before {name} (at byte {offset} of {size})')
+        if kind == UINT8:
+            fields[name] = view[offset]
+            offset += 1
+            continue
         if kind in (INT32, UINT32):
             fields[name] = (i32 if kind == INT32 else u32).unpack_from(view, offset)[0]
             offset += 4
@@ -113,3 +139,11 @@ def compressed_frame(buffer, layout=COMPRESSED_IMAGE) -> CompressedFrame:
     fields = read(buffer, layout)
     return CompressedFrame(fields['sec'], fields['nanosec'], fields['frame_id'],
                            fields['format'], fields['data'])
+
+
+def raw_frame(buffer) -> RawFrame:
+    """Read a serialised sensor_msgs Image."""
+    fields = read(buffer, IMAGE)
+    return RawFrame(fields['sec'], fields['nanosec'], fields['frame_id'], fields['height'],
+                    fields['width'], fields['encoding'], bool(fields['is_bigendian']),
+                    fields['step'], fields['data'])

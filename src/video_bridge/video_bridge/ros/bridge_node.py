@@ -11,8 +11,9 @@ Threads: rclpy callbacks run on an executor thread; the network runs on one asyn
 main thread. Frames cross with one thread-safe wake-up per frame; the teleop core lives on the
 loop, and ROS-side calls into it (e-stop service, status) are marshalled onto the loop.
 
-Image intake: an H.264 stream's topic is taken as CDR bytes on a thread of its own
-(:mod:`video_bridge.ros.image_intake`).
+Image intake: every stream's topic is taken as CDR bytes on a thread of its own, which also
+converts and encodes (:mod:`video_bridge.ros.image_intake`); the executor thread is left to
+the e-stop service, parameters and timers.
 
 QoS, on purpose: images are subscribed best-effort, depth 1 (sensor data: only the newest frame
 matters, a retransmitted stale frame is worse than none; matches reliable publishers too);
@@ -58,6 +59,29 @@ from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
 from video_bridge_msgs.srv import SetEmergencyStop
 
 MESSAGE_CLASS = {RAW: Image, COMPRESSED: CompressedImage, H264: CompressedImage}
+
+
+def _raw_image(buffer, received: float) -> SourceImage:
+    """A serialised sensor_msgs Image as the hub's SourceImage (its data not copied)."""
+    frame = cdr.raw_frame(buffer)
+    return SourceImage(frame.stamp_sec, frame.stamp_nanosec, frame.data, frame.encoding,
+                       frame.width, frame.height, frame.step, frame.is_bigendian,
+                       received_time=received)
+
+
+def _compressed_image(buffer, received: float, layout=cdr.COMPRESSED_IMAGE) -> SourceImage:
+    """A serialised CompressedImage as the hub's SourceImage (its data not copied)."""
+    frame = cdr.compressed_frame(buffer, layout)
+    return SourceImage(frame.stamp_sec, frame.stamp_nanosec, frame.data,
+                       image_format=frame.image_format, received_time=received)
+
+
+def _compressed_video_image(buffer, received: float) -> SourceImage:
+    """A serialised foxglove_msgs CompressedVideo as the hub's SourceImage."""
+    return _compressed_image(buffer, received, cdr.COMPRESSED_VIDEO)
+
+
+READERS = {RAW: _raw_image, COMPRESSED: _compressed_image, H264: _compressed_image}
 
 
 def compressed_video_class():
@@ -134,7 +158,7 @@ class BridgeNode(Node):
         self._image_subs = {}     # stream name -> its subscription
         self._image_topics = []   # the graph's image topics, refreshed every second
         self.bridge = Bridge(self._config(), self)
-        self.intake = ImageIntake.create(self, self.log)   # H.264 streams' messages
+        self.intake = ImageIntake.create(self, self.log, self.p.video_thread_nice)
         self._reconcile_now = self.create_guard_condition(self.bridge.reconcile)
         self.create_timer(0.5, self.bridge.reconcile)
         self.create_timer(1.0, self._refresh_topics)
@@ -212,18 +236,28 @@ class BridgeNode(Node):
         return self._image_topics
 
     def subscribe(self, stream, message_type: str):
-        """Subscribe a stream's topic (best effort, depth 1, unless image_reliable)."""
+        """
+        Subscribe a stream's topic (best effort, depth 1, unless image_reliable).
+
+        Taken as CDR bytes (``raw=True``, fields read by :mod:`video_bridge.core.cdr`) and
+        served by the image intake thread (:mod:`video_bridge.ros.image_intake`); through the
+        executor, with the same handler, only when this rclpy lacks what the intake uses.
+        """
         settings = stream.settings
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE if self.p.image_reliable
                          else ReliabilityPolicy.BEST_EFFORT)
-        if settings.kind == H264:
-            self._subscribe_encoded(stream, message_type, qos)
-        else:
-            callback = self._raw_callback(stream) if settings.kind == RAW \
-                else self._compressed_callback(stream)
-            self._image_subs[stream.name] = self.create_subscription(
-                MESSAGE_CLASS[settings.kind], settings.topic, callback, qos)
+        message_class, read = MESSAGE_CLASS[settings.kind], READERS[settings.kind]
+        if settings.kind == H264 and message_type == COMPRESSED_VIDEO_TYPE:
+            message_class, read = compressed_video_class(), _compressed_video_image
+        handler = self._bytes_handler(stream, read)
+        intake = self.intake
+        subscription = self.create_subscription(
+            message_class, settings.topic, handler, qos, raw=True,
+            callback_group=intake.group if intake is not None else None)
+        self._image_subs[stream.name] = subscription
+        if intake is not None:
+            intake.add(stream.name, subscription, handler)
         self.get_logger().info(f'stream {stream.name!r}: subscribed '
                                f'{self.resolve_topic_name(settings.topic)}')
 
@@ -237,48 +271,17 @@ class BridgeNode(Node):
 
     # -- image subscriptions -------------------------------------------------------------
 
-    def _subscribe_encoded(self, stream, message_type: str, qos):
-        """Subscribe an H.264 stream's topic as CDR bytes, served by the intake thread."""
-        message_class, layout = CompressedImage, cdr.COMPRESSED_IMAGE
-        if message_type == COMPRESSED_VIDEO_TYPE:
-            message_class, layout = compressed_video_class(), cdr.COMPRESSED_VIDEO
-        handler = self._encoded_handler(stream, layout)
-        intake = self.intake
-        subscription = self.create_subscription(
-            message_class, stream.settings.topic, handler, qos, raw=True,
-            callback_group=intake.group if intake is not None else None)
-        self._image_subs[stream.name] = subscription
-        if intake is not None:
-            intake.add(stream.name, subscription, handler)
-
-    def _encoded_handler(self, stream, layout):
+    def _bytes_handler(self, stream, read):
         def on_bytes(buffer: bytes):
             received = time.time()
             try:
-                frame = cdr.compressed_frame(buffer, layout)
+                image = read(buffer, received)
             except cdr.MalformedMessage as exc:
                 stream.count_malformed(exc.kind)
                 self._log_malformed(stream, exc)
                 return
-            self._feed(stream, SourceImage(frame.stamp_sec, frame.stamp_nanosec, frame.data,
-                                           image_format=frame.image_format,
-                                           received_time=received))
+            self._feed(stream, image)
         return on_bytes
-
-    def _raw_callback(self, stream):
-        def on_image(msg: Image):
-            self._feed(stream, SourceImage(
-                msg.header.stamp.sec, msg.header.stamp.nanosec, msg.data, msg.encoding,
-                msg.width, msg.height, msg.step, bool(msg.is_bigendian),
-                received_time=time.time()))
-        return on_image
-
-    def _compressed_callback(self, stream):
-        def on_compressed(msg: CompressedImage):
-            self._feed(stream, SourceImage(
-                msg.header.stamp.sec, msg.header.stamp.nanosec, msg.data, image_format=msg.format,
-                received_time=time.time()))
-        return on_compressed
 
     def _feed(self, stream, image: SourceImage):
         try:

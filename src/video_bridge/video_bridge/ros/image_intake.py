@@ -1,17 +1,25 @@
 """
-The image intake: H.264 streams' messages taken as CDR bytes on a thread of their own.
+The image intake: every stream's messages taken as CDR bytes, and encoded, on a thread of its own.
 
-An H.264 stream's topic (CompressedImage or foxglove CompressedVideo) is subscribed with
+A stream's topic (Image, CompressedImage or foxglove CompressedVideo) is subscribed with
 ``raw=True`` (fields read by :mod:`video_bridge.core.cdr`) and served by a thread
-(:class:`ImageIntake`) that waits on those subscriptions alone.
+(:class:`ImageIntake`) that waits on those subscriptions alone; the handler it calls converts
+and encodes the frame (:meth:`video_bridge.core.streams.Stream.publish`) on this thread.
 
-rclpy's executor builds a wait set over every entity of the node (parameter services, timers,
-QoS event handlers) in Python for each message, and its Python message objects are built field
-by field: together about 2 % of a core at 30 messages/s here, most of what a passed-through
-stream costs.
+Why a thread of its own:
+
+* rclpy's executor builds a wait set over every entity of the node (parameter services,
+  timers, QoS event handlers) in Python for each message, and its Python message objects are
+  built field by field (a raw image's data copied twice): together about 2 % of a core at
+  30 messages/s here, most of what a passed-through stream costs.
+* Video is the bridge's heaviest work, and the least urgent. On this thread it runs at a lower
+  priority (``video_thread_nice``): when the CPU is short, the network loop (commands) and the
+  executor (the e-stop service, parameters, timers) are served first, and video drops frames
+  (each viewer takes the newest).
 """
 
 from contextlib import ExitStack
+import os
 import threading
 
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -59,8 +67,9 @@ class ImageIntake:
 
     WAIT_NS = 1_000_000_000   # a bounded wait: the stop flag is looked at least once a second
 
-    def __init__(self, node: Node, rclpy_impl, log):
+    def __init__(self, node: Node, rclpy_impl, log, nice: int = 0):
         self._node = node
+        self._nice = nice
         self._impl = rclpy_impl
         self._log = log
         self.group = _IntakeGroup()
@@ -74,8 +83,12 @@ class ImageIntake:
         self._thread = threading.Thread(target=self._run, name='image-intake', daemon=True)
 
     @classmethod
-    def create(cls, node: Node, log):
-        """Return a started intake, or None when this rclpy has not the internals it uses."""
+    def create(cls, node: Node, log, nice: int = 0):
+        """
+        Return a started intake, or None when this rclpy has not the internals it uses.
+
+        ``nice``: added to the thread's niceness (Linux; see :meth:`_lower_priority`).
+        """
         try:
             from rclpy.impl.implementation_singleton import rclpy_implementation
             for name in ('WaitSet', 'Subscription', 'GuardCondition'):
@@ -89,7 +102,7 @@ class ImageIntake:
             log.warning('image intake: this rclpy lacks %s; images go through the executor '
                         '(more CPU per frame)', exc)
             return None
-        intake = cls(node, rclpy_implementation, log)
+        intake = cls(node, rclpy_implementation, log, nice)
         intake._thread.start()
         return intake
 
@@ -114,7 +127,26 @@ class ImageIntake:
             pass
         self._thread.join(timeout)
 
+    def _lower_priority(self):
+        """
+        Add ``nice`` to this thread's niceness (Linux: a thread has its own).
+
+        Raising one's niceness needs no privilege; lowering it back would, so the value is
+        read once, at start. Elsewhere, or if refused, the thread runs at the bridge's priority
+        and says so once.
+        """
+        if self._nice <= 0:
+            return
+        try:
+            thread = threading.get_native_id()
+            before = os.getpriority(os.PRIO_PROCESS, thread)
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, before + self._nice))
+        except (AttributeError, OSError) as exc:
+            self._log.warning('image intake: cannot lower its priority (%s); video runs at the '
+                              "bridge's priority", exc)
+
     def _run(self):
+        self._lower_priority()
         context = self._node.context
         while not self._stopping:
             with self._lock:

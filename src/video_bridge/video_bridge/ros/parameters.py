@@ -100,6 +100,10 @@ BRIDGE_PARAMETERS = {
                             'topic>.', None),
     'image_reliable': (False, 'Subscribe images reliable instead of best effort (sensor data).',
                        None),
+    'video_thread_nice': (10, 'Niceness added (Linux) to the thread that takes, converts and '
+                          'encodes images: when the CPU is short, commands, the e-stop and '
+                          'the network are served before video. 0: the same priority as the '
+                          'rest of the bridge.', (0, 19)),
     'status_period': (1.0, 'Seconds between BridgeStatus messages on ~/status.', (0.05, 60.0)),
     # teleop
     'cmd_vel_stamped': (False, 'Publish geometry_msgs/TwistStamped instead of Twist.', None),
