@@ -494,11 +494,17 @@ def keep_frame_memory():
     kernel after each frame, so every frame page-faults its memory in again (644 faults and
     about 2 ms per 640x480 frame, measured in bench/). Keeping freed memory for reuse costs a
     few MB of RSS and removes that.
+
+    Two malloc arenas, not glibc's 8 per core: the frames are allocated on the image intake
+    thread, and each thread's own arena kept its own slack besides the main one (in the
+    hostile-client soak, RSS growth 0.6-0.8 MB lower at the peak and 1.2-1.4 MB lower after,
+    the command latency and CPU unchanged; bench/reports/soak-2026-12-06d.md).
     """
     try:
         libc = ctypes.CDLL('libc.so.6')
         libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: frames come from the reusable heap
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: do not give freed frames back
+        libc.mallopt(-8, 2)          # M_ARENA_MAX: threads share two arenas
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
 
