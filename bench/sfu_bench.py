@@ -25,6 +25,11 @@ namespace gets a veth pair (198.51.100.1/24, Janus gathers candidates on no loop
   the robot sent, the slowest and the median viewer's fps, the viewers' and others' CPU
   (others: processes outside the benchmark, of 200 %).
   "Janus per viewer" is (Janus CPU at K - at the first K) / (K - first K).
+* h264source: the same as fanout, but the robot's stream is of kind h264 (``--source h264``):
+  the hub is fed H.264 units of the same pictures, as a robot whose camera already encodes
+  (libx264 made them before the run; two GOPs, looped), and the publisher passes them through
+  (no encoder, no decoder). What the robot's CPU is then: taking units and one peer's sending,
+  however many watch through Janus.
 * twonode: the same with two Janus nodes: node A forwards the robot's feed to node B (Janus
   1.1's remote publishers: publish_remotely on A, add_remote_publisher on B, plain RTP with
   RTCP back for keyframe requests), viewer i on node A for even i, on B for odd i. VP8: Janus
@@ -66,6 +71,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(benchlib.ROOT, 'test'))
 from support import janus_lab  # noqa: E402 (test/ on sys.path first)
 from video_bridge.core import sfu  # noqa: E402
+from video_bridge.core.streams import H264  # noqa: E402
 
 STATUS = 'STATUS '          # a child's status line: this prefix, then JSON
 STATUS_PERIOD = 0.5
@@ -153,7 +159,10 @@ async def robot(options):
     """The robot: publish the fed stream to Janus; status every STATUS_PERIOD s."""
     published_at = {}
     step = options.noise_step or NOISE_STEP[options.codec]
-    feeder = janus_lab.Feeder(stamped_picture(published_at, step))
+    if options.source == H264:     # the camera encoded: units passed through
+        feeder = janus_lab.Feeder(janus_lab.busy_h264(step=step), kind=H264)
+    else:
+        feeder = janus_lab.Feeder(stamped_picture(published_at, step))
     try:
         stop = stop_on_sigint()
         published = janus_lab.publisher(Node(options.url), feeder, codec=options.codec)
@@ -170,6 +179,7 @@ async def robot(options):
                 status(t=time.monotonic(), published=feed.published, feed=feed.feed_id,
                        bytes=sent, layer=feed.peer.chooser.current if feed.peer else None,
                        encoders=feeder.stream.counters().video_encoders,
+                       decoders=feeder.stream.counters().video_decoders,
                        publishes=feed.publishes,
                        keyframes=feed.peer.media['keyframes'] if feed.peer else 0,
                        pli=feed.peer.media['pli'] if feed.peer else 0,
@@ -331,15 +341,15 @@ def wait_status(child, predicate, timeout, what) -> dict:
         time.sleep(0.1)   # a poll interval
 
 
-def start_robot(rig, url, codec, options, *extra):
-    return rig.start(f'robot-{codec}', benchlib.python_argv(
-        'sfu_bench.py', 'robot', '--url', url, '--codec', codec,
+def start_robot(rig, url, codec, options, *extra, source='raw'):
+    return rig.start(f'robot-{codec}-{source}', benchlib.python_argv(
+        'sfu_bench.py', 'robot', '--url', url, '--codec', codec, '--source', source,
         '--seconds', options.max_seconds, *extra))
 
 
-def fanout(rig, options, nodes, codec) -> list:
+def fanout(rig, options, nodes, codec, source='raw') -> list:
     """One robot, then viewers added to each K; a window per K. Returns the rows."""
-    robot_child = start_robot(rig, nodes[0].url, codec, options)
+    robot_child = start_robot(rig, nodes[0].url, codec, options, source=source)
     state = wait_status(robot_child, lambda s: s.get('published'), 40, 'the robot publishes')
     if len(nodes) > 1:     # the feed gets the same id on node B
         asyncio.run(janus_lab.forward_feed(nodes[0], nodes[1], state['feed'], codec))
@@ -380,7 +390,8 @@ def fanout(rig, options, nodes, codec) -> list:
             fps += [(x - y) / seconds for x, y in zip(a['frames'], b['frames'])]
         uplink = (after[1]['bytes'] - before[1]['bytes']) * 8 / (after[1]['t'] - before[1]['t'])
         row = {'viewers': target, 'uplink': uplink / 1000, 'layer': after[1]['layer'],
-               'encoders': after[1]['encoders'], 'publishes': after[1]['publishes'],
+               'encoders': after[1]['encoders'], 'decoders': after[1].get('decoders', 0),
+               'publishes': after[1]['publishes'],
                'keyframes': after[1]['keyframes'] - before[1]['keyframes'],
                'pli': after[1]['pli'] - before[1]['pli'],
                'sent_fps': (after[1]['units'] - before[1]['units']) /
@@ -428,7 +439,8 @@ def fanout_table(rows) -> str:
                     fmt(100 * (row['uplink'] / first['uplink'] - 1), 1, ' %'),
                     fmt(per_frame(row), 1),
                     fmt(100 * (per_frame(row) / per_frame(first) - 1), 1, ' %'),
-                    row['layer'], row['encoders'], f"{row['keyframes']}/{row['pli']}",
+                    row['layer'], f"{row['encoders']}/{row['decoders']}",
+                    f"{row['keyframes']}/{row['pli']}",
                     fmt(row['robot_cpu'], 1),
                     fmt(row['robot_cpu'] * 10 / row['sent_fps'] if row['sent_fps'] else None,
                         2),
@@ -438,9 +450,9 @@ def fanout_table(rows) -> str:
                     fmt(row['median_fps'], 1),
                     fmt(row['viewers_cpu'], 0), fmt(row['others_cpu'], 0)])
     return (['viewers', 'uplink kbit/s', 'vs first', 'kbit/frame', 'vs first', 'layer',
-             'encoders', 'keyframes/PLI', 'robot CPU %', 'robot CPU ms/frame', 'Janus CPU %',
-             'Janus %/viewer', 'sent fps', 'slowest fps', 'median fps', 'viewers CPU %',
-             'others CPU %'], out)
+             'encoders/decoders', 'keyframes/PLI', 'robot CPU %', 'robot CPU ms/frame',
+             'Janus CPU %', 'Janus %/viewer', 'sent fps', 'slowest fps', 'median fps',
+             'viewers CPU %', 'others CPU %'], out)
 
 
 def latency_table(results) -> str:
@@ -484,6 +496,12 @@ def parent(options):
                 tables.append(('One Janus node, H.264',
                                fanout_table(fanout(rig, options, nodes, 'h264'))))
                 print(table(*tables[-1][1]), flush=True)
+            if 'h264source' in options.parts:
+                print('fan-out through one Janus node, the H.264 source passed through:',
+                      flush=True)
+                tables.append(('One Janus node, H.264 source passed through (no encoder)',
+                               fanout_table(fanout(rig, options, nodes, 'h264', H264))))
+                print(table(*tables[-1][1]), flush=True)
             if 'twonode' in options.parts or 'latency' in options.parts:
                 nodes.append(janus_lab.Janus(rtp_ports='41000-41999'))
             if 'twonode' in options.parts:
@@ -508,7 +526,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('role', nargs='?', default='parent',
                         choices=('parent', 'robot', 'viewers'))
-    parser.add_argument('--parts', default='fanout,twonode,latency')
+    parser.add_argument('--parts', default='fanout,h264source,twonode,latency')
     parser.add_argument('--viewers', default='1,5,20,50',
                         type=lambda text: [int(k) for k in text.split(',')])
     parser.add_argument('--per-worker', type=int, default=10)
@@ -523,6 +541,8 @@ def main():
     parser.add_argument('--url', default='')
     parser.add_argument('--second-url', default='')
     parser.add_argument('--codec', default='h264')
+    parser.add_argument('--source', default='raw', choices=('raw', H264),
+                        help="the robot stream's kind: raw pictures, or H.264 units")
     parser.add_argument('--seconds', type=float, default=1800.0)
     parser.add_argument('--latency', type=float, default=0.0)
     parser.add_argument('--feed', type=int, default=0)

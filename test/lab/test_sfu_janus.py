@@ -15,12 +15,13 @@ import subprocess
 import time
 
 import pytest
-from support.janus_lab import (ADDRESS, Feeder, forward_feed, Forwarder, Janus, JanusEdge,
-                               JanusViewer, lab_interface, media_ports, OTHER_ROOM, publisher,
-                               remote_publishers, ROOM, secret_files, uplink_rate)
+from support.janus_lab import (ADDRESS, busy_h264, Feeder, forward_feed, Forwarder, Janus,
+                               JanusEdge, JanusViewer, lab_interface, media_ports, OTHER_ROOM,
+                               publisher, remote_publishers, ROOM, secret_files, uplink_rate)
 from support.waiting import wait_for
 from support.webrtc_support import wait_until
 from video_bridge.core import sfu
+from video_bridge.core.streams import H264
 
 pytest.importorskip('aiortc')
 
@@ -90,6 +91,38 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
     finally:
         feeder.close()
         edge.close()
+
+
+def test_an_h264_source_goes_up_undecoded_for_three_viewers(janus):
+    """A robot whose camera already encodes H.264: the units go to Janus as they are (no
+    encoder, no decoder in the robot), and every viewer through Janus gets them."""
+    feeder = Feeder(busy_h264(320, 240), kind=H264)
+
+    async def scenario():
+        published = publisher(janus, feeder)
+        published.start()
+        published.set_wanted({'cam'})
+        viewers = []
+        try:
+            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+            for index in range(3):
+                viewer = JanusViewer(janus.url)
+                viewers.append(viewer)
+                await viewer.watch(published.viewer_access('cam', f'page-{index}'))
+            await wait_until(lambda: all(v.frames >= 30 for v in viewers), 30,
+                             'three viewers get frames')
+            counters = feeder.stream.counters()
+            assert (counters.video_encoders, counters.video_decoders) == (0, 0), counters
+            assert feeder.stream.counters().frames_malformed == 0
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            await published.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeder.close()
 
 
 def test_janus_refuses_what_the_bridge_did_not_mint(janus):

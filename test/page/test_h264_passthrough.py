@@ -9,7 +9,6 @@ keyframe; malformed units are counted by kind and logged once, and other peers k
 """
 
 import asyncio
-import fractions
 import json
 import os
 import threading
@@ -18,6 +17,7 @@ import urllib.request
 from conftest import wait_for
 import numpy as np
 import pytest
+from support.pictures import h264_loop
 from support.webrtc_support import (AiortcViewer, Control, HOST_ADDRESS, host_address, session,
                                     wait_until)
 from video_bridge.core import h264
@@ -29,25 +29,16 @@ TOPIC = '/robot/image_raw/h264'
 WIDTH, HEIGHT, FPS, GOP = 640, 480, 30, 30
 
 
+def pattern(index):
+    """A bar moving 8 px a frame over a flat background."""
+    picture = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
+    picture[:, (index * 8) % WIDTH:(index * 8) % WIDTH + 24] = (40, 200, 250)
+    return picture
+
+
 def encode_loop(count=2 * GOP):
-    """Units of a moving pattern (SPS/PPS on every keyframe); a whole number of GOPs, so the
-    loop repeats seamlessly (each GOP starts at an IDR)."""
-    context = av.CodecContext.create('libx264', 'w')
-    context.width, context.height, context.pix_fmt = WIDTH, HEIGHT, 'yuv420p'
-    context.time_base = fractions.Fraction(1, FPS)
-    context.bit_rate = 600_000
-    context.options = {'preset': 'ultrafast', 'tune': 'zerolatency', 'profile': 'baseline',
-                       'x264-params': f'keyint={GOP}:min-keyint={GOP}:scenecut=0:'
-                                      'repeat-headers=1'}
-    units = []
-    for index in range(count):
-        picture = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
-        picture[:, (index * 8) % WIDTH:(index * 8) % WIDTH + 24] = (40, 200, 250)
-        frame = av.VideoFrame.from_ndarray(picture, format='bgr24')
-        frame.pts = index
-        packets = context.encode(frame)
-        units.append((b''.join(bytes(p) for p in packets), any(p.is_keyframe for p in packets)))
-    return units
+    """Units of a moving pattern, two GOPs (support.pictures.h264_loop)."""
+    return h264_loop(pattern, count, WIDTH, HEIGHT, GOP, FPS)
 
 
 class H264Publisher:

@@ -23,9 +23,9 @@ import time
 
 from conftest import ChildProcess, free_port, only_loopback, port_open, REPO, wait_for
 import pytest
-from support.pictures import raw
+from support.pictures import h264_loop, raw
 from video_bridge.core import sfu
-from video_bridge.core.streams import StreamHub, StreamSettings
+from video_bridge.core.streams import RAW, SourceImage, StreamHub, StreamSettings
 
 JANUS = shutil.which('janus')
 ROOM = 4242
@@ -204,12 +204,16 @@ http {{
 
 
 class Feeder:
-    """A hub with one stream fed 30 frames/s from a thread (the camera side of the bridge)."""
+    """
+    A hub with one stream fed 30 frames/s from a thread (the camera side of the bridge).
 
-    def __init__(self, picture=raw):
+    ``kind``: the stream's (streams.RAW, or streams.H264 with :func:`busy_h264`'s units).
+    """
+
+    def __init__(self, picture=raw, kind=RAW):
         self.picture = picture
         self.hub = StreamHub()
-        self.stream = self.hub.add(StreamSettings('cam', 'image_raw'))
+        self.stream = self.hub.add(StreamSettings('cam', 'image_raw', kind=kind))
         self.listeners = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -396,6 +400,25 @@ def busy_picture(width=640, height=480, count=8, step=2):
         return SourceImage(stamp_sec=1000, stamp_nanosec=index * 33_333_333,
                            data=frames[index % count], encoding='bgr8', width=width,
                            height=height, step=width * 3, received_time=time.time())
+    return make
+
+
+def busy_h264(width=640, height=480, step=2, gop=30):
+    """
+    busy_picture's pictures as the units a robot's own H.264 encoder would send: two GOPs of
+    libx264 at the 1.2 Mbit/s top layer's rate, looped, for a Feeder of kind streams.H264.
+    """
+    import numpy as np
+    busy = busy_picture(width, height, step=step)
+
+    def picture(index):
+        return np.frombuffer(busy(index).data, np.uint8).reshape(height, width, 3)
+    units = h264_loop(picture, 2 * gop, width, height, gop, bitrate=1_200_000)
+
+    def make(index):
+        return SourceImage(stamp_sec=1000 + index // 30, stamp_nanosec=index % 30 * 33_333_333,
+                           data=units[index % len(units)][0], image_format='h264',
+                           received_time=time.time())
     return make
 
 
