@@ -126,6 +126,11 @@ class RosHarness:
         self._thread.join(timeout=5)
 
 
+# Return codes of a process that died of a fault: never a clean shutdown.
+CRASHES = frozenset(-sig for sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS,
+                                     signal.SIGFPE, signal.SIGILL))
+
+
 class ChildProcess:
     """
     A process a test started, its output in a log file, stopped cleanly (Ctrl-C) at the end.
@@ -184,6 +189,9 @@ class ChildProcess:
                 pytest.fail(f'{self.name} did not exit within {timeout} s of {sig!r}:\n'
                             f'{self.output()[-3000:]}')
         self._log.close()
+        if self.proc.returncode in CRASHES:   # also leaves its Fast DDS segment behind
+            pytest.fail(f'{self.name} crashed ({signal.Signals(-self.proc.returncode).name}):'
+                        f'\n{self.output()[-3000:]}')
         return self.proc.returncode
 
 

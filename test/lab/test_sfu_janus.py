@@ -36,6 +36,31 @@ def janus():
             server.close()
 
 
+@contextlib.asynccontextmanager
+async def publishing(janus, feeder):
+    """The robot's publisher for the feeder's stream, once it publishes, and a list of viewers
+    (closed at the end, then the publisher stopped)."""
+    published = publisher(janus, feeder)
+    published.start()
+    published.set_wanted({'cam'})
+    viewers = []
+    try:
+        await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+        yield published, viewers
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await published.stop()
+
+
+async def watch(url, published, viewers, pages):
+    """One viewer per page name, watching the robot's feed through ``url``."""
+    for page in pages:
+        viewer = JanusViewer(url)
+        viewers.append(viewer)
+        await viewer.watch(published.viewer_access('cam', page))
+
+
 def test_one_stream_up_for_one_or_five_viewers(janus):
     """Five viewers through Janus cost the robot's uplink what one does; one encoder.
 
@@ -45,12 +70,7 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
     feeder = Feeder()
 
     async def scenario():
-        published = publisher(janus, feeder)
-        published.start()
-        published.set_wanted({'cam'})
-        viewers = []
-        try:
-            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
+        async with publishing(janus, feeder) as (published, viewers):
             feed = published.feeds['cam']
             access = published.viewer_access('cam', 'page-1')
             assert access['feed'] == feed.feed_id and access['room'] == ROOM
@@ -59,10 +79,7 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
             await first.watch(access)
             await wait_until(lambda: first.frames >= 30, 20, 'the first viewer gets frames')
             one = await uplink_rate(feed, 3.0)
-            for index in range(4):
-                viewer = JanusViewer(edge.url)
-                viewers.append(viewer)
-                await viewer.watch(published.viewer_access('cam', f'page-{index + 2}'))
+            await watch(edge.url, published, viewers, [f'page-{i}' for i in range(2, 6)])
             await wait_until(lambda: all(v.frames >= 30 for v in viewers), 30,
                              'five viewers get frames')
             five = await uplink_rate(feed, 3.0)
@@ -81,10 +98,6 @@ def test_one_stream_up_for_one_or_five_viewers(janus):
             assert one > 0 and five < one * 1.25 + 50_000
             counters = feeder.stream.counters()
             assert counters.video_encoders == 1       # the SFU adds no encode per viewer
-        finally:
-            for viewer in viewers:
-                await viewer.close()
-            await published.stop()
 
     try:
         asyncio.run(scenario())
@@ -99,25 +112,13 @@ def test_an_h264_source_goes_up_undecoded_for_three_viewers(janus):
     feeder = Feeder(busy_h264(320, 240), kind=H264)
 
     async def scenario():
-        published = publisher(janus, feeder)
-        published.start()
-        published.set_wanted({'cam'})
-        viewers = []
-        try:
-            await wait_until(lambda: published.feeds['cam'].published, 20, 'published')
-            for index in range(3):
-                viewer = JanusViewer(janus.url)
-                viewers.append(viewer)
-                await viewer.watch(published.viewer_access('cam', f'page-{index}'))
+        async with publishing(janus, feeder) as (published, viewers):
+            await watch(janus.url, published, viewers, ['page-0', 'page-1', 'page-2'])
             await wait_until(lambda: all(v.frames >= 30 for v in viewers), 30,
                              'three viewers get frames')
             counters = feeder.stream.counters()
             assert (counters.video_encoders, counters.video_decoders) == (0, 0), counters
             assert feeder.stream.counters().frames_malformed == 0
-        finally:
-            for viewer in viewers:
-                await viewer.close()
-            await published.stop()
 
     try:
         asyncio.run(scenario())

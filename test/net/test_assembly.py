@@ -290,7 +290,7 @@ def test_the_assembly_core_and_net_import_no_ros():
 def test_the_config_defaults_are_the_parameters_defaults():
     from video_bridge.ros.parameters import BRIDGE_PARAMETERS
     node_only = {'cmd_vel_stamped', 'cmd_vel_frame_id', 'image_reliable', 'status_period',
-                 'stream_names'}
+                 'stream_names', 'video_thread_nice'}
     resolved_by_the_node = {'web_root', 'commands_file'}
     defaults = BridgeConfig()
     fields = set(vars(defaults)) - {'streams'}

@@ -4,7 +4,7 @@ decoded again with FFmpeg's decoders (PyAV) to prove the units are a valid strea
 import cv2
 import numpy as np
 import pytest
-from support.pictures import HEIGHT, picture, raw, WIDTH
+from support.pictures import h264_loop, HEIGHT, picture, raw, WIDTH
 from video_bridge.core import encoders
 from video_bridge.core.protocol import Variant
 from video_bridge.core.streams import COMPRESSED, SourceImage, StreamHub, StreamSettings
@@ -206,18 +206,7 @@ def test_the_encoder_keeps_no_reference_to_the_picture_memory(codec):
 
 def x264_source(count, keyint=10):
     """Units as a robot's H.264 camera publishes them (libx264, SPS/PPS on every keyframe)."""
-    context = av.CodecContext.create('libx264', 'w')
-    context.width, context.height, context.pix_fmt = WIDTH, HEIGHT, 'yuv420p'
-    context.time_base = __import__('fractions').Fraction(1, 30)
-    context.options = {'preset': 'ultrafast', 'tune': 'zerolatency', 'profile': 'baseline',
-                       'x264-params': f'keyint={keyint}:min-keyint={keyint}:scenecut=0:'
-                                      'repeat-headers=1'}
-    units = []
-    for index in range(count):
-        frame = av.VideoFrame.from_ndarray(picture(index), format='bgr24')
-        frame.pts = index
-        units += [bytes(packet) for packet in context.encode(frame)]
-    return units
+    return [unit for unit, _ in h264_loop(picture, count, WIDTH, HEIGHT, keyint)]
 
 
 def h264_message(data, index, image_format='h264'):

@@ -62,7 +62,7 @@ MESSAGE_CLASS = {RAW: Image, COMPRESSED: CompressedImage, H264: CompressedImage}
 
 
 def _raw_image(buffer, received: float) -> SourceImage:
-    """A serialised sensor_msgs Image as the hub's SourceImage (its data not copied)."""
+    """Read a serialised sensor_msgs Image as the hub's SourceImage (its data not copied)."""
     frame = cdr.raw_frame(buffer)
     return SourceImage(frame.stamp_sec, frame.stamp_nanosec, frame.data, frame.encoding,
                        frame.width, frame.height, frame.step, frame.is_bigendian,
@@ -70,14 +70,14 @@ def _raw_image(buffer, received: float) -> SourceImage:
 
 
 def _compressed_image(buffer, received: float, layout=cdr.COMPRESSED_IMAGE) -> SourceImage:
-    """A serialised CompressedImage as the hub's SourceImage (its data not copied)."""
+    """Read a serialised CompressedImage as the hub's SourceImage (its data not copied)."""
     frame = cdr.compressed_frame(buffer, layout)
     return SourceImage(frame.stamp_sec, frame.stamp_nanosec, frame.data,
                        image_format=frame.image_format, received_time=received)
 
 
 def _compressed_video_image(buffer, received: float) -> SourceImage:
-    """A serialised foxglove_msgs CompressedVideo as the hub's SourceImage."""
+    """Read a serialised foxglove_msgs CompressedVideo as the hub's SourceImage."""
     return _compressed_image(buffer, received, cdr.COMPRESSED_VIDEO)
 
 
