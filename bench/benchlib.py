@@ -760,7 +760,7 @@ def perf_categorise(data: str, threads: dict) -> dict:
                     'Python on the network loop (pump, framing, asyncio)'
             else:
                 headline, detail = 'DDS/rclpy intake', \
-                    'Python on the executor thread (rclpy executor, callback, hub)'
+                    'Python on the ROS threads (image intake, hub, encoding; executor)'
         counts[(headline, detail)] += 1
     return counts
 
@@ -768,14 +768,14 @@ def perf_categorise(data: str, threads: dict) -> dict:
 def thread_kind(pid: int, tid: int, name: str) -> str:
     """Name the role of a bridge thread.
 
-    The main thread runs the asyncio network loop; the other Python-named thread is the rclpy
-    executor (intake, conversion, JPEG encode); Fast DDS names its own threads (dds.shm.*,
-    dds.udp.*, dds.ev.*).
+    The main thread runs the asyncio network loop; the other Python-named threads are the image
+    intake (take, conversion, encoding) and the rclpy executor (services, timers), which the OS
+    does not tell apart; Fast DDS names its own threads (dds.shm.*, dds.udp.*, dds.ev.*).
     """
     if tid == pid:
         return 'main thread (asyncio network loop)'
     if name.startswith('python') or name == 'bridge_node':
-        return 'executor thread (rclpy, conversion, JPEG)'
+        return 'ROS threads (image intake: conversion, encoding; executor)'
     return f'native: {".".join(name.split(".")[:2])}'
 
 
@@ -910,7 +910,7 @@ class Profile:
                               for name, count in self.pyspy_counts.most_common(6))
             print(f'py-spy ({spied} Python samples, indicative): {split}')
             # perf cannot see numpy views; py-spy can: charge conversion its share of the
-            # Python threads' CPU (it is part of "Python on the executor thread" above).
+            # Python threads' CPU (it is part of "Python on the ROS threads" above).
             python_seconds = sum(used for kind, used in self.thread_seconds.items()
                                  if not kind.startswith('native'))
             share = self.pyspy_counts[PYSPY_CATEGORIES[2][0]] / spied
