@@ -45,9 +45,6 @@ IMAGE = (                  # sensor_msgs/msg/Image
     ('sec', INT32), ('nanosec', UINT32), ('frame_id', STRING),     # std_msgs/Header
     ('height', UINT32), ('width', UINT32), ('encoding', STRING), ('is_bigendian', UINT8),
     ('step', UINT32), ('data', BYTES))
-LAYOUTS = {'sensor_msgs/msg/CompressedImage': COMPRESSED_IMAGE,
-           'foxglove_msgs/msg/CompressedVideo': COMPRESSED_VIDEO,
-           'sensor_msgs/msg/Image': IMAGE}
 
 
 class MalformedMessage(MalformedImage):

@@ -43,11 +43,11 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool
-from video_bridge.assembly import (Bridge, BridgeConfig, COMPRESSED_VIDEO_TYPE, IMAGE_TYPES,
-                                   StreamConfig)
+from video_bridge.assembly import (Bridge, BridgeConfig, COMPRESSED_IMAGE_TYPE,
+                                   COMPRESSED_VIDEO_TYPE, IMAGE_TYPE, IMAGE_TYPES, StreamConfig)
 from video_bridge.core import cdr
 from video_bridge.core.image_codec import MalformedImage, UnsupportedEncoding
-from video_bridge.core.streams import COMPRESSED, H264, RAW, SourceImage
+from video_bridge.core.streams import SourceImage
 from video_bridge.net.server import (collect_young_objects_less_often,
                                      freeze_start_up_objects)
 from video_bridge.ros.image_intake import ImageIntake
@@ -57,8 +57,6 @@ from video_bridge.ros.parameters import (BRIDGE_PARAMETERS, declare, described,
 from video_bridge.ros.usage import handle_help
 from video_bridge_msgs.msg import BridgeStatus, StreamStatus, TeleopStatus
 from video_bridge_msgs.srv import SetEmergencyStop
-
-MESSAGE_CLASS = {RAW: Image, COMPRESSED: CompressedImage, H264: CompressedImage}
 
 
 def _raw_image(buffer, received: float) -> SourceImage:
@@ -81,7 +79,11 @@ def _compressed_video_image(buffer, received: float) -> SourceImage:
     return _compressed_image(buffer, received, cdr.COMPRESSED_VIDEO)
 
 
-READERS = {RAW: _raw_image, COMPRESSED: _compressed_image, H264: _compressed_image}
+# How the CDR bytes of each image message type are read (its class: MESSAGE_CLASSES, or
+# compressed_video_class()).
+MESSAGE_CLASSES = {IMAGE_TYPE: Image, COMPRESSED_IMAGE_TYPE: CompressedImage}
+READERS = {IMAGE_TYPE: _raw_image, COMPRESSED_IMAGE_TYPE: _compressed_image,
+           COMPRESSED_VIDEO_TYPE: _compressed_video_image}
 
 
 def compressed_video_class():
@@ -247,10 +249,9 @@ class BridgeNode(Node):
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE if self.p.image_reliable
                          else ReliabilityPolicy.BEST_EFFORT)
-        message_class, read = MESSAGE_CLASS[settings.kind], READERS[settings.kind]
-        if settings.kind == H264 and message_type == COMPRESSED_VIDEO_TYPE:
-            message_class, read = compressed_video_class(), _compressed_video_image
-        handler = self._bytes_handler(stream, read)
+        message_class = compressed_video_class() if message_type == COMPRESSED_VIDEO_TYPE \
+            else MESSAGE_CLASSES[message_type]   # foxglove_msgs is imported only when used
+        handler = self._bytes_handler(stream, READERS[message_type])
         intake = self.intake
         subscription = self.create_subscription(
             message_class, settings.topic, handler, qos, raw=True,
