@@ -54,8 +54,9 @@ from webrtc_bench import HOST_ADDRESS, sh, viewer_stats
 
 CAMERA_NODE = os.path.join(os.path.dirname(benchlib.BRIDGE_NODE), 'camera_node')
 TOPICS = {'raw': '/camera/image_raw', 'h264': '/camera/image_raw/h264',
-          'h264-before': '/camera/image_raw/h264'}
-LABELS = {'raw': 'raw bgr8', 'h264': 'H.264', 'h264-before': 'H.264, --before'}
+          'h264-before': '/camera/image_raw/h264', 'h264-floor': '/camera/image_raw/h264'}
+LABELS = {'raw': 'raw bgr8', 'h264': 'H.264', 'h264-before': 'H.264, --before',
+          'h264-floor': 'H.264, floor (bench/floor_bridge.py)'}
 PER_WORKER = 5   # aiortc peers per worker process (each decodes what it receives)
 
 
@@ -119,6 +120,12 @@ def bridge_params(kind: str) -> list:
 def start_case(rig, kind: str, options):
     """Start camera_node and the bridge of one kind (--before's bridge for h264-before)."""
     camera = rig.start('camera', camera_argv(kind))
+    if kind == 'h264-floor':   # the plain pass-through in place of bridge_node
+        port = benchlib.free_port()
+        bridge = rig.start('bridge', benchlib.python_argv('floor_bridge.py', '--port', port,
+                                                          '--topic', TOPICS[kind]))
+        benchlib.wait_for_port(port, bridge)
+        return camera, bridge, port
     source = options.before if kind == 'h264-before' else ''
     bridge, port = benchlib.start_bridge(rig, TOPICS[kind], bridge_params(kind), source=source)
     return camera, bridge, port
@@ -280,7 +287,8 @@ def main():
     parser.add_argument('--kinds', default='raw,h264',
                         type=lambda text: [k for k in text.split(',') if k],
                         help='source kinds: raw, h264 (default both); h264-before is added '
-                        'with --before')
+                        'with --before; h264-floor is bench/floor_bridge.py, the plain '
+                        'rclpy + aiortc pass-through, in place of bridge_node')
     benchlib.add_before_option(parser)  # its bridge is the kind h264-before
     parser.add_argument('--browser', default='raw,h264',
                         type=lambda text: [k for k in text.split(',') if k],
@@ -301,9 +309,10 @@ def main():
     benchlib.check_before(parser, options)
     if options.before:
         options.kinds = options.kinds + ['h264-before']
-    if not set(options.kinds + options.browser) <= set(TOPICS) or not options.viewers \
-            or min(options.viewers) < 1 or max(options.viewers) > 20:
-        parser.error('--kinds takes raw,h264; --viewers 1..20 (webrtc_max_peers)')
+    if not set(options.kinds) <= set(TOPICS) or not set(options.browser) <= {'raw', 'h264'} \
+            or not options.viewers or min(options.viewers) < 1 or max(options.viewers) > 20:
+        parser.error('--kinds takes raw,h264,h264-floor; --browser raw,h264; --viewers 1..20 '
+                     '(webrtc_max_peers)')
     benchlib.require_loopback_only()
     benchlib.print_versions(options.before)
     shm_before = benchlib.shm_segments()
