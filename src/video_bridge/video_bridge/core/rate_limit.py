@@ -9,7 +9,6 @@ behind a proxy) also share one bucket of ``CLIENT_SHARE`` times that size
 (:class:`ClientBuckets`): opening more connections buys a client no more messages.
 """
 
-from collections import deque
 import enum
 import math
 from typing import Dict, Optional
@@ -36,6 +35,10 @@ class RateLimiter:
     gets the client disconnected; that verdict is final for this limiter.
     """
 
+    # One per connection: slots, not a __dict__ each (most connections are idle watchers).
+    __slots__ = ('rate', 'burst', 'strikes_to_disconnect', 'strike_window', 'own', 'shared',
+                 '_strikes', '_disconnected')
+
     def __init__(self, rate: float, burst: int, strikes_to_disconnect: int = 20,
                  strike_window: float = 5.0, shared: Optional['Bucket'] = None):
         """Start with a full bucket and no strikes; ``shared``: the client's bucket too."""
@@ -54,7 +57,7 @@ class RateLimiter:
         self.strike_window = float(strike_window)
         self.own = Bucket(rate, burst)
         self.shared = shared
-        self._strikes = deque()
+        self._strikes = []        # times of recent rejections, at most strikes_to_disconnect
         self._disconnected = False
 
     def admit(self, now: float, shared: bool = True) -> Verdict:
@@ -72,8 +75,12 @@ class RateLimiter:
             if client is not None:
                 client.take()
             return Verdict.ACCEPT
-        while self._strikes and now - self._strikes[0] >= self.strike_window:
-            self._strikes.popleft()
+        # A list, not a deque: it holds at most strikes_to_disconnect times, and an empty
+        # deque costs 760 bytes, which every idle connection's limiter would hold.
+        expired = 0
+        while expired < len(self._strikes) and now - self._strikes[expired] >= self.strike_window:
+            expired += 1
+        del self._strikes[:expired]
         self._strikes.append(now)
         if len(self._strikes) >= self.strikes_to_disconnect:
             self._disconnected = True
@@ -83,6 +90,8 @@ class RateLimiter:
 
 class Bucket:
     """A token bucket: ``rate`` tokens per second, at most ``burst``, full at the start."""
+
+    __slots__ = ('rate', 'burst', '_tokens', '_last')   # one per connection and per client
 
     def __init__(self, rate: float, burst: int):
         self.rate = float(rate)

@@ -49,26 +49,75 @@ BROADCAST_BATCH = 8
 
 
 class _Session:
-    """One control client: its grant, sender, rate limiter and outbox."""
+    """
+    One control client: its grant, sender, rate limiter and outbox.
+
+    Most sessions of a busy bridge are idle watchers, so an idle one holds as little as it can:
+    the replies' deque lives only while replies wait, and the writer's wait and :meth:`drained`
+    are plain futures made when they are awaited (an ``asyncio.Event`` holds an empty deque of
+    760 bytes from the start), and it has slots, not a ``__dict__``.
+    """
+
+    __slots__ = ('client_id', 'grant', 'sender', 'limiter', 'client_key', 'replies',
+                 'queued_bytes', 'state', 'pending', 'closed', 'closing', 'writer', '_work',
+                 '_drained')
 
     def __init__(self, client_id: str, grant, sender, limiter: RateLimiter):
         self.client_id = client_id
         self.grant = grant
         self.sender = sender
         self.limiter = limiter
-        self.replies = collections.deque()
+        self.client_key = None   # who it counts for in the per-client rate limit
+        self.replies: Optional[collections.deque] = None   # made with a reply, dropped once sent
         self.queued_bytes = 0
         self.state: Optional[str] = None  # newest state text not yet sent
-        self.wake = asyncio.Event()
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.pending = False  # the writer has something to do (or, closed, to stop)
         self.closed = False
         self.closing = None  # (code, reason) to close with once the queued replies are out
         self.writer: Optional[asyncio.Task] = None
+        self._work: Optional[asyncio.Future] = None      # the writer waits on it for work
+        self._drained: Optional[asyncio.Future] = None   # flush() waits on it
 
     def unsent(self) -> int:
         buffered = getattr(self.sender, 'buffered_amount', None)
         return self.queued_bytes + (buffered() if buffered is not None else 0)
+
+    def reply(self, text: str):
+        """Queue a reply after the ones before it."""
+        if self.replies is None:
+            self.replies = collections.deque()
+        self.replies.append(text)
+        self.queued_bytes += len(text)
+        self.wake()
+
+    def wake(self):
+        """Give the writer something to do: a reply, a state, or a close."""
+        self.pending = True
+        if self._work is not None and not self._work.done():
+            self._work.set_result(None)
+
+    async def work(self):
+        """The writer: wait until :meth:`wake` was called (at once if it was already)."""
+        while not self.pending:
+            self._work = asyncio.get_running_loop().create_future()
+            try:
+                await self._work
+            finally:
+                self._work = None
+
+    def idle(self):
+        """The writer has sent everything: wake whoever waits in :meth:`drained`."""
+        self.pending = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def drained(self) -> Optional[asyncio.Future]:
+        """A future done once the writer has sent everything; None if it has already."""
+        if not self.pending:
+            return None
+        if self._drained is None or self._drained.done():
+            self._drained = asyncio.get_running_loop().create_future()
+        return self._drained
 
 
 class ControlService:
@@ -121,9 +170,10 @@ class ControlService:
 
     async def flush(self, timeout: float = 1.0):
         """Wait (bounded) until every session's outbox is sent: each message got its reply."""
-        waits = [session.idle.wait() for session in self._sessions.values()]
+        waits = [session.drained() for session in self._sessions.values()]
+        waits = [wait for wait in waits if wait is not None]
         if waits:
-            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=timeout)
+            await asyncio.wait(waits, timeout=timeout)
 
     def close_all(self, code: int, reason: str):
         """Ask every transport to close (shutdown)."""
@@ -171,7 +221,7 @@ class ControlService:
             return
         self._client_buckets.release(session.client_key)
         session.closed = True
-        session.wake.set()
+        session.wake()
         self.apply(self.core.disconnect(client_id, self.clock()))
         for plugin in (self.signalling, self.sfu):
             if plugin is not None:
@@ -333,8 +383,7 @@ class ControlService:
                 continue
             session.state = protocol.encode_control(state, session.client_id) \
                 if session.client_id == state.driver else others
-            session.idle.clear()
-            session.wake.set()
+            session.wake()
         rest = sessions[BROADCAST_BATCH:]
         if rest:
             asyncio.get_running_loop().call_soon(self._wake_with_state, generation, rest, state,
@@ -343,10 +392,7 @@ class ControlService:
     def _queue_reply(self, session: _Session, text: str):
         if session.closed:
             return
-        session.replies.append(text)
-        session.queued_bytes += len(text)
-        session.idle.clear()
-        session.wake.set()
+        session.reply(text)
         if session.unsent() > MAX_UNSENT_BYTES:
             self.log.warning('control client %s is not reading its replies; dropping it',
                              session.client_id)
@@ -361,12 +407,13 @@ class ControlService:
         session.closed = True
         session.state = None
         if at_once or session.writer is None or session.writer.done():
-            session.replies.clear()
+            session.replies = None
+            session.queued_bytes = 0
             session.closing = None
             self._close_sender(session, code, reason)
         elif session.closing is None:
             session.closing = (code, reason)
-        session.wake.set()
+        session.wake()
 
     def _close_sender(self, session: _Session, code: int, reason: str):
         try:
@@ -380,8 +427,7 @@ class ControlService:
         send = getattr(sender, 'send', None)
         try:
             while True:
-                await session.wake.wait()
-                session.wake.clear()
+                await session.work()
                 while session.replies or (session.state is not None and not session.closed):
                     if session.replies:
                         text = session.replies.popleft()
@@ -395,7 +441,8 @@ class ControlService:
                             await send(text)
                     if session.unsent() > MAX_UNSENT_BYTES:
                         raise asyncio.TimeoutError
-                session.idle.set()
+                session.replies = None   # sent: an idle session keeps no empty deque
+                session.idle()
                 if session.closing is not None:
                     code, reason = session.closing
                     session.closing = None
@@ -409,7 +456,7 @@ class ControlService:
         except (ConnectionError, RuntimeError):
             pass  # the transport closed; close_session follows from its handler
         finally:
-            session.idle.set()
+            session.idle()
 
     async def _run_clock(self):
         """Tick the core at its deadlines (deadman, republish, ramps), and after each event."""

@@ -35,6 +35,8 @@ class WebSocketSender:
     while it is parked in it, and the handler tells that cancel from any other.
     """
 
+    __slots__ = ('request', 'ws', 'close_request', 'reader', 'interrupted')   # one a socket
+
     def __init__(self, request: web.BaseRequest, ws: web.WebSocketResponse):
         self.request = request
         self.ws = ws

@@ -118,12 +118,20 @@ async def answer_ping(request: web.BaseRequest, ws: web.WebSocketResponse, data:
 
 class Keepalive:
     """
-    Ping a websocket that has been quiet for ``interval`` s; drop it without a pong in ``timeout``.
+    Ping a websocket that has been quiet for ``interval`` s; drop it without a sign of life
+    within ``timeout`` s of the ping.
 
     Anything received counts as a sign of life. A peer that vanished without FIN or RST (a
     Wi-Fi drop) is detected within ``interval`` (quiet) + ``interval`` (check period) +
     ``timeout``.
+
+    Timers, not a task: most sockets of a busy bridge are idle, and a task parked in a sleep
+    holds its coroutine, a future and a timer for the socket's whole life; here a socket holds
+    one timer, and a ping's short task lives only until the ping is written.
     """
+
+    __slots__ = ('request', 'ws', 'interval', 'timeout', 'on_dead', 'last_heard',
+                 '_check_timer', '_deadline', '_ping', '_stopped')   # one a socket
 
     def __init__(self, request: web.BaseRequest, ws: web.WebSocketResponse, interval: float,
                  timeout: float, on_dead=None):
@@ -133,38 +141,55 @@ class Keepalive:
         self.timeout = timeout
         self.on_dead = on_dead
         self.last_heard = time.monotonic()
-        self._heard = asyncio.Event()
-        self.task: Optional[asyncio.Task] = None
+        self._check_timer: Optional[asyncio.TimerHandle] = None
+        self._deadline: Optional[asyncio.TimerHandle] = None   # a ping awaits its answer
+        self._ping: Optional[asyncio.Task] = None
+        self._stopped = False
 
     def start(self) -> 'Keepalive':
-        """Run in the background until :meth:`stop`."""
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        """Check every ``interval`` s until :meth:`stop`."""
+        self._check_timer = asyncio.get_running_loop().call_later(self.interval, self._check)
         return self
 
     def stop(self):
         """Stop pinging."""
-        if self.task is not None:
-            self.task.cancel()
+        self._stopped = True
+        for handle in (self._check_timer, self._deadline, self._ping):
+            if handle is not None:
+                handle.cancel()
+        self._check_timer = self._deadline = self._ping = None
 
     def heard(self):
         """Note a sign of life (any frame from the peer)."""
         self.last_heard = time.monotonic()
-        self._heard.set()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
-    async def _run(self):
-        while True:
-            await asyncio.sleep(self.interval)
-            if time.monotonic() - self.last_heard < self.interval:
-                continue
-            self._heard.clear()
-            try:
-                await asyncio.wait_for(self.ws.ping(KEEPALIVE_PING), self.timeout)
-                await asyncio.wait_for(self._heard.wait(), self.timeout)
-            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-                if self.on_dead is not None:
-                    self.on_dead()
-                abort(self.request)
-                return
+    def _check(self):
+        loop = asyncio.get_running_loop()
+        self._check_timer = loop.call_later(self.interval, self._check)
+        if self._deadline is not None or time.monotonic() - self.last_heard < self.interval:
+            return   # a ping is out, or the peer spoke lately
+        self._deadline = loop.call_later(self.timeout, self._dead)
+        self._ping = loop.create_task(self._send_ping())
+
+    async def _send_ping(self):
+        try:
+            async with asyncio.timeout(self.timeout):   # the send too has a deadline
+                await self.ws.ping(KEEPALIVE_PING)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            self._dead()
+        finally:
+            self._ping = None
+
+    def _dead(self):
+        if self._stopped:
+            return
+        self.stop()
+        if self.on_dead is not None:
+            self.on_dead()
+        abort(self.request)
 
 
 def is_data(message) -> bool:
