@@ -35,6 +35,9 @@ import time
 import benchlib
 from benchlib import fmt, HOST, table
 
+sys.path.insert(0, os.path.join(benchlib.ROOT, 'test'))
+from support.hostile_clients import self_signed_cert  # noqa: E402 (test/ on sys.path first)
+
 SOURCES = [f'127.0.0.{10 + index}' for index in range(25)]
 TOKEN = 'idle-sockets-token-0123456789'
 CASES = ('floor', 'floor-4k', 'bridge')
@@ -42,20 +45,7 @@ CASES = ('floor', 'floor-4k', 'bridge')
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MB (VmRSS)."""
-    with open(f'/proc/{pid}/status') as status:
-        for line in status:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f'no VmRSS for {pid}')
-
-
-def self_signed(directory: str):
-    """An RSA-2048 self-signed certificate for 127.0.0.1, as the soak's."""
-    cert, key = os.path.join(directory, 'cert.pem'), os.path.join(directory, 'key.pem')
-    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
-                    '-subj', f'/CN={HOST}', '-addext', f'subjectAltName=IP:{HOST}',
-                    '-keyout', key, '-out', cert], check=True, capture_output=True, timeout=60)
-    return cert, key
+    return benchlib.memory_kb(pid)['VmRSS'] / 1024.0
 
 
 # -- the floor server (a process of its own) ---------------------------------------------------
@@ -201,7 +191,7 @@ def main():
     benchlib.print_versions()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        cert, key = self_signed(scratch)
+        cert, key = self_signed_cert(scratch)   # RSA-2048 for 127.0.0.1, as the soak's
         for round_index in range(options.rounds):
             for case in benchlib.alternating(options.cases, round_index):
                 figures = run_case(case, options, cert, key)
