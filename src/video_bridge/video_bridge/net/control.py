@@ -97,7 +97,7 @@ class _Session:
             self._work.set_result(None)
 
     async def work(self):
-        """The writer: wait until :meth:`wake` was called (at once if it was already)."""
+        """Wait until :meth:`wake` was called, at once if it was already (the writer's wait)."""
         while not self.pending:
             self._work = asyncio.get_running_loop().create_future()
             try:
@@ -106,13 +106,13 @@ class _Session:
                 self._work = None
 
     def idle(self):
-        """The writer has sent everything: wake whoever waits in :meth:`drained`."""
+        """Note that the writer has sent everything; wake whoever waits in :meth:`drained`."""
         self.pending = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
     def drained(self) -> Optional[asyncio.Future]:
-        """A future done once the writer has sent everything; None if it has already."""
+        """Return a future done once the writer has sent everything; None if it has already."""
         if not self.pending:
             return None
         if self._drained is None or self._drained.done():

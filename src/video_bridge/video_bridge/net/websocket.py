@@ -118,12 +118,12 @@ async def answer_ping(request: web.BaseRequest, ws: web.WebSocketResponse, data:
 
 class Keepalive:
     """
-    Ping a websocket that has been quiet for ``interval`` s; drop it without a sign of life
-    within ``timeout`` s of the ping.
+    Ping a quiet websocket; drop it if no sign of life follows the ping in time.
 
-    Anything received counts as a sign of life. A peer that vanished without FIN or RST (a
-    Wi-Fi drop) is detected within ``interval`` (quiet) + ``interval`` (check period) +
-    ``timeout``.
+    A socket quiet for ``interval`` s is pinged; without a sign of life within ``timeout`` s of
+    the ping it is dropped. Anything received counts as a sign of life. A peer that vanished
+    without FIN or RST (a Wi-Fi drop) is detected within ``interval`` (quiet) + ``interval``
+    (check period) + ``timeout``.
 
     Timers, not a task: most sockets of a busy bridge are idle, and a task parked in a sleep
     holds its coroutine, a future and a timer for the socket's whole life; here a socket holds
