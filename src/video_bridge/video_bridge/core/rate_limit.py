@@ -77,10 +77,7 @@ class RateLimiter:
             return Verdict.ACCEPT
         # A list, not a deque: it holds at most strikes_to_disconnect times, and an empty
         # deque costs 760 bytes, which every idle connection's limiter would hold.
-        expired = 0
-        while expired < len(self._strikes) and now - self._strikes[expired] >= self.strike_window:
-            expired += 1
-        del self._strikes[:expired]
+        self._strikes = [t for t in self._strikes if now - t < self.strike_window]
         self._strikes.append(now)
         if len(self._strikes) >= self.strikes_to_disconnect:
             self._disconnected = True
