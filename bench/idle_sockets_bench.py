@@ -25,7 +25,9 @@ Run through bench/run (private network namespace, own ROS_DOMAIN_ID):
 
 import argparse
 import asyncio
+import contextlib
 import os
+import select
 import ssl
 import subprocess
 import sys
@@ -41,6 +43,7 @@ from support.hostile_clients import self_signed_cert  # noqa: E402 (test/ on sys
 SOURCES = [f'127.0.0.{10 + index}' for index in range(25)]
 TOKEN = 'idle-sockets-token-0123456789'
 CASES = ('floor', 'floor-4k', 'bridge')
+OPEN_TIMEOUT = 120.0   # s for a client to open its sockets (or the server to let them go)
 
 
 def rss_mb(pid: int) -> float:
@@ -104,26 +107,36 @@ async def hold(options):
             await session.close()
 
 
-def run_client(rig, name, port, count):
-    """Start a client holding ``count`` sockets; return it once they are open (bounded)."""
+@contextlib.contextmanager
+def holding(name: str, port: int, count: int, timeout: float):
+    """
+    A client process holding ``count`` idle sockets for the ``with`` block, then closing them.
+
+    Bounded: the sockets must be open within ``timeout`` s, else RuntimeError; on any way out
+    the client is told to close them (stdin closed) and ends, or is killed (our own child).
+    """
     client = subprocess.Popen(benchlib.python_argv('idle_sockets_bench.py', 'client', '--port',
                                                    port, '--count', count),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    line = client.stdout.readline()
-    if not line.startswith('open'):
-        client.kill()
-        client.wait(10)
-        raise RuntimeError(f'{name}: the client did not open its sockets ({line!r})')
-    return client
-
-
-def end_client(client):
-    client.stdin.close()    # the client closes its sockets and ends
     try:
-        client.wait(30)
-    except subprocess.TimeoutExpired:
-        client.kill()
-        client.wait(10)
+        ready, _, _ = select.select([client.stdout], [], [], timeout)
+        line = client.stdout.readline() if ready else ''
+        if not line.startswith('open'):
+            raise RuntimeError(f'{name}: the client did not open {count} sockets within '
+                               f'{timeout:g} s ({line!r})')
+        yield client
+    finally:
+        client.stdin.close()    # the client closes its sockets and ends
+        try:
+            client.wait(30)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait(10)
+
+
+def open_fds(pid: int) -> int:
+    """Descriptors a process has open."""
+    return len(os.listdir(f'/proc/{pid}/fd'))
 
 
 def run_case(case: str, options, cert: str, key: str) -> dict:
@@ -141,13 +154,17 @@ def run_case(case: str, options, cert: str, key: str) -> dict:
                 args += ['--read-buffer', 4096]
             server = rig.start(case, benchlib.python_argv('idle_sockets_bench.py', *args))
             benchlib.wait_for_port(port, server)
-        end_client(run_client(rig, case, port, options.warmup))
-        time.sleep(options.settle)       # the warm-up's sockets closed and freed
+        idle_fds = open_fds(server.pid)
+        with holding(case, port, options.warmup, OPEN_TIMEOUT):
+            pass
+        deadline = time.monotonic() + OPEN_TIMEOUT   # the server let the warm-up's sockets go
+        while open_fds(server.pid) > idle_fds and time.monotonic() < deadline:
+            time.sleep(0.1)   # polling a condition, with a deadline
+        time.sleep(options.settle)       # the allocator's state settles before the reading
         before = rss_mb(server.pid)
-        client = run_client(rig, case, port, options.sockets)
-        time.sleep(options.settle)       # a few ping rounds on every socket
-        held = rss_mb(server.pid)
-        end_client(client)
+        with holding(case, port, options.sockets, OPEN_TIMEOUT):
+            time.sleep(options.settle)   # a few ping rounds on every socket
+            held = rss_mb(server.pid)
         time.sleep(options.settle)
         after = rss_mb(server.pid)
     return {'before': before, 'held': held, 'after': after,
