@@ -277,6 +277,7 @@ class Listener:
         self._silent: collections.OrderedDict = collections.OrderedDict()
         self._silent_peers: Dict[socket.socket, str] = {}   # of those not opened yet
         self._tasks: Set[asyncio.Task] = set()
+        self._first_records: Set['_FirstRecord'] = set()   # TLS ones before their ClientHello
         self._accepting: list = []
         self._emfile_log = LogThrottle()
         self._refusal_log = LogThrottle()
@@ -351,6 +352,8 @@ class Listener:
             self._trim_timer = None
         for task in list(self._tasks):
             task.cancel()
+        for waiting in list(self._first_records):
+            waiting.evict()
 
     def transports(self) -> list:
         """Every open connection's transport."""
@@ -468,9 +471,26 @@ class Listener:
             # before any of these tasks runs.
             self._silent[conn] = conn.close
             self._silent_peers[conn] = peer
-            task = loop.create_task(self._open(conn, peer))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if self.ssl_context is not None and (peer in self.exempt
+                                                 or not self.shut_out(peer)):
+                _FirstRecord(self, loop, conn, peer)   # a task only once it is whole
+            else:
+                self._spawn(conn, peer)
+
+    def _spawn(self, conn: socket.socket, peer: str, started: Optional[float] = None):
+        """Hand a connection to :meth:`_open` (a task of its own)."""
+        task = asyncio.get_running_loop().create_task(self._open(conn, peer, started))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _waited_in_vain(self, conn: socket.socket, peer: str, why: str = ''):
+        """Close a connection that never reached :meth:`_open`; ``why``: log it as dropped."""
+        self._silent.pop(conn, None)
+        self._silent_peers.pop(conn, None)
+        conn.close()
+        self._count(peer, -1)
+        if why:
+            self._dropped(peer, why)
 
     def _refusal_reason(self, peer: str) -> str:
         if peer not in self.exempt and self.per_client.get(peer, 0) >= self.max_per_client:
@@ -538,7 +558,13 @@ class Listener:
                              exc.strerror, self._emfile_log.pending)
             self._emfile_log.said()
 
-    async def _open(self, conn: socket.socket, peer: str):
+    async def _open(self, conn: socket.socket, peer: str, started: Optional[float] = None):
+        """
+        Give a connection its protocol (and TLS layer), or refuse a shut-out client's.
+
+        A TLS connection comes here once its first record is whole (:class:`_FirstRecord`,
+        ``started``: when it was accepted), and waits for a handshake slot first.
+        """
         loop = asyncio.get_running_loop()
         tracked = _Tracked(None, self, peer)
         task = asyncio.current_task()
@@ -562,11 +588,10 @@ class Listener:
             if self.ssl_context is not None:
                 # A TLS layer (buffers in asyncio and OpenSSL) and a handshake slot only for a
                 # client that sent its whole first TLS record (the ClientHello), within the
-                # deadline: a socket that sends 3 bytes of one holds neither.
-                started = loop.time()
+                # deadline: a socket that sends 3 bytes of one holds neither (nor this task).
+                started = loop.time() if started is None else started
                 # Evictable at the connection cap (see _refusal_reason) until its request.
                 self._silent[conn] = task.cancel
-                await asyncio.wait_for(_first_record(loop, conn), self.handshake_timeout)
                 await asyncio.wait_for(self._handshake_slot(peer, conn),
                                        max(0.1, self.handshake_timeout
                                            - (loop.time() - started)))
@@ -769,44 +794,99 @@ def _release_frames(exc: BaseException):
         exc = exc.__context__ or exc.__cause__
 
 
-async def _first_record(loop: asyncio.AbstractEventLoop, sock: socket.socket):
+class _FirstRecord:
     """
-    Wait until ``sock`` holds a whole TLS record (or anything that is not one), unread.
+    A TLS connection waiting until its first record (the ClientHello) is whole: no task yet.
 
-    Peeked, not read: asyncio's TLS layer reads it. While a record is incomplete the socket
-    stays readable, so the rest is waited for by looking again after FIRST_RECORD_RECHECK,
-    doubling up to FIRST_RECORD_RECHECK_MAX (a ClientHello split over two segments costs its
-    client a few milliseconds; a socket that stopped mid-record a check every 2 s).
+    A reader callback and a deadline timer, not a task: a flood of sockets that send 3 bytes of
+    a ClientHello and stop (issue 16's row 9: 1000 of them) holds one of these each, about
+    0.5 KB, instead of a task waiting in ``asyncio.wait_for`` (two tasks, their coroutines and
+    futures: about 4 KB). The record is peeked, not read: asyncio's TLS layer reads it once
+    :meth:`Listener._open` has a handshake slot for it. While a record is incomplete the socket
+    stays readable, so the rest is looked for again after FIRST_RECORD_RECHECK, doubling up to
+    FIRST_RECORD_RECHECK_MAX (a ClientHello split over two segments costs its client a few
+    milliseconds; a socket that stopped mid-record a look every 2 s). Evictable at the
+    connection cap like any connection that sent no request yet.
     """
-    await _readable(loop, sock)
-    recheck = FIRST_RECORD_RECHECK
-    while True:
-        head = _peek(sock, TLS_RECORD_HEADER)
-        if head is not None:
-            if not head or head[0] != TLS_HANDSHAKE_RECORD:
-                return    # EOF, or not TLS: asyncio's TLS layer tells the client
-            if len(head) == TLS_RECORD_HEADER:
-                length = TLS_RECORD_HEADER + int.from_bytes(head[3:5], 'big')
-                if length > TLS_RECORD_HEADER + TLS_MAX_RECORD or \
-                        len(_peek(sock, length) or b'') >= length:
-                    return
-        await asyncio.sleep(recheck)
-        recheck = min(recheck * 2, FIRST_RECORD_RECHECK_MAX)
+
+    __slots__ = ('listener', 'loop', 'conn', 'fd', 'peer', 'started', 'deadline', 'recheck',
+                 'again')
+
+    def __init__(self, listener: Listener, loop: asyncio.AbstractEventLoop,
+                 conn: socket.socket, peer: str):
+        self.listener, self.loop, self.conn, self.peer = listener, loop, conn, peer
+        self.fd = conn.fileno()
+        self.started = loop.time()
+        self.deadline = loop.call_later(listener.handshake_timeout, self.expire)
+        self.recheck = FIRST_RECORD_RECHECK
+        self.again: Optional[asyncio.TimerHandle] = None   # the next look at a partial record
+        listener._silent[conn] = self.evict
+        listener._first_records.add(self)
+        loop.add_reader(self.fd, self.look)
+
+    def look(self):
+        """Hand the connection on once its first record is whole (or it is not TLS)."""
+        self.again = None
+        head = _peek(self.conn, TLS_RECORD_HEADER)
+        if head is None:   # nothing to read yet: a spurious wake-up
+            if self.fd < 0:
+                self._look_later()
+            return
+        if not head:   # EOF or reset: the client is gone (a port probe); nothing to hand on
+            self._stop_reading()
+            self._end()
+            self.listener._waited_in_vain(self.conn, self.peer)
+            return
+        whole = head[0] != TLS_HANDSHAKE_RECORD   # not TLS: asyncio's TLS layer says so
+        if not whole and len(head) == TLS_RECORD_HEADER:
+            length = TLS_RECORD_HEADER + int.from_bytes(head[3:5], 'big')
+            whole = length > TLS_RECORD_HEADER + TLS_MAX_RECORD or \
+                len(_peek(self.conn, length) or b'') >= length
+        self._stop_reading()
+        if whole:
+            self._end()
+            self.listener._silent[self.conn] = self.conn.close   # _open sees it was evicted
+            self.listener._spawn(self.conn, self.peer, self.started)
+        else:
+            self._look_later()
+
+    def _look_later(self):
+        self.again = self.loop.call_later(self.recheck, self.look)
+        self.recheck = min(self.recheck * 2, FIRST_RECORD_RECHECK_MAX)
+
+    def expire(self):
+        """Close the connection: the deadline passed with no whole first record."""
+        self.deadline = None
+        self._stop_reading()
+        self._end()
+        timeout = self.listener.handshake_timeout
+        self.listener._waited_in_vain(self.conn, self.peer,
+                                      f'no TLS handshake within {timeout:g} s')
+
+    def evict(self):
+        """Make room at the connection cap (the listener took this out of its silent ones)."""
+        self._stop_reading()
+        self._end()
+        self.listener._waited_in_vain(self.conn, self.peer)
+
+    def _stop_reading(self):
+        if self.fd >= 0:   # still waiting to be readable (not only to look again)
+            self.loop.remove_reader(self.fd)
+            self.fd = -1
+
+    def _end(self):
+        for handle in (self.deadline, self.again):
+            if handle is not None:
+                handle.cancel()
+        self.deadline = self.again = None
+        self.listener._first_records.discard(self)
 
 
 def _peek(sock: socket.socket, size: int) -> Optional[bytes]:
-    """Up to ``size`` bytes waiting in ``sock``, left there (b'': EOF; None: none yet)."""
+    """Up to ``size`` bytes waiting in ``sock``, left there (b'': EOF or reset; None: none yet)."""
     try:
         return sock.recv(size, socket.MSG_PEEK)
     except (BlockingIOError, InterruptedError):
         return None
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket):
-    """Wait until ``sock`` has data (or EOF) to read, without reading it."""
-    ready = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(sock.fileno())
+    except OSError:   # reset by the client: as good as gone
+        return b''
