@@ -121,15 +121,6 @@ async def stream_list(request: web.Request) -> web.Response:
                         content_type='application/json', headers={'Cache-Control': 'no-cache'})
 
 
-def _websocket_only(handler):
-    async def route(request: web.Request) -> web.StreamResponse:
-        if request.headers.get(hdrs.UPGRADE, '').lower() != 'websocket':
-            return _text(426, f'{request.path} is a websocket endpoint',
-                         {'Upgrade': 'websocket', 'Connection': 'Upgrade'})
-        return await handler(request)
-    return route
-
-
 def _stream_route(kind: str, handler):
     """
     Wrap a stream route's handler: the stream name from ``match_info``, checked, or a 400.
@@ -183,8 +174,8 @@ def build_app(server, extra_routes=()) -> web.Application:
                        {'GET': mjpeg.handle_snapshot, 'OPTIONS': _preflight})
     _add_stream_routes(router, protocol.MJPEG_PREFIX, 'mjpeg', {'GET': mjpeg.handle_mjpeg})
     _add_stream_routes(router, protocol.VIDEO_PREFIX, 'video',
-                       {'GET': _websocket_only(video_ws.handle)})
-    router.add_get(protocol.CONTROL_PATH, _websocket_only(control_ws.handle))
+                       {'GET': video_ws.handle})
+    router.add_get(protocol.CONTROL_PATH, control_ws.handle)
     for add in extra_routes:
         add(app, server)
     app.on_response_prepare.append(_headers)

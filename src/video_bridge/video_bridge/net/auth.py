@@ -22,7 +22,7 @@ SCHEME_KEY = 'video_bridge.scheme'
 GRANT_KEY = 'video_bridge.grant'   # a request's Grant, once decided
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # one per websocket for its whole life: no __dict__
 class Grant:
     """What one request may do; ``problem`` set means it may do nothing (the reason)."""
 

@@ -81,6 +81,9 @@ class WebSocketSender:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """Serve one control websocket until it closes; the driver's car stops when it does."""
+    refusal = websocket.upgrade_required(request)
+    if refusal is not None:
+        return refusal
     server = request.app['video_bridge.server']
     service = server.control
     config = server.config

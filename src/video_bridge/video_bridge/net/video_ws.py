@@ -56,6 +56,9 @@ class _Window:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """Serve one video websocket until the client goes, stalls or sends data."""
+    refusal = websocket.upgrade_required(request)
+    if refusal is not None:
+        return refusal
     server = request.app['video_bridge.server']
     config = server.config
     target = request['video_bridge.target']
