@@ -17,7 +17,7 @@ passed. --markdown FILE also writes the table with the date, commit and command.
 Run through bench/run (private network namespace, own ROS_DOMAIN_ID):
 
     bench/run soak [--duration 60] [--rounds 1] [--rows 1,2,3,4,8,9,10] [--before DIR]
-                   [--bridge-env NAME=VALUE ...]
+                   [--key rsa|ec] [--bridge-env NAME=VALUE ...]
 
 An old checkout needs no build: ``git archive COMMIT | tar -x -C DIR`` is enough.
 """
@@ -41,11 +41,12 @@ SUMMARY = re.compile(r'viewer ([\d.]+) fps \(([\d.]+)% of the frames the bridge 
 GOALS = {'fps': 28.0, 'p99': 5.0, 'rss': 20.0}
 
 
-def run_soak(options, source: str) -> dict:
-    """Run the soak test once against ``source`` ('' = this checkout); return its figures."""
+def run_soak(options, source: str, key: str) -> dict:
+    """Run the soak test once against ``source`` ('' = this checkout), ``key``; its figures."""
     env = {**os.environ, 'HOSTILE_SOAK_SECONDS': str(options.duration),
            'HOSTILE_SOAK_ROWS': options.rows, 'HOSTILE_SOAK_BRIDGE_SOURCE': source,
-           'HOSTILE_SOAK_BRIDGE_ENV': ' '.join(options.bridge_env)}
+           'HOSTILE_SOAK_BRIDGE_ENV': ' '.join(options.bridge_env),
+           'HOSTILE_SOAK_KEY': key}
     command = [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-q', '-s', SOAK]
     done = subprocess.run(command, cwd=benchlib.ROOT, env=env, capture_output=True, text=True,
                           timeout=options.duration + 600)
@@ -70,6 +71,9 @@ def main():
     parser.add_argument('--duration', type=float, default=60.0, help='s of attack per run')
     parser.add_argument('--rounds', type=int, default=1, help='runs per side')
     parser.add_argument('--rows', default='1,2,3,4,8,9,10', help="issue 16's rows to run")
+    parser.add_argument('--key', default='rsa', type=lambda text: text.split(','),
+                        help="the bridge's certificate key: rsa (RSA-2048) or ec (ECDSA P-256); "
+                             'rsa,ec measures each side with both')
     parser.add_argument('--before', '--old-source', dest='old_source', default='',
                         metavar='DIR',
                         help='another checkout (its src/video_bridge) to measure beside this one')
@@ -77,22 +81,26 @@ def main():
                         help='extra environment for the bridges only (both sides; repeatable)')
     parser.add_argument('--markdown', help='also write the table (markdown) to this file')
     options = parser.parse_args()
+    if not set(options.key) <= {'rsa', 'ec'}:
+        parser.error('--key takes rsa, ec or rsa,ec')
     if options.old_source and not os.path.isdir(
             os.path.join(options.old_source, 'src', 'video_bridge')):
         parser.error(f'{options.old_source} is not a video_bridge checkout')
     benchlib.print_versions()
-    sides = [('new', '')] + ([('old', os.path.abspath(options.old_source))]
-                             if options.old_source else [])
+    sources = [('new', '')] + ([('old', os.path.abspath(options.old_source))]
+                               if options.old_source else [])
+    sides = [(name if len(options.key) == 1 else f'{name} {key}', source, key)
+             for name, source in sources for key in options.key]
     rows = []
     for round_index in range(options.rounds):
         order = sides if round_index % 2 == 0 else list(reversed(sides))
-        for name, source in order:
+        for name, source, key in order:
             print(f'round {round_index + 1}: {name} bridge, {options.duration:g} s ...',
                   flush=True)
-            figures = run_soak(options, source)
+            figures = run_soak(options, source, key)
             print(f'  {figures}', flush=True)
             rows.append((name, round_index + 1, figures))
-    rows.sort(key=lambda row: (row[0] != 'old', row[1]))
+    rows.sort(key=lambda row: (not row[0].startswith('old'), row[0], row[1]))
     headers = ['bridge', 'round', 'viewer fps', 'frames delivered %', 'commands', 'cmd p50 ms',
                'cmd p99 ms', 'RSS growth MB', 'RSS after MB', 'bridge CPU %',
                'attackers CPU %', 'load', 'test passed', 'problems']

@@ -41,6 +41,9 @@ BRIDGE_SOURCE = os.environ.get('HOSTILE_SOAK_BRIDGE_SOURCE', '')
 # probe (PYTHONPATH=/tmp/probe:$PYTHONPATH) without touching the bridge.
 BRIDGE_ENV = dict(item.split('=', 1) for item in
                   os.environ.get('HOSTILE_SOAK_BRIDGE_ENV', '').split() if '=' in item)
+# The bridge's certificate key: 'rsa' (RSA-2048, the default) or 'ec' (ECDSA P-256);
+# bench/soak_bench.py's --key.
+KEY_TYPE = os.environ.get('HOSTILE_SOAK_KEY', 'rsa')
 TOKEN = 'soak-token-0123456789'
 # The goal is 28 of the camera's 30 fps. A loaded CI machine may not run the camera at 30, so
 # the test holds the bridge to the same share of the frames it took in during the window (the
@@ -185,7 +188,7 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
     commands reach /cmd_vel with no deadman stop (p99 within COMMAND_P99), RSS stays within
     RSS_GROWTH_MB, no token is guessed, and afterwards no peer, viewer or connection is left.
     """
-    cert, key = hc.self_signed_cert(str(tmp_path))
+    cert, key = hc.self_signed_cert(str(tmp_path), key_type=KEY_TYPE)
     tls = hc.insecure_client_context()
     mark = cmd_vel.mark()
 

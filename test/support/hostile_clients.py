@@ -101,11 +101,20 @@ class LoopbackAddress:
                        capture_output=True, timeout=10)
 
 
-def self_signed_cert(directory: str, name: str = '127.0.0.1') -> Tuple[str, str]:
-    """Make a self-signed certificate and key with the openssl command; return their paths."""
+KEY_TYPES = {'rsa': ['-newkey', 'rsa:2048'],
+             'ec': ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1']}
+
+
+def self_signed_cert(directory: str, name: str = '127.0.0.1',
+                     key_type: str = 'rsa') -> Tuple[str, str]:
+    """
+    Make a self-signed certificate and key with the openssl command; return their paths.
+
+    ``key_type``: 'rsa' (RSA-2048) or 'ec' (ECDSA P-256).
+    """
     cert = os.path.join(directory, 'cert.pem')
     key = os.path.join(directory, 'key.pem')
-    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+    subprocess.run(['openssl', 'req', '-x509', *KEY_TYPES[key_type], '-nodes', '-days', '2',
                     '-subj', f'/CN={name}', '-addext', f'subjectAltName=IP:{name}',
                     '-keyout', key, '-out', cert], check=True, capture_output=True, timeout=60)
     return cert, key
