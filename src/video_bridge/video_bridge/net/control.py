@@ -41,12 +41,6 @@ SIGNALLING_PREFIX = 'webrtc_'
 SFU_PREFIX = 'sfu_'
 CLOSE_SLOW = protocol.CLOSE_POLICY
 STATE_PERIOD = 0.2  # s: velocity-only state broadcasts at most this often
-# A client that sent no message for QUIET_AFTER s (a page sends a clock probe every 2 s) gets
-# velocity-only states at most every QUIET_STATE_PERIOD s, always the newest; driver and e-stop
-# changes at once. Idle sockets then cost the bridge a send a second each, not five: the
-# hostile soak's 300 of them cost 1500 TLS writes a second while a driver drove.
-QUIET_AFTER = 10.0
-QUIET_STATE_PERIOD = 1.0
 # Sessions handed the new state per loop iteration. Each one costs a websocket frame and a TLS
 # record in the next iteration (40-80 us each on a busy 2-core machine): 8 keep an iteration
 # under a millisecond, so a driver's command, read between two batches, never waits behind the
@@ -66,11 +60,10 @@ class _Session:
 
     __slots__ = ('client_id', 'grant', 'sender', 'limiter', 'client_key', 'replies',
                  'queued_bytes', 'state', 'pending', 'closed', 'closing', 'writer', '_work',
-                 '_drained', 'heard')
+                 '_drained')
 
-    def __init__(self, client_id: str, grant, sender, limiter: RateLimiter, heard: float):
+    def __init__(self, client_id: str, grant, sender, limiter: RateLimiter):
         self.client_id = client_id
-        self.heard = heard   # clock time of its last message (or of its connecting)
         self.grant = grant
         self.sender = sender
         self.limiter = limiter
@@ -158,8 +151,6 @@ class ControlService:
         self._last_broadcast = -STATE_PERIOD
         self._broadcast_handle: Optional[asyncio.TimerHandle] = None
         self._generation = 0
-        self._quiet: set = set()   # quiet sessions holding a state their writer was not woken for
-        self._quiet_handle: Optional[asyncio.TimerHandle] = None
         self._clock_task: Optional[asyncio.Task] = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -213,7 +204,7 @@ class ControlService:
         shared = self._client_buckets.acquire(key, self.clock())
         session = _Session(client_id, grant, sender,
                            RateLimiter(self.commands_per_second, self.command_burst,
-                                       shared=shared), self.clock())
+                                       shared=shared))
         session.client_key = key
         self._sessions[client_id] = session
         session.writer = asyncio.get_running_loop().create_task(self._write(session))
@@ -229,7 +220,6 @@ class ControlService:
         if session is None:
             return
         self._client_buckets.release(session.client_key)
-        self._quiet.discard(session)
         session.closed = True
         session.wake()
         self.apply(self.core.disconnect(client_id, self.clock()))
@@ -248,7 +238,6 @@ class ControlService:
         if session is None or session.closed:
             return
         now = self.clock()
-        session.heard = now
         obj = None
         try:
             obj = protocol.parse_control_object(data, self.max_message_size)
@@ -369,9 +358,7 @@ class ControlService:
             self._broadcast_handle.cancel()
             self._broadcast_handle = None
         state = self.core.state()
-        key = (state.driver, state.estop)
-        velocity_only = key == self._last_key
-        self._last_key = key
+        self._last_key = (state.driver, state.estop)
         self._last_broadcast = self.clock()
         others = protocol.encode_control(state, None)  # you_drive: false, shared by all
         sessions = list(self._sessions.values())
@@ -380,18 +367,14 @@ class ControlService:
             sessions.remove(driver)
             sessions.insert(0, driver)
         self._generation += 1
-        quiet_since = self._last_broadcast - QUIET_AFTER if velocity_only else None
-        self._wake_with_state(self._generation, sessions, state, others, quiet_since)
+        self._wake_with_state(self._generation, sessions, state, others)
 
-    def _wake_with_state(self, generation: int, sessions: list, state, others: str,
-                         quiet_since: Optional[float] = None):
+    def _wake_with_state(self, generation: int, sessions: list, state, others: str):
         """
         Hand the state to sessions in batches, one batch per loop iteration.
 
         With thousands of watchers, a driver's next command is read between two batches
-        instead of waiting behind the whole fan-out. With ``quiet_since`` (a velocity-only
-        change) a session that sent nothing since then keeps the state unsent until the next
-        quiet tick (:meth:`_wake_quiet`).
+        instead of waiting behind the whole fan-out.
         """
         if generation != self._generation:
             return  # a newer state is on its way to every session
@@ -400,28 +383,11 @@ class ControlService:
                 continue
             session.state = protocol.encode_control(state, session.client_id) \
                 if session.client_id == state.driver else others
-            if quiet_since is not None and session.heard < quiet_since:
-                self._quiet.add(session)
-            else:
-                session.wake()
-        if self._quiet and self._quiet_handle is None:
-            self._quiet_handle = asyncio.get_running_loop().call_later(QUIET_STATE_PERIOD,
-                                                                       self._wake_quiet)
+            session.wake()
         rest = sessions[BROADCAST_BATCH:]
         if rest:
             asyncio.get_running_loop().call_soon(self._wake_with_state, generation, rest, state,
-                                                 others, quiet_since)
-
-    def _wake_quiet(self, sessions: Optional[list] = None):
-        """Wake the quiet sessions' writers for the newest state, in batches."""
-        if sessions is None:
-            self._quiet_handle = None
-            sessions, self._quiet = list(self._quiet), set()
-        for session in sessions[:BROADCAST_BATCH]:
-            if not session.closed and session.state is not None:
-                session.wake()
-        if len(sessions) > BROADCAST_BATCH:
-            asyncio.get_running_loop().call_soon(self._wake_quiet, sessions[BROADCAST_BATCH:])
+                                                 others)
 
     def _queue_reply(self, session: _Session, text: str):
         if session.closed:
