@@ -7,14 +7,16 @@ the setting that lets anonymous clients reach the most slots), fed by the real c
 ``support/soak_attacks.py`` runs rows 1, 2, 3, 4, 8, 9 and 10 of the issue together from a
 process of its own for ``HOSTILE_SOAK_SECONDS`` (60 by default) while this process measures a
 normal wss viewer (its frame rate, and its share of the frames the bridge took in), a driver
-holding the lock (each command from its send to its arrival on ``/cmd_vel``, a real rclpy
-subscription), the bridge's RSS and the CPU of the bridge and of the attackers. Afterwards every
+holding the lock (``support/soak_driver.py``, also a process of its own: each command from its
+send to its arrival on ``/cmd_vel``, a real rclpy subscription here), the bridge's RSS and the
+CPU of the bridge and of the attackers. Afterwards every
 slot is free again: no WebRTC peer, no viewer, the bridge's descriptors back where they were.
 Two quick tests beside it check two of the fixes the soak's figures led to: an unanswered offer
 holds no viewer slot or encoder, and the memory a burst of connections freed is given back.
 """
 
 import collections
+import contextlib
 import json
 import os
 import resource
@@ -62,55 +64,67 @@ COMMAND_PERIOD = 0.05      # a driver's 20 Hz
 DRIVER_QUIET = 0.25        # s without a send from the driver: half the deadman's timeout
 TEST_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTACKS = os.path.join(TEST_DIR, 'support', 'soak_attacks.py')
+DRIVER = os.path.join(TEST_DIR, 'support', 'soak_driver.py')
 
 
 pytestmark = pytest.mark.usefixtures('many_file_descriptors')
 
 
-class Driver(threading.Thread):
-    """Holds the driver lock and sends a distinct velocity every 50 ms; records each send."""
+class Driver:
+    """
+    The driver (support/soak_driver.py, a process of its own): holds the driver lock and sends
+    a distinct velocity every 50 ms; ``sent`` records each send as it is reported.
 
-    def __init__(self, url, tls, duration):
-        super().__init__(daemon=True)
-        self.url, self.tls, self.duration = url, tls, duration
+    Its own process, as the attackers': a thread here waited for this process's interpreter
+    lock behind the viewer between stamping a command and writing it.
+    """
+
+    def __init__(self, url, duration):
+        self.url, self.duration = url, duration
         self.sent = []              # (monotonic send time, wall-clock send time, linear.x)
         self.error = None
         self.ready = threading.Event()
-        self._halt = threading.Event()
+        self.process = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
 
-    def run(self):
-        from websockets.sync.client import connect
-        try:
-            with connect(self.url, ssl=self.tls, open_timeout=10) as ws:
-                assert json.loads(ws.recv(timeout=10))['type'] == 'hello'
-                ws.send(json.dumps({'type': 'acquire', 'id': 1}))
-                reply = {}
-                while reply.get('id') != 1:   # state broadcasts may come first
-                    reply = json.loads(ws.recv(timeout=10))
-                assert reply['type'] == 'ack', reply
+    def start(self):
+        self.process = subprocess.Popen(
+            [sys.executable, DRIVER, '--url', self.url, '--seconds', str(self.duration)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            kind, _, rest = line.strip().partition(' ')
+            if kind == 'sent':
+                monotonic, wall, x = rest.split()
+                self.sent.append((float(monotonic), float(wall), float(x)))
+            elif kind == 'ready':
                 self.ready.set()
-                deadline = time.monotonic() + self.duration
-                index = 0
-                next_send = time.monotonic()
-                while not self._halt.is_set() and time.monotonic() < deadline:
-                    index += 1
-                    x = round(0.1 + 0.001 * (index % 300), 3)   # distinct for 15 s
-                    self.sent.append((time.monotonic(), time.time(), x))
-                    ws.send(json.dumps({'type': 'velocity', 'id': index + 1,
-                                        'linear': {'x': x}}))
-                    next_send += COMMAND_PERIOD
-                    while time.monotonic() < next_send:   # read acks until the next send
-                        try:
-                            ws.recv(timeout=max(0.001, next_send - time.monotonic()))
-                        except TimeoutError:
-                            break
-        except BaseException as exc:  # reported by the test
-            self.error = exc
+            elif kind == 'error':
+                self.error = rest
+                self.ready.set()
+        if not self.ready.is_set():
+            self.error = self.error or f'the driver exited ({self.process.wait()})'
             self.ready.set()
 
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
     def stop(self):
-        self._halt.set()
-        self.join(15)
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.stdin.close()   # the driver stops and exits
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()      # our own child
+            self.process.wait(10)
+        self._reader.join(5)
 
 
 def bridge_env() -> dict:
@@ -199,7 +213,7 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
         return [(sample.received, sample.linear_x) for sample in cmd_vel.since(mark)]
     # The camera is a process of its own: this process's DDS participant was made before
     # host_address() added an interface, and raw frames from it then arrive at half rate.
-    with host_address(), camera_node():
+    with host_address(), camera_node(), contextlib.ExitStack() as stack:
         bridge = start_bridge(token=TOKEN, tls_cert=cert, tls_key=key, env=bridge_env(),
                               view_requires_token=False, webrtc_host_addresses=[HOST_ADDRESS],
                               webrtc_connect_timeout=4.0, webrtc_max_peers=6)
@@ -209,9 +223,8 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
         viewer.start()
         wait_for(lambda: len(viewer.frames) >= 30 or viewer.error, 20, 'viewer frames')
         assert viewer.error is None, repr(viewer.error)
-        driver = Driver(f'wss://127.0.0.1:{bridge.port}/control?token={TOKEN}', tls,
-                        SECONDS + 30)
-        driver.start()
+        driver = stack.enter_context(
+            Driver(f'wss://127.0.0.1:{bridge.port}/control?token={TOKEN}', SECONDS + 30))
         assert driver.ready.wait(15) and driver.error is None, repr(driver.error)
         wait_for(lambda: cmd_vel.subscription.get_publisher_count() > 0, 10, 'cmd_vel matched')
         wait_for(lambda: len(cmd_vel.since(mark)) > 5, 10, 'the driver on /cmd_vel')
