@@ -6,6 +6,7 @@ the well-behaved viewer and control clients use the ``websockets`` library, a cl
 wrote. Every loop here is bounded in count and time, and every socket is closed by its owner.
 """
 
+import asyncio
 import base64
 import json
 import os
@@ -506,7 +507,16 @@ class TrickleReader:
 # -- well-behaved measuring clients (the websockets library) ------------------------------------
 
 class Viewer(threading.Thread):
-    """A normal video viewer on its own thread: records (arrival time, seq, stamp) per frame."""
+    """
+    A normal video viewer on its own thread: records (arrival time, seq, stamp) per frame.
+
+    The websockets library's asyncio client, on a loop of this thread's own: its sync client
+    reads the socket in a thread of its own while the caller writes, and a Python TLS socket
+    read and written from two threads at once loses data (OpenSSL's SSL objects are not
+    thread-safe; python-socketio#1568, cpython#77271): with the bridge's TLS 1.3 session
+    tickets arriving as the request went out, about one connection in 300 never got its
+    request to the bridge. asyncio's TLS is one thread.
+    """
 
     def __init__(self, url: str, ssl_context=None, duration: float = 60.0, source=None):
         super().__init__(daemon=True)
@@ -518,28 +528,31 @@ class Viewer(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self):
-        from websockets.sync.client import connect as ws_connect
+        self.started = time.monotonic()
+        try:
+            asyncio.run(self._watch())
+        except BaseException as exc:  # reported by the test, not swallowed
+            self.failed = time.monotonic()
+            self.error = exc
+
+    async def _watch(self):
+        from websockets.asyncio.client import connect
         from video_bridge.core.protocol import unpack_frame
         deadline = time.monotonic() + self.duration
         kwargs = {'open_timeout': 10, 'max_size': 16 * 1024 * 1024}
         if self.ssl_context is not None:
             kwargs['ssl'] = self.ssl_context
         if self.source:
-            kwargs['source_address'] = (self.source, 0)
-        self.started = time.monotonic()
-        try:
-            with ws_connect(self.url, **kwargs) as ws:
-                while not self._stop_event.is_set() and time.monotonic() < deadline:
-                    try:
-                        message = ws.recv(timeout=0.5)
-                    except TimeoutError:
-                        continue
-                    header, _ = unpack_frame(message)
-                    self.frames.append((time.monotonic(), header.seq,
-                                        header.stamp_sec + header.stamp_nanosec * 1e-9))
-        except BaseException as exc:  # reported by the test, not swallowed
-            self.failed = time.monotonic()
-            self.error = exc
+            kwargs['local_addr'] = (self.source, 0)
+        async with connect(self.url, **kwargs) as ws:
+            while not self._stop_event.is_set() and time.monotonic() < deadline:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), 0.5)   # cancelling is safe
+                except TimeoutError:
+                    continue
+                header, _ = unpack_frame(message)
+                self.frames.append((time.monotonic(), header.seq,
+                                    header.stamp_sec + header.stamp_nanosec * 1e-9))
 
     def stop(self):
         self._stop_event.set()

@@ -6,8 +6,9 @@ The hostile soak's driver, in a process of its own: holds the driver lock, sends
 ``/cmd_vel``. Sent from a thread of the test process, a command waited for that process's
 interpreter lock behind the viewer's thread between being stamped and being written (the span
 from the stamp to the end of the send: p99 2.8 ms, up to 5.5 ms, in a soak where the goal is a
-p99 of 5 ms): the test's own lock, not the bridge. Here the only other thread is the websocket
-library's reader.
+p99 of 5 ms): the test's own lock, not the bridge. Here it is the one thread that runs (the
+websockets library's asyncio client: its sync client reads in a second thread, which a Python
+TLS socket does not survive; see ``hostile_clients.Viewer``).
 
     python soak_driver.py --url wss://... --seconds 90
 
@@ -17,6 +18,7 @@ own); ``error REPR`` if it failed. It stops after --seconds, or when stdin close
 """
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -34,14 +36,14 @@ def say(line: str):
     sys.stdout.flush()
 
 
-def drive(url: str, seconds: float, halt: threading.Event):
-    from websockets.sync.client import connect
-    with connect(url, ssl=insecure_client_context(), open_timeout=10) as ws:
-        assert json.loads(ws.recv(timeout=10))['type'] == 'hello'
-        ws.send(json.dumps({'type': 'acquire', 'id': 1}))
+async def drive(url: str, seconds: float, halt: threading.Event):
+    from websockets.asyncio.client import connect
+    async with connect(url, ssl=insecure_client_context(), open_timeout=10) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))['type'] == 'hello'
+        await ws.send(json.dumps({'type': 'acquire', 'id': 1}))
         reply = {}
         while reply.get('id') != 1:   # state broadcasts may come first
-            reply = json.loads(ws.recv(timeout=10))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert reply['type'] == 'ack', reply
         say('ready')
         deadline = time.monotonic() + seconds
@@ -51,12 +53,12 @@ def drive(url: str, seconds: float, halt: threading.Event):
             index += 1
             x = round(0.1 + 0.001 * (index % 300), 3)   # distinct for 15 s
             stamp = (time.monotonic(), time.time())
-            ws.send(json.dumps({'type': 'velocity', 'id': index + 1, 'linear': {'x': x}}))
+            await ws.send(json.dumps({'type': 'velocity', 'id': index + 1, 'linear': {'x': x}}))
             say(f'sent {stamp[0]!r} {stamp[1]!r} {x!r}')
             next_send += COMMAND_PERIOD
-            while time.monotonic() < next_send:   # read acks until the next send
+            while next_send - time.monotonic() > 0:   # read acks until the next send
                 try:
-                    ws.recv(timeout=max(0.001, next_send - time.monotonic()))
+                    await asyncio.wait_for(ws.recv(), next_send - time.monotonic())
                 except TimeoutError:
                     break
 
@@ -70,7 +72,7 @@ def main():
     # stdin closing (the test is done, or gone) stops the driver
     threading.Thread(target=lambda: (sys.stdin.read(), halt.set()), daemon=True).start()
     try:
-        drive(args.url, args.seconds, halt)
+        asyncio.run(drive(args.url, args.seconds, halt))
     except BaseException as exc:  # reported by the test
         say(f'error {exc!r}')
         return 1
