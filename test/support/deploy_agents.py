@@ -13,6 +13,7 @@ same clock in every namespace of this machine.
 """
 
 import argparse
+import asyncio
 import http.client
 import json
 import signal
@@ -76,6 +77,33 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
+async def websocket_probe(url, origin, context, unix, result):
+    """
+    Open a websocket, read until the server closes it (a refusal) or 3 s pass; note what came.
+
+    The websockets library's asyncio client: its sync client reads in a thread of its own while
+    the caller writes, which a Python TLS socket does not survive (see
+    ``hostile_clients.Viewer``).
+    """
+    from websockets.asyncio.client import connect, unix_connect
+    from websockets.exceptions import ConnectionClosed
+    if unix:
+        opener = unix_connect(unix, url, open_timeout=5, origin=origin)
+    else:
+        opener = connect(url, open_timeout=5, origin=origin,
+                         **({'ssl': context} if context is not None else {}))
+    async with opener as socket:
+        result['status'] = 101
+        try:
+            while True:
+                await asyncio.wait_for(socket.recv(), 3)
+        except TimeoutError:
+            result['close'] = None
+        except ConnectionClosed as closed:
+            result['close'] = closed.rcvd.code if closed.rcvd else 1006
+            result['reason'] = closed.rcvd.reason if closed.rcvd else ''
+
+
 def probe(url, origin=None, token=None, cafile=None, unix=None):
     context = ssl.create_default_context(cafile=cafile) if cafile else None
     headers = {}
@@ -85,21 +113,9 @@ def probe(url, origin=None, token=None, cafile=None, unix=None):
         url += ('&' if '?' in url else '?') + 'token=' + token
     result = {'url': url.split('?')[0]}
     if url.startswith(('ws://', 'wss://')):
-        from websockets.exceptions import ConnectionClosed, InvalidStatus
-        from websockets.sync.client import connect, unix_connect
-        opener = (lambda: unix_connect(unix, url, open_timeout=5, origin=origin)) if unix \
-            else (lambda: connect(url, ssl=context, open_timeout=5, origin=origin))
+        from websockets.exceptions import InvalidStatus
         try:
-            with opener() as socket:
-                result['status'] = 101
-                try:
-                    while True:   # read until the server closes (a refusal) or 3 s pass
-                        socket.recv(timeout=3)
-                except TimeoutError:
-                    result['close'] = None
-                except ConnectionClosed as closed:
-                    result['close'] = closed.rcvd.code if closed.rcvd else 1006
-                    result['reason'] = closed.rcvd.reason if closed.rcvd else ''
+            asyncio.run(websocket_probe(url, origin, context, unix, result))
         except InvalidStatus as refused:
             result['status'] = refused.response.status_code
             result['body'] = refused.response.body.decode(errors='replace')
