@@ -798,15 +798,15 @@ class _FirstRecord:
     """
     A TLS connection waiting until its first record (the ClientHello) is whole: no task yet.
 
-    A reader callback and a deadline timer, not a task: a flood of sockets that send 3 bytes of
-    a ClientHello and stop (issue 16's row 9: 1000 of them) costs 1.2 KB of Python objects a
-    socket this way, 4.2 KB with a task waiting in ``asyncio.wait_for`` (two tasks, their
-    coroutines, futures and timers; tracemalloc, 1000 sockets on one Listener). The record is peeked, not read: asyncio's TLS layer reads it once
-    :meth:`Listener._open` has a handshake slot for it. While a record is incomplete the socket
-    stays readable, so the rest is looked for again after FIRST_RECORD_RECHECK, doubling up to
-    FIRST_RECORD_RECHECK_MAX (a ClientHello split over two segments costs its client a few
-    milliseconds; a socket that stopped mid-record a look every 2 s). Evictable at the
-    connection cap like any connection that sent no request yet.
+    A reader callback and a deadline timer, not a task: a flood of sockets that send 3 bytes of a
+    ClientHello and stop (issue 16's row 9: 1000 of them) costs 1.2 KB of Python objects a socket
+    this way, 4.1 KB with a task waiting in ``asyncio.wait_for`` (two tasks, their coroutines,
+    futures and timers; ``bench/run cut_hello``). The record is peeked, not read: asyncio's TLS
+    layer reads it once :meth:`Listener._open` has a handshake slot for it. While a record is
+    incomplete the socket stays readable, so the rest is looked for again after
+    FIRST_RECORD_RECHECK, doubling up to FIRST_RECORD_RECHECK_MAX (a ClientHello split over two
+    segments costs its client a few milliseconds; a socket that stopped mid-record a look every
+    2 s). Evictable at the connection cap like any connection that sent no request yet.
     """
 
     __slots__ = ('listener', 'loop', 'conn', 'fd', 'peer', 'started', 'deadline', 'recheck',
