@@ -146,7 +146,9 @@ class ChildProcess:
         self.log_path = os.path.join(OUTPUT_DIR, f'{self.name}-{os.getpid()}-{id(self)}.log')
         self._log = open(self.log_path, 'w+')
         self.proc = subprocess.Popen(list(command), stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})},
+                                     # a crash prints each thread's Python stack
+                                     env={**os.environ, 'PYTHONFAULTHANDLER': '1',
+                                          **(env or {})},
                                      start_new_session=own_group)
 
     def output(self) -> str:
