@@ -426,8 +426,9 @@ def publish_compressed_video(topic):
     from foxglove_msgs.msg import CompressedVideo
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
+    from rclpy.signals import SignalHandlerOptions
     units = encode_loop()
-    rclpy.init()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)   # ours below: destroy first
     node = rclpy.create_node('compressed_video_publisher')
     publisher = node.create_publisher(CompressedVideo, topic, qos_profile_sensor_data)
     stop = []

@@ -28,10 +28,15 @@ import urllib.request
 def cmd_vel():
     import rclpy
     from geometry_msgs.msg import Twist
-    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init()
+    # Our own handlers, so the node is destroyed before the context ends (destroying it after
+    # rclpy's handler ended the context can crash Fast DDS).
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node('deploy_cmd_vel_listener')
 
     def received(msg):
@@ -39,16 +44,13 @@ def cmd_vel():
 
     node.create_subscription(Twist, '/cmd_vel', received,
                              QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
     print('ready', flush=True)
     try:
-        while rclpy.ok():
+        while not stop:
             rclpy.spin_once(node, timeout_sec=0.2)
             if node.count_publishers('/cmd_vel') and not getattr(node, 'told', False):
                 node.told = True
                 print('publisher', flush=True)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
