@@ -4,10 +4,12 @@ A real reliable rclpy subscription (depth 1000: a fuzzer's or a soak's bursts wh
 executor is busy) on the test's node records every message with its arrival time
 (``time.monotonic()``) as a :class:`Sample`; ``Twist`` and ``TwistStamped`` alike
 (``stamped=True``), the latter's ``twist`` unpacked. Samples index as
-``(at, linear_x, linear_y, angular_z, msg, received)``; ``msg`` is the message itself, for the
-header of a TwistStamped or a field the sample does not copy. ``received`` is when the DDS layer
-took the message in (the rmw's reception timestamp, wall clock, s): a latency measured to it
-leaves out the wait of this process's executor for the GIL, which ``at`` includes.
+``(at, linear_x, linear_y, angular_z, msg, received, written)``; ``msg`` is the message itself,
+for the header of a TwistStamped or a field the sample does not copy. ``received`` is when the
+DDS layer took the message in (the rmw's reception timestamp, wall clock, s): a latency measured
+to it leaves out the wait of this process's executor for the GIL, which ``at`` includes.
+``written`` is when the publisher handed it to DDS (the rmw's source timestamp, wall clock, s):
+what the publisher took, without the delivery to this process.
 """
 
 import math
@@ -26,6 +28,7 @@ class Sample(NamedTuple):
     angular_z: float
     msg: object
     received: float = 0.0
+    written: float = 0.0
 
     @property
     def moving(self) -> bool:
@@ -47,7 +50,8 @@ class CmdVelRecorder:
     def _record(self, msg, info):
         twist = getattr(msg, 'twist', msg)
         self.messages.append(Sample(time.monotonic(), twist.linear.x, twist.linear.y,
-                                    twist.angular.z, msg, info['received_timestamp'] * 1e-9))
+                                    twist.angular.z, msg, info['received_timestamp'] * 1e-9,
+                                    info['source_timestamp'] * 1e-9))
 
     # ------------------------------------------------------------------ reading
     def mark(self) -> int:
