@@ -13,7 +13,8 @@ of the frames the bridge took in that reached it, the driver's command latency (
 alone, without the delivery to the test's subscriber), the bridge's RSS growth (peak or after,
 over the baseline taken once the viewer, the driver and a first WebRTC offer are up; "after"
 once every slot is free again), the CPU of the bridge and of the attackers (% of one core),
-the load average, and whether the test passed. --markdown FILE also writes the table with the date, commit and command.
+the load average, and whether the test passed. --markdown FILE also writes the table with the
+date, commit and command.
 
 Run through bench/run (private network namespace, own ROS_DOMAIN_ID):
 
