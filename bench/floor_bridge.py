@@ -30,6 +30,7 @@ from benchlib import HOST, require_loopback_only
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage
 
 TIME_BASE = fractions.Fraction(1, 90000)
@@ -123,7 +124,8 @@ def spin(executor):
 async def main(options):
     floor = Floor()
     floor.loop = asyncio.get_running_loop()
-    rclpy.init()
+    # Ctrl-C is Python's KeyboardInterrupt: the node is destroyed before rclpy shuts down
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node('floor_bridge')
     qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                      reliability=ReliabilityPolicy.BEST_EFFORT)   # as the bridge's default

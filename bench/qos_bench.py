@@ -22,6 +22,7 @@ from benchlib import cpu_seconds, pct, require_loopback_only, table
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
@@ -92,7 +93,8 @@ def main():
     parser.add_argument('--duration', type=float, default=8.0)
     options = parser.parse_args()
     require_loopback_only()
-    rclpy.init()
+    # Ctrl-C is Python's KeyboardInterrupt: the node is destroyed before rclpy shuts down
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node('qos_bench')
     executor = SingleThreadedExecutor()
     executor.add_node(node)

@@ -41,6 +41,7 @@ from geometry_msgs.msg import Twist
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from websockets.asyncio.client import connect
 
 TOPIC = benchlib.VIDEO_TOPIC
@@ -374,7 +375,8 @@ def main():
     benchlib.require_loopback_only()
     benchlib.print_versions(options.before)
     shm_before = benchlib.shm_segments()
-    rclpy.init()
+    # Ctrl-C is Python's KeyboardInterrupt: the node is destroyed before rclpy shuts down
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node('teleop_bench')
     log = CmdVelLog(node)
     executor = SingleThreadedExecutor()
