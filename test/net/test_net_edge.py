@@ -218,6 +218,40 @@ def test_a_client_over_its_connection_cap_gets_503():
     assert status == 503 and retry_after == '5'
 
 
+def test_sockets_opened_together_are_pinged_at_spread_times():
+    """
+    Each websocket's keepalive starts at a random point of its first interval: sockets opened
+    together are not all pinged in the same turn of the loop (a driver's command arriving then
+    would wait behind every ping), here 30 of them over most of an interval.
+    """
+    interval, count = 1.0, 30
+
+    async def first_ping(socket, opened):
+        while True:
+            message = await socket.receive()
+            if message.type == aiohttp.WSMsgType.PING:
+                return time.monotonic() - opened
+            assert message.type == aiohttp.WSMsgType.TEXT, message   # hello, state
+
+    async def scenario(edge):
+        sockets, opened = [], []
+        try:
+            for _ in range(count):
+                sockets.append(await edge.session.ws_connect(
+                    edge.ws + f'/control?token={TOKEN}', autoping=False))
+                opened.append(time.monotonic())
+            return await asyncio.gather(*(first_ping(socket, at)
+                                          for socket, at in zip(sockets, opened)))
+        finally:
+            for socket in sockets:
+                await socket.close()
+    delays = sorted(run(scenario, ping_interval=interval, ping_timeout=10.0))
+    # silent for a whole interval before its ping, and never later than two
+    assert interval * 0.9 <= delays[0] and delays[-1] <= 2 * interval + 0.5, delays
+    # all at one point of the interval (each socket's ping `interval` after its opening)
+    # would leave a spread of only the loop's lag
+    assert delays[-1] - delays[0] >= 0.5 * interval, delays
+
 def test_young_collections_run_less_often_and_the_older_thresholds_stay():
     """bridge_node's collector setting (net/server.py): only the youngest generation's."""
     import gc

@@ -7,6 +7,7 @@ client that pings but never reads be closed (its pongs would otherwise pile up i
 """
 
 import asyncio
+import random
 import socket
 import time
 from typing import Optional
@@ -141,6 +142,11 @@ class Keepalive:
     Timers, not a task: most sockets of a busy bridge are idle, and a task parked in a sleep
     holds its coroutine, a future and a timer for the socket's whole life; here a socket holds
     one timer, and a ping's short task lives only until the ping is written.
+
+    Each socket's checks start at a random point of the first interval: sockets opened
+    together (a crowd, or an attacker's hundreds) would otherwise be checked, and pinged, in
+    the same turn of the loop every interval, and a driver's command that arrives then waits
+    behind hundreds of pings. The detection bound above holds from any starting point.
     """
 
     __slots__ = ('request', 'ws', 'interval', 'timeout', 'on_dead', 'last_heard',
@@ -160,8 +166,9 @@ class Keepalive:
         self._stopped = False
 
     def start(self) -> 'Keepalive':
-        """Check every ``interval`` s until :meth:`stop`."""
-        self._check_timer = asyncio.get_running_loop().call_later(self.interval, self._check)
+        """Check every ``interval`` s until :meth:`stop`, the first time at a random point."""
+        first = self.interval * (1.0 - random.random())   # in (0, interval]
+        self._check_timer = asyncio.get_running_loop().call_later(first, self._check)
         return self
 
     def stop(self):
