@@ -252,6 +252,7 @@ def test_sockets_opened_together_are_pinged_at_spread_times():
     # would leave a spread of only the loop's lag
     assert delays[-1] - delays[0] >= 0.5 * interval, delays
 
+
 def test_young_collections_run_less_often_and_the_older_thresholds_stay():
     """bridge_node's collector setting (net/server.py): only the youngest generation's."""
     import gc
