@@ -371,9 +371,9 @@ def spin_until_stopped(node: Node, stop: threading.Event, wake: float = 0.25) ->
 
     The context is still up when this returns, so the node is destroyed before rclpy shuts
     down. With rclpy's own signal handler the context ended first, and destroying a publisher
-    after that crashed Fast DDS now and then (SIGSEGV in rmw's destroy_publisher, 1 stop in
-    about 12 of a node publishing image_raw/compressed). A Python signal handler runs only
-    between spin_once calls, hence the wake: a signal is seen within ``wake`` s.
+    after that crashed Fast DDS now and then (SIGSEGV in rmw's destroy_publisher, 2 stops in
+    19 of a node publishing image_raw/compressed). A Python signal handler runs only between
+    spin_once calls, hence the wake: a signal is seen within ``wake`` s.
     """
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
