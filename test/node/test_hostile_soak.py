@@ -206,14 +206,9 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
     tls = hc.insecure_client_context()
     mark = cmd_vel.mark()
 
-    def arrivals():
-        return [(sample.at, sample.linear_x) for sample in cmd_vel.since(mark)]
-
-    def receptions():
-        return [(sample.received, sample.linear_x) for sample in cmd_vel.since(mark)]
-
-    def writes():
-        return [(sample.written, sample.linear_x) for sample in cmd_vel.since(mark)]
+    def arrivals(clock='at'):
+        """(time, linear x) of each /cmd_vel message since the mark; ``clock``: a Sample field."""
+        return [(getattr(sample, clock), sample.linear_x) for sample in cmd_vel.since(mark)]
     # The camera is a process of its own: this process's DDS participant was made before
     # host_address() added an interface, and raw frames from it then arrive at half rate.
     with host_address(), camera_node(), contextlib.ExitStack() as stack:
@@ -268,13 +263,13 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
         sent = [sent for sent in driver.sent if started + 1 <= sent[0] <= started + SECONDS]
         # To the DDS layer's reception in this process: what the bridge took. To the recorder's
         # callback: that plus this process's executor, for comparison.
-        latencies = command_latencies([(wall, x) for _, wall, x in sent], receptions())
+        sent_wall = [(wall, x) for _, wall, x in sent]
+        latencies = command_latencies(sent_wall, arrivals('received'))
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
         callback_p99 = percentile(command_latencies([(t, x) for t, _, x in sent], arrivals()),
                                   0.99)
         # To the bridge's handing it to DDS: the bridge alone, without the delivery to here.
-        written_p99 = percentile(command_latencies([(wall, x) for _, wall, x in sent], writes()),
-                                 0.99)
+        written_p99 = percentile(command_latencies(sent_wall, arrivals('written')), 0.99)
 
         # Every slot free again: no peer, no viewer, the descriptors of before. RSS
         # "after" is read once they are (what the attack left behind, not what it still held).
