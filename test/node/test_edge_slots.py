@@ -515,6 +515,38 @@ def test_refusals_are_logged_at_most_once_per_few_seconds(start_bridge):
         assert 1 <= count <= took / 5 + 2, (kind, count)
 
 
+def test_watchers_coming_and_going_are_logged_within_a_budget(start_bridge):
+    """
+    Every control socket opened and closed wrote two INFO lines, unthrottled: anyone who may
+    watch could fill the robot's log by opening sockets, and the event loop that carries the
+    driver's commands spent about 0.4 ms on each line (rclpy looks up the caller's source
+    line). Proves 200 view-only sessions from 50 addresses leave at most a burst of lines of
+    each kind per 10 s (the count of those held back: test_log_budget.py), and that a token
+    holder's coming and going is still said every time.
+    """
+    live = start_bridge(token='s3cret', view_requires_token=False)
+    started = time.monotonic()
+    for n in range(200):
+        ws = hc.RawWebSocket(live.port, '/control', source=f'127.0.1.{n % 50 + 1}')
+        assert ws.accepted and ws.recv_frame() is not None   # its hello: the session is open
+        ws.close()
+    driver = hc.RawWebSocket(live.port, '/control?token=s3cret')
+    assert driver.accepted and driver.recv_frame() is not None
+    driver.close()
+    said = wait_for(lambda: re.search(r'control client (c\d+) connected from 127\.0\.0\.1 '
+                                      r'\(may drive\)', live.process.output()), timeout=10)
+    live.process.wait_output(f'control client {said.group(1)} disconnected\n')
+    took = time.monotonic() - started
+    log = live.process.output()
+    lines = {kind: len(re.findall(pattern, log)) for kind, pattern in (
+        ('connected', r'connected from 127\.0\.1\.\d+ \(view only\)'),
+        ('disconnected', r'control client c\d+ disconnected'))}
+    print(f'lines for 200 watchers coming and going in {took:.1f} s: {lines}')
+    periods = took // 10 + 1
+    assert 1 <= lines['connected'] <= 10 * periods, lines
+    assert 2 <= lines['disconnected'] <= 10 * periods + 1, lines   # the driver's, too
+
+
 def test_the_control_rate_limit_counts_per_client_not_per_connection(start_bridge):
     """
     Row 10: the message rate limit was per connection, so 10 connections bought 10 budgets.

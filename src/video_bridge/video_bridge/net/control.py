@@ -32,6 +32,7 @@ from typing import Callable, Dict, Optional
 
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
+from video_bridge.core.log_budget import LIFECYCLE_BURST, LIFECYCLE_PERIOD, LogBudget
 from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.rate_limit import ClientBuckets, RateLimiter, Verdict
 from video_bridge.core.teleop import Effects, TeleopCore
@@ -140,6 +141,8 @@ class ControlService:
         self.send_timeout = send_timeout
         self.log = logger or logging.getLogger('video_bridge.net.control')
         self.clock = clock
+        # Watchers coming and going: anyone can open sockets at will; token holders are few
+        self.comings = LogBudget(self.log, clock, LIFECYCLE_PERIOD, LIFECYCLE_BURST)
         self.signalling = None
         self.on_estop = on_estop      # told the e-stop state at start and on every change
         self.sfu = None           # sfu_* messages: the same interface as signalling
@@ -208,8 +211,12 @@ class ControlService:
         session.client_key = key
         self._sessions[client_id] = session
         session.writer = asyncio.get_running_loop().create_task(self._write(session))
-        self.log.info('control client %s connected from %s (%s)', client_id, grant.client,
-                      'may drive' if grant.drive else 'view only')
+        if grant.drive:
+            self.log.info('control client %s connected from %s (may drive)', client_id,
+                          grant.client)
+        else:
+            self.comings.info('connected', 'control client %s connected from %s (view only)',
+                              client_id, grant.client)
         self.apply(self.core.connect(client_id, grant.drive, grant.token_required,
                                      self.clock()))
         return client_id
@@ -230,7 +237,10 @@ class ControlService:
                 except Exception:  # a plug-in must not keep a session alive
                     self.log.exception('%s.disconnect(%s) failed', type(plugin).__name__,
                                        client_id)
-        self.log.info('control client %s disconnected', client_id)
+        if session.grant.drive:
+            self.log.info('control client %s disconnected', client_id)
+        else:
+            self.comings.info('disconnected', 'control client %s disconnected', client_id)
 
     def deliver(self, client_id: str, data):
         """Handle one message from a client: checks, the core, effects. Never waits."""

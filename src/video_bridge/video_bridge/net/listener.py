@@ -41,6 +41,7 @@ import time
 import traceback
 from typing import Callable, Dict, Optional, Set
 
+from video_bridge.core.log_budget import LogBudget
 from video_bridge.net import internals
 from video_bridge.net.auth import normalise_address
 
@@ -223,28 +224,6 @@ class _Tracked(asyncio.Protocol):
             self.drained = None
 
 
-class LogThrottle:
-    """At most one log line per ``period``, with how many events it stands for."""
-
-    def __init__(self, period: float = EMFILE_LOG_PERIOD):
-        self.period = period
-        self._last = -period
-        self.pending = 0          # events since the last line, this one included
-
-    def due(self) -> bool:
-        """Count an event, and tell whether a line may be written now (then call ``said``)."""
-        self.pending += 1
-        now = time.monotonic()
-        if now - self._last < self.period:
-            return False
-        self._last = now
-        return True
-
-    def said(self):
-        """Start counting afresh: the line was written."""
-        self.pending = 0
-
-
 class Listener:
     """Accept connections on the bound sockets, within the caps, and hand them to aiohttp."""
 
@@ -279,10 +258,8 @@ class Listener:
         self._tasks: Set[asyncio.Task] = set()
         self._first_records: Set['_FirstRecord'] = set()   # TLS ones before their ClientHello
         self._accepting: list = []
-        self._emfile_log = LogThrottle()
-        self._refusal_log = LogThrottle()
+        self._quiet = LogBudget(self.log, period=EMFILE_LOG_PERIOD)
         self.dropped = 0           # connections closed for sending no request (or handshake)
-        self._dropped_log = LogThrottle()
         # TLS handshakes under way, per client key, oldest first: socket -> when it began
         self._handshakes: Dict[str, collections.OrderedDict] = {}
         self._evicted: Set[socket.socket] = set()   # shut down, not yet ended
@@ -546,17 +523,12 @@ class Listener:
             pass
         finally:
             conn.close()
-        if self._refusal_log.due():
-            self._refusal_log.said()
-            self.log.warning('refusing connections from %s: %s (%d refused so far)',
-                             peer, reason, self.refused)
+        self._quiet.warning('refused', 'refusing connections from %s: %s (%d refused so far)',
+                            peer, reason, self.refused)
 
     def _out_of_descriptors(self, exc: OSError):
-        if self._emfile_log.due():
-            self.log.warning('cannot accept connections: %s (%d times since the last warning);'
-                             ' lower max_connections or raise the file limit',
-                             exc.strerror, self._emfile_log.pending)
-            self._emfile_log.said()
+        self._quiet.warning('emfile', 'cannot accept connections: %s; lower max_connections '
+                            'or raise the file limit', exc.strerror)
 
     async def _open(self, conn: socket.socket, peer: str, started: Optional[float] = None):
         """
@@ -755,10 +727,8 @@ class Listener:
         # Said at most every EMFILE_LOG_PERIOD: a slowloris must not flood the log, but a
         # user whose client is cut off can see why.
         self.dropped += 1
-        if self._dropped_log.due():
-            self.log.info('closed %d connection(s) that sent no request in time (latest from '
-                          '%s: %s)', self._dropped_log.pending, peer, why)
-            self._dropped_log.said()
+        self._quiet.info('dropped', 'closed a connection that sent no request in time (from '
+                         '%s: %s)', peer, why)
 
     def _closed(self, tracked: _Tracked):
         self._silent.pop(tracked.transport, None)

@@ -26,12 +26,13 @@ import aiohttp
 from aiohttp import web
 from video_bridge.core import protocol
 from video_bridge.core.access import AccessPolicy
+from video_bridge.core.log_budget import LogBudget
 from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.streams import (CapacityError, NotPermitted, StreamHub, UnknownStream,
                                        Viewer)
 from video_bridge.net import websocket
 from video_bridge.net.app import build_app, quiet_aiohttp_logs
-from video_bridge.net.listener import (bound_tls_read_buffers, FD_RESERVE, Listener, LogThrottle,
+from video_bridge.net.listener import (bound_tls_read_buffers, FD_RESERVE, Listener,
                                        raise_file_limit)
 
 AIOHTTP_VERSION = tuple(int(part) for part in re.findall(r'\d+', aiohttp.__version__)[:2])
@@ -139,7 +140,7 @@ class BridgeServer:
         self._frame_events: dict = {}
         self.websockets: dict = {}
         self._error_logged = -60.0
-        self._log_throttles: dict = {}
+        self._quiet = LogBudget(self.log)
         self.port = config.port
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -258,19 +259,11 @@ class BridgeServer:
 
     def log_throttled(self, kind: str, message: str, *args, level: int = logging.INFO):
         """
-        Log at most one line per ``EMFILE_LOG_PERIOD`` s for each ``kind`` of event, with a count.
+        Log at most one line per ``REFUSAL_PERIOD`` s for each ``kind`` of event, with a count.
 
         Refusals and dropped clients come in floods when someone attacks; the log must not.
         """
-        throttle = self._log_throttles.get(kind)
-        if throttle is None:
-            throttle = self._log_throttles[kind] = LogThrottle()
-        if throttle.due():
-            if throttle.pending > 1:
-                message += f' ({throttle.pending - 1} more like it since the last line)'
-            throttle.said()
-            say = self.log.warning if level >= logging.WARNING else self.log.info
-            say(message, *args)
+        self._quiet.say(level, kind, message, *args)
 
     # -- viewers ----------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from typing import Callable, Dict, Optional, Set
 
 from video_bridge.core import codec_registry, encoders, sfu as sfu_core
 from video_bridge.core.layers import LayerPolicy
+from video_bridge.core.log_budget import LogBudget
 from video_bridge.core.streams import StreamHub
 from video_bridge.net import rtp_packing, webrtc
 # the Janus API client lives in janus_api (the cloud forwarder shares it); named here too
@@ -136,7 +137,7 @@ class JanusPublisher:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.feeds: Dict[str, _Feed] = {}
         self._host = _PeerHost(self.log, clock)
-        self._quiet = webrtc._LogThrottle(self.log, clock)
+        self._quiet = LogBudget(self.log, clock)
         self._stopping = False
         self._stoppers = set()      # tasks stopping feeds no longer wanted
 

@@ -49,6 +49,7 @@ from typing import Callable, Dict, Optional, Tuple
 from video_bridge.core import encoders, ice, protocol
 from video_bridge.core.codec_registry import mime_types, sdp_preferences, WEBRTC_CODECS
 from video_bridge.core.layers import LayerChooser, LayerPolicy, LossWindow, RateMeter
+from video_bridge.core.log_budget import LIFECYCLE_BURST, LIFECYCLE_PERIOD, LogBudget
 from video_bridge.core.protocol import ErrorCode
 from video_bridge.core.streams import CapacityError, NotPermitted, StreamHub, UnknownStream
 from video_bridge.net import internals, rtp_packing
@@ -66,7 +67,6 @@ GATHER_TIMEOUT = 10.0
 # an offer never answered, or a peer that finishes ICE and never starts DTLS, holds nothing
 # longer. Through two TURN relays a browser connects in 1-3 s.
 CONNECT_TIMEOUT = 15.0
-LOG_PERIOD = 5.0          # s: a failure of one kind is logged at most once per period
 MIN_START_INTERVAL = 1.0  # s between webrtc_start of one session: each one costs a peer and ICE
 CLOSE_TIMEOUT = 2.0
 # s between `frame` messages on a peer's data channel (plus one on every keyframe): the page
@@ -131,40 +131,6 @@ class WebRtcConfig:
     max_message_size: int = protocol.MAX_CONTROL_MESSAGE
     policy: LayerPolicy = field(default_factory=LayerPolicy)
     connect_timeout: float = CONNECT_TIMEOUT
-
-
-class _LogThrottle:
-    """
-    Log a warning of one kind at most once per period, with how many were held back.
-
-    What a client can provoke at will (a failing SDP, a library task's exception) must not
-    become a log flood. Kinds are few (message kind and exception type); the table is bounded
-    anyway.
-    """
-
-    MAX_KINDS = 256
-
-    def __init__(self, log, clock: Callable[[], float], period: float = LOG_PERIOD):
-        self.log = log
-        self.clock = clock
-        self.period = period
-        self._kinds: Dict[str, list] = {}   # kind -> [last logged at, held back since]
-
-    def warning(self, kind: str, message: str, *args) -> bool:
-        now = self.clock()
-        entry = self._kinds.get(kind)
-        if entry is not None and now - entry[0] < self.period:
-            entry[1] += 1
-            return False
-        held = entry[1] if entry is not None else 0
-        if entry is None and len(self._kinds) >= self.MAX_KINDS:
-            self._kinds.clear()
-        self._kinds[kind] = [now, 0]
-        if held:
-            message += ' (%d more like it in the last %g s)'
-            args += (held, self.period)
-        self.log.warning(message, *args)
-        return True
 
 
 class _SessionSignalling:
@@ -481,7 +447,8 @@ class WebRtcService:
         self._tasks = set()
         self._ids = itertools.count(1)
         self._sessions: Dict[str, _SessionSignalling] = {}
-        self._quiet = _LogThrottle(self.log, clock)
+        self._quiet = LogBudget(self.log, clock)
+        self.comings = LogBudget(self.log, clock, LIFECYCLE_PERIOD, LIFECYCLE_BURST)  # peers
         self._library_dirs: Tuple[str, ...] = ()
         self._previous_handler = None
         self.offers = 0
@@ -731,7 +698,7 @@ class WebRtcService:
         @pc.on('connectionstatechange')
         async def on_state():
             state = pc.connectionState
-            self.log.info('webrtc peer %s: %s', client_id, state)
+            self.comings.info(f'state:{state}', 'webrtc peer %s: %s', client_id, state)
             if state == 'connected':
                 peer.connected = True
                 if peer.deadline is not None:
@@ -768,7 +735,8 @@ class WebRtcService:
         peer.deadline = asyncio.get_running_loop().call_later(
             timeout, self._connect_overdue, peer)
         self.offers += 1
-        self.log.info('webrtc peer %s: offering %s of stream %r', client_id, codec, stream.name)
+        self.comings.info('offer', 'webrtc peer %s: offering %s of stream %r', client_id, codec,
+                          stream.name)
         return protocol.WebRtcOffer(sdp, codec, stream.name,
                                     tuple(stream.settings.video_bitrates))
 
@@ -846,8 +814,9 @@ class WebRtcService:
             raise _signal_error(ErrorCode.TOO_MANY_CANDIDATES, f'at most '
                                 f'{MAX_TRICKLED_CANDIDATES} ICE candidates per WebRTC session')
         if refused:
-            self.log.info('webrtc peer %s: %d candidates of its answer not used (%s)',
-                          client_id, len(refused), '; '.join(refused[:3])[:300])
+            self.comings.info('candidates_not_used',
+                              'webrtc peer %s: %d candidates of its answer not used (%s)',
+                              client_id, len(refused), '; '.join(refused[:3])[:300])
         await peer.pc.setRemoteDescription(RTCSessionDescription(
             sdp=ice.share_bundle_candidates(sdp), type='answer'))
         peer.trickled = count
@@ -856,8 +825,9 @@ class WebRtcService:
         # before aiortc's sender starts (after ICE and DTLS): from its first packet on
         peer.playout_delay = internals.answer_playout_delay(peer.pc)
         if not peer.playout_delay and self._playout_delay_offered:
-            self.log.info('webrtc peer %s: its answer leaves out the playout-delay extension '
-                          '(the browser holds frames for its own playout delay)', client_id)
+            self.comings.info('no_playout_delay', 'webrtc peer %s: its answer leaves out the '
+                              'playout-delay extension (the browser holds frames for its own '
+                              'playout delay)', client_id)
         try:
             peer.start_media()
         except CapacityError as exc:
@@ -929,7 +899,7 @@ class WebRtcService:
             except (asyncio.TimeoutError, OSError):
                 self.log.warning('webrtc peer %s did not close cleanly in %g s', client_id,
                                  CLOSE_TIMEOUT)
-        self.log.info('webrtc peer %s closed', client_id)
+        self.comings.info('closed', 'webrtc peer %s closed', client_id)
 
     # -- aiortc hooks ----------------------------------------------------------------------
 
