@@ -13,8 +13,8 @@ of the frames the bridge took in that reached it, the driver's command latency (
 alone, without the delivery to the test's subscriber), the bridge's RSS growth (peak or after,
 over the baseline taken once the viewer, the driver and a first WebRTC offer are up; "after"
 once every slot is free again), the CPU of the bridge and of the attackers (% of one core),
-the load average, and whether the test passed. --markdown FILE also writes the table with the
-date, commit and command.
+the lines the bridge logged during the attack, the load average, and whether the test
+passed. --markdown FILE also writes the table with the date, commit and command.
 
 Run through bench/run (private network namespace, own ROS_DOMAIN_ID):
 
@@ -41,6 +41,7 @@ SUMMARY = re.compile(r'viewer ([\d.]+) fps \(([\d.]+)% of the frames the bridge 
                      r'\(written p99 ([\d.]+) ms[^;]*; '
                      r'RSS ([\d.]+) -> peak ([\d.]+) / after ([\d.]+) MB; '
                      r'CPU s bridge ([\d.]+) attackers ([\d.]+) over (\d+) s, load ([\d.]+)')
+LOG_LINES = re.compile(r'bridge log lines (\d+)')
 GOALS = {'fps': 28.0, 'p99': 5.0, 'rss': 20.0}
 
 
@@ -60,10 +61,11 @@ def run_soak(options, source: str, key: str) -> dict:
         return {'problem': 'no figures: ' + ' | '.join(tail)[-600:]}
     fps, share, count, p50, p99, written, before, peak, after, cpu, attackers, seconds, load = \
         map(float, found.groups())
+    log_lines = LOG_LINES.search(output)
     failed = re.search(r'^E\s+(.*)$', output, re.MULTILINE)
     problem = failed.group(1) if failed else f'pytest exit {done.returncode}'
     return {'fps': fps, 'share': share, 'commands': int(count), 'p50': p50, 'p99': p99,
-            'written': written,
+            'written': written, 'log_lines': int(log_lines.group(1)) if log_lines else None,
             'rss': max(peak, after) - before, 'rss_after': after - before,
             'cpu': 100 * cpu / seconds, 'attackers': 100 * attackers / seconds, 'load': load,
             'passed': done.returncode == 0,
@@ -107,12 +109,13 @@ def main():
     rows.sort(key=lambda row: (not row[0].startswith('old'), row[0], row[1]))
     headers = ['bridge', 'round', 'viewer fps', 'frames delivered %', 'commands', 'cmd p50 ms',
                'cmd p99 ms', 'cmd p99 to the write ms', 'RSS growth MB', 'RSS after MB',
-               'bridge CPU %', 'attackers CPU %', 'load', 'test passed', 'problems']
+               'bridge CPU %', 'attackers CPU %', 'bridge log lines', 'load', 'test passed',
+               'problems']
     lines = [[name, index, fmt(f.get('fps')), fmt(f.get('share')), f.get('commands', '-'),
               fmt(f.get('p50'), 2), fmt(f.get('p99'), 2), fmt(f.get('written'), 2),
-              fmt(f.get('rss')),
-              fmt(f.get('rss_after')), fmt(f.get('cpu'), 0), fmt(f.get('attackers'), 0),
-              fmt(f.get('load')), 'yes' if f.get('passed') else 'no', f.get('problem') or '-']
+              fmt(f.get('rss')), fmt(f.get('rss_after')), fmt(f.get('cpu'), 0),
+              fmt(f.get('attackers'), 0), fmt(f.get('log_lines'), 0), fmt(f.get('load')),
+              'yes' if f.get('passed') else 'no', f.get('problem') or '-']
              for name, index, f in rows]
     print(table(headers, lines))
     print(f"goals (issue 16): viewer >= {GOALS['fps']:g} fps, command p99 <= {GOALS['p99']:g} "

@@ -230,6 +230,7 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
         fds_before = hc.open_fds(pid)
         rss_before = hc.rss_mb(pid)
         cpu_before, children_before = hc.cpu_seconds(pid), children_cpu_seconds()
+        lines_before = bridge.process.output().count('\n')
         started = time.monotonic()
         attack = subprocess.Popen(
             [sys.executable, ATTACKS, '--port', str(bridge.port), '--seconds', str(SECONDS),
@@ -252,6 +253,7 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
         bridge_cpu = hc.cpu_seconds(pid) - cpu_before
         attackers_cpu = children_cpu_seconds() - children_before   # the attack process only
         load = os.getloadavg()[0]
+        log_lines = bridge.process.output().count('\n') - lines_before
         driver.stop()
         viewer.stop()
         report = json.loads(output.strip().splitlines()[-1]) if output.strip() else {}
@@ -300,7 +302,8 @@ def test_every_attack_at_once_leaves_the_viewer_the_driver_and_the_slots(
                    f'RSS {rss_before:.1f} -> peak {peak:.1f} / after {rss_after:.1f} MB; '
                    f'CPU s bridge {bridge_cpu:.1f} attackers {attackers_cpu:.1f} over '
                    f'{ended - started:.0f} s, load {load:.1f}; deadman stops {len(stops)}, '
-                   f"{len(stops) - len(faults)} after a gap in the driver's own sends")
+                   f"{len(stops) - len(faults)} after a gap in the driver's own sends; "
+                   f'bridge log lines {log_lines}')
         print(summary)
         assert not report.get('errors'), (report, errors[-2000:])
         counts = collections.defaultdict(dict, report['counts'])
