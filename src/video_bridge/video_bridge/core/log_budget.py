@@ -16,16 +16,17 @@ import logging
 import time
 from typing import Callable, Dict, List
 
-REFUSAL_PERIOD = 5.0    # s: refusals and failures: one line per kind per period
-LIFECYCLE_PERIOD = 10.0  # s: clients coming and going (a page opens 2-3 sockets):
-LIFECYCLE_BURST = 10     # up to this many lines per kind per period
+REFUSAL_PERIOD = 5.0     # s: refusals and failures: one line of a kind per period
+# Clients coming and going: a page opens 2-3 sockets, so a few pages at once are all said
+LIFECYCLE_PERIOD = 10.0  # s
+LIFECYCLE_BURST = 10     # lines of a kind per LIFECYCLE_PERIOD
 
 
 class LogBudget:
     """
     Say at most ``burst`` lines of each kind per ``period``, then count what is held back.
 
-    A kind is a short string the caller picks (``'control_connected'``, an exception type);
+    A kind is a short string the caller picks (``'connected'``, an exception's type name);
     the table of kinds is bounded (``MAX_KINDS``), so kinds made from client input cannot grow
     it without end.
     """
