@@ -4,7 +4,7 @@ from dataclasses import replace
 import re
 
 import pytest
-
+from support.clocks import ManualClock
 from video_bridge.core.access import AccessPolicy, client_key, generate_token, is_loopback, \
     load_token, Rights, TOKEN_ENV, TokenAttempts, tokens_equal, TOO_MANY_ATTEMPTS, \
     WRONG_TOKEN_BURST, WRONG_TOKENS_PER_SECOND
@@ -145,16 +145,8 @@ def test_tokens_are_compared_as_digests_so_the_length_takes_no_shortcut():
     assert not tokens_equal('', TOKEN)
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_wrong_tokens_past_the_burst_are_refused_unchecked_until_the_budget_refills():
-    clock = Clock()
+    clock = ManualClock()
     policy = AccessPolicy(token=TOKEN, attempts=TokenAttempts(burst=3, per_second=1.0,
                                                               clock=clock))
     assert [policy.token_problem(WRONG, '192.0.2.1') for _ in range(3)] == ['invalid token'] * 3
@@ -173,7 +165,7 @@ def test_wrong_tokens_past_the_burst_are_refused_unchecked_until_the_budget_refi
 
 def test_a_client_is_shut_out_exactly_while_its_tokens_would_be_refused_unchecked():
     """What the listener asks before a TLS handshake: the same budget, and asking is free."""
-    clock = Clock()
+    clock = ManualClock()
     attempts = TokenAttempts(burst=2, per_second=1.0, clock=clock)
     policy = AccessPolicy(token=TOKEN, attempts=attempts)
     assert not attempts.shut_out('192.0.2.1')
@@ -190,7 +182,7 @@ def test_a_client_is_shut_out_exactly_while_its_tokens_would_be_refused_unchecke
 
 def test_wrong_tokens_are_throttled_to_the_stated_rate():
     """In 60 s of trying as fast as it can, one client gets burst + 60 x rate tokens checked."""
-    clock = Clock()
+    clock = ManualClock()
     attempts = TokenAttempts(clock=clock)
     policy = AccessPolicy(token=TOKEN, attempts=attempts)
     checked = 0
@@ -202,7 +194,7 @@ def test_wrong_tokens_are_throttled_to_the_stated_rate():
 
 
 def test_ipv6_clients_are_counted_per_64_and_memory_is_bounded():
-    clock = Clock()
+    clock = ManualClock()
     attempts = TokenAttempts(burst=1, max_clients=8, clock=clock)
     attempts.failed('2001:db8:1:2::1')
     assert attempts.locked('2001:db8:1:2::ffff')     # same /64

@@ -2,6 +2,7 @@
 
 import logging
 
+from support.clocks import ManualClock
 from video_bridge.core.log_budget import LogBudget
 
 
@@ -18,16 +19,8 @@ class Lines:
         self.lines.append((logging.WARNING, message % args))
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_a_burst_is_said_then_the_rest_of_the_period_is_counted_into_the_next_line():
-    log, clock = Lines(), Clock()
+    log, clock = Lines(), ManualClock()
     budget = LogBudget(log, clock, period=10.0, burst=3)
     said = [budget.info('connected', 'client %d connected', n) for n in range(50)]
     assert said == [True] * 3 + [False] * 47
@@ -43,7 +36,7 @@ def test_a_burst_is_said_then_the_rest_of_the_period_is_counted_into_the_next_li
 
 
 def test_kinds_have_budgets_of_their_own_and_levels_are_kept():
-    log, clock = Lines(), Clock()
+    log, clock = Lines(), ManualClock()
     budget = LogBudget(log, clock, period=5.0, burst=1)
     assert budget.warning('refused', 'refused %s', 'a')
     assert not budget.warning('refused', 'refused %s', 'b')
@@ -54,7 +47,7 @@ def test_kinds_have_budgets_of_their_own_and_levels_are_kept():
 
 
 def test_kinds_made_from_client_input_cannot_grow_the_table_without_end():
-    log, clock = Lines(), Clock()
+    log, clock = Lines(), ManualClock()
     budget = LogBudget(log, clock)
     for n in range(10 * LogBudget.MAX_KINDS):
         budget.warning(f'kind {n}', 'line %d', n)
