@@ -13,6 +13,7 @@ bridge_node process; these cover its decisions without one, fast enough to run o
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 
@@ -251,6 +252,43 @@ def test_sockets_opened_together_are_pinged_at_spread_times():
     # all at one point of the interval (each socket's ping `interval` after its opening)
     # would leave a spread of only the loop's lag
     assert delays[-1] - delays[0] >= 0.5 * interval, delays
+
+
+def test_watchers_dropped_for_flooding_are_logged_within_a_budget(caplog):
+    """
+    Each control client dropped for exceeding the message rate wrote a WARN line: anyone who
+    may watch could write as many as it opened sockets. Proves 12 view-only clients dropped
+    for flooding leave one line per 5 s, while token holders dropped the same way are each
+    said.
+    """
+    async def flood(edge, path):
+        async with edge.session.ws_connect(edge.ws + path) as socket:
+            for index in range(200):
+                if socket.closed:
+                    break
+                await socket.send_str(json.dumps({'type': 'time', 't0': 1.0, 'id': index}))
+            async with asyncio.timeout(10):
+                async for _ in socket:   # replies, until the bridge closes it
+                    pass
+            return socket.close_code
+
+    async def scenario(edge):
+        started = time.monotonic()
+        watchers = await asyncio.gather(*(flood(edge, protocol.CONTROL_PATH)
+                                          for _ in range(12)))
+        took = time.monotonic() - started
+        holders = [await flood(edge, f'{protocol.CONTROL_PATH}?token={TOKEN}')
+                   for _ in range(2)]
+        return watchers, took, holders
+    with caplog.at_level(logging.INFO, logger='video_bridge.net.control'):
+        watchers, took, holders = run(scenario, view_requires_token=False)
+    assert set(watchers) == set(holders) == {protocol.CLOSE_RATE_LIMITED}
+    dropped = [record.getMessage() for record in caplog.records
+               if 'kept exceeding' in record.getMessage()]
+    # each holder's line, and one a period for the watchers (all in one, unless this is slow)
+    assert 2 + 1 <= len(dropped) <= 2 + took // 5 + 1, (took, dropped)
+    assert all(record.levelno == logging.WARNING for record in caplog.records
+               if 'kept exceeding' in record.getMessage())
 
 
 def test_young_collections_run_less_often_and_the_older_thresholds_stay():

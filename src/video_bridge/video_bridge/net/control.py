@@ -143,6 +143,7 @@ class ControlService:
         self.clock = clock
         # Watchers coming and going: anyone can open sockets at will; token holders are few
         self.comings = LogBudget(self.log, clock, LIFECYCLE_PERIOD, LIFECYCLE_BURST)
+        self._dropped = LogBudget(self.log, clock)   # watchers dropped for misbehaving
         self.signalling = None
         self.on_estop = on_estop      # told the e-stop state at start and on every change
         self.sfu = None           # sfu_* messages: the same interface as signalling
@@ -287,10 +288,18 @@ class ControlService:
         verdict = session.limiter.admit(
             now, shared=session.client_id != self.core.state().driver)
         if verdict is Verdict.DISCONNECT:
-            self.log.warning('control client %s kept exceeding %g commands/s; '
-                             'disconnecting it', session.client_id, self.commands_per_second)
+            self._say_dropped(session, 'rate', 'control client %s kept exceeding %g '
+                              'commands/s; disconnecting it', session.client_id,
+                              self.commands_per_second)
             self._close(session, protocol.CLOSE_RATE_LIMITED, 'too many messages')
         return verdict
+
+    def _say_dropped(self, session: _Session, kind: str, message: str, *args):
+        """Warn why a client is dropped: always for one that may drive, else within a budget."""
+        if session.grant.drive:
+            self.log.warning(message, *args)
+        else:
+            self._dropped.warning(kind, message, *args)
 
     def send(self, client_id: str, message):
         """Queue a message (a dict is JSON-encoded) to one client, e.g. a signalling answer."""
@@ -404,8 +413,8 @@ class ControlService:
             return
         session.reply(text)
         if session.unsent() > MAX_UNSENT_BYTES:
-            self.log.warning('control client %s is not reading its replies; dropping it',
-                             session.client_id)
+            self._say_dropped(session, 'unread', 'control client %s is not reading its '
+                              'replies; dropping it', session.client_id)
             self._close(session, CLOSE_SLOW, 'not reading replies', at_once=True)
 
     def _close(self, session: _Session, code: int, reason: str, at_once: bool = False):
@@ -460,8 +469,8 @@ class ControlService:
                 if session.closed:
                     return
         except asyncio.TimeoutError:
-            self.log.warning('control client %s missed the %g s send deadline; dropping it',
-                             session.client_id, self.send_timeout)
+            self._say_dropped(session, 'deadline', 'control client %s missed the %g s send '
+                              'deadline; dropping it', session.client_id, self.send_timeout)
             self._close(session, CLOSE_SLOW, 'too slow to read', at_once=True)
         except (ConnectionError, RuntimeError):
             pass  # the transport closed; close_session follows from its handler

@@ -104,6 +104,7 @@ class _PeerHost:
 
     def __init__(self, log: logging.Logger, clock: Callable[[], float]):
         self.log = log
+        self.quiet = LogBudget(log, clock)   # what the link provokes: its congestion, say
         self.clock = clock
         self.config = webrtc.WebRtcConfig(policy=LayerPolicy())
 

@@ -276,9 +276,9 @@ class Peer:
         for viewer in self.viewers.values():
             skipped += len(viewer.take_all())
         if skipped and not self.congestion_skips:
-            self.service.log.warning(
-                'webrtc peer %s: its uplink is slower than its video (%d bytes unsent); '
-                'skipping to keyframes', self.client_id, self.backlog.peak)
+            self.service.quiet.warning(
+                'congested', 'webrtc peer %s: its uplink is slower than its video (%d bytes '
+                'unsent); skipping to keyframes', self.client_id, self.backlog.peak)
         self.congestion_skips += skipped
         self.need_keyframe = True
 
@@ -357,10 +357,11 @@ class Peer:
         wanted = self.playout.update(round_trip)
         if wanted is not None and self.playout_delay:
             internals.change_playout_delay(self.pc, internals.playout_delay_value(*wanted))
-            self.service.log.info('webrtc peer %s: round trip %.0f ms: playout delay %s',
-                                  self.client_id, 1000 * round_trip,
-                                  'none' if wanted == PlayoutDelayChoice.ZERO
-                                  else "the browser's own")
+            self.service.quiet.info('playout_delay',
+                                    'webrtc peer %s: round trip %.0f ms: playout delay %s',
+                                    self.client_id, 1000 * round_trip,
+                                    'none' if wanted == PlayoutDelayChoice.ZERO
+                                    else "the browser's own")
 
     def close(self):
         """Leave every layer; the track's recv() ends."""
@@ -447,7 +448,7 @@ class WebRtcService:
         self._tasks = set()
         self._ids = itertools.count(1)
         self._sessions: Dict[str, _SessionSignalling] = {}
-        self._quiet = LogBudget(self.log, clock)
+        self.quiet = LogBudget(self.log, clock)   # failures a client can provoke, per kind
         self.comings = LogBudget(self.log, clock, LIFECYCLE_PERIOD, LIFECYCLE_BURST)  # peers
         self._library_dirs: Tuple[str, ...] = ()
         self._previous_handler = None
@@ -516,9 +517,9 @@ class WebRtcService:
         raised = f'{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}' if frames \
             else '?'
         self.library_task_errors += 1
-        self._quiet.warning(f'task:{where}:{type(exc).__name__}',
-                            'webrtc: an aiortc task (%s) failed at %s: %s: %s', where, raised,
-                            type(exc).__name__, str(exc)[:200])
+        self.quiet.warning(f'task:{where}:{type(exc).__name__}',
+                           'webrtc: an aiortc task (%s) failed at %s: %s: %s', where, raised,
+                           type(exc).__name__, str(exc)[:200])
         return True
 
     def notify_frame(self, stream_name: str):
@@ -585,9 +586,9 @@ class WebRtcService:
         except Exception as exc:  # aiortc refusing an SDP, say: log it, keep serving
             # The library's words stay in the log (throttled): they describe the bridge's
             # internals, not the page's mistake, and a client could provoke them at will.
-            self._quiet.warning(f'{kind}:{type(exc).__name__}',
-                                'webrtc: %s from %s failed: %s: %s', kind, client_id,
-                                type(exc).__name__, str(exc)[:200])
+            self.quiet.warning(f'{kind}:{type(exc).__name__}',
+                               'webrtc: %s from %s failed: %s: %s', kind, client_id,
+                               type(exc).__name__, str(exc)[:200])
             if kind in ('webrtc_answer', 'webrtc_ice') and peer is not None:
                 await self._close_peer(peer)   # that peer is unusable; a newer one is not
             reply = protocol.WebRtcError(
@@ -756,11 +757,11 @@ class WebRtcService:
         self.connect_timeouts += 1
         pc = peer.pc
         ice_state = getattr(pc, 'iceConnectionState', '?')
-        self._quiet.warning('connect_timeout', 'webrtc peer %s: not connected %g s after its '
-                            'offer (signalling %s, ICE %s, connection %s); closing it',
-                            peer.client_id, self.config.connect_timeout,
-                            getattr(pc, 'signalingState', '?'), ice_state,
-                            getattr(pc, 'connectionState', '?'))
+        self.quiet.warning('connect_timeout', 'webrtc peer %s: not connected %g s after its '
+                           'offer (signalling %s, ICE %s, connection %s); closing it',
+                           peer.client_id, self.config.connect_timeout,
+                           getattr(pc, 'signalingState', '?'), ice_state,
+                           getattr(pc, 'connectionState', '?'))
         self._spawn(self._close_peer(
             peer, f'not connected within {self.config.connect_timeout:g} s of the offer',
             code=ErrorCode.CONNECT_TIMEOUT))
@@ -897,8 +898,8 @@ class WebRtcService:
             try:   # bounded: closing a TURN allocation waits on a server that may be gone
                 await asyncio.wait_for(peer.pc.close(), CLOSE_TIMEOUT)
             except (asyncio.TimeoutError, OSError):
-                self.log.warning('webrtc peer %s did not close cleanly in %g s', client_id,
-                                 CLOSE_TIMEOUT)
+                self.quiet.warning('unclean_close', 'webrtc peer %s did not close cleanly in '
+                                   '%g s', client_id, CLOSE_TIMEOUT)
         self.comings.info('closed', 'webrtc peer %s closed', client_id)
 
     # -- aiortc hooks ----------------------------------------------------------------------
@@ -952,8 +953,8 @@ class WebRtcService:
         """
         def on_held(held: int):
             if held > MAX_CHANNEL_BUFFER and self.peers.get(peer.client_id) is peer:
-                self.log.warning('webrtc peer %s: %d bytes of unfinished data-channel messages; '
-                                 'closing it', peer.client_id, held)
+                self.quiet.warning('channel_held', 'webrtc peer %s: %d bytes of unfinished '
+                                   'data-channel messages; closing it', peer.client_id, held)
                 self._spawn(self._close_peer(peer, 'data channel: too much unfinished data'))
 
         internals.watch_sctp_held(peer.pc, on_held)
