@@ -141,8 +141,8 @@ class ControlService:
         self.send_timeout = send_timeout
         self.log = logger or logging.getLogger('video_bridge.net.control')
         self.clock = clock
-        # Watchers coming and going: anyone can open sockets at will; token holders are few
-        self.comings = LogBudget(self.log, clock, LIFECYCLE_PERIOD, LIFECYCLE_BURST)
+        # Watchers coming and going: anyone may open sockets at will; token holders are few
+        self.lifecycle_log = LogBudget(self.log, clock, LIFECYCLE_PERIOD, LIFECYCLE_BURST)
         self._dropped = LogBudget(self.log, clock)   # watchers dropped for misbehaving
         self.signalling = None
         self.on_estop = on_estop      # told the e-stop state at start and on every change
@@ -216,8 +216,8 @@ class ControlService:
             self.log.info('control client %s connected from %s (may drive)', client_id,
                           grant.client)
         else:
-            self.comings.info('connected', 'control client %s connected from %s (view only)',
-                              client_id, grant.client)
+            self.lifecycle_log.info('connected', 'control client %s connected from %s '
+                                    '(view only)', client_id, grant.client)
         self.apply(self.core.connect(client_id, grant.drive, grant.token_required,
                                      self.clock()))
         return client_id
@@ -241,7 +241,8 @@ class ControlService:
         if session.grant.drive:
             self.log.info('control client %s disconnected', client_id)
         else:
-            self.comings.info('disconnected', 'control client %s disconnected', client_id)
+            self.lifecycle_log.info('disconnected', 'control client %s disconnected',
+                                    client_id)
 
     def deliver(self, client_id: str, data):
         """Handle one message from a client: checks, the core, effects. Never waits."""

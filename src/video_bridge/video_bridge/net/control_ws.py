@@ -108,7 +108,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if grant.drive:
             server.log.info(said, client_id, config.ping_timeout)
         else:
-            service.comings.info('unanswered', said, client_id, config.ping_timeout)
+            service.lifecycle_log.info('unanswered', said, client_id, config.ping_timeout)
     keepalive.on_dead = dead
     keepalive.start()
     try:

@@ -449,7 +449,8 @@ class WebRtcService:
         self._ids = itertools.count(1)
         self._sessions: Dict[str, _SessionSignalling] = {}
         self.quiet = LogBudget(self.log, clock)   # failures a client can provoke, per kind
-        self.comings = LogBudget(self.log, clock, LIFECYCLE_PERIOD, LIFECYCLE_BURST)  # peers
+        # peers made, changing state and closed: anyone who may watch makes peers at will
+        self.lifecycle_log = LogBudget(self.log, clock, LIFECYCLE_PERIOD, LIFECYCLE_BURST)
         self._library_dirs: Tuple[str, ...] = ()
         self._previous_handler = None
         self.offers = 0
@@ -699,7 +700,7 @@ class WebRtcService:
         @pc.on('connectionstatechange')
         async def on_state():
             state = pc.connectionState
-            self.comings.info(f'state:{state}', 'webrtc peer %s: %s', client_id, state)
+            self.lifecycle_log.info(f'state:{state}', 'webrtc peer %s: %s', client_id, state)
             if state == 'connected':
                 peer.connected = True
                 if peer.deadline is not None:
@@ -736,8 +737,8 @@ class WebRtcService:
         peer.deadline = asyncio.get_running_loop().call_later(
             timeout, self._connect_overdue, peer)
         self.offers += 1
-        self.comings.info('offer', 'webrtc peer %s: offering %s of stream %r', client_id, codec,
-                          stream.name)
+        self.lifecycle_log.info('offer', 'webrtc peer %s: offering %s of stream %r', client_id,
+                                codec, stream.name)
         return protocol.WebRtcOffer(sdp, codec, stream.name,
                                     tuple(stream.settings.video_bitrates))
 
@@ -815,9 +816,9 @@ class WebRtcService:
             raise _signal_error(ErrorCode.TOO_MANY_CANDIDATES, f'at most '
                                 f'{MAX_TRICKLED_CANDIDATES} ICE candidates per WebRTC session')
         if refused:
-            self.comings.info('candidates_not_used',
-                              'webrtc peer %s: %d candidates of its answer not used (%s)',
-                              client_id, len(refused), '; '.join(refused[:3])[:300])
+            self.lifecycle_log.info(
+                'candidates_not_used', 'webrtc peer %s: %d candidates of its answer not used (%s)',
+                client_id, len(refused), '; '.join(refused[:3])[:300])
         await peer.pc.setRemoteDescription(RTCSessionDescription(
             sdp=ice.share_bundle_candidates(sdp), type='answer'))
         peer.trickled = count
@@ -826,9 +827,9 @@ class WebRtcService:
         # before aiortc's sender starts (after ICE and DTLS): from its first packet on
         peer.playout_delay = internals.answer_playout_delay(peer.pc)
         if not peer.playout_delay and self._playout_delay_offered:
-            self.comings.info('no_playout_delay', 'webrtc peer %s: its answer leaves out the '
-                              'playout-delay extension (the browser holds frames for its own '
-                              'playout delay)', client_id)
+            self.lifecycle_log.info(
+                'no_playout_delay', 'webrtc peer %s: its answer leaves out the playout-delay '
+                'extension (the browser holds frames for its own playout delay)', client_id)
         try:
             peer.start_media()
         except CapacityError as exc:
@@ -900,7 +901,7 @@ class WebRtcService:
             except (asyncio.TimeoutError, OSError):
                 self.quiet.warning('unclean_close', 'webrtc peer %s did not close cleanly in '
                                    '%g s', client_id, CLOSE_TIMEOUT)
-        self.comings.info('closed', 'webrtc peer %s closed', client_id)
+        self.lifecycle_log.info('closed', 'webrtc peer %s closed', client_id)
 
     # -- aiortc hooks ----------------------------------------------------------------------
 
