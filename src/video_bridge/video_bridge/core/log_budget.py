@@ -1,13 +1,13 @@
 """
 A budget of log lines per kind of event: what a client can provoke at will is never a log flood.
 
-Why: a robot's log goes to a terminal, ``/rosout`` and a file under ``~/.ros/log``, and every
-line an rclpy logger writes costs the thread that writes it about 0.4 ms (rclpy looks up the
-caller's source line for each). The bridge writes from its event loop, which also carries the
-driver's commands. A line per refused request, per connection opened and closed, per peer made
-would let anyone on the network fill the disk and slow the car's commands by opening sockets.
-So every such line goes through a :class:`LogBudget`: at most ``burst`` lines of one kind in
-each ``period``; the next line said after that tells how many were held back.
+Why: a robot's log goes to a terminal, ``/rosout`` and a file under ``~/.ros/log``, and every line
+an rclpy logger writes costs the thread that writes it about 0.35 ms (rclpy looks up the caller's
+source line for each; ``bench/run log_cost``). The bridge writes from its event loop, which also
+carries the driver's commands. A line per refused request, per connection opened and closed, per
+peer made would let anyone on the network fill the disk and slow the car's commands by opening
+sockets. So every such line goes through a :class:`LogBudget`: at most ``burst`` lines of one kind
+in each ``period``; the next line said after that tells how many were held back.
 
 Plain Python: no asyncio, no rclpy (``log`` is anything with ``info`` and ``warning``).
 """
