@@ -53,3 +53,13 @@ def test_kinds_made_from_client_input_cannot_grow_the_table_without_end():
         budget.warning(f'kind {n}', 'line %d', n)
         assert len(budget._kinds) <= LogBudget.MAX_KINDS
     assert len(log.lines) == 10 * LogBudget.MAX_KINDS
+
+
+def test_an_exempt_line_is_always_said_and_takes_nothing_from_the_budget():
+    log = Lines()
+    budget = LogBudget(log, ManualClock(), period=10.0, burst=1)
+    assert budget.info('connected', 'watcher %d', 1)
+    assert all(budget.info('connected', 'holder %d', n, exempt=True) for n in range(3))
+    assert not budget.info('connected', 'watcher %d', 2)
+    assert log.lines == [(logging.INFO, 'watcher 1')] + [
+        (logging.INFO, f'holder {n}') for n in range(3)]

@@ -41,8 +41,17 @@ class LogBudget:
         self.burst = burst
         self._kinds: Dict[str, List[float]] = {}   # kind -> [window start, lines in it, held]
 
-    def say(self, level: int, kind: str, message: str, *args) -> bool:
-        """Log ``message % args`` at ``level`` if the kind's budget allows; tell whether it did."""
+    def say(self, level: int, kind: str, message: str, *args, exempt: bool = False) -> bool:
+        """
+        Log ``message % args`` at ``level`` if the kind's budget allows; tell whether it did.
+
+        ``exempt``: said whatever the budget, and not counted (a client holding the token:
+        such clients are few, and what they do is always worth a line).
+        """
+        say = self.log.warning if level >= logging.WARNING else self.log.info
+        if exempt:
+            say(message, *args)
+            return True
         now = self.clock()
         entry = self._kinds.get(kind)
         if entry is None:
@@ -59,14 +68,13 @@ class LogBudget:
             message += ' (%d more like it since the last line)'
             args += (entry[2],)
             entry[2] = 0
-        say = self.log.warning if level >= logging.WARNING else self.log.info
         say(message, *args)
         return True
 
-    def info(self, kind: str, message: str, *args) -> bool:
+    def info(self, kind: str, message: str, *args, exempt: bool = False) -> bool:
         """:meth:`say` at INFO."""
-        return self.say(logging.INFO, kind, message, *args)
+        return self.say(logging.INFO, kind, message, *args, exempt=exempt)
 
-    def warning(self, kind: str, message: str, *args) -> bool:
+    def warning(self, kind: str, message: str, *args, exempt: bool = False) -> bool:
         """:meth:`say` at WARNING."""
-        return self.say(logging.WARNING, kind, message, *args)
+        return self.say(logging.WARNING, kind, message, *args, exempt=exempt)

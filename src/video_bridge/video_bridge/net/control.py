@@ -143,7 +143,7 @@ class ControlService:
         self.clock = clock
         # Watchers coming and going: anyone may open sockets at will; token holders are few
         self.lifecycle_log = LogBudget(self.log, clock, LIFECYCLE_PERIOD, LIFECYCLE_BURST)
-        self._dropped = LogBudget(self.log, clock)   # watchers dropped for misbehaving
+        self._dropped = LogBudget(self.log, clock)   # clients dropped for misbehaving
         self.signalling = None
         self.on_estop = on_estop      # told the e-stop state at start and on every change
         self.sfu = None           # sfu_* messages: the same interface as signalling
@@ -212,12 +212,9 @@ class ControlService:
         session.client_key = key
         self._sessions[client_id] = session
         session.writer = asyncio.get_running_loop().create_task(self._write(session))
-        if grant.drive:
-            self.log.info('control client %s connected from %s (may drive)', client_id,
-                          grant.client)
-        else:
-            self.lifecycle_log.info('connected', 'control client %s connected from %s '
-                                    '(view only)', client_id, grant.client)
+        self.lifecycle_log.info('connected', 'control client %s connected from %s (%s)',
+                                client_id, grant.client,
+                                'may drive' if grant.drive else 'view only', exempt=grant.drive)
         self.apply(self.core.connect(client_id, grant.drive, grant.token_required,
                                      self.clock()))
         return client_id
@@ -238,11 +235,8 @@ class ControlService:
                 except Exception:  # a plug-in must not keep a session alive
                     self.log.exception('%s.disconnect(%s) failed', type(plugin).__name__,
                                        client_id)
-        if session.grant.drive:
-            self.log.info('control client %s disconnected', client_id)
-        else:
-            self.lifecycle_log.info('disconnected', 'control client %s disconnected',
-                                    client_id)
+        self.lifecycle_log.info('disconnected', 'control client %s disconnected', client_id,
+                                exempt=session.grant.drive)
 
     def deliver(self, client_id: str, data):
         """Handle one message from a client: checks, the core, effects. Never waits."""
@@ -289,18 +283,11 @@ class ControlService:
         verdict = session.limiter.admit(
             now, shared=session.client_id != self.core.state().driver)
         if verdict is Verdict.DISCONNECT:
-            self._say_dropped(session, 'rate', 'control client %s kept exceeding %g '
-                              'commands/s; disconnecting it', session.client_id,
-                              self.commands_per_second)
+            self._dropped.warning('rate', 'control client %s kept exceeding %g commands/s; '
+                                  'disconnecting it', session.client_id,
+                                  self.commands_per_second, exempt=session.grant.drive)
             self._close(session, protocol.CLOSE_RATE_LIMITED, 'too many messages')
         return verdict
-
-    def _say_dropped(self, session: _Session, kind: str, message: str, *args):
-        """Warn why a client is dropped: always for one that may drive, else within a budget."""
-        if session.grant.drive:
-            self.log.warning(message, *args)
-        else:
-            self._dropped.warning(kind, message, *args)
 
     def send(self, client_id: str, message):
         """Queue a message (a dict is JSON-encoded) to one client, e.g. a signalling answer."""
@@ -414,8 +401,8 @@ class ControlService:
             return
         session.reply(text)
         if session.unsent() > MAX_UNSENT_BYTES:
-            self._say_dropped(session, 'unread', 'control client %s is not reading its '
-                              'replies; dropping it', session.client_id)
+            self._dropped.warning('unread', 'control client %s is not reading its replies; '
+                                  'dropping it', session.client_id, exempt=session.grant.drive)
             self._close(session, CLOSE_SLOW, 'not reading replies', at_once=True)
 
     def _close(self, session: _Session, code: int, reason: str, at_once: bool = False):
@@ -470,8 +457,9 @@ class ControlService:
                 if session.closed:
                     return
         except asyncio.TimeoutError:
-            self._say_dropped(session, 'deadline', 'control client %s missed the %g s send '
-                              'deadline; dropping it', session.client_id, self.send_timeout)
+            self._dropped.warning('deadline', 'control client %s missed the %g s send '
+                                  'deadline; dropping it', session.client_id,
+                                  self.send_timeout, exempt=session.grant.drive)
             self._close(session, CLOSE_SLOW, 'too slow to read', at_once=True)
         except (ConnectionError, RuntimeError):
             pass  # the transport closed; close_session follows from its handler

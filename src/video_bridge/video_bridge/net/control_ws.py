@@ -102,14 +102,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     server.track(request, ws, sender.close)
     client_id = service.open_session(grant, sender,
                                      client_key=request.get('video_bridge.client'))
-
-    def dead():
-        said = 'control client %s did not answer a ping within %g s; dropping it'
-        if grant.drive:
-            server.log.info(said, client_id, config.ping_timeout)
-        else:
-            service.lifecycle_log.info('unanswered', said, client_id, config.ping_timeout)
-    keepalive.on_dead = dead
+    keepalive.on_dead = lambda: service.lifecycle_log.info(
+        'unanswered', 'control client %s did not answer a ping within %g s; dropping it',
+        client_id, config.ping_timeout, exempt=grant.drive)
     keepalive.start()
     try:
         while sender.close_request is None:

@@ -23,7 +23,7 @@ client, and keeps ``RESERVED_SHARE`` of the connections for clients holding the 
 
 Also here: a connection that has not completed a request head within ``handshake_timeout`` is
 dropped (slowloris, idle sockets); running out of file descriptors is logged at most once per
-``EMFILE_LOG_PERIOD`` instead of once per failed accept.
+5 s (``core/log_budget.py``) instead of once per failed accept.
 """
 
 import asyncio
@@ -46,7 +46,6 @@ from video_bridge.net import internals
 from video_bridge.net.auth import normalise_address
 
 FD_RESERVE = 128           # descriptors kept for DDS, files and logs beyond connections
-EMFILE_LOG_PERIOD = 5.0    # s between "out of file descriptors" warnings (and the like)
 EMFILE_RETRY = 0.1         # s before accepting again after EMFILE
 # TLS handshakes under way at once: each holds asyncio's TLS layer and OpenSSL's handshake
 # state (about 50 KB with TLS_READ_BUFFER), so 64 of them are about 3 MB. Full: the newcomer
@@ -258,7 +257,7 @@ class Listener:
         self._tasks: Set[asyncio.Task] = set()
         self._first_records: Set['_FirstRecord'] = set()   # TLS ones before their ClientHello
         self._accepting: list = []
-        self._quiet = LogBudget(self.log, period=EMFILE_LOG_PERIOD)
+        self._quiet = LogBudget(self.log)   # refusals, EMFILE, dropped: a line per kind per 5 s
         self.dropped = 0           # connections closed for sending no request (or handshake)
         # TLS handshakes under way, per client key, oldest first: socket -> when it began
         self._handshakes: Dict[str, collections.OrderedDict] = {}
@@ -724,7 +723,7 @@ class Listener:
             self._dropped(tracked.peer, f'no request within {self.handshake_timeout:g} s')
 
     def _dropped(self, peer: str, why: str):
-        # Said at most every EMFILE_LOG_PERIOD: a slowloris must not flood the log, but a
+        # Said at most once per 5 s: a slowloris must not flood the log, but a
         # user whose client is cut off can see why.
         self.dropped += 1
         self._quiet.info('dropped', 'closed a connection that sent no request in time (from '
